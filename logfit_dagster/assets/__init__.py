@@ -1,0 +1,1 @@
+"""Assets: Dagster wiring only, one module per stage."""

@@ -1,0 +1,151 @@
+"""Datasets: sessions, ground-truth labels and train/dev/test splits."""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from logfit_dagster.assets._common import bad_input_fails_partition, preview
+from logfit_dagster.core.ground_truth import collect_ground_truth
+from logfit_dagster.core.sessions import build_sessions
+from logfit_dagster.core.splits import split_sessions
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.resources.sources import LogSources
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="datasets",
+    code_version="1",
+    kinds={"parquet"},
+)
+def sessions(
+    context: dg.AssetExecutionContext, parsed_logs: pd.DataFrame, sources: LogSources
+) -> pd.DataFrame:
+    """Lines grouped into sessions (blocks, instances or windows) with template sequences and text."""
+    with bad_input_fails_partition():
+        spec = sources.get(context.partition_key)
+        frame = build_sessions(parsed_logs, spec.session, spec.format)
+    covered = frame["line_numbers"].explode().nunique() if len(frame) else 0
+    context.add_output_metadata(
+        {
+            "session_key": spec.session.by,
+            "sessions": len(frame),
+            "lines_in_sessions": int(covered),
+            "lines_outside_sessions": int(len(parsed_logs) - covered),
+            "mean_session_lines": dg.MetadataValue.float(
+                round(float(frame["n_lines"].mean()), 2) if len(frame) else 0.0
+            ),
+            "preview": preview(frame[["session_id", "first_line", "n_lines", "template_ids", "text"]]),
+        }
+    )
+    return frame
+
+def _session_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = frame[["session_id", "line_numbers"]].explode("line_numbers")
+    keys = keys.rename(columns={"line_numbers": "line_number"}).dropna()
+    keys["line_number"] = keys["line_number"].astype("int64")
+    return keys
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="datasets",
+    code_version="1",
+    kinds={"parquet"},
+)
+def ground_truth_labels(
+    context: dg.AssetExecutionContext,
+    parsed_logs: pd.DataFrame,
+    sessions: pd.DataFrame,
+    sources: LogSources,
+) -> dict[str, pd.DataFrame]:
+    """Ground-truth anomaly labels per line and per session, where the source has them."""
+    with bad_input_fails_partition():
+        spec = sources.get(context.partition_key)
+        truth = collect_ground_truth(
+            spec.ground_truth,
+            parsed_logs,
+            _session_keys(sessions),
+            synthetic_labels=sources.synthetic_labels_path(spec.name),
+            base_dir=sources.registry_file().parent,
+        )
+    lines, groups = truth.lines, truth.sessions
+    context.add_output_metadata(
+        {
+            "provider": truth.provider,
+            "has_ground_truth": truth.has_labels,
+            "note": truth.note,
+            "labelled_lines": int(lines["label"].notna().sum()),
+            "anomalous_lines": int((lines["label"] == 1).sum()),
+            "labelled_sessions": int(groups["label"].notna().sum()),
+            "anomalous_sessions": int((groups["label"] == 1).sum()),
+            "unlabelled_sessions": int(len(sessions) - groups["label"].notna().sum()),
+            "session_preview": preview(groups[groups["label"] == 1]),
+        }
+    )
+    return {"lines": lines, "sessions": groups}
+
+class SplitConfig(dg.Config):
+    """How sessions are split into train, dev and test."""
+
+    method: str = Field(
+        default="stratified",
+        description="'stratified' by session label with a fixed seed, or 'chronological' "
+        "(train on the earliest sessions, test on the latest).",
+    )
+    train_fraction: float = Field(default=0.8, description="Share of sessions in train.")
+    dev_fraction: float = Field(default=0.1, description="Share of sessions in dev.")
+    test_fraction: float = Field(default=0.1, description="Share of sessions in test.")
+    seed: int = Field(default=42, description="Shuffle seed of the stratified split.")
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="datasets",
+    code_version="1",
+    kinds={"parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "sessions_in_one_split",
+            asset="dataset_splits",
+            blocking=True,
+            description="No session is in two splits, and every session is in one.",
+        )
+    ],
+)
+def dataset_splits(
+    context: dg.AssetExecutionContext,
+    config: SplitConfig,
+    sessions: pd.DataFrame,
+    ground_truth_labels: dict[str, pd.DataFrame],
+):
+    """Each session's split (train, dev or test) and label, stratified by label with a fixed seed."""
+    labels = ground_truth_labels["sessions"][["session_id", "label"]]
+    frame = sessions[["session_id", "first_line"]].merge(labels, on="session_id", how="left")
+    frame["label"] = frame["label"].astype("Int8")
+    try:
+        splits = split_sessions(
+            frame,
+            method=config.method,
+            fractions=(config.train_fraction, config.dev_fraction, config.test_fraction),
+            seed=config.seed,
+        )
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    counts = splits.groupby(["split", splits["label"].astype("string").fillna("unknown")]).size()
+    balance = {f"{s}/{lab}": int(n) for (s, lab), n in counts.items()}
+    duplicated = int(splits["session_id"].duplicated().sum())
+    missing = int(len(set(sessions["session_id"]) - set(splits["session_id"])))
+    yield dg.Output(
+        splits,
+        metadata={
+            "method": config.method,
+            "seed": config.seed,
+            "sessions": len(splits),
+            **{f"{name}_sessions": int((splits["split"] == name).sum()) for name in ("train", "dev", "test")},
+            "label_balance": dg.MetadataValue.json(balance),
+            "labelled": bool(frame["label"].notna().any()),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="sessions_in_one_split",
+        passed=duplicated == 0 and missing == 0,
+        metadata={"sessions_in_two_splits": duplicated, "sessions_without_split": missing},
+    )

@@ -1,0 +1,109 @@
+"""Ingest: raw log lines, parsed and templated lines, and the template vocabulary."""
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+
+from logfit_dagster.assets._common import bad_input_fails_partition, preview
+from logfit_dagster.core.formats import get_line_format
+from logfit_dagster.core.ingest import parse_and_mine, read_raw_logs, template_vocabulary
+from logfit_dagster.core.templates import TemplateMiner, profile_for
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.resources.sources import LogSources
+
+MAX_PARSE_FAILURE_RATE = 0.05
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="ingest",
+    code_version="1",
+    kinds={"parquet"},
+)
+def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> pa.Table:
+    """Every line of a log source, numbered from 1 across its files, exactly as read."""
+    with bad_input_fails_partition():
+        spec = sources.get(context.partition_key)
+        files = sources.files(spec)
+        table, stats = read_raw_logs(files)
+    context.add_output_metadata(
+        {
+            "origin": spec.origin,
+            "files": dg.MetadataValue.json(stats.files),
+            "lines": stats.lines,
+            "replaced_bytes": dg.MetadataValue.int(stats.replaced_bytes),
+            "lines_with_replaced_bytes": stats.lines_with_replacements,
+            "preview": preview(table.slice(0, 8).select(["line_number", "raw"]).to_pandas()),
+        }
+    )
+    if stats.replaced_bytes:
+        context.log.warning(
+            f"{stats.replaced_bytes} byte(s) that are not UTF-8, on {stats.lines_with_replacements} "
+            "line(s), were replaced by U+FFFD"
+        )
+    return table
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="ingest",
+    code_version="1",
+    kinds={"parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "parse_failure_rate",
+            asset="parsed_logs",
+            description=f"At most {MAX_PARSE_FAILURE_RATE:.0%} of lines fail the line format.",
+        )
+    ],
+)
+def parsed_logs(
+    context: dg.AssetExecutionContext, raw_logs: pa.Table, sources: LogSources
+):
+    """Lines split into header fields and content, each with its Drain3 template id and template."""
+    with bad_input_fails_partition():
+        spec = sources.get(context.partition_key)
+        fmt = get_line_format(spec.format, spec.multiline)
+        miner = TemplateMiner(profile_for(spec.format), sources.miner_state_path(spec.name))
+        table, stats = parse_and_mine(raw_logs, fmt, miner)
+        miner.save()
+    rate = stats.parse_failures / max(stats.lines, 1)
+    yield dg.Output(
+        table,
+        metadata={
+            "format": spec.format,
+            "lines": stats.lines,
+            "parse_failures": stats.parse_failures,
+            "parse_failure_rate": dg.MetadataValue.float(round(rate, 6)),
+            "continuation_lines": stats.continuation_lines,
+            "templates": stats.templates,
+            "new_templates": stats.new_templates,
+            "templates_resumed_from_state": stats.resumed_templates,
+            "distinct_masked_forms": stats.distinct_forms,
+            "preview": preview(
+                table.slice(0, 8).select(["line_number", "content", "template_id", "template"]).to_pandas()
+            ),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="parse_failure_rate",
+        passed=rate <= MAX_PARSE_FAILURE_RATE,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"parse_failures": stats.parse_failures, "rate": dg.MetadataValue.float(round(rate, 6))},
+    )
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="ingest",
+    code_version="1",
+    kinds={"parquet"},
+)
+def log_templates(context: dg.AssetExecutionContext, parsed_logs: pd.DataFrame) -> pd.DataFrame:
+    """The template vocabulary of a log source with each template's count and first and last line."""
+    vocab = template_vocabulary(parsed_logs)
+    context.add_output_metadata(
+        {
+            "templates": len(vocab),
+            "lines": int(vocab["count"].sum()),
+            "top_templates": preview(vocab[["template_id", "count", "template"]], rows=10),
+        }
+    )
+    return vocab

@@ -1,0 +1,169 @@
+"""The ``logfit`` command: materialize the lineage, manage sources, open the UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from logfit_dagster.paths import data_dir, default_dagster_home
+
+
+def _ensure_dagster_home() -> Path:
+    """Use DAGSTER_HOME if set; otherwise keep Dagster's SQLite instance under data/."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str(default_dagster_home())
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        # An empty instance config means Dagster's defaults: SQLite storage under this folder.
+        config.write_text("telemetry:\n  enabled: false\n")
+    return Path(home)
+
+
+def _metadata_value(value):
+    return getattr(value, "value", value)
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    """Materialize the ingest lineage for each source and print a per-source summary."""
+    home = _ensure_dagster_home()
+    import dagster as dg
+
+    from logfit_dagster.definitions import defs
+    from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.sources import LogSources
+
+    instance = dg.DagsterInstance.get()
+    all_sources = LogSources().all_sources()
+    names = args.sources or list(all_sources)
+    unknown = [n for n in names if n not in all_sources]
+    if unknown:
+        print(f"unknown source(s): {', '.join(unknown)}; registered: {', '.join(all_sources)}", file=sys.stderr)
+        return 2
+    existing = set(instance.get_dynamic_partitions(LOG_SOURCE))
+    new = [n for n in names if n not in existing]
+    if new:
+        instance.add_dynamic_partitions(LOG_SOURCE, new)
+    job = defs.resolve_job_def(args.job)
+    rows, failed = [], []
+    started = time.perf_counter()
+    for name in names:
+        t0 = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=name,
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+        )
+        if not result.success:
+            failures = [e for e in result.all_events if e.is_step_failure]
+            reason = failures[0].step_failure_data.error.message.strip() if failures else "run failed"
+            failed.append((name, reason))
+            print(f"[{name}] FAILED: {reason}", file=sys.stderr)
+            continue
+        meta = {}
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            meta[mat.asset_key.to_user_string()] = {k: _metadata_value(v) for k, v in mat.metadata.items()}
+        rows.append(
+            {
+                "source": name,
+                "lines": meta.get("raw_logs", {}).get("lines", ""),
+                "parse failures": meta.get("parsed_logs", {}).get("parse_failures", ""),
+                "templates": meta.get("parsed_logs", {}).get("templates", ""),
+                "sessions": meta.get("sessions", {}).get("sessions", ""),
+                "anomalous sessions": (
+                    meta.get("ground_truth_labels", {}).get("anomalous_sessions", "")
+                    if meta.get("ground_truth_labels", {}).get("has_ground_truth")
+                    else "no labels"
+                ),
+                "anomalous lines": (
+                    meta.get("ground_truth_labels", {}).get("anomalous_lines", "")
+                    if meta.get("ground_truth_labels", {}).get("has_ground_truth")
+                    else "no labels"
+                ),
+                "seconds": f"{time.perf_counter() - t0:.1f}",
+            }
+        )
+    _print_table(rows)
+    assets_dir = data_dir() / "assets"
+    print(f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)")
+    print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
+    print("open the UI with: logfit dev")
+    return 1 if failed else 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("no source was materialized")
+        return
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    print("  ".join(h.ljust(widths[h]) for h in headers))
+    print("  ".join("-" * widths[h] for h in headers))
+    for row in rows:
+        print("  ".join(str(row[h]).ljust(widths[h]) for h in headers))
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from logfit_dagster.core.registry import add_loghub_entries
+    from logfit_dagster.resources.sources import LogSources
+
+    registry = LogSources()
+    if args.action == "enable-loghub":
+        from logfit_dagster.core.loghub import LOGHUB_SYSTEMS
+
+        systems = args.systems or list(LOGHUB_SYSTEMS)
+        added = add_loghub_entries(registry.registry_file(), systems)
+        print(f"added to {registry.registry_file()}: {', '.join(added) or 'nothing (already there)'}")
+        return 0
+    for name, spec in registry.all_sources().items():
+        where = {"synthetic": f"{spec.kind} x{spec.lines} seed {spec.seed}", "loghub": spec.system}.get(
+            spec.origin, spec.path
+        )
+        print(f"{name:24} {spec.origin:9} {spec.format:12} session={spec.session.by:12} "
+              f"ground_truth={spec.ground_truth.provider:10} {where}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    home = _ensure_dagster_home()
+    print(f"DAGSTER_HOME={home}")
+    os.execvp("dagster", ["dagster", "dev", *args.rest])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="logfit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("materialize", help="run the lineage for every source (or the ones named)")
+    m.add_argument("sources", nargs="*", help="source names (default: every registered source)")
+    m.add_argument("--job", default="ingest_job", help="the job to run per source")
+    m.add_argument("--log-level", default="WARNING", help="Dagster console log level")
+    m.set_defaults(func=cmd_materialize)
+    s = sub.add_parser("sources", help="list sources, or enable Loghub systems")
+    s.add_argument("action", nargs="?", default="list", choices=["list", "enable-loghub"])
+    s.add_argument("systems", nargs="*", help="Loghub systems for enable-loghub (default: all 16)")
+    s.set_defaults(func=cmd_sources)
+    d = sub.add_parser("dev", help="open the Dagster UI (dagster dev) with the instance under data/")
+    d.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to dagster dev")
+    d.set_defaults(func=cmd_dev)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # the CLI prints what is wrong instead of a trace for bad input
+        from logfit_dagster.core.errors import LogfitError
+
+        if isinstance(exc, LogfitError):
+            print(f"logfit: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

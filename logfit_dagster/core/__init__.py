@@ -1,0 +1,1 @@
+"""The log-anomaly domain: parsing, templates, sessions, labels and splits. Never imports dagster."""

@@ -1,0 +1,17 @@
+"""Errors that name what is wrong: the file, the line, the field."""
+
+
+class LogfitError(Exception):
+    """Base of every error logfit raises on bad input."""
+
+
+class LogInputError(LogfitError):
+    """A log file is missing, empty or unreadable."""
+
+
+class RegistryError(LogfitError):
+    """The source registry is malformed or names an unknown or unsafe source."""
+
+
+class ChecksumMismatchError(LogfitError):
+    """A downloaded file does not match its expected checksum."""

@@ -1,0 +1,136 @@
+"""Line formats: Loghub's ``log_format`` convention compiled to regular expressions.
+
+A format such as ``<Date> <Time> <Pid> <Level> <Component>: <Content>`` names header fields in
+angle brackets; literal text between them is matched as written, with runs of spaces matching
+any whitespace. The pattern is RE2-compatible so that pyarrow can apply it to a whole column.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# The log_format strings of Loghub's benchmark settings for its 16 systems, plus the formats of
+# the synthetic generator. Each value: (log_format, masking rule names, drain sim_th, drain depth).
+LOGHUB_FORMATS: dict[str, str] = {
+    "HDFS": "<Date> <Time> <Pid> <Level> <Component>: <Content>",
+    "Hadoop": r"<Date> <Time> <Level> \[<Process>\] <Component>: <Content>",
+    "Spark": "<Date> <Time> <Level> <Component>: <Content>",
+    "Zookeeper": r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>",
+    "BGL": "<Label> <Timestamp> <Date> <Node> <Time> <NodeRepeat> <Type> <Component> <Level> <Content>",
+    "HPC": "<LogId> <Node> <Component> <State> <Time> <Flag> <Content>",
+    "Thunderbird": (
+        r"<Label> <Timestamp> <Date> <User> <Month> <Day> <Time> <Location> "
+        r"<Component>(\[<PID>\])?: <Content>"
+    ),
+    "Windows": "<Date> <Time>, <Level>                  <Component>    <Content>",
+    "Linux": r"<Month> <Date> <Time> <Level> <Component>(\[<PID>\])?: <Content>",
+    "Android": "<Date> <Time>  <Pid>  <Tid> <Level> <Component>: <Content>",
+    "HealthApp": r"<Time>\|<Component>\|<Pid>\|<Content>",
+    "Apache": r"\[<Time>\] \[<Level>\] <Content>",
+    "Proxifier": r"\[<Time>\] <Program> - <Content>",
+    "OpenSSH": r"<Date> <Day> <Time> <Component> sshd\[<Pid>\]: <Content>",
+    "OpenStack": r"<Logrecord> <Date> <Time> <Pid> <Level> <Component> \[<ADDR>\] <Content>",
+    "Mac": r"<Month>  <Date> <Time> <User> <Component>\[<PID>\]( \(<Address>\))?: <Content>",
+}
+
+# Formats of the synthetic generator that are not a Loghub system's.
+EXTRA_FORMATS: dict[str, str] = {
+    "JavaApp": r"<Date> <Time> <Level> \[<Thread>\] <Component>: <Content>",
+}
+
+# The fallback for unknown formats: an optional leading timestamp and level, the rest content.
+GENERIC_FORMAT = "generic"
+_GENERIC_PATTERN = (
+    r"^(?:(?P<Timestamp>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\s+)?"
+    r"(?:\[?(?P<Level>TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|CRITICAL|FATAL|SEVERE)\]?:?\s+)?"
+    r"(?P<Content>.*)$"
+)
+
+# How to read a timestamp out of the header columns, for time-window sessions:
+# (columns joined by a space, strptime-style format understood by pandas.to_datetime).
+TIMESTAMP_RULES: dict[str, tuple[tuple[str, ...], str]] = {
+    "HDFS": (("Date", "Time"), "%y%m%d %H%M%S"),
+    "Hadoop": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
+    "Spark": (("Date", "Time"), "%y/%m/%d %H:%M:%S"),
+    "Zookeeper": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
+    "BGL": (("Time",), "%Y-%m-%d-%H.%M.%S.%f"),
+    "HPC": (("Time",), "unix"),
+    "Thunderbird": (("Timestamp",), "unix"),
+    "Windows": (("Date", "Time"), "%Y-%m-%d %H:%M:%S"),
+    "OpenStack": (("Date", "Time"), "%Y-%m-%d %H:%M:%S.%f"),
+    "JavaApp": (("Date", "Time"), "%Y-%m-%d %H:%M:%S,%f"),
+    GENERIC_FORMAT: (("Timestamp",), "ISO8601"),
+}
+
+
+@dataclass(frozen=True)
+class LineFormat:
+    """A compiled line format.
+
+    Attributes:
+        name: the format's name (a Loghub system, ``generic``, or ``custom``).
+        log_format: the Loghub-style format string (empty for ``generic``).
+        pattern: the anchored regular expression with one named group per header field.
+        fields: the header field names in order; always ends with ``Content``.
+        multiline: lines that do not match continue the previous record (stack traces).
+    """
+
+    name: str
+    log_format: str
+    pattern: str
+    fields: tuple[str, ...]
+    multiline: bool = False
+    timestamp_rule: tuple[tuple[str, ...], str] | None = field(default=None, compare=False)
+
+
+def compile_log_format(log_format: str) -> tuple[str, tuple[str, ...]]:
+    """Turn a Loghub ``log_format`` string into an anchored regex and its field names.
+
+    Raises:
+        ValueError: when the format names no ``<Content>`` field or repeats a field.
+    """
+    parts = re.split(r"(<[^<>]+>)", log_format)
+    fields: list[str] = []
+    regex = ""
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            literal = re.sub(" +", r"\\s+", part)
+            # RE2 (pyarrow) rejects unnamed capture groups: make the format's own groups,
+            # such as Linux's optional ``(\[<PID>\])?``, non-capturing.
+            regex += re.sub(r"(?<!\\)\((?!\?)", "(?:", literal)
+        else:
+            name = part.strip("<>")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"log format {log_format!r}: field name {name!r} is not an identifier")
+            if name in fields:
+                raise ValueError(f"log format {log_format!r}: field <{name}> appears twice")
+            fields.append(name)
+            regex += f"(?P<{name}>.*?)"
+    if "Content" not in fields:
+        raise ValueError(f"log format {log_format!r} has no <Content> field")
+    return f"^{regex}$", tuple(fields)
+
+
+def get_line_format(spec: str, multiline: bool = False) -> LineFormat:
+    """Resolve a format by Loghub system name, ``generic``, or a literal ``<Field>`` string."""
+    if spec == GENERIC_FORMAT:
+        return LineFormat(
+            name=GENERIC_FORMAT,
+            log_format="",
+            pattern=_GENERIC_PATTERN,
+            fields=("Timestamp", "Level", "Content"),
+            multiline=multiline,
+            timestamp_rule=TIMESTAMP_RULES[GENERIC_FORMAT],
+        )
+    known = {**LOGHUB_FORMATS, **EXTRA_FORMATS}
+    if spec in known:
+        pattern, fields = compile_log_format(known[spec])
+        return LineFormat(spec, known[spec], pattern, fields, multiline, TIMESTAMP_RULES.get(spec))
+    if "<" in spec and ">" in spec:
+        pattern, fields = compile_log_format(spec)
+        return LineFormat("custom", spec, pattern, fields, multiline, None)
+    raise ValueError(
+        f"unknown line format {spec!r}: use one of {sorted(known)}, 'generic', "
+        "or a log_format string such as '<Date> <Time> <Level> <Component>: <Content>'"
+    )

@@ -1,0 +1,93 @@
+"""The Loghub 2k samples: download from their public location, verify, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from logfit_dagster.core.errors import ChecksumMismatchError, LogInputError
+from logfit_dagster.core.reading import atomic_path
+
+# The Loghub repository at the commit whose 2k samples these checksums describe.
+DEFAULT_LOGHUB_BASE_URL = (
+    "https://raw.githubusercontent.com/logpai/loghub/dd61d0952749ee7963bde24220d1be5ede023033"
+)
+
+# SHA-256 of ``<System>/<System>_2k.log`` at that commit.
+LOGHUB_SHA256: dict[str, str] = {
+    "Android": "47641549915e662ff590291df266a45f635eedca7c5f1b41a4fa853fe5d2f409",
+    "Apache": "c7efa3eb686e3a96bd2f8f4457b2a7887e9cf2f3649327f1b4e87af841363ce8",
+    "BGL": "2a819ea540909db682005c9cf948387a40729b5c2e9f19d430e29ce704825496",
+    "HDFS": "7c967000980c086ed55fa6544ba4f05fe66d44622795e890c68caf8bbb635035",
+    "HPC": "826e5957b461e65780a8bda5c186c2fcf90fd6c1863721ef9c1ccfa9ada86f88",
+    "Hadoop": "9ecaeb807d50d5fb5a20982ea66f1c8d32545259a51ce7456c1ab78db0509732",
+    "HealthApp": "95ec36322f5db1e6faaab764c568b67023d7d6733793106289dbf30516fc13ee",
+    "Linux": "b3e20bc1afe732ab1bf3ed1de4bf9c809e4194e02f7dea911d918e5342e8e173",
+    "Mac": "d9ea495488728d8c989dc942fca3324a3cc7b19b0a6f409a5fd568ad547fd931",
+    "OpenSSH": "1e4912727fa88245113d41b16a0cd25ceadba7f931e1c406542885b91254264f",
+    "OpenStack": "025a1bc64ff5b2ef4a4bda6c4ad5c5c5f18478b71cd1ad2b0676e01625629f2f",
+    "Proxifier": "94b6a9d98d76e7ad7841ed10caa463cd4e638a229b92a220a2bf1707552adbb9",
+    "Spark": "2e8b9a37fc5c238253e0b8e18a8bd5e489671def91767ae1192d28c8e1f95901",
+    "Thunderbird": "903bbfa61c34d4803e4adcb0d726ff2eeb9a2e11971243269a2035fa6c3bbeb0",
+    "Windows": "372fb809464a6d6016e599e9272d7cf1e8b644f25c90c7f76f19c936362456d0",
+    "Zookeeper": "e40e0af5ef9eb6e4097200f260b9d1f626b3676f861a432e87977242e75543d8",
+}
+
+LOGHUB_SYSTEMS: tuple[str, ...] = tuple(sorted(LOGHUB_SHA256))
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def loghub_url(system: str, base_url: str = DEFAULT_LOGHUB_BASE_URL) -> str:
+    """Where a system's 2k sample lives under a Loghub base URL (the public one or a mirror)."""
+    return f"{base_url.rstrip('/')}/{system}/{system}_2k.log"
+
+
+def fetch_loghub_sample(
+    system: str,
+    cache_dir: Path,
+    base_url: str = DEFAULT_LOGHUB_BASE_URL,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Return the cached, verified 2k sample of a Loghub system, downloading it if needed.
+
+    A cached copy whose checksum matches is used as is. A download is written beside the cache
+    and only replaces it once its checksum matches, so a bad or truncated download never
+    replaces a good copy.
+
+    Raises:
+        LogInputError: for an unknown system or a failed download.
+        ChecksumMismatchError: when the downloaded bytes are not the expected file.
+    """
+    if system not in LOGHUB_SHA256:
+        raise LogInputError(
+            f"unknown Loghub system {system!r}; known: {', '.join(LOGHUB_SYSTEMS)}"
+        )
+    expected = LOGHUB_SHA256[system]
+    target = Path(cache_dir) / system / f"{system}_2k.log"
+    if target.is_file() and sha256_of(target) == expected:
+        return target
+    url = loghub_url(system, base_url)
+    with atomic_path(target) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except (urllib.error.URLError, OSError) as exc:
+            raise LogInputError(f"could not download {url}: {exc}") from exc
+        actual = sha256_of(tmp)
+        if actual != expected:
+            kept = f"; the cached copy {target} is kept" if target.exists() else ""
+            raise ChecksumMismatchError(
+                f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}{kept}"
+            )
+    return target

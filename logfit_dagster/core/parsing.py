@@ -1,0 +1,54 @@
+"""Header parsing of raw lines into columns, whole columns at a time."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from logfit_dagster.core.formats import LineFormat
+
+
+def column_name(field: str) -> str:
+    """The parquet column a header field becomes: ``Component`` -> ``component``."""
+    return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", field).lower()
+
+
+def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
+    """Split raw lines into header fields and content.
+
+    A line that does not match the format is kept: its header fields are null, its content is the
+    whole line and ``parse_ok`` is false. For a multiline format, a non-matching line that follows
+    a matched record is a continuation (a stack-trace frame, say): it inherits that record's
+    header fields and counts as parsed, flagged by ``is_continuation``.
+
+    Returns:
+        A table with one column per header field (lower-cased), ``content``, ``parse_ok`` and,
+        for multiline formats, ``is_continuation``.
+    """
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    extracted = pc.extract_regex(lines, pattern=fmt.pattern)
+    matched = pc.is_valid(extracted)
+    columns: dict[str, pa.Array] = {}
+    for field in fmt.fields:
+        values = pc.struct_field(extracted, field)
+        if field == "Content":
+            values = pc.if_else(matched, values, lines)
+        else:
+            values = pc.utf8_trim_whitespace(values)
+        columns[column_name(field)] = values
+    if fmt.multiline:
+        # A continuation belongs to the record above it; only lines before any record fail.
+        for field in fmt.fields:
+            if field != "Content":
+                name = column_name(field)
+                columns[name] = pc.fill_null_forward(columns[name])
+        continuation = pc.invert(matched)
+        has_record = pc.is_valid(pc.fill_null_forward(pc.if_else(matched, True, None)))
+        columns["parse_ok"] = pc.and_(pc.or_(matched, has_record), pa.scalar(True))
+        columns["is_continuation"] = pc.and_(continuation, has_record)
+    else:
+        columns["parse_ok"] = matched
+    return pa.table(columns)

@@ -1,0 +1,257 @@
+"""The source registry: one YAML file that says which log sources exist and how to read them.
+
+Every entry becomes a partition of the ``log_source`` partitions. An entry::
+
+    - name: synth_hdfs          # the partition key: letters, digits, ``_ . -``
+      origin: synthetic          # synthetic | loghub | files
+      kind: hdfs                 # synthetic only: hdfs | openstack | bgl | javaapp
+      lines: 20000               # synthetic only
+      seed: 7                    # synthetic only
+      system: HDFS               # loghub only: one of the 16 Loghub systems
+      path: /var/log/app/*.log   # files only: a file or a glob
+      format: HDFS               # a Loghub system, generic, or '<Date> <Time> ... <Content>'
+      multiline: false           # non-matching lines continue the previous record
+      session: {by: block_id}    # block_id | instance_id | regex | window | time_window
+      ground_truth: {provider: synthetic}   # synthetic | hdfs_blocks | alert_field
+                                             # | instance_list | none
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logfit_dagster.core.errors import RegistryError
+from logfit_dagster.core.formats import GENERIC_FORMAT, get_line_format
+from logfit_dagster.core.loghub import LOGHUB_SYSTEMS
+from logfit_dagster.core.synthetic import FORMAT_OF_KIND, SYNTHETIC_KINDS
+
+ORIGINS = ("synthetic", "loghub", "files")
+SESSION_KINDS = ("block_id", "instance_id", "regex", "window", "time_window")
+GROUND_TRUTH_PROVIDERS = ("synthetic", "hdfs_blocks", "alert_field", "instance_list", "none")
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Where a Loghub system's lines fall into sessions and where its ground truth comes from.
+_LOGHUB_SESSIONS = {"HDFS": {"by": "block_id"}, "OpenStack": {"by": "instance_id"}}
+_LOGHUB_GROUND_TRUTH = {
+    "BGL": {"provider": "alert_field"},
+    "Thunderbird": {"provider": "alert_field"},
+}
+
+
+def check_source_name(name: str) -> str:
+    """Return ``name`` if it is a safe file name, else raise ``RegistryError``.
+
+    Source names become partition keys and folder names under data/, so ``../x`` and the like
+    are refused.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise RegistryError(
+            f"source name {name!r} is not a safe file name: use letters, digits, '_', '.' and "
+            "'-', starting with a letter or digit, without '..'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How lines group into sessions."""
+
+    by: str = "window"
+    size: int = 100
+    seconds: int = 300
+    pattern: str = ""
+
+
+@dataclass(frozen=True)
+class GroundTruthSpec:
+    """Where a source's anomaly labels come from."""
+
+    provider: str = "none"
+    path: str = ""
+    unlisted: str = "unknown"
+    field: str = "label"
+    normal_value: str = "-"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One registered log source."""
+
+    name: str
+    origin: str
+    format: str = GENERIC_FORMAT
+    multiline: bool = False
+    session: SessionSpec = field(default_factory=SessionSpec)
+    ground_truth: GroundTruthSpec = field(default_factory=GroundTruthSpec)
+    kind: str = ""
+    lines: int = 0
+    seed: int = 0
+    system: str = ""
+    path: str = ""
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.ground_truth.provider != "none"
+
+
+_ENTRY_KEYS = {
+    "name", "origin", "format", "multiline", "session", "ground_truth", "kind", "lines", "seed",
+    "system", "path", "description",
+}
+
+
+def parse_source(entry: Any, where: str) -> SourceSpec:
+    """Validate one registry entry; ``where`` names it in errors (file and index)."""
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise RegistryError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}")
+    if "name" not in entry:
+        raise RegistryError(f"{where}: missing field 'name'")
+    name = entry["name"]
+    try:
+        check_source_name(name)
+    except RegistryError as exc:
+        raise RegistryError(f"{where}: {exc}") from None
+    where = f"{where} ({name})"
+    origin = entry.get("origin")
+    if origin not in ORIGINS:
+        raise RegistryError(f"{where}: field 'origin' must be one of {ORIGINS}, got {origin!r}")
+
+    kind, system, path = str(entry.get("kind", "")), str(entry.get("system", "")), str(entry.get("path", ""))
+    session_default: dict[str, Any] = {"by": "window", "size": 100}
+    truth_default: dict[str, Any] = {"provider": "none"}
+    fmt = entry.get("format")
+    if origin == "synthetic":
+        if kind not in SYNTHETIC_KINDS:
+            raise RegistryError(f"{where}: field 'kind' must be one of {SYNTHETIC_KINDS}, got {kind!r}")
+        fmt = fmt or FORMAT_OF_KIND[kind]
+        truth_default = {"provider": "synthetic"}
+        session_default = {
+            "hdfs": {"by": "block_id"},
+            "openstack": {"by": "instance_id"},
+            "bgl": {"by": "time_window", "seconds": 300},
+            "javaapp": {"by": "window", "size": 50},
+        }[kind]
+    elif origin == "loghub":
+        if system not in LOGHUB_SYSTEMS:
+            raise RegistryError(f"{where}: field 'system' must be one of {LOGHUB_SYSTEMS}, got {system!r}")
+        fmt = fmt or system
+        session_default = _LOGHUB_SESSIONS.get(system, session_default)
+        truth_default = _LOGHUB_GROUND_TRUTH.get(system, truth_default)
+    else:
+        if not path:
+            raise RegistryError(f"{where}: origin 'files' needs field 'path' (a file or a glob)")
+        fmt = fmt or GENERIC_FORMAT
+    multiline = bool(entry.get("multiline", kind == "javaapp"))
+    try:
+        get_line_format(str(fmt), multiline)
+    except ValueError as exc:
+        raise RegistryError(f"{where}: field 'format': {exc}") from None
+
+    session = _sub_spec(SessionSpec, {**session_default, **(entry.get("session") or {})}, f"{where}.session")
+    if session.by not in SESSION_KINDS:
+        raise RegistryError(f"{where}: session.by must be one of {SESSION_KINDS}, got {session.by!r}")
+    if session.by == "regex":
+        try:
+            if re.compile(session.pattern).groups > 1:
+                raise RegistryError(f"{where}: session.pattern may have at most one group")
+        except re.error as exc:
+            raise RegistryError(f"{where}: session.pattern is not a valid regex: {exc}") from None
+        if not session.pattern:
+            raise RegistryError(f"{where}: session.by 'regex' needs session.pattern")
+    if session.by == "window" and session.size < 1:
+        raise RegistryError(f"{where}: session.size must be at least 1")
+    if session.by == "time_window" and session.seconds < 1:
+        raise RegistryError(f"{where}: session.seconds must be at least 1")
+    truth = _sub_spec(GroundTruthSpec, {**truth_default, **(entry.get("ground_truth") or {})}, f"{where}.ground_truth")
+    if truth.provider not in GROUND_TRUTH_PROVIDERS:
+        raise RegistryError(
+            f"{where}: ground_truth.provider must be one of {GROUND_TRUTH_PROVIDERS}, got {truth.provider!r}"
+        )
+    if truth.provider in ("hdfs_blocks", "instance_list") and not truth.path:
+        raise RegistryError(f"{where}: ground_truth provider {truth.provider!r} needs ground_truth.path")
+    if truth.provider == "synthetic" and origin != "synthetic":
+        raise RegistryError(f"{where}: ground_truth provider 'synthetic' is only for synthetic sources")
+    try:
+        lines, seed = int(entry.get("lines", 20000 if origin == "synthetic" else 0)), int(entry.get("seed", 0))
+    except (TypeError, ValueError):
+        raise RegistryError(f"{where}: fields 'lines' and 'seed' must be integers") from None
+    if origin == "synthetic" and lines < 1:
+        raise RegistryError(f"{where}: field 'lines' must be at least 1")
+    return SourceSpec(
+        name=name, origin=origin, format=str(fmt), multiline=multiline, session=session,
+        ground_truth=truth, kind=kind, lines=lines, seed=seed, system=system, path=path,
+    )
+
+
+def _sub_spec(cls, values: dict, where: str):
+    allowed = set(cls.__dataclass_fields__)
+    unknown = set(values) - allowed
+    if unknown:
+        raise RegistryError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    try:
+        converted = {
+            key: type(getattr(cls(), key))(value) if value is not None else getattr(cls(), key)
+            for key, value in values.items()
+        }
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"{where}: {exc}") from None
+    return cls(**converted)
+
+
+def load_registry(path: Path) -> dict[str, SourceSpec]:
+    """Read and validate the registry file.
+
+    Raises:
+        RegistryError: naming the file and the entry for any malformed entry or duplicate name.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"source registry not found: {path}")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+    entries = document.get("sources") if isinstance(document, dict) else None
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise RegistryError(f"{path}: 'sources' must be a list of entries")
+    sources: dict[str, SourceSpec] = {}
+    for index, entry in enumerate(entries):
+        spec = parse_source(entry, f"{path}: sources[{index}]")
+        if spec.name in sources:
+            raise RegistryError(f"{path}: sources[{index}]: source name {spec.name!r} appears twice")
+        sources[spec.name] = spec
+    return sources
+
+
+def loghub_entry(system: str) -> str:
+    """The registry line that enables one Loghub system."""
+    return f"  - {{name: loghub_{system}, origin: loghub, system: {system}}}\n"
+
+
+def add_loghub_entries(path: Path, systems: list[str]) -> list[str]:
+    """Append entries for Loghub systems not yet registered; returns the names added."""
+    path = Path(path)
+    existing = load_registry(path) if path.exists() else {}
+    unknown = [s for s in systems if s not in LOGHUB_SYSTEMS]
+    if unknown:
+        raise RegistryError(f"unknown Loghub system(s) {unknown}; known: {', '.join(LOGHUB_SYSTEMS)}")
+    added = [s for s in systems if f"loghub_{s}" not in existing]
+    if added:
+        text = path.read_text(encoding="utf-8") if path.exists() else "sources:\n"
+        if not text.endswith("\n"):
+            text += "\n"
+        text += "".join(loghub_entry(s) for s in added)
+        path.write_text(text, encoding="utf-8")
+        load_registry(path)
+    return [f"loghub_{s}" for s in added]

@@ -1,0 +1,59 @@
+"""Train/dev/test splits of sessions: stratified by label with a fixed seed, or chronological."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    n_train = int(round(n * fractions[0]))
+    n_dev = int(round(n * (fractions[0] + fractions[1]))) - n_train
+    return n_train, n_dev
+
+
+def split_sessions(
+    sessions: pd.DataFrame,
+    method: str = "stratified",
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Assign every session to exactly one split.
+
+    Args:
+        sessions: ``session_id``, ``first_line`` and ``label`` (nullable) per session.
+        method: ``stratified`` (per label group, shuffled with ``seed``) or ``chronological``
+            (by first line: train on the past, test on the future).
+        fractions: train, dev and test fractions; they must sum to 1.
+        seed: the shuffle seed.
+
+    Returns:
+        ``session_id``, ``split``, ``label``, ``first_line``, one row per session.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    if method not in ("stratified", "chronological"):
+        raise ValueError(f"unknown split method {method!r}: use 'stratified' or 'chronological'")
+    frame = sessions[["session_id", "first_line", "label"]].drop_duplicates("session_id")
+    frame = frame.reset_index(drop=True)
+    split = np.empty(len(frame), dtype=object)
+    if method == "chronological":
+        order = np.argsort(frame["first_line"].to_numpy(), kind="stable")
+        n_train, n_dev = _cut(len(order), fractions)
+        split[order[:n_train]] = "train"
+        split[order[n_train : n_train + n_dev]] = "dev"
+        split[order[n_train + n_dev :]] = "test"
+    else:
+        rng = np.random.default_rng(seed)
+        strata = frame["label"].astype("string").fillna("unknown")
+        for value in sorted(strata.unique()):
+            members = np.flatnonzero((strata == value).to_numpy())
+            members = members[rng.permutation(len(members))]
+            n_train, n_dev = _cut(len(members), fractions)
+            split[members[:n_train]] = "train"
+            split[members[n_train : n_train + n_dev]] = "dev"
+            split[members[n_train + n_dev :]] = "test"
+    frame["split"] = split
+    return frame[["session_id", "split", "label", "first_line"]]

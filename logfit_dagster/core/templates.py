@@ -1,0 +1,210 @@
+"""Template mining with Drain3, one call per distinct masked content.
+
+Real logs repeat: 20,000 HDFS lines have about 21 distinct masked forms. Drain3 sends an
+already-seen masked content to the same cluster, so mining only the first occurrence of each
+distinct form, in order of appearance, gives Drain3's own answer at a fraction of the cost.
+The miner's state is saved per source so that a grown source continues where it stopped and its
+template ids stay stable across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from logfit_dagster.core.masking import DEFAULT_MASKS, MaskRule, mask_column
+
+
+@dataclass(frozen=True)
+class ParserProfile:
+    """How a source's content is masked and mined.
+
+    Attributes:
+        masks: the masking rules, applied in order.
+        sim_th: Drain's similarity threshold.
+        depth: Drain's parse-tree depth.
+        max_children: Drain's maximum children per tree node.
+        extra_delimiters: characters split like whitespace before mining.
+    """
+
+    masks: tuple[MaskRule, ...] = DEFAULT_MASKS
+    sim_th: float = 0.5
+    depth: int = 4
+    max_children: int = 100
+    extra_delimiters: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        """A short hash of the profile; a saved miner state is only reused under the same one."""
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _extra(*rules: tuple[str, str]) -> tuple[MaskRule, ...]:
+    return tuple(MaskRule(f"extra{i}", pattern, "<*>") for i, (pattern, _) in enumerate(rules))
+
+
+# Per-system tuning for the Loghub systems: Loghub's benchmark settings for Drain (the extra
+# regexes, similarity threshold and depth), on top of the default masks.
+LOGHUB_PROFILES: dict[str, ParserProfile] = {
+    "HDFS": ParserProfile(sim_th=0.5, depth=4),
+    "Hadoop": ParserProfile(sim_th=0.5, depth=4),
+    "Spark": ParserProfile(
+        masks=_extra((r"\b[KGTM]?B\b", "")) + DEFAULT_MASKS, sim_th=0.5, depth=4
+    ),
+    "Zookeeper": ParserProfile(sim_th=0.5, depth=4),
+    "BGL": ParserProfile(masks=_extra((r"core\.\d+", "")) + DEFAULT_MASKS, sim_th=0.5, depth=4),
+    "HPC": ParserProfile(masks=_extra((r"=\d+", "")) + DEFAULT_MASKS, sim_th=0.5, depth=4),
+    "Thunderbird": ParserProfile(sim_th=0.5, depth=4),
+    "Windows": ParserProfile(
+        masks=_extra((r"0x[0-9a-fA-F]+", "")) + DEFAULT_MASKS, sim_th=0.7, depth=5
+    ),
+    "Linux": ParserProfile(
+        masks=_extra((r"\d{2}:\d{2}:\d{2}", "")) + DEFAULT_MASKS, sim_th=0.39, depth=6
+    ),
+    "Android": ParserProfile(
+        masks=_extra(
+            (r"(/[\w-]+)+", ""),
+            (r"([\w-]+\.){2,}[\w-]+", ""),
+            (r"\b(\-?\+?\d+)\b|\b0[Xx][a-fA-F\d]+\b|\b[a-fA-F\d]{4,}\b", ""),
+        )
+        + DEFAULT_MASKS,
+        sim_th=0.2,
+        depth=6,
+    ),
+    "HealthApp": ParserProfile(sim_th=0.2, depth=4),
+    "Apache": ParserProfile(sim_th=0.5, depth=4),
+    "Proxifier": ParserProfile(
+        masks=_extra(
+            (r"<\d+\s?sec", ""), (r"([\w-]+\.)+[\w-]+(:\d+)?", ""), (r"\d{2}:\d{2}(:\d{2})*", "")
+        )
+        + DEFAULT_MASKS,
+        sim_th=0.6,
+        depth=3,
+    ),
+    "OpenSSH": ParserProfile(
+        masks=_extra((r"([\w-]+\.){2,}[\w-]+", "")) + DEFAULT_MASKS, sim_th=0.6, depth=5
+    ),
+    "OpenStack": ParserProfile(
+        masks=_extra((r"((\d+\.){3}\d+,?)+", ""), (r"/.+?\s", "")) + DEFAULT_MASKS,
+        sim_th=0.5,
+        depth=5,
+    ),
+    "Mac": ParserProfile(
+        masks=_extra((r"([\w-]+\.){2,}[\w-]+", "")) + DEFAULT_MASKS, sim_th=0.7, depth=6
+    ),
+}
+
+
+def profile_for(format_name: str) -> ParserProfile:
+    """The parser profile of a format: Loghub's tuning where known, the defaults otherwise."""
+    return LOGHUB_PROFILES.get(format_name, ParserProfile())
+
+
+@dataclass
+class MiningResult:
+    """Template ids per line and the template text of every cluster seen in this call."""
+
+    template_ids: np.ndarray
+    templates: dict[int, str] = field(default_factory=dict)
+    masked: pa.Array | None = None
+    distinct_forms: int = 0
+    new_clusters: int = 0
+
+
+class TemplateMiner:
+    """A Drain3 miner over masked content, with its state saved between runs.
+
+    Args:
+        profile: masking and Drain settings.
+        state_path: where the miner's state lives; ``None`` keeps it in memory only.
+    """
+
+    def __init__(self, profile: ParserProfile, state_path: Path | None = None):
+        from drain3.drain import Drain
+
+        self.profile = profile
+        self.state_path = Path(state_path) if state_path else None
+        self.drain = Drain(
+            sim_th=profile.sim_th,
+            depth=profile.depth,
+            max_children=profile.max_children,
+            extra_delimiters=list(profile.extra_delimiters),
+            param_str="<*>",
+        )
+        self.resumed_clusters = 0
+        if self.state_path is not None and self.state_path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        import jsonpickle
+
+        assert self.state_path is not None
+        saved = json.loads(self.state_path.read_text(encoding="utf-8"))
+        if saved.get("profile") != self.profile.fingerprint():
+            # The masks or Drain settings changed: old clusters would not mean the same thing.
+            return
+        drain = jsonpickle.loads(saved["drain"], keys=True)
+        self.drain.id_to_cluster = drain.id_to_cluster
+        self.drain.clusters_counter = drain.clusters_counter
+        self.drain.root_node = drain.root_node
+        self.resumed_clusters = len(self.drain.id_to_cluster)
+
+    def save(self) -> None:
+        """Write the state atomically: a crash mid-write leaves the previous state intact."""
+        import jsonpickle
+
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(
+            {
+                "profile": self.profile.fingerprint(),
+                "drain": jsonpickle.dumps(self.drain, keys=True),
+            }
+        )
+        fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=".miner-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(payload)
+        os.replace(tmp, self.state_path)
+
+    def mine(self, content: pa.Array | pa.ChunkedArray) -> MiningResult:
+        """Mask a content column and assign each line a template id.
+
+        Returns:
+            A ``MiningResult`` whose ``templates`` holds the final template of every cluster any
+            line of this call landed in.
+        """
+        masked = mask_column(pc.fill_null(content, ""), self.profile.masks)
+        encoded = pc.dictionary_encode(masked)
+        distinct = encoded.dictionary.to_pylist()
+        before = self.drain.clusters_counter
+        cluster_of_form = np.empty(len(distinct), dtype=np.int64)
+        add = self.drain.add_log_message
+        for i, form in enumerate(distinct):
+            cluster, _ = add(form)
+            cluster_of_form[i] = cluster.cluster_id
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        template_ids = cluster_of_form[indices] if len(indices) else np.empty(0, dtype=np.int64)
+        templates = {
+            int(cid): self.drain.id_to_cluster[int(cid)].get_template()
+            for cid in np.unique(cluster_of_form)
+        }
+        return MiningResult(
+            template_ids=template_ids,
+            templates=templates,
+            masked=masked,
+            distinct_forms=len(distinct),
+            new_clusters=self.drain.clusters_counter - before,
+        )
+
+    def template_of(self, cluster_id: int) -> str:
+        """The current template of a cluster."""
+        return self.drain.id_to_cluster[cluster_id].get_template()

@@ -1,0 +1,19 @@
+"""The one Definitions object of logfit: assets, checks, resources, jobs and sensors."""
+
+import dagster as dg
+
+from logfit_dagster.assets import datasets, ingest
+from logfit_dagster.jobs import ingest_job
+from logfit_dagster.resources.sources import LogSources
+from logfit_dagster.resources.storage import ParquetIOManager
+from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingest, datasets]),
+    resources={
+        "io_manager": ParquetIOManager(),
+        "sources": LogSources(),
+    },
+    jobs=[ingest_job],
+    sensors=[log_source_registry_sensor, incoming_logs_sensor],
+)

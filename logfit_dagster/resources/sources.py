@@ -1,0 +1,142 @@
+"""The log sources: the registry file, and the files behind each source's origin."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from logfit_dagster.core.errors import LogInputError, RegistryError
+from logfit_dagster.core.ingest import write_synthetic
+from logfit_dagster.core.loghub import DEFAULT_LOGHUB_BASE_URL, fetch_loghub_sample
+from logfit_dagster.core.registry import (
+    SourceSpec,
+    check_source_name,
+    load_registry,
+    parse_source,
+)
+from logfit_dagster.core.synthetic import generate
+from logfit_dagster.paths import data_dir, registry_path
+
+INCOMING = "incoming"
+
+
+class LogSources(dg.ConfigurableResource):
+    """Resolves a log source's name to its description and its files on disk.
+
+    Sources come from the registry file; a folder ``data/incoming/<name>/`` that is not in the
+    registry is a source too, read with the generic format (or the entry in its own
+    ``source.yaml``).
+    """
+
+    registry: str = Field(default="", description="Registry file; empty means $LOGFIT_SOURCES or ./sources.yaml.")
+    data_dir: str = Field(default="", description="Data folder; empty means $LOGFIT_DATA_DIR or ./data.")
+    loghub_base_url: str = Field(
+        default="",
+        description="Base URL of the Loghub repository (a mirror); empty means $LOGFIT_LOGHUB_URL "
+        "or the public Loghub repository.",
+    )
+
+    def root(self) -> Path:
+        return Path(self.data_dir).resolve() if self.data_dir else data_dir()
+
+    def registry_file(self) -> Path:
+        return Path(self.registry).resolve() if self.registry else registry_path()
+
+    def incoming_dir(self) -> Path:
+        return self.root() / INCOMING
+
+    def registered(self) -> dict[str, SourceSpec]:
+        """The sources of the registry file."""
+        path = self.registry_file()
+        return load_registry(path) if path.exists() else {}
+
+    def incoming_sources(self) -> dict[str, SourceSpec]:
+        """Sources dropped as folders under data/incoming/."""
+        import yaml
+
+        found: dict[str, SourceSpec] = {}
+        incoming = self.incoming_dir()
+        if not incoming.is_dir():
+            return found
+        for folder in sorted(p for p in incoming.iterdir() if p.is_dir()):
+            try:
+                check_source_name(folder.name)
+            except RegistryError:
+                continue
+            entry = {"name": folder.name, "origin": "files", "path": str(folder / "*")}
+            own = folder / "source.yaml"
+            if own.is_file():
+                entry.update(yaml.safe_load(own.read_text(encoding="utf-8")) or {})
+                entry["name"], entry["origin"] = folder.name, "files"
+                entry["path"] = str(folder / entry.get("path", "*"))
+            found[folder.name] = parse_source(entry, str(own if own.is_file() else folder))
+        return found
+
+    def all_sources(self) -> dict[str, SourceSpec]:
+        """Registry sources, then incoming folders not named in the registry."""
+        sources = self.registered()
+        for name, spec in self.incoming_sources().items():
+            sources.setdefault(name, spec)
+        return sources
+
+    def get(self, name: str) -> SourceSpec:
+        """The source behind a partition key.
+
+        Raises:
+            RegistryError: when the name is unsafe or the source was removed from the registry;
+                its partition and history stay, but new runs are refused.
+        """
+        check_source_name(name)
+        sources = self.all_sources()
+        if name not in sources:
+            raise RegistryError(
+                f"log source {name!r} is not in the registry {self.registry_file()} nor under "
+                f"{self.incoming_dir()}; its partition and past materializations stay, but it "
+                "cannot be run until it is registered again"
+            )
+        return sources[name]
+
+    def source_dir(self, name: str) -> Path:
+        return self.root() / "sources" / check_source_name(name)
+
+    def miner_state_path(self, name: str) -> Path:
+        return self.source_dir(name) / "drain_state.json"
+
+    def synthetic_labels_path(self, name: str) -> Path:
+        return self.source_dir(name) / f"{name}.labels.parquet"
+
+    def files(self, spec: SourceSpec) -> list[Path]:
+        """The files that hold a source's lines, generating or downloading them if needed."""
+        if spec.origin == "synthetic":
+            return [self._ensure_synthetic(spec)]
+        if spec.origin == "loghub":
+            base = self.loghub_base_url or os.environ.get("LOGFIT_LOGHUB_URL") or DEFAULT_LOGHUB_BASE_URL
+            return [fetch_loghub_sample(spec.system, self.root() / "loghub", base)]
+        pattern = os.path.expanduser(spec.path)
+        if not os.path.isabs(pattern):
+            pattern = str(self.registry_file().parent / pattern)
+        matches = sorted(
+            Path(p) for p in glob.glob(pattern)
+            if Path(p).is_file() and Path(p).name != "source.yaml" and not Path(p).name.startswith(".")
+        )
+        if not matches:
+            raise LogInputError(f"source {spec.name!r}: no file matches {pattern}")
+        return matches
+
+    def _ensure_synthetic(self, spec: SourceSpec) -> Path:
+        folder = self.source_dir(spec.name)
+        log_path = folder / f"{spec.name}.log"
+        stamp_path = folder / "generator.json"
+        stamp = {"kind": spec.kind, "lines": spec.lines, "seed": spec.seed}
+        labels = self.synthetic_labels_path(spec.name)
+        if log_path.exists() and labels.exists() and stamp_path.exists():
+            if json.loads(stamp_path.read_text()) == stamp:
+                return log_path
+        write_synthetic(generate(spec.kind, spec.lines, spec.seed), log_path, labels)
+        stamp_path.write_text(json.dumps(stamp))
+        return log_path
