@@ -1,0 +1,145 @@
+"""The lineage materialized for synthetic and Loghub partitions into temporary folders."""
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from logfit_dagster.assets import datasets, ingest
+from logfit_dagster.definitions import defs
+from logfit_dagster.partitions import LOG_SOURCE
+from logfit_dagster.resources.sources import LogSources
+from logfit_dagster.resources.storage import ParquetIOManager
+
+ASSETS = dg.load_assets_from_modules([ingest, datasets])
+
+
+def _materialize(instance, partition, selection=None, **kwargs):
+    instance.add_dynamic_partitions(LOG_SOURCE, [partition])
+    return dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=partition,
+        instance=instance,
+        resources={"io_manager": ParquetIOManager(), "sources": LogSources(**kwargs)},
+        raise_on_error=False,
+    )
+
+
+def test_synthetic_lineage_materializes_with_checks(workdir):
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, "tiny_hdfs")
+        assert result.success
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks == {"parse_failure_rate": True, "sessions_in_one_split": True}
+    assets = workdir / "data" / "assets"
+    parsed = pd.read_parquet(assets / "parsed_logs" / "tiny_hdfs.parquet")
+    assert len(parsed) == 1500 and parsed["parse_ok"].all()
+    assert {"date", "time", "pid", "level", "component", "content", "template_id", "template"} <= set(parsed)
+    sessions = pd.read_parquet(assets / "sessions" / "tiny_hdfs.parquet")
+    assert sessions["session_id"].str.startswith("blk_").all()
+    truth = pd.read_parquet(assets / "ground_truth_labels" / "tiny_hdfs" / "sessions.parquet")
+    splits = pd.read_parquet(assets / "dataset_splits" / "tiny_hdfs.parquet")
+    assert splits["session_id"].is_unique
+    assert set(splits["session_id"]) == set(sessions["session_id"])
+    merged = splits.merge(truth, on="session_id")
+    assert (merged["label_x"].astype(int) == merged["label_y"].astype(int)).all()
+    assert (truth["label"] == 1).sum() > 0
+    templates = pd.read_parquet(assets / "log_templates" / "tiny_hdfs.parquet")
+    assert templates["count"].sum() == 1500
+
+
+def test_rerun_keeps_template_ids(workdir):
+    with dg.instance_for_test() as instance:
+        assert _materialize(instance, "tiny_bgl", selection=["raw_logs", "parsed_logs"]).success
+        path = workdir / "data" / "assets" / "parsed_logs" / "tiny_bgl.parquet"
+        first = pd.read_parquet(path)[["template_id", "template"]]
+        assert _materialize(instance, "tiny_bgl", selection=["raw_logs", "parsed_logs"]).success
+        second = pd.read_parquet(path)[["template_id", "template"]]
+    assert first["template_id"].equals(second["template_id"])
+
+
+def test_grown_file_continues_mining(workdir):
+    logs = workdir / "mine"
+    logs.mkdir()
+    source = logs / "app.log"
+    source.write_text("".join(f"2024-01-01T00:00:0{i % 10}Z INFO user u{i} logged in\n" for i in range(50)))
+    (workdir / "sources.yaml").write_text(
+        f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n"
+    )
+    with dg.instance_for_test() as instance:
+        assert _materialize(instance, "mine", selection=["raw_logs", "parsed_logs"]).success
+        with source.open("a") as handle:
+            handle.write("2024-01-01T00:01:00Z ERROR disk /dev/sda1 full\n")
+        result = _materialize(instance, "mine", selection=["raw_logs", "parsed_logs"])
+        assert result.success
+        meta = result.asset_materializations_for_node("parsed_logs")[0].metadata
+    assert meta["templates_resumed_from_state"].value == 1
+    assert meta["new_templates"].value == 1
+    parsed = pd.read_parquet(workdir / "data/assets/parsed_logs/mine.parquet")
+    assert parsed["template_id"].nunique() == 2 and parsed["level"].iloc[-1] == "ERROR"
+
+
+def test_empty_file_fails_the_partition_naming_it_and_keeps_good_output(workdir):
+    logs = workdir / "mine"
+    logs.mkdir()
+    (logs / "a.log").write_text("INFO first\nINFO second\n")
+    (workdir / "sources.yaml").write_text(f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n")
+    with dg.instance_for_test() as instance:
+        assert _materialize(instance, "mine", selection=["raw_logs"]).success
+        stored = workdir / "data/assets/raw_logs/mine.parquet"
+        before = stored.read_bytes()
+        (logs / "a.log").write_text("")
+        result = _materialize(instance, "mine", selection=["raw_logs"])
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "log file is empty" in failure.step_failure_data.error.message
+    assert str(logs / "a.log") in failure.step_failure_data.error.message
+    assert stored.read_bytes() == before
+
+
+def test_source_removed_from_registry_is_refused(workdir):
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, "gone_source", selection=["raw_logs"])
+    assert not result.success
+    message = [e for e in result.all_events if e.is_step_failure][0].step_failure_data.error.message
+    assert "'gone_source' is not in the registry" in message
+
+
+def test_non_utf8_lines_are_counted_not_dropped(workdir):
+    logs = workdir / "mine"
+    logs.mkdir()
+    (logs / "a.log").write_bytes(b"INFO ok\nINFO caf\xe9 latin-1\n")
+    (workdir / "sources.yaml").write_text(f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n")
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, "mine", selection=["raw_logs"])
+    meta = result.asset_materializations_for_node("raw_logs")[0].metadata
+    assert meta["lines"].value == 2 and meta["replaced_bytes"].value == 1
+
+
+def test_loghub_partition_from_a_local_mirror(workdir, shared_data):
+    (workdir / "sources.yaml").write_text("sources:\n  - {name: lh_bgl, origin: loghub, system: BGL}\n")
+    mirror = f"file://{shared_data / 'loghub-2k'}"
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, "lh_bgl", loghub_base_url=mirror)
+    assert result.success
+    meta = result.asset_materializations_for_node("ground_truth_labels")[0].metadata
+    assert meta["anomalous_lines"].value == 143  # BGL_2k's alert lines
+
+
+def test_definitions_resolve_every_job():
+    for job in defs.resolve_all_job_defs():
+        assert job.name
+    assert defs.resolve_job_def("ingest_job")
+    assert {a.key.to_user_string() for a in ASSETS} >= {
+        "raw_logs", "parsed_logs", "log_templates", "sessions", "ground_truth_labels", "dataset_splits",
+    }
+
+
+@pytest.mark.parametrize("module", ["formats", "masking", "parsing", "templates", "reading", "ingest",
+                                    "sessions", "ground_truth", "splits", "registry", "synthetic", "loghub"])
+def test_core_never_imports_dagster(module):
+    import subprocess
+    import sys
+
+    code = f"import sys, logfit_dagster.core.{module}; sys.exit('dagster' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,125 @@
+"""Sessions, ground truth and splits on tiny hand-written frames."""
+
+import pandas as pd
+import pytest
+
+from logfit_dagster.core.errors import LogInputError
+from logfit_dagster.core.ground_truth import collect_ground_truth
+from logfit_dagster.core.registry import GroundTruthSpec, SessionSpec
+from logfit_dagster.core.sessions import build_sessions, session_keys
+from logfit_dagster.core.splits import split_sessions
+
+PARSED = pd.DataFrame(
+    {
+        "line_number": [1, 2, 3, 4, 5],
+        "date": ["081109"] * 5,
+        "time": ["203518", "203519", "203800", "204100", "210000"],
+        "level": ["INFO", "INFO", "WARN", "INFO", "INFO"],
+        "component": ["dfs.A", "dfs.B", "dfs.A", "dfs.C", "dfs.A"],
+        "content": [
+            "Receiving block blk_1 src",
+            "Receiving block blk_-2 src",
+            "Failed to transfer blk_1",
+            "ask to delete blk_1 blk_-2",
+            "no block here",
+        ],
+        "template_id": [1, 1, 2, 3, 4],
+        "label": ["-", "-", "KERNDTLB", "-", "-"],
+    }
+)
+
+
+def test_block_sessions_follow_every_id_a_line_names():
+    sessions = build_sessions(PARSED, SessionSpec(by="block_id"), "HDFS")
+    by_id = sessions.set_index("session_id")
+    assert list(sessions["session_id"]) == ["blk_1", "blk_-2"]
+    assert by_id.loc["blk_1", "line_numbers"] == [1, 3, 4]
+    assert by_id.loc["blk_-2", "template_ids"] == [1, 3]
+    assert by_id.loc["blk_1", "text"].splitlines()[1] == "WARN dfs.A: Failed to transfer blk_1"
+
+
+def test_fixed_windows_cover_every_line_once():
+    keys = session_keys(PARSED, SessionSpec(by="window", size=2), "HDFS")
+    assert list(keys["session_id"]) == ["w0000000", "w0000000", "w0000001", "w0000001", "w0000002"]
+
+
+def test_time_windows_use_the_format_timestamp():
+    keys = session_keys(PARSED, SessionSpec(by="time_window", seconds=300), "HDFS")
+    assert keys["session_id"].nunique() == 3  # 20:35-20:40, 20:40-20:45, 21:00-21:05
+
+
+def test_time_windows_need_a_timestamp_rule():
+    with pytest.raises(Exception, match="no timestamp rule"):
+        session_keys(PARSED, SessionSpec(by="time_window"), "<A> <Content>")
+
+
+def _keys():
+    return session_keys(PARSED, SessionSpec(by="block_id"), "HDFS")
+
+
+def test_hdfs_block_labels_with_unlisted_blocks_normal(tmp_path):
+    path = tmp_path / "anomalous.csv"
+    path.write_text("BlockId,Label\nblk_1,Anomaly\n")
+    truth = collect_ground_truth(GroundTruthSpec("hdfs_blocks", str(path), unlisted="normal"), PARSED, _keys())
+    assert dict(zip(truth.sessions["session_id"], truth.sessions["label"])) == {"blk_1": 1, "blk_-2": 0}
+    lines = dict(zip(truth.lines["line_number"], truth.lines["label"]))
+    assert lines == {1: 1, 2: 0, 3: 1, 4: 1}
+
+
+def test_hdfs_block_labels_leave_unlisted_unknown_by_default(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("BlockId,Label\nblk_1,Normal\n")
+    truth = collect_ground_truth(GroundTruthSpec("hdfs_blocks", str(path)), PARSED, _keys())
+    labels = dict(zip(truth.sessions["session_id"], truth.sessions["label"]))
+    assert labels["blk_1"] == 0 and pd.isna(labels["blk_-2"])
+
+
+def test_bad_label_file_names_file_and_line(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("BlockId,Label\nblk_1,Normal\nblk_-2,Maybe\n")
+    with pytest.raises(LogInputError, match=r"labels.csv: line 3: label 'Maybe'"):
+        collect_ground_truth(GroundTruthSpec("hdfs_blocks", str(path)), PARSED, _keys())
+
+
+def test_alert_field_labels_lines_and_windows():
+    keys = session_keys(PARSED, SessionSpec(by="window", size=2), "BGL")
+    truth = collect_ground_truth(GroundTruthSpec("alert_field"), PARSED, keys)
+    assert list(truth.lines["label"]) == [0, 0, 1, 0, 0]
+    assert list(truth.lines["detail"])[2] == "KERNDTLB"
+    assert list(truth.sessions["label"]) == [0, 1, 0]
+
+
+def test_no_provider_makes_nothing_up():
+    truth = collect_ground_truth(GroundTruthSpec("none"), PARSED, _keys())
+    assert truth.lines.empty and truth.sessions.empty and not truth.has_labels
+
+
+def _sessions(n=200, anomalous_every=10):
+    return pd.DataFrame(
+        {
+            "session_id": [f"s{i}" for i in range(n)],
+            "first_line": range(n),
+            "label": pd.array([int(i % anomalous_every == 0) for i in range(n)], dtype="Int8"),
+        }
+    )
+
+
+def test_stratified_split_is_disjoint_balanced_and_seeded():
+    sessions = _sessions()
+    split = split_sessions(sessions, seed=7)
+    assert split["session_id"].is_unique and len(split) == len(sessions)
+    counts = split.groupby(["split", "label"]).size()
+    assert counts[("train", 1)] == 16 and counts[("dev", 1)] == 2 and counts[("test", 1)] == 2
+    assert counts[("train", 0)] == 144
+    assert split.equals(split_sessions(sessions, seed=7))
+    assert not split.equals(split_sessions(sessions, seed=8))
+
+
+def test_chronological_split_tests_on_the_latest_sessions():
+    split = split_sessions(_sessions(), method="chronological")
+    assert split[split["split"] == "test"]["first_line"].min() > split[split["split"] == "train"]["first_line"].max()
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_sessions(_sessions(), fractions=(0.8, 0.1, 0.2))

@@ -1,0 +1,62 @@
+"""The source registry: defaults per origin, unsafe names and bad entries refused with names."""
+
+import pytest
+
+from logfit_dagster.core.errors import RegistryError
+from logfit_dagster.core.registry import add_loghub_entries, check_source_name, load_registry
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "sources.yaml"
+    path.write_text(body)
+    return path
+
+
+def test_defaults_follow_the_origin(tmp_path):
+    path = _write(tmp_path, "sources:\n"
+                  "  - {name: a, origin: synthetic, kind: openstack, lines: 10}\n"
+                  "  - {name: b, origin: loghub, system: BGL}\n"
+                  "  - {name: c, origin: files, path: 'logs/*.log'}\n")
+    sources = load_registry(path)
+    assert sources["a"].session.by == "instance_id" and sources["a"].ground_truth.provider == "synthetic"
+    assert sources["b"].format == "BGL" and sources["b"].ground_truth.provider == "alert_field"
+    assert sources["c"].format == "generic" and not sources["c"].has_ground_truth
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "", "x" * 200])
+def test_unsafe_names_are_rejected(name):
+    with pytest.raises(RegistryError, match="not a safe file name"):
+        check_source_name(name)
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ("{name: '../x', origin: synthetic, kind: hdfs}", "not a safe file name"),
+        ("{name: a, origin: ftp}", "origin"),
+        ("{name: a, origin: synthetic, kind: hdfs, colour: red}", "unknown field"),
+        ("{name: a, origin: loghub, system: Nope}", "system"),
+        ("{name: a, origin: files}", "needs field 'path'"),
+        ("{name: a, origin: files, path: x, format: '<A> <B>'}", "no <Content>"),
+        ("{name: a, origin: files, path: x, session: {by: nope}}", "session.by"),
+    ],
+)
+def test_bad_entries_name_file_and_entry(tmp_path, entry, message):
+    path = _write(tmp_path, f"sources:\n  - {entry}\n")
+    with pytest.raises(RegistryError, match=message) as info:
+        load_registry(path)
+    assert "sources.yaml: sources[0]" in str(info.value)
+
+
+def test_duplicate_names_are_refused(tmp_path):
+    path = _write(tmp_path, "sources:\n  - {name: a, origin: loghub, system: HDFS}\n"
+                  "  - {name: a, origin: loghub, system: BGL}\n")
+    with pytest.raises(RegistryError, match="appears twice"):
+        load_registry(path)
+
+
+def test_enable_loghub_appends_once(tmp_path):
+    path = _write(tmp_path, "sources:\n  - {name: a, origin: loghub, system: HDFS}\n")
+    assert add_loghub_entries(path, ["HDFS", "BGL"]) == ["loghub_HDFS", "loghub_BGL"]
+    assert add_loghub_entries(path, ["BGL"]) == []
+    assert set(load_registry(path)) == {"a", "loghub_HDFS", "loghub_BGL"}
