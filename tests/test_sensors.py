@@ -1,0 +1,77 @@
+"""Sensors: registry sources become partitions; incoming folders add partitions and request runs."""
+
+import json
+import os
+
+import dagster as dg
+import pytest
+
+from logfit_dagster.partitions import LOG_SOURCE
+from logfit_dagster.resources.sources import LogSources
+from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
+
+
+def _evaluate(sensor, instance, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"sources": LogSources()}
+    )
+    return sensor(context)
+
+
+def test_registry_sources_become_partitions(workdir):
+    with dg.instance_for_test() as instance:
+        result = _evaluate(log_source_registry_sensor, instance)
+        assert result.dynamic_partitions_requests[0].partition_keys == ["tiny_bgl", "tiny_hdfs"]
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_bgl", "tiny_hdfs"])
+        again = _evaluate(log_source_registry_sensor, instance)
+        assert isinstance(again, dg.SkipReason)
+
+
+def test_new_folder_adds_partition_and_requests_a_run(workdir):
+    incoming = workdir / "data" / "incoming" / "web"
+    incoming.mkdir(parents=True)
+    (incoming / "access.log").write_text("2024-01-01T00:00:00Z INFO GET / 200\n")
+    with dg.instance_for_test() as instance:
+        result = _evaluate(incoming_logs_sensor, instance)
+    assert result.dynamic_partitions_requests[0].partition_keys == ["web"]
+    assert [r.partition_key for r in result.run_requests] == ["web"]
+    assert "access.log" in json.loads(result.cursor)["web"]
+
+
+def test_grown_file_requests_a_run_unchanged_is_skipped(workdir):
+    incoming = workdir / "data" / "incoming" / "web"
+    incoming.mkdir(parents=True)
+    log = incoming / "access.log"
+    log.write_text("2024-01-01T00:00:00Z INFO GET / 200\n")
+    with dg.instance_for_test() as instance:
+        first = _evaluate(incoming_logs_sensor, instance)
+        instance.add_dynamic_partitions(LOG_SOURCE, ["web"])
+        unchanged = _evaluate(incoming_logs_sensor, instance, first.cursor)
+        assert unchanged.run_requests == [] and unchanged.dynamic_partitions_requests == []
+        assert unchanged.cursor == first.cursor
+        with log.open("a") as handle:
+            handle.write("2024-01-01T00:00:01Z ERROR GET /x 500\n")
+        grown = _evaluate(incoming_logs_sensor, instance, first.cursor)
+    assert [r.partition_key for r in grown.run_requests] == ["web"]
+    assert grown.run_requests[0].run_key != first.run_requests[0].run_key
+    assert grown.dynamic_partitions_requests == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_is_named_and_cursor_not_advanced(workdir):
+    incoming = workdir / "data" / "incoming" / "web"
+    incoming.mkdir(parents=True)
+    log = incoming / "access.log"
+    log.write_text("x\n")
+    log.chmod(0)
+    with dg.instance_for_test() as instance:
+        result = _evaluate(incoming_logs_sensor, instance)
+    assert "access.log is not readable" in result.skip_reason.skip_message
+    assert "web" not in json.loads(result.cursor)
+
+
+def test_unsafe_folder_name_is_skipped_with_reason(workdir):
+    (workdir / "data" / "incoming" / "bad name").mkdir(parents=True)
+    with dg.instance_for_test() as instance:
+        result = _evaluate(incoming_logs_sensor, instance)
+    assert "not a safe file name" in result.skip_reason.skip_message
