@@ -29,7 +29,7 @@ def test_batches_cut_at_line_boundaries(tmp_path):
     path.write_text("".join(f"line {i}\n" for i in range(1000)))
     batches = list(iter_line_batches(path, batch_bytes=97))
     assert len(batches) > 5
-    joined = [line for b in batches for line in b.lines]
+    joined = [line for b in batches for line in b.lines.to_pylist()]
     assert joined == [f"line {i}" for i in range(1000)]
     assert [b.first_line for b in batches][:2] == [1, 1 + len(batches[0].lines)]
 

@@ -81,6 +81,7 @@ class LineFormat:
     pattern: str
     fields: tuple[str, ...]
     multiline: bool = False
+    fast_pattern: str = ""
     timestamp_rule: tuple[tuple[str, ...], str] | None = field(default=None, compare=False)
 
 
@@ -90,26 +91,54 @@ def compile_log_format(log_format: str) -> tuple[str, tuple[str, ...]]:
     Raises:
         ValueError: when the format names no ``<Content>`` field or repeats a field.
     """
+    pattern, _, fields = _compile(log_format)
+    return pattern, fields
+
+
+def _compile(log_format: str) -> tuple[str, str, tuple[str, ...]]:
+    """The exact (lazy) pattern, a faster equivalent for most lines, and the field names.
+
+    Loghub's fields are lazy ``.*?`` groups. Where a field is followed by a literal character
+    ``c``, the lazy group's first choice is "everything up to the first ``c``", which RE2 matches
+    far faster as ``[^c]*``; a field followed by whitespace becomes ``\S*``. When the fast
+    pattern matches a line, its captures are the lazy pattern's first choice, hence the same;
+    lines it misses are parsed again with the exact pattern.
+    """
     parts = re.split(r"(<[^<>]+>)", log_format)
     fields: list[str] = []
-    regex = ""
+    exact = fast = ""
+    literals = [re.sub(r"(?<!\\)\((?!\?)", "(?:", re.sub(" +", r"\\s+", part)) for part in parts[::2]]
     for index, part in enumerate(parts):
         if index % 2 == 0:
-            literal = re.sub(" +", r"\\s+", part)
             # RE2 (pyarrow) rejects unnamed capture groups: make the format's own groups,
             # such as Linux's optional ``(\[<PID>\])?``, non-capturing.
-            regex += re.sub(r"(?<!\\)\((?!\?)", "(?:", literal)
-        else:
-            name = part.strip("<>")
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"log format {log_format!r}: field name {name!r} is not an identifier")
-            if name in fields:
-                raise ValueError(f"log format {log_format!r}: field <{name}> appears twice")
-            fields.append(name)
-            regex += f"(?P<{name}>.*?)"
+            exact += literals[index // 2]
+            fast += literals[index // 2]
+            continue
+        name = part.strip("<>")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"log format {log_format!r}: field name {name!r} is not an identifier")
+        if name in fields:
+            raise ValueError(f"log format {log_format!r}: field <{name}> appears twice")
+        fields.append(name)
+        exact += f"(?P<{name}>.*?)"
+        following = literals[index // 2 + 1] if index // 2 + 1 < len(literals) else ""
+        fast += f"(?P<{name}>{_fast_group(following)})"
     if "Content" not in fields:
         raise ValueError(f"log format {log_format!r} has no <Content> field")
-    return f"^{regex}$", tuple(fields)
+    return f"^{exact}$", f"^{fast}$", tuple(fields)
+
+
+def _fast_group(following: str) -> str:
+    if following == "":
+        return ".*"
+    if following.startswith(r"\s+"):
+        return r"\S*"
+    if following[0] == "\\" and len(following) > 1 and not following[1].isalnum():
+        return f"[^\\{following[1]}]*"
+    if following[0] not in ".^$*+?()[]{}|\\":
+        return f"[^{re.escape(following[0])}]*"
+    return ".*?"
 
 
 def get_line_format(spec: str, multiline: bool = False) -> LineFormat:
@@ -125,11 +154,11 @@ def get_line_format(spec: str, multiline: bool = False) -> LineFormat:
         )
     known = {**LOGHUB_FORMATS, **EXTRA_FORMATS}
     if spec in known:
-        pattern, fields = compile_log_format(known[spec])
-        return LineFormat(spec, known[spec], pattern, fields, multiline, TIMESTAMP_RULES.get(spec))
+        pattern, fast, fields = _compile(known[spec])
+        return LineFormat(spec, known[spec], pattern, fields, multiline, fast, TIMESTAMP_RULES.get(spec))
     if "<" in spec and ">" in spec:
-        pattern, fields = compile_log_format(spec)
-        return LineFormat("custom", spec, pattern, fields, multiline, None)
+        pattern, fast, fields = _compile(spec)
+        return LineFormat("custom", spec, pattern, fields, multiline, fast, None)
     raise ValueError(
         f"unknown line format {spec!r}: use one of {sorted(known)}, 'generic', "
         "or a log_format string such as '<Date> <Time> <Level> <Component>: <Content>'"

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,7 +42,7 @@ def read_raw_logs(paths: Iterable[Path]) -> tuple[pa.Table, RawStats]:
     for path in paths:
         stats.files.append(str(path))
         for batch in iter_line_batches(Path(path)):
-            raw = pa.array(batch.lines, type=pa.string())
+            raw = batch.lines
             n = len(batch.lines)
             chunks.append(
                 pa.table(
@@ -95,9 +96,10 @@ def parse_and_mine(
     template_ids = pa.array(mined.template_ids, type=pa.int64())
     # Templates as a dictionary column: one string per template, not per line.
     ids = sorted(mined.templates)
-    position = {cid: i for i, cid in enumerate(ids)}
-    codes = pa.array([position[c] for c in mined.template_ids.tolist()], type=pa.int32()) if ids else pa.array([], pa.int32())
-    template = pa.DictionaryArray.from_arrays(codes, pa.array([mined.templates[c] for c in ids], pa.string()))
+    codes = np.searchsorted(np.asarray(ids, dtype=np.int64), mined.template_ids).astype(np.int32)
+    template = pa.DictionaryArray.from_arrays(
+        pa.array(codes, type=pa.int32()), pa.array([mined.templates[c] for c in ids], pa.string())
+    )
     table = parsed.add_column(0, "line_number", raw.column("line_number"))
     table = table.append_column("template_id", template_ids).append_column("template", template)
     stats = ParseStats(
@@ -152,7 +154,7 @@ def ingest_file_streaming(
                 raw = pa.table(
                     {
                         "line_number": pa.array(range(next_line, next_line + n), type=pa.int64()),
-                        "raw": pa.array(batch.lines, type=pa.string()),
+                        "raw": batch.lines,
                     }
                 )
                 next_line += n

@@ -29,7 +29,7 @@ def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
     """
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
-    extracted = pc.extract_regex(lines, pattern=fmt.pattern)
+    extracted = _extract(lines, fmt)
     matched = pc.is_valid(extracted)
     columns: dict[str, pa.Array] = {}
     for field in fmt.fields:
@@ -52,3 +52,21 @@ def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
     else:
         columns["parse_ok"] = matched
     return pa.table(columns)
+
+
+def _extract(lines: pa.Array, fmt: LineFormat) -> pa.StructArray:
+    """Header fields per line (null where the line does not match), fast pattern first."""
+    if not fmt.fast_pattern or fmt.fast_pattern == fmt.pattern:
+        return pc.extract_regex(lines, pattern=fmt.pattern)
+    fast = pc.extract_regex(lines, pattern=fmt.fast_pattern)
+    missed = pc.is_null(fast)
+    n_missed = pc.sum(missed).as_py() or 0
+    if n_missed == 0:
+        return fast
+    exact = pc.extract_regex(pc.filter(lines, missed), pattern=fmt.pattern)
+    fields = [
+        pc.replace_with_mask(pc.struct_field(fast, f), missed, pc.struct_field(exact, f))
+        for f in fmt.fields
+    ]
+    validity = pc.replace_with_mask(pc.is_valid(fast), missed, pc.is_valid(exact))
+    return pa.StructArray.from_arrays(fields, names=list(fmt.fields), mask=pc.invert(validity))

@@ -1,0 +1,41 @@
+"""Every third-party module the package imports is declared in pyproject.toml."""
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_top_level_modules() -> set[str]:
+    modules = set()
+    for path in (ROOT / "logfit_dagster").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"logfit_dagster"}
+
+
+def _declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = set()
+    for requirement in project["dependencies"]:
+        names.add(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_every_imported_package_is_a_declared_dependency():
+    distributions = packages_distributions()
+    declared = _declared()
+    # Packages that come with a declared dependency under another distribution name.
+    missing = []
+    for module in sorted(_imported_top_level_modules()):
+        dists = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not dists & declared:
+            missing.append(f"{module} (from {sorted(dists)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
