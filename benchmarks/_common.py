@@ -17,7 +17,11 @@ def shared_data() -> Path:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:

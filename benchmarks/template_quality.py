@@ -22,10 +22,22 @@ from logfit_dagster.core.templates import TemplateMiner, profile_for  # noqa: E4
 
 # Drain's published grouping accuracy on the same 2k samples (Zhu et al. 2019).
 PUBLISHED_DRAIN = {
-    "HDFS": 0.998, "Hadoop": 0.948, "Spark": 0.920, "Zookeeper": 0.967, "BGL": 0.963,
-    "HPC": 0.887, "Thunderbird": 0.955, "Windows": 0.997, "Linux": 0.690, "Android": 0.911,
-    "HealthApp": 0.780, "Apache": 1.000, "Proxifier": 0.527, "OpenSSH": 0.788,
-    "OpenStack": 0.733, "Mac": 0.787,
+    "HDFS": 0.998,
+    "Hadoop": 0.948,
+    "Spark": 0.920,
+    "Zookeeper": 0.967,
+    "BGL": 0.963,
+    "HPC": 0.887,
+    "Thunderbird": 0.955,
+    "Windows": 0.997,
+    "Linux": 0.690,
+    "Android": 0.911,
+    "HealthApp": 0.780,
+    "Apache": 1.000,
+    "Proxifier": 0.527,
+    "OpenSSH": 0.788,
+    "OpenStack": 0.733,
+    "Mac": 0.787,
 }
 
 
@@ -47,20 +59,27 @@ def main() -> None:
         lines, _ = read_lines(data / "loghub-2k" / system / f"{system}_2k.log")
         parsed = parse_lines(pa.array(lines), get_line_format(system))
         mined = TemplateMiner(profile_for(system)).mine(parsed["content"])
-        truth = pd.read_csv(data / "loghub-2k" / system / f"{system}_2k.log_structured.csv")["EventId"]
-        corrected_path = data / "loghub2-2k-corrected" / system / f"{system}_2k.log_structured_corrected.csv"
+        truth = pd.read_csv(data / "loghub-2k" / system / f"{system}_2k.log_structured.csv")[
+            "EventId"
+        ]
+        corrected_path = (
+            data / "loghub2-2k-corrected" / system / f"{system}_2k.log_structured_corrected.csv"
+        )
         corrected = (
             grouping_accuracy(mined.template_ids, pd.read_csv(corrected_path)["EventId"])
-            if corrected_path.exists() else None
+            if corrected_path.exists()
+            else None
         )
-        rows.append({
-            "system": system,
-            "lines": len(lines),
-            "templates": len(mined.templates),
-            "ga_loghub": round(grouping_accuracy(mined.template_ids, truth), 4),
-            "ga_corrected": round(corrected, 4) if corrected is not None else None,
-            "published_drain": PUBLISHED_DRAIN[system],
-        })
+        rows.append(
+            {
+                "system": system,
+                "lines": len(lines),
+                "templates": len(mined.templates),
+                "ga_loghub": round(grouping_accuracy(mined.template_ids, truth), 4),
+                "ga_corrected": round(corrected, 4) if corrected is not None else None,
+                "published_drain": PUBLISHED_DRAIN[system],
+            }
+        )
     table = pd.DataFrame(rows)
     mean = {
         "ga_loghub": round(table["ga_loghub"].mean(), 4),

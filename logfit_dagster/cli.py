@@ -43,7 +43,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     names = args.sources or list(all_sources)
     unknown = [n for n in names if n not in all_sources]
     if unknown:
-        print(f"unknown source(s): {', '.join(unknown)}; registered: {', '.join(all_sources)}", file=sys.stderr)
+        print(
+            f"unknown source(s): {', '.join(unknown)}; registered: {', '.join(all_sources)}",
+            file=sys.stderr,
+        )
         return 2
     existing = set(instance.get_dynamic_partitions(LOG_SOURCE))
     new = [n for n in names if n not in existing]
@@ -62,14 +65,18 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         )
         if not result.success:
             failures = [e for e in result.all_events if e.is_step_failure]
-            reason = failures[0].step_failure_data.error.message.strip() if failures else "run failed"
+            reason = (
+                failures[0].step_failure_data.error.message.strip() if failures else "run failed"
+            )
             failed.append((name, reason))
             print(f"[{name}] FAILED: {reason}", file=sys.stderr)
             continue
         meta = {}
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
-            meta[mat.asset_key.to_user_string()] = {k: _metadata_value(v) for k, v in mat.metadata.items()}
+            meta[mat.asset_key.to_user_string()] = {
+                k: _metadata_value(v) for k, v in mat.metadata.items()
+            }
         rows.append(
             {
                 "source": name,
@@ -92,7 +99,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         )
     _print_table(rows)
     assets_dir = data_dir() / "assets"
-    print(f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)")
+    print(
+        f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)"
+    )
     print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
     print("open the UI with: logfit dev")
     return 1 if failed else 0
@@ -120,14 +129,19 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
         systems = args.systems or list(LOGHUB_SYSTEMS)
         added = add_loghub_entries(registry.registry_file(), systems)
-        print(f"added to {registry.registry_file()}: {', '.join(added) or 'nothing (already there)'}")
+        print(
+            f"added to {registry.registry_file()}: {', '.join(added) or 'nothing (already there)'}"
+        )
         return 0
     for name, spec in registry.all_sources().items():
-        where = {"synthetic": f"{spec.kind} x{spec.lines} seed {spec.seed}", "loghub": spec.system}.get(
-            spec.origin, spec.path
+        where = {
+            "synthetic": f"{spec.kind} x{spec.lines} seed {spec.seed}",
+            "loghub": spec.system,
+        }.get(spec.origin, spec.path)
+        print(
+            f"{name:24} {spec.origin:9} {spec.format:12} session={spec.session.by:12} "
+            f"ground_truth={spec.ground_truth.provider:10} {where}"
         )
-        print(f"{name:24} {spec.origin:9} {spec.format:12} session={spec.session.by:12} "
-              f"ground_truth={spec.ground_truth.provider:10} {where}")
     return 0
 
 
@@ -150,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("action", nargs="?", default="list", choices=["list", "enable-loghub"])
     s.add_argument("systems", nargs="*", help="Loghub systems for enable-loghub (default: all 16)")
     s.set_defaults(func=cmd_sources)
-    d = sub.add_parser("dev", help="open the Dagster UI (dagster dev) with the instance under data/")
+    d = sub.add_parser(
+        "dev", help="open the Dagster UI (dagster dev) with the instance under data/"
+    )
     d.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to dagster dev")
     d.set_defaults(func=cmd_dev)
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ from logfit_dagster.jobs import ingest_job
 from logfit_dagster.partitions import LOG_SOURCE, log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 
+
 @dg.sensor(
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -26,7 +27,10 @@ def log_source_registry_sensor(context: dg.SensorEvaluationContext, sources: Log
     new = [name for name in names if name not in existing]
     if not new:
         return dg.SkipReason("every registered source already has its partition")
-    return dg.SensorResult(dynamic_partitions_requests=[log_source_partitions.build_add_request(new)])
+    return dg.SensorResult(
+        dynamic_partitions_requests=[log_source_partitions.build_add_request(new)]
+    )
+
 
 def _scan(folder: Path) -> dict[str, list[int]]:
     """Size and modification time of every visible file of a source folder."""
@@ -36,6 +40,7 @@ def _scan(folder: Path) -> dict[str, list[int]]:
             stat = path.stat()
             found[str(path.relative_to(folder))] = [stat.st_size, stat.st_mtime_ns]
     return found
+
 
 @dg.sensor(
     job=ingest_job,
@@ -73,7 +78,10 @@ def incoming_logs_sensor(context: dg.SensorEvaluationContext, sources: LogSource
                 dg.RunRequest(
                     run_key=f"{name}|{fingerprint}",
                     partition_key=name,
-                    tags={"logfit/trigger": "incoming", "logfit/changed_files": ",".join(changed)[:200]},
+                    tags={
+                        "logfit/trigger": "incoming",
+                        "logfit/changed_files": ",".join(changed)[:200],
+                    },
                 )
             )
         cursor[name] = files

@@ -34,7 +34,16 @@ def test_synthetic_lineage_materializes_with_checks(workdir):
     assets = workdir / "data" / "assets"
     parsed = pd.read_parquet(assets / "parsed_logs" / "tiny_hdfs.parquet")
     assert len(parsed) == 1500 and parsed["parse_ok"].all()
-    assert {"date", "time", "pid", "level", "component", "content", "template_id", "template"} <= set(parsed)
+    assert {
+        "date",
+        "time",
+        "pid",
+        "level",
+        "component",
+        "content",
+        "template_id",
+        "template",
+    } <= set(parsed)
     sessions = pd.read_parquet(assets / "sessions" / "tiny_hdfs.parquet")
     assert sessions["session_id"].str.startswith("blk_").all()
     truth = pd.read_parquet(assets / "ground_truth_labels" / "tiny_hdfs" / "sessions.parquet")
@@ -62,7 +71,9 @@ def test_grown_file_continues_mining(workdir):
     logs = workdir / "mine"
     logs.mkdir()
     source = logs / "app.log"
-    source.write_text("".join(f"2024-01-01T00:00:0{i % 10}Z INFO user u{i} logged in\n" for i in range(50)))
+    source.write_text(
+        "".join(f"2024-01-01T00:00:0{i % 10}Z INFO user u{i} logged in\n" for i in range(50))
+    )
     (workdir / "sources.yaml").write_text(
         f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n"
     )
@@ -83,7 +94,9 @@ def test_empty_file_fails_the_partition_naming_it_and_keeps_good_output(workdir)
     logs = workdir / "mine"
     logs.mkdir()
     (logs / "a.log").write_text("INFO first\nINFO second\n")
-    (workdir / "sources.yaml").write_text(f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n")
+    (workdir / "sources.yaml").write_text(
+        f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n"
+    )
     with dg.instance_for_test() as instance:
         assert _materialize(instance, "mine", selection=["raw_logs"]).success
         stored = workdir / "data/assets/raw_logs/mine.parquet"
@@ -109,7 +122,9 @@ def test_non_utf8_lines_are_counted_not_dropped(workdir):
     logs = workdir / "mine"
     logs.mkdir()
     (logs / "a.log").write_bytes(b"INFO ok\nINFO caf\xe9 latin-1\n")
-    (workdir / "sources.yaml").write_text(f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n")
+    (workdir / "sources.yaml").write_text(
+        f"sources:\n  - {{name: mine, origin: files, path: '{logs}/*.log'}}\n"
+    )
     with dg.instance_for_test() as instance:
         result = _materialize(instance, "mine", selection=["raw_logs"])
     meta = result.asset_materializations_for_node("raw_logs")[0].metadata
@@ -117,7 +132,9 @@ def test_non_utf8_lines_are_counted_not_dropped(workdir):
 
 
 def test_loghub_partition_from_a_local_mirror(workdir, shared_data):
-    (workdir / "sources.yaml").write_text("sources:\n  - {name: lh_bgl, origin: loghub, system: BGL}\n")
+    (workdir / "sources.yaml").write_text(
+        "sources:\n  - {name: lh_bgl, origin: loghub, system: BGL}\n"
+    )
     mirror = f"file://{shared_data / 'loghub-2k'}"
     with dg.instance_for_test() as instance:
         result = _materialize(instance, "lh_bgl", loghub_base_url=mirror)
@@ -131,12 +148,32 @@ def test_definitions_resolve_every_job():
         assert job.name
     assert defs.resolve_job_def("ingest_job")
     assert {a.key.to_user_string() for a in ASSETS} >= {
-        "raw_logs", "parsed_logs", "log_templates", "sessions", "ground_truth_labels", "dataset_splits",
+        "raw_logs",
+        "parsed_logs",
+        "log_templates",
+        "sessions",
+        "ground_truth_labels",
+        "dataset_splits",
     }
 
 
-@pytest.mark.parametrize("module", ["formats", "masking", "parsing", "templates", "reading", "ingest",
-                                    "sessions", "ground_truth", "splits", "registry", "synthetic", "loghub"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "formats",
+        "masking",
+        "parsing",
+        "templates",
+        "reading",
+        "ingest",
+        "sessions",
+        "ground_truth",
+        "splits",
+        "registry",
+        "synthetic",
+        "loghub",
+    ],
+)
 def test_core_never_imports_dagster(module):
     import subprocess
     import sys

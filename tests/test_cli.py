@@ -12,7 +12,11 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
     env.pop("DAGSTER_HOME", None)
     result = subprocess.run(
         [sys.executable, "-m", "logfit_dagster.cli", "materialize"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -30,6 +34,9 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
 def test_logfit_materialize_refuses_unknown_source(workdir):
     result = subprocess.run(
         [sys.executable, "-m", "logfit_dagster.cli", "materialize", "nope"],
-        cwd=workdir, capture_output=True, text=True, timeout=120,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "unknown source(s): nope" in result.stderr

@@ -29,15 +29,36 @@ def test_unknown_format_name_is_a_clear_error():
 @pytest.mark.parametrize(
     "system,line,expected",
     [
-        ("HDFS", "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-16 src: /10.0.0.1:5",
-         {"date": "081109", "pid": "143", "level": "INFO", "component": "dfs.DataNode$DataXceiver",
-          "content": "Receiving block blk_-16 src: /10.0.0.1:5"}),
-        ("Linux", "Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; uid=0",
-         {"component": "sshd(pam_unix)", "pid": "19939", "content": "authentication failure; uid=0"}),
-        ("Linux", "Jun 15 04:06:18 combo su(pam_unix): session opened for user cyrus",
-         {"component": "su(pam_unix)", "pid": None, "content": "session opened for user cyrus"}),
-        ("BGL", "KERNDTLB 1118 2005.06.03 R02 2005-06-03-15.42.50.675872 R02 RAS KERNEL FATAL data TLB error",
-         {"label": "KERNDTLB", "level": "FATAL", "content": "data TLB error"}),
+        (
+            "HDFS",
+            "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-16 src: /10.0.0.1:5",
+            {
+                "date": "081109",
+                "pid": "143",
+                "level": "INFO",
+                "component": "dfs.DataNode$DataXceiver",
+                "content": "Receiving block blk_-16 src: /10.0.0.1:5",
+            },
+        ),
+        (
+            "Linux",
+            "Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; uid=0",
+            {
+                "component": "sshd(pam_unix)",
+                "pid": "19939",
+                "content": "authentication failure; uid=0",
+            },
+        ),
+        (
+            "Linux",
+            "Jun 15 04:06:18 combo su(pam_unix): session opened for user cyrus",
+            {"component": "su(pam_unix)", "pid": None, "content": "session opened for user cyrus"},
+        ),
+        (
+            "BGL",
+            "KERNDTLB 1118 2005.06.03 R02 2005-06-03-15.42.50.675872 R02 RAS KERNEL FATAL data TLB error",
+            {"label": "KERNDTLB", "level": "FATAL", "content": "data TLB error"},
+        ),
     ],
 )
 def test_loghub_formats_parse_header_fields(system, line, expected):
@@ -57,17 +78,21 @@ def test_lines_that_do_not_match_are_kept_and_flagged():
 
 
 def test_multiline_continuations_inherit_their_record():
-    lines = pa.array([
-        "stray line before any record",
-        "2024-03-01 12:00:00,001 ERROR [main] com.acme.Svc: boom",
-        "java.lang.IllegalStateException: bad",
-        "\tat com.acme.Svc.run(Svc.java:1)",
-        "2024-03-01 12:00:01,001 INFO [main] com.acme.Svc: fine",
-    ])
+    lines = pa.array(
+        [
+            "stray line before any record",
+            "2024-03-01 12:00:00,001 ERROR [main] com.acme.Svc: boom",
+            "java.lang.IllegalStateException: bad",
+            "\tat com.acme.Svc.run(Svc.java:1)",
+            "2024-03-01 12:00:01,001 INFO [main] com.acme.Svc: fine",
+        ]
+    )
     table = parse_lines(lines, get_line_format("JavaApp", multiline=True)).to_pylist()
     assert [r["parse_ok"] for r in table] == [False, True, True, True, True]
     assert [r["is_continuation"] for r in table] == [False, False, True, True, False]
-    assert table[3]["level"] == "ERROR" and table[3]["content"] == "\tat com.acme.Svc.run(Svc.java:1)"
+    assert (
+        table[3]["level"] == "ERROR" and table[3]["content"] == "\tat com.acme.Svc.run(Svc.java:1)"
+    )
 
 
 def test_every_loghub_sample_parses_without_failures(shared_data):
@@ -82,10 +107,14 @@ def test_every_loghub_sample_parses_without_failures(shared_data):
 @pytest.mark.parametrize(
     "text,masked",
     [
-        ("Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106",
-         "Receiving block <BLK> src: /<IP>"),
-        ("[instance: 127e769a-4fe6-4548-93b1-513ac51e0e44] took 19.84 seconds",
-         "[instance: <UUID>] took <NUM> seconds"),
+        (
+            "Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106",
+            "Receiving block <BLK> src: /<IP>",
+        ),
+        (
+            "[instance: 127e769a-4fe6-4548-93b1-513ac51e0e44] took 19.84 seconds",
+            "[instance: <UUID>] took <NUM> seconds",
+        ),
         ("ptr 0x1f3a at deadbeefcafe1234", "ptr <HEX> at <HEX>"),
     ],
 )

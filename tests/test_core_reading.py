@@ -62,7 +62,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     write_parquet_atomic(pa.table({"x": [1, 2]}), target)
     before = target.read_bytes()
 
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         write_parquet_atomic("not a table", target)  # type: ignore[arg-type]
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]

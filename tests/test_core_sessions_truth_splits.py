@@ -60,9 +60,14 @@ def _keys():
 def test_hdfs_block_labels_with_unlisted_blocks_normal(tmp_path):
     path = tmp_path / "anomalous.csv"
     path.write_text("BlockId,Label\nblk_1,Anomaly\n")
-    truth = collect_ground_truth(GroundTruthSpec("hdfs_blocks", str(path), unlisted="normal"), PARSED, _keys())
-    assert dict(zip(truth.sessions["session_id"], truth.sessions["label"])) == {"blk_1": 1, "blk_-2": 0}
-    lines = dict(zip(truth.lines["line_number"], truth.lines["label"]))
+    truth = collect_ground_truth(
+        GroundTruthSpec("hdfs_blocks", str(path), unlisted="normal"), PARSED, _keys()
+    )
+    assert dict(zip(truth.sessions["session_id"], truth.sessions["label"], strict=True)) == {
+        "blk_1": 1,
+        "blk_-2": 0,
+    }
+    lines = dict(zip(truth.lines["line_number"], truth.lines["label"], strict=True))
     assert lines == {1: 1, 2: 0, 3: 1, 4: 1}
 
 
@@ -70,7 +75,7 @@ def test_hdfs_block_labels_leave_unlisted_unknown_by_default(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("BlockId,Label\nblk_1,Normal\n")
     truth = collect_ground_truth(GroundTruthSpec("hdfs_blocks", str(path)), PARSED, _keys())
-    labels = dict(zip(truth.sessions["session_id"], truth.sessions["label"]))
+    labels = dict(zip(truth.sessions["session_id"], truth.sessions["label"], strict=True))
     assert labels["blk_1"] == 0 and pd.isna(labels["blk_-2"])
 
 
@@ -117,7 +122,10 @@ def test_stratified_split_is_disjoint_balanced_and_seeded():
 
 def test_chronological_split_tests_on_the_latest_sessions():
     split = split_sessions(_sessions(), method="chronological")
-    assert split[split["split"] == "test"]["first_line"].min() > split[split["split"] == "train"]["first_line"].max()
+    assert (
+        split[split["split"] == "test"]["first_line"].min()
+        > split[split["split"] == "train"]["first_line"].max()
+    )
 
 
 def test_split_fractions_must_sum_to_one():

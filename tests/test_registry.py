@@ -13,12 +13,18 @@ def _write(tmp_path, body):
 
 
 def test_defaults_follow_the_origin(tmp_path):
-    path = _write(tmp_path, "sources:\n"
-                  "  - {name: a, origin: synthetic, kind: openstack, lines: 10}\n"
-                  "  - {name: b, origin: loghub, system: BGL}\n"
-                  "  - {name: c, origin: files, path: 'logs/*.log'}\n")
+    path = _write(
+        tmp_path,
+        "sources:\n"
+        "  - {name: a, origin: synthetic, kind: openstack, lines: 10}\n"
+        "  - {name: b, origin: loghub, system: BGL}\n"
+        "  - {name: c, origin: files, path: 'logs/*.log'}\n",
+    )
     sources = load_registry(path)
-    assert sources["a"].session.by == "instance_id" and sources["a"].ground_truth.provider == "synthetic"
+    assert (
+        sources["a"].session.by == "instance_id"
+        and sources["a"].ground_truth.provider == "synthetic"
+    )
     assert sources["b"].format == "BGL" and sources["b"].ground_truth.provider == "alert_field"
     assert sources["c"].format == "generic" and not sources["c"].has_ground_truth
 
@@ -49,8 +55,11 @@ def test_bad_entries_name_file_and_entry(tmp_path, entry, message):
 
 
 def test_duplicate_names_are_refused(tmp_path):
-    path = _write(tmp_path, "sources:\n  - {name: a, origin: loghub, system: HDFS}\n"
-                  "  - {name: a, origin: loghub, system: BGL}\n")
+    path = _write(
+        tmp_path,
+        "sources:\n  - {name: a, origin: loghub, system: HDFS}\n"
+        "  - {name: a, origin: loghub, system: BGL}\n",
+    )
     with pytest.raises(RegistryError, match="appears twice"):
         load_registry(path)
 

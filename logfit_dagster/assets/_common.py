@@ -29,6 +29,10 @@ def preview(frame: pd.DataFrame, rows: int = 8, width: int = 120) -> dg.Metadata
 
 
 def _cell(value, width: int) -> str:
-    text = str(list(value)[:12]) if hasattr(value, "__len__") and not isinstance(value, str) else str(value)
+    text = (
+        str(list(value)[:12])
+        if hasattr(value, "__len__") and not isinstance(value, str)
+        else str(value)
+    )
     text = text.replace("|", "\\|").replace("\n", " ⏎ ")
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -11,6 +11,7 @@ from logfit_dagster.core.splits import split_sessions
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 
+
 @dg.asset(
     partitions_def=log_source_partitions,
     group_name="datasets",
@@ -34,16 +35,20 @@ def sessions(
             "mean_session_lines": dg.MetadataValue.float(
                 round(float(frame["n_lines"].mean()), 2) if len(frame) else 0.0
             ),
-            "preview": preview(frame[["session_id", "first_line", "n_lines", "template_ids", "text"]]),
+            "preview": preview(
+                frame[["session_id", "first_line", "n_lines", "template_ids", "text"]]
+            ),
         }
     )
     return frame
+
 
 def _session_keys(frame: pd.DataFrame) -> pd.DataFrame:
     keys = frame[["session_id", "line_numbers"]].explode("line_numbers")
     keys = keys.rename(columns={"line_numbers": "line_number"}).dropna()
     keys["line_number"] = keys["line_number"].astype("int64")
     return keys
+
 
 @dg.asset(
     partitions_def=log_source_partitions,
@@ -83,6 +88,7 @@ def ground_truth_labels(
     )
     return {"lines": lines, "sessions": groups}
 
+
 class SplitConfig(dg.Config):
     """How sessions are split into train, dev and test."""
 
@@ -95,6 +101,7 @@ class SplitConfig(dg.Config):
     dev_fraction: float = Field(default=0.1, description="Share of sessions in dev.")
     test_fraction: float = Field(default=0.1, description="Share of sessions in test.")
     seed: int = Field(default=42, description="Shuffle seed of the stratified split.")
+
 
 @dg.asset(
     partitions_def=log_source_partitions,
@@ -139,7 +146,10 @@ def dataset_splits(
             "method": config.method,
             "seed": config.seed,
             "sessions": len(splits),
-            **{f"{name}_sessions": int((splits["split"] == name).sum()) for name in ("train", "dev", "test")},
+            **{
+                f"{name}_sessions": int((splits["split"] == name).sum())
+                for name in ("train", "dev", "test")
+            },
             "label_balance": dg.MetadataValue.json(balance),
             "labelled": bool(frame["label"].notna().any()),
         },

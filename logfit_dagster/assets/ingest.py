@@ -13,6 +13,7 @@ from logfit_dagster.resources.sources import LogSources
 
 MAX_PARSE_FAILURE_RATE = 0.05
 
+
 @dg.asset(
     partitions_def=log_source_partitions,
     group_name="ingest",
@@ -42,6 +43,7 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> pa.Table
         )
     return table
 
+
 @dg.asset(
     partitions_def=log_source_partitions,
     group_name="ingest",
@@ -55,9 +57,7 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> pa.Table
         )
     ],
 )
-def parsed_logs(
-    context: dg.AssetExecutionContext, raw_logs: pa.Table, sources: LogSources
-):
+def parsed_logs(context: dg.AssetExecutionContext, raw_logs: pa.Table, sources: LogSources):
     """Lines split into header fields and content, each with its Drain3 template id and template."""
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
@@ -79,7 +79,9 @@ def parsed_logs(
             "templates_resumed_from_state": stats.resumed_templates,
             "distinct_masked_forms": stats.distinct_forms,
             "preview": preview(
-                table.slice(0, 8).select(["line_number", "content", "template_id", "template"]).to_pandas()
+                table.slice(0, 8)
+                .select(["line_number", "content", "template_id", "template"])
+                .to_pandas()
             ),
         },
     )
@@ -87,8 +89,12 @@ def parsed_logs(
         check_name="parse_failure_rate",
         passed=rate <= MAX_PARSE_FAILURE_RATE,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"parse_failures": stats.parse_failures, "rate": dg.MetadataValue.float(round(rate, 6))},
+        metadata={
+            "parse_failures": stats.parse_failures,
+            "rate": dg.MetadataValue.float(round(rate, 6)),
+        },
     )
+
 
 @dg.asset(
     partitions_def=log_source_partitions,

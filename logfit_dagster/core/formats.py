@@ -107,7 +107,9 @@ def _compile(log_format: str) -> tuple[str, str, tuple[str, ...]]:
     parts = re.split(r"(<[^<>]+>)", log_format)
     fields: list[str] = []
     exact = fast = ""
-    literals = [re.sub(r"(?<!\\)\((?!\?)", "(?:", re.sub(" +", r"\\s+", part)) for part in parts[::2]]
+    literals = [
+        re.sub(r"(?<!\\)\((?!\?)", "(?:", re.sub(" +", r"\\s+", part)) for part in parts[::2]
+    ]
     for index, part in enumerate(parts):
         if index % 2 == 0:
             # RE2 (pyarrow) rejects unnamed capture groups: make the format's own groups,
@@ -155,7 +157,9 @@ def get_line_format(spec: str, multiline: bool = False) -> LineFormat:
     known = {**LOGHUB_FORMATS, **EXTRA_FORMATS}
     if spec in known:
         pattern, fast, fields = _compile(known[spec])
-        return LineFormat(spec, known[spec], pattern, fields, multiline, fast, TIMESTAMP_RULES.get(spec))
+        return LineFormat(
+            spec, known[spec], pattern, fields, multiline, fast, TIMESTAMP_RULES.get(spec)
+        )
     if "<" in spec and ">" in spec:
         pattern, fast, fields = _compile(spec)
         return LineFormat("custom", spec, pattern, fields, multiline, fast, None)

@@ -91,7 +91,9 @@ def line_labels_from_sessions(session_labels: pd.DataFrame, keys: pd.DataFrame) 
         {
             "line_number": grouped["label"].max().index.to_numpy(),
             "label": grouped["label"].max().astype("Int8").to_numpy(),
-            "detail": grouped["detail"].agg(lambda s: ",".join(sorted({d for d in s if d}))).to_numpy(),
+            "detail": grouped["detail"]
+            .agg(lambda s: ",".join(sorted({d for d in s if d})))
+            .to_numpy(),
         }
     )
 
@@ -116,8 +118,12 @@ def collect_ground_truth(
     if path is not None and not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     if spec.provider == "none":
-        return GroundTruth(_empty(LINE_COLUMNS), _empty(SESSION_COLUMNS), "none",
-                           "this source has no ground-truth labels; none were made up")
+        return GroundTruth(
+            _empty(LINE_COLUMNS),
+            _empty(SESSION_COLUMNS),
+            "none",
+            "this source has no ground-truth labels; none were made up",
+        )
     if spec.provider == "synthetic":
         if synthetic_labels is None or not Path(synthetic_labels).is_file():
             raise LogInputError(f"synthetic labels file not found: {synthetic_labels}")
@@ -125,8 +131,12 @@ def collect_ground_truth(
         lines = lines[lines["line_number"].isin(parsed["line_number"])][LINE_COLUMNS]
         lines["label"] = lines["label"].astype("Int8")
         sessions = session_labels_from_lines(lines, keys)
-        return GroundTruth(lines.reset_index(drop=True), sessions, "synthetic",
-                           "labels written by the synthetic generator with the lines")
+        return GroundTruth(
+            lines.reset_index(drop=True),
+            sessions,
+            "synthetic",
+            "labels written by the synthetic generator with the lines",
+        )
     if spec.provider == "alert_field":
         name = column_name(spec.field)
         if name not in parsed:
@@ -141,8 +151,12 @@ def collect_ground_truth(
             }
         )
         sessions = session_labels_from_lines(lines, keys)
-        return GroundTruth(lines, sessions, "alert_field",
-                           f"field {spec.field!r}: {spec.normal_value!r} = normal, else alert")
+        return GroundTruth(
+            lines,
+            sessions,
+            "alert_field",
+            f"field {spec.field!r}: {spec.normal_value!r} = normal, else alert",
+        )
     if spec.provider in ("hdfs_blocks", "instance_list"):
         if spec.provider == "hdfs_blocks":
             known = read_block_labels(path)
@@ -159,6 +173,10 @@ def collect_ground_truth(
         sessions["label"] = sessions["label"].astype("Int8")
         sessions["detail"] = ""
         lines = line_labels_from_sessions(sessions.dropna(subset=["label"]), keys)
-        return GroundTruth(lines, sessions, spec.provider,
-                           f"session labels from {path}; a line takes the label of its session(s)")
+        return GroundTruth(
+            lines,
+            sessions,
+            spec.provider,
+            f"session labels from {path}; a line takes the label of its session(s)",
+        )
     raise LogInputError(f"unknown ground-truth provider {spec.provider!r}")

@@ -62,9 +62,16 @@ def read_raw_logs(paths: Iterable[Path]) -> tuple[pa.Table, RawStats]:
                     pc.sum(pc.match_substring(raw, "\ufffd")).as_py() or 0
                 )
     stats.lines = next_line - 1
-    table = pa.concat_tables(chunks) if chunks else pa.table(
-        {"line_number": pa.array([], pa.int64()), "raw": pa.array([], pa.string()),
-         "file": pa.array([], pa.dictionary(pa.int32(), pa.string()))}
+    table = (
+        pa.concat_tables(chunks)
+        if chunks
+        else pa.table(
+            {
+                "line_number": pa.array([], pa.int64()),
+                "raw": pa.array([], pa.string()),
+                "file": pa.array([], pa.dictionary(pa.int32(), pa.string())),
+            }
+        )
     )
     return table.combine_chunks(), stats
 

@@ -70,9 +70,7 @@ def fetch_loghub_sample(
         ChecksumMismatchError: when the downloaded bytes are not the expected file.
     """
     if system not in LOGHUB_SHA256:
-        raise LogInputError(
-            f"unknown Loghub system {system!r}; known: {', '.join(LOGHUB_SYSTEMS)}"
-        )
+        raise LogInputError(f"unknown Loghub system {system!r}; known: {', '.join(LOGHUB_SYSTEMS)}")
     expected = LOGHUB_SHA256[system]
     target = Path(cache_dir) / system / f"{system}_2k.log"
     if target.is_file() and sha256_of(target) == expected:

@@ -99,8 +99,18 @@ class SourceSpec:
 
 
 _ENTRY_KEYS = {
-    "name", "origin", "format", "multiline", "session", "ground_truth", "kind", "lines", "seed",
-    "system", "path", "description",
+    "name",
+    "origin",
+    "format",
+    "multiline",
+    "session",
+    "ground_truth",
+    "kind",
+    "lines",
+    "seed",
+    "system",
+    "path",
+    "description",
 }
 
 
@@ -110,7 +120,9 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         raise RegistryError(f"{where}: expected a mapping, got {type(entry).__name__}")
     unknown = set(entry) - _ENTRY_KEYS
     if unknown:
-        raise RegistryError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}")
+        raise RegistryError(
+            f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}"
+        )
     if "name" not in entry:
         raise RegistryError(f"{where}: missing field 'name'")
     name = entry["name"]
@@ -123,13 +135,19 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
     if origin not in ORIGINS:
         raise RegistryError(f"{where}: field 'origin' must be one of {ORIGINS}, got {origin!r}")
 
-    kind, system, path = str(entry.get("kind", "")), str(entry.get("system", "")), str(entry.get("path", ""))
+    kind, system, path = (
+        str(entry.get("kind", "")),
+        str(entry.get("system", "")),
+        str(entry.get("path", "")),
+    )
     session_default: dict[str, Any] = {"by": "window", "size": 100}
     truth_default: dict[str, Any] = {"provider": "none"}
     fmt = entry.get("format")
     if origin == "synthetic":
         if kind not in SYNTHETIC_KINDS:
-            raise RegistryError(f"{where}: field 'kind' must be one of {SYNTHETIC_KINDS}, got {kind!r}")
+            raise RegistryError(
+                f"{where}: field 'kind' must be one of {SYNTHETIC_KINDS}, got {kind!r}"
+            )
         fmt = fmt or FORMAT_OF_KIND[kind]
         truth_default = {"provider": "synthetic"}
         session_default = {
@@ -140,7 +158,9 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         }[kind]
     elif origin == "loghub":
         if system not in LOGHUB_SYSTEMS:
-            raise RegistryError(f"{where}: field 'system' must be one of {LOGHUB_SYSTEMS}, got {system!r}")
+            raise RegistryError(
+                f"{where}: field 'system' must be one of {LOGHUB_SYSTEMS}, got {system!r}"
+            )
         fmt = fmt or system
         session_default = _LOGHUB_SESSIONS.get(system, session_default)
         truth_default = _LOGHUB_GROUND_TRUTH.get(system, truth_default)
@@ -154,9 +174,13 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
     except ValueError as exc:
         raise RegistryError(f"{where}: field 'format': {exc}") from None
 
-    session = _sub_spec(SessionSpec, {**session_default, **(entry.get("session") or {})}, f"{where}.session")
+    session = _sub_spec(
+        SessionSpec, {**session_default, **(entry.get("session") or {})}, f"{where}.session"
+    )
     if session.by not in SESSION_KINDS:
-        raise RegistryError(f"{where}: session.by must be one of {SESSION_KINDS}, got {session.by!r}")
+        raise RegistryError(
+            f"{where}: session.by must be one of {SESSION_KINDS}, got {session.by!r}"
+        )
     if session.by == "regex":
         try:
             if re.compile(session.pattern).groups > 1:
@@ -169,24 +193,44 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         raise RegistryError(f"{where}: session.size must be at least 1")
     if session.by == "time_window" and session.seconds < 1:
         raise RegistryError(f"{where}: session.seconds must be at least 1")
-    truth = _sub_spec(GroundTruthSpec, {**truth_default, **(entry.get("ground_truth") or {})}, f"{where}.ground_truth")
+    truth = _sub_spec(
+        GroundTruthSpec,
+        {**truth_default, **(entry.get("ground_truth") or {})},
+        f"{where}.ground_truth",
+    )
     if truth.provider not in GROUND_TRUTH_PROVIDERS:
         raise RegistryError(
             f"{where}: ground_truth.provider must be one of {GROUND_TRUTH_PROVIDERS}, got {truth.provider!r}"
         )
     if truth.provider in ("hdfs_blocks", "instance_list") and not truth.path:
-        raise RegistryError(f"{where}: ground_truth provider {truth.provider!r} needs ground_truth.path")
+        raise RegistryError(
+            f"{where}: ground_truth provider {truth.provider!r} needs ground_truth.path"
+        )
     if truth.provider == "synthetic" and origin != "synthetic":
-        raise RegistryError(f"{where}: ground_truth provider 'synthetic' is only for synthetic sources")
+        raise RegistryError(
+            f"{where}: ground_truth provider 'synthetic' is only for synthetic sources"
+        )
     try:
-        lines, seed = int(entry.get("lines", 20000 if origin == "synthetic" else 0)), int(entry.get("seed", 0))
+        lines, seed = (
+            int(entry.get("lines", 20000 if origin == "synthetic" else 0)),
+            int(entry.get("seed", 0)),
+        )
     except (TypeError, ValueError):
         raise RegistryError(f"{where}: fields 'lines' and 'seed' must be integers") from None
     if origin == "synthetic" and lines < 1:
         raise RegistryError(f"{where}: field 'lines' must be at least 1")
     return SourceSpec(
-        name=name, origin=origin, format=str(fmt), multiline=multiline, session=session,
-        ground_truth=truth, kind=kind, lines=lines, seed=seed, system=system, path=path,
+        name=name,
+        origin=origin,
+        format=str(fmt),
+        multiline=multiline,
+        session=session,
+        ground_truth=truth,
+        kind=kind,
+        lines=lines,
+        seed=seed,
+        system=system,
+        path=path,
     )
 
 
@@ -194,7 +238,9 @@ def _sub_spec(cls, values: dict, where: str):
     allowed = set(cls.__dataclass_fields__)
     unknown = set(values) - allowed
     if unknown:
-        raise RegistryError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise RegistryError(
+            f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
     try:
         converted = {
             key: type(getattr(cls(), key))(value) if value is not None else getattr(cls(), key)
@@ -229,7 +275,9 @@ def load_registry(path: Path) -> dict[str, SourceSpec]:
     for index, entry in enumerate(entries):
         spec = parse_source(entry, f"{path}: sources[{index}]")
         if spec.name in sources:
-            raise RegistryError(f"{path}: sources[{index}]: source name {spec.name!r} appears twice")
+            raise RegistryError(
+                f"{path}: sources[{index}]: source name {spec.name!r} appears twice"
+            )
         sources[spec.name] = spec
     return sources
 
@@ -245,7 +293,9 @@ def add_loghub_entries(path: Path, systems: list[str]) -> list[str]:
     existing = load_registry(path) if path.exists() else {}
     unknown = [s for s in systems if s not in LOGHUB_SYSTEMS]
     if unknown:
-        raise RegistryError(f"unknown Loghub system(s) {unknown}; known: {', '.join(LOGHUB_SYSTEMS)}")
+        raise RegistryError(
+            f"unknown Loghub system(s) {unknown}; known: {', '.join(LOGHUB_SYSTEMS)}"
+        )
     added = [s for s in systems if f"loghub_{s}" not in existing]
     if added:
         text = path.read_text(encoding="utf-8") if path.exists() else "sources:\n"

@@ -10,10 +10,18 @@ from logfit_dagster.core.parsing import column_name
 from logfit_dagster.core.registry import SessionSpec
 
 BLOCK_ID_PATTERN = r"(blk_-?\d+)"
-INSTANCE_ID_PATTERN = r"\[instance: ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]"
+INSTANCE_ID_PATTERN = (
+    r"\[instance: ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]"
+)
 
 SESSION_COLUMNS = [
-    "session_id", "first_line", "last_line", "n_lines", "line_numbers", "template_ids", "text",
+    "session_id",
+    "first_line",
+    "last_line",
+    "n_lines",
+    "line_numbers",
+    "template_ids",
+    "text",
 ]
 
 
@@ -69,8 +77,12 @@ def session_keys(parsed: pd.DataFrame, spec: SessionSpec, format_name: str) -> p
         stamps = line_timestamps(parsed, format_name).ffill().bfill()
         start = stamps.min()
         index = ((stamps - start).dt.total_seconds() // spec.seconds).astype("int64")
-        ids = (start + pd.to_timedelta(index * spec.seconds, unit="s")).dt.strftime("t%Y%m%dT%H%M%S")
-        return pd.DataFrame({"line_number": parsed["line_number"].to_numpy(), "session_id": ids.to_numpy()})
+        ids = (start + pd.to_timedelta(index * spec.seconds, unit="s")).dt.strftime(
+            "t%Y%m%dT%H%M%S"
+        )
+        return pd.DataFrame(
+            {"line_number": parsed["line_number"].to_numpy(), "session_id": ids.to_numpy()}
+        )
     raise LogfitError(f"unknown session kind {spec.by!r}")
 
 

@@ -33,8 +33,12 @@ class LogSources(dg.ConfigurableResource):
     ``source.yaml``).
     """
 
-    registry: str = Field(default="", description="Registry file; empty means $LOGFIT_SOURCES or ./sources.yaml.")
-    data_dir: str = Field(default="", description="Data folder; empty means $LOGFIT_DATA_DIR or ./data.")
+    registry: str = Field(
+        default="", description="Registry file; empty means $LOGFIT_SOURCES or ./sources.yaml."
+    )
+    data_dir: str = Field(
+        default="", description="Data folder; empty means $LOGFIT_DATA_DIR or ./data."
+    )
     loghub_base_url: str = Field(
         default="",
         description="Base URL of the Loghub repository (a mirror); empty means $LOGFIT_LOGHUB_URL "
@@ -115,14 +119,21 @@ class LogSources(dg.ConfigurableResource):
         if spec.origin == "synthetic":
             return [self._ensure_synthetic(spec)]
         if spec.origin == "loghub":
-            base = self.loghub_base_url or os.environ.get("LOGFIT_LOGHUB_URL") or DEFAULT_LOGHUB_BASE_URL
+            base = (
+                self.loghub_base_url
+                or os.environ.get("LOGFIT_LOGHUB_URL")
+                or DEFAULT_LOGHUB_BASE_URL
+            )
             return [fetch_loghub_sample(spec.system, self.root() / "loghub", base)]
         pattern = os.path.expanduser(spec.path)
         if not os.path.isabs(pattern):
             pattern = str(self.registry_file().parent / pattern)
         matches = sorted(
-            Path(p) for p in glob.glob(pattern)
-            if Path(p).is_file() and Path(p).name != "source.yaml" and not Path(p).name.startswith(".")
+            Path(p)
+            for p in glob.glob(pattern)
+            if Path(p).is_file()
+            and Path(p).name != "source.yaml"
+            and not Path(p).name.startswith(".")
         )
         if not matches:
             raise LogInputError(f"source {spec.name!r}: no file matches {pattern}")

@@ -53,7 +53,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             self._write_bundle(target, obj)
             context.add_output_metadata({"path": dg.MetadataValue.path(str(target))})
             return
-        table = obj if isinstance(obj, pa.Table) else pa.Table.from_pandas(obj, preserve_index=False)
+        table = (
+            obj if isinstance(obj, pa.Table) else pa.Table.from_pandas(obj, preserve_index=False)
+        )
         write_parquet_atomic(table, target.with_suffix(".parquet"))
         context.add_output_metadata(
             {"path": dg.MetadataValue.path(str(target.with_suffix(".parquet")))}
@@ -64,7 +66,11 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
             for name, frame in frames.items():
-                table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+                table = (
+                    frame
+                    if isinstance(frame, pa.Table)
+                    else pa.Table.from_pandas(frame, preserve_index=False)
+                )
                 pq.write_table(table, staging / f"{name}.parquet")
             old = None
             if target.exists():
