@@ -47,7 +47,7 @@ def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
                 columns[name] = pc.fill_null_forward(columns[name])
         continuation = pc.invert(matched)
         has_record = pc.is_valid(pc.fill_null_forward(pc.if_else(matched, True, None)))
-        columns["parse_ok"] = pc.and_(pc.or_(matched, has_record), pa.scalar(True))
+        columns["parse_ok"] = pc.or_(matched, has_record)
         columns["is_continuation"] = pc.and_(continuation, has_record)
     else:
         columns["parse_ok"] = matched
