@@ -31,9 +31,7 @@ def test_saved_state_keeps_template_ids_stable_and_grows(tmp_path):
     state = tmp_path / "drain_state.json"
     contents = _contents(2000)
     first = TemplateMiner(PROFILE, state).mine(pa.array(contents[:1000]))
-    miner = TemplateMiner(PROFILE, state)
-    assert miner.resumed_clusters == 0
-    TemplateMiner(PROFILE, state)  # nothing saved yet: a fresh miner
+    assert TemplateMiner(PROFILE, state).resumed_clusters == 0, "nothing saved yet"
     saver = TemplateMiner(PROFILE, state)
     saver.mine(pa.array(contents[:1000]))
     saver.save()

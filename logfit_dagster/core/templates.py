@@ -47,8 +47,8 @@ class ParserProfile:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _extra(*rules: tuple[str, str]) -> tuple[MaskRule, ...]:
-    return tuple(MaskRule(f"extra{i}", pattern, "<*>") for i, (pattern, _) in enumerate(rules))
+def _extra(*patterns: str) -> tuple[MaskRule, ...]:
+    return tuple(MaskRule(f"extra{i}", pattern, "<*>") for i, pattern in enumerate(patterns))
 
 
 # Per-system tuning for the Loghub systems: Loghub's benchmark settings for Drain (the extra
@@ -56,24 +56,20 @@ def _extra(*rules: tuple[str, str]) -> tuple[MaskRule, ...]:
 LOGHUB_PROFILES: dict[str, ParserProfile] = {
     "HDFS": ParserProfile(sim_th=0.5, depth=4),
     "Hadoop": ParserProfile(sim_th=0.5, depth=4),
-    "Spark": ParserProfile(
-        masks=_extra((r"\b[KGTM]?B\b", "")) + DEFAULT_MASKS, sim_th=0.5, depth=4
-    ),
+    "Spark": ParserProfile(masks=_extra(r"\b[KGTM]?B\b") + DEFAULT_MASKS, sim_th=0.5, depth=4),
     "Zookeeper": ParserProfile(sim_th=0.5, depth=4),
-    "BGL": ParserProfile(masks=_extra((r"core\.\d+", "")) + DEFAULT_MASKS, sim_th=0.5, depth=4),
-    "HPC": ParserProfile(masks=_extra((r"=\d+", "")) + DEFAULT_MASKS, sim_th=0.5, depth=4),
+    "BGL": ParserProfile(masks=_extra(r"core\.\d+") + DEFAULT_MASKS, sim_th=0.5, depth=4),
+    "HPC": ParserProfile(masks=_extra(r"=\d+") + DEFAULT_MASKS, sim_th=0.5, depth=4),
     "Thunderbird": ParserProfile(sim_th=0.5, depth=4),
-    "Windows": ParserProfile(
-        masks=_extra((r"0x[0-9a-fA-F]+", "")) + DEFAULT_MASKS, sim_th=0.7, depth=5
-    ),
+    "Windows": ParserProfile(masks=_extra(r"0x[0-9a-fA-F]+") + DEFAULT_MASKS, sim_th=0.7, depth=5),
     "Linux": ParserProfile(
-        masks=_extra((r"\d{2}:\d{2}:\d{2}", "")) + DEFAULT_MASKS, sim_th=0.39, depth=6
+        masks=_extra(r"\d{2}:\d{2}:\d{2}") + DEFAULT_MASKS, sim_th=0.39, depth=6
     ),
     "Android": ParserProfile(
         masks=_extra(
-            (r"(/[\w-]+)+", ""),
-            (r"([\w-]+\.){2,}[\w-]+", ""),
-            (r"\b(\-?\+?\d+)\b|\b0[Xx][a-fA-F\d]+\b|\b[a-fA-F\d]{4,}\b", ""),
+            r"(/[\w-]+)+",
+            r"([\w-]+\.){2,}[\w-]+",
+            r"\b(\-?\+?\d+)\b|\b0[Xx][a-fA-F\d]+\b|\b[a-fA-F\d]{4,}\b",
         )
         + DEFAULT_MASKS,
         sim_th=0.2,
@@ -82,23 +78,21 @@ LOGHUB_PROFILES: dict[str, ParserProfile] = {
     "HealthApp": ParserProfile(sim_th=0.2, depth=4),
     "Apache": ParserProfile(sim_th=0.5, depth=4),
     "Proxifier": ParserProfile(
-        masks=_extra(
-            (r"<\d+\s?sec", ""), (r"([\w-]+\.)+[\w-]+(:\d+)?", ""), (r"\d{2}:\d{2}(:\d{2})*", "")
-        )
+        masks=_extra(r"<\d+\s?sec", r"([\w-]+\.)+[\w-]+(:\d+)?", r"\d{2}:\d{2}(:\d{2})*")
         + DEFAULT_MASKS,
         sim_th=0.6,
         depth=3,
     ),
     "OpenSSH": ParserProfile(
-        masks=_extra((r"([\w-]+\.){2,}[\w-]+", "")) + DEFAULT_MASKS, sim_th=0.6, depth=5
+        masks=_extra(r"([\w-]+\.){2,}[\w-]+") + DEFAULT_MASKS, sim_th=0.6, depth=5
     ),
     "OpenStack": ParserProfile(
-        masks=_extra((r"((\d+\.){3}\d+,?)+", ""), (r"/.+?\s", "")) + DEFAULT_MASKS,
+        masks=_extra(r"((\d+\.){3}\d+,?)+", r"/.+?\s") + DEFAULT_MASKS,
         sim_th=0.5,
         depth=5,
     ),
     "Mac": ParserProfile(
-        masks=_extra((r"([\w-]+\.){2,}[\w-]+", "")) + DEFAULT_MASKS, sim_th=0.7, depth=6
+        masks=_extra(r"([\w-]+\.){2,}[\w-]+") + DEFAULT_MASKS, sim_th=0.7, depth=6
     ),
 }
 
