@@ -2,18 +2,20 @@
 
 import dagster as dg
 
-from logfit_dagster.assets import datasets, ingest
-from logfit_dagster.jobs import ingest_job
+from logfit_dagster.assets import datasets, ingest, labels
+from logfit_dagster.jobs import ingest_job, labels_job
+from logfit_dagster.resources.labelers import default_labeler
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
 from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, datasets]),
+    assets=dg.load_assets_from_modules([ingest, datasets, labels]),
     resources={
         "io_manager": ParquetIOManager(),
         "sources": LogSources(),
+        "labeler": default_labeler(),
     },
-    jobs=[ingest_job],
+    jobs=[ingest_job, labels_job],
     sensors=[log_source_registry_sensor, incoming_logs_sensor],
 )

@@ -12,3 +12,12 @@ ingest_job = dg.define_asset_job(
     partitions_def=log_source_partitions,
     description="Raw logs to train/dev/test splits for one log source.",
 )
+
+labels_selection = dg.AssetSelection.assets("llm_labels", "label_quality")
+
+labels_job = dg.define_asset_job(
+    "labels_job",
+    selection=labels_selection,
+    partitions_def=log_source_partitions,
+    description="LOOK/SKIP labels of one log source and their agreement with ground truth.",
+)

@@ -15,3 +15,11 @@ class RegistryError(LogfitError):
 
 class ChecksumMismatchError(LogfitError):
     """A downloaded file does not match its expected checksum."""
+
+
+class LabelerError(LogfitError):
+    """A labeler is misconfigured (a missing key, an unknown model) or its API refused the work."""
+
+
+class BudgetExceededError(LabelerError):
+    """Labeling would cost more than the run's budget cap; nothing was submitted."""

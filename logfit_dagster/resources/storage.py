@@ -86,6 +86,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 shutil.rmtree(staging)
 
     def load_input(self, context: dg.InputContext):
+        if context.has_asset_partitions and not context.has_partition_key:
+            return self._load_partitions(context)
         target = self._path(context)
         wants_arrow = context.dagster_type.typing_type is pa.Table
         if target.is_dir():
@@ -97,3 +99,21 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 "materialize it first"
             )
         return pq.read_table(path) if wants_arrow else pd.read_parquet(path)
+
+    def _load_partitions(self, context: dg.InputContext) -> dict:
+        """An unpartitioned asset reading a partitioned one: every stored partition, by key.
+
+        Partitions never materialized are absent from the dict; the reading asset reports them.
+        """
+        root = self._root().joinpath(*context.asset_key.path)
+        wants_arrow = context.dagster_type.typing_type is dict[str, pa.Table]
+        loaded = {}
+        for partition in context.asset_partition_keys:
+            path = root / f"{partition}.parquet"
+            if path.exists():
+                loaded[partition] = pq.read_table(path) if wants_arrow else pd.read_parquet(path)
+            elif (root / partition).is_dir():
+                loaded[partition] = {
+                    p.stem: pd.read_parquet(p) for p in sorted((root / partition).glob("*.parquet"))
+                }
+        return loaded

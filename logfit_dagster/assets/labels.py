@@ -1,0 +1,246 @@
+"""LOOK/SKIP label sets: per-source labels from an LLM or rules, their quality, the training set."""
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+from pydantic import Field
+
+from logfit_dagster.assets._common import preview
+from logfit_dagster.core.errors import LogfitError
+from logfit_dagster.core.labeling.base import label_source
+from logfit_dagster.core.labeling.prompt import (
+    DEFAULT_PROMPT_VERSION,
+    DEFAULT_SYSTEM_PROMPT,
+    PromptSpec,
+)
+from logfit_dagster.core.labeling.quality import agreement, finite_or_none, look_as_int
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.resources.labelers import LabelerResource, scrub
+from logfit_dagster.resources.sources import LogSources
+
+LLM_API_POOL = "llm_api"
+
+
+class LabelConfig(dg.Config):
+    """What the labeler is asked and what a run may spend."""
+
+    window_size: int = Field(default=50, description="Consecutive lines per request.")
+    model: str = Field(default="", description="Model override; empty means the labeler's own.")
+    prompt_version: str = Field(
+        default=DEFAULT_PROMPT_VERSION,
+        description="Part of the cache key: change it whenever the prompt text changes.",
+    )
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="The system prompt.")
+    max_cost_usd: float = Field(
+        default=5.0,
+        description="Largest estimated cost of one run; above it the run stops before sending.",
+    )
+    prices: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="USD per million input and output tokens by model, over the built-in table.",
+    )
+    batch_discount: float = Field(
+        default=0.5, description="Price factor of batch APIs (Message Batches are half price)."
+    )
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="labels",
+    code_version="1",
+    kinds={"parquet"},
+    pool=LLM_API_POOL,
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+)
+def llm_labels(
+    context: dg.AssetExecutionContext,
+    config: LabelConfig,
+    raw_logs: pa.Table,
+    labeler: LabelerResource,
+) -> pd.DataFrame:
+    """One LOOK/SKIP label per line, from the configured labeler, windows already paid for reused."""
+    source = context.partition_key
+    lines = raw_logs.column("raw").to_pylist()
+    prompt = PromptSpec(system=config.system_prompt, version=config.prompt_version)
+    secrets = labeler.secrets()
+    try:
+        built = labeler.build(config.model)
+        frame, stats = label_source(
+            source,
+            lines,
+            built,
+            cache=labeler.cache(),
+            prompt=prompt,
+            window_size=config.window_size,
+            max_cost_usd=config.max_cost_usd,
+            prices={k: tuple(v) for k, v in config.prices.items()},
+            batch_discount=config.batch_discount,
+            log=context.log,
+        )
+    except LogfitError as exc:
+        raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
+    except Exception as exc:  # an API or network failure: retried by the retry policy
+        raise dg.Failure(
+            description=f"{type(exc).__name__}: {scrub(str(exc), secrets)}"
+        ) from None
+    frame["line_number"] = raw_logs.column("line_number").to_pandas().to_numpy()
+    counts = frame["label"].value_counts()
+    sent_nothing = stats.requests == 0
+    context.add_output_metadata(
+        {
+            "labeler": built.name,
+            "model": built.model,
+            "prompt_version": prompt.version,
+            "window_size": config.window_size,
+            "lines": stats.lines,
+            "look_lines": int(counts.get("LOOK", 0)),
+            "skip_lines": int(counts.get("SKIP", 0)),
+            "unlabeled_lines": stats.unlabeled_lines,
+            "windows": stats.windows,
+            "cache_hits": stats.cache_hits,
+            "requests": stats.requests,
+            "followup_requests": stats.followup_requests,
+            "resubmitted_requests": stats.resubmitted_requests,
+            "failed_requests": stats.failed_requests,
+            "batches_submitted": stats.batches_submitted,
+            "batches_resumed": stats.batches_resumed,
+            "input_tokens": stats.input_tokens,
+            "output_tokens": stats.output_tokens,
+            "estimated_cost_usd": dg.MetadataValue.float(
+                round(stats.estimated_cost_usd, 6) if stats.price_known else float("nan")
+            ),
+            "repaired_replies": stats.repairs,
+            "reply_problems": dg.MetadataValue.json(
+                [scrub(p, secrets) for p in stats.problems[:20]]
+            ),
+            "note": "every window came from the cache: nothing was sent, nothing paid"
+            if sent_nothing
+            else f"{stats.windows - stats.cache_hits} window(s) sent",
+            "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
+        }
+    )
+    if stats.unlabeled_lines:
+        context.log.warning(
+            f"{stats.unlabeled_lines} line(s) of {source} have no usable label; they stay "
+            "unlabeled (never guessed) and the next run asks again for windows that failed"
+        )
+    if not stats.price_known:
+        context.log.warning(f"no price known for model {built.model}: cost not estimated")
+    return frame
+
+
+class QualityConfig(dg.Config):
+    f1_floor: float = Field(
+        default=0.3,
+        description="The check warns when LOOK's F1 against ground-truth anomalies is below this.",
+    )
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="labels",
+    code_version="1",
+    kinds={"parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "look_agrees_with_ground_truth",
+            asset="label_quality",
+            description="F1 of LOOK against ground-truth anomalous lines is not below the floor.",
+        )
+    ],
+)
+def label_quality(
+    context: dg.AssetExecutionContext,
+    config: QualityConfig,
+    llm_labels: pd.DataFrame,
+    ground_truth_labels: dict[str, pd.DataFrame],
+):
+    """Agreement of LOOK labels with ground-truth anomalous lines, where the source has them."""
+    truth = ground_truth_labels["lines"][["line_number", "label"]].rename(
+        columns={"label": "truth"}
+    )
+    joined = llm_labels[["line_number", "label"]].merge(truth, on="line_number", how="left")
+    has_truth = bool(joined["truth"].notna().any())
+    stats = agreement(look_as_int(joined["label"]), joined["truth"].astype("Float64"))
+    confusion = stats.pop("confusion")
+    row = {
+        "source": context.partition_key,
+        "has_ground_truth": has_truth,
+        "labeler": str(llm_labels["labeler"].iloc[0]) if len(llm_labels) else "",
+        "model": str(llm_labels["model"].iloc[0]) if len(llm_labels) else "",
+        **stats,
+        **confusion,
+    }
+    metadata = {
+        "has_ground_truth": has_truth,
+        "compared_lines": stats["compared"],
+        "lines_left_out": stats["left_out"],
+    }
+    if has_truth:
+        metadata.update(
+            {
+                name: dg.MetadataValue.float(round(float(stats[name]), 4))
+                for name in ("precision", "recall", "f1", "kappa", "accuracy")
+                if finite_or_none(stats[name]) is not None
+            }
+        )
+        metadata["confusion_matrix"] = dg.MetadataValue.md(
+            "| | truth anomalous | truth normal |\n|---|---|---|\n"
+            f"| LOOK | {confusion['tp']} | {confusion['fp']} |\n"
+            f"| SKIP | {confusion['fn']} | {confusion['tn']} |"
+        )
+    else:
+        metadata["note"] = "this source has no ground-truth line labels: nothing to compare"
+    yield dg.Output(pd.DataFrame([row]), metadata=metadata)
+    f1 = finite_or_none(stats["f1"])
+    yield dg.AssetCheckResult(
+        check_name="look_agrees_with_ground_truth",
+        passed=(not has_truth) or (f1 is not None and f1 >= config.f1_floor),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "f1": dg.MetadataValue.float(float(f1) if f1 is not None else float("nan")),
+            "floor": dg.MetadataValue.float(config.f1_floor),
+            "evaluated": has_truth,
+        },
+    )
+
+
+@dg.asset(
+    group_name="labels",
+    code_version="1",
+    kinds={"parquet"},
+    ins={"llm_labels": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+)
+def labeled_lines(
+    context: dg.AssetExecutionContext, llm_labels: dict[str, pd.DataFrame], sources: LogSources
+) -> pd.DataFrame:
+    """The latest labelled lines of every source, ``source`` kept as the group key: the training
+    set of the line classifier. Unlabeled lines are left out and counted."""
+    frames, per_source, left_out = [], {}, 0
+    for source, frame in sorted(llm_labels.items()):
+        labelled = frame[frame["label"].notna()]
+        left_out += len(frame) - len(labelled)
+        per_source[source] = {
+            "lines": len(labelled),
+            "look_rate": round(float((labelled["label"] == "LOOK").mean()), 4) if len(labelled) else None,
+            "labeler": str(frame["labeler"].iloc[0]) if len(frame) else "",
+        }
+        frames.append(labelled.assign(source=source))
+    missing = sorted(set(sources.registered()) - set(llm_labels))
+    columns = ["source", "line_number", "raw", "label", "reason", "labeler", "model", "prompt_version"]
+    result = (
+        pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    )
+    context.add_output_metadata(
+        {
+            "sources": len(frames),
+            "lines": len(result),
+            "look_lines": int((result["label"] == "LOOK").sum()),
+            "unlabeled_lines_left_out": left_out,
+            "per_source": dg.MetadataValue.json(per_source),
+            "registered_sources_without_labels": dg.MetadataValue.json(missing),
+        }
+    )
+    if missing:
+        context.log.warning(f"no labels yet for {', '.join(missing)}: materialize llm_labels for them")
+    return result

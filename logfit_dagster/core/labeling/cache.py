@@ -1,0 +1,166 @@
+"""The persistent label cache and batch journal, one SQLite file under data/.
+
+``windows`` holds every window ever labelled, keyed by labeler, model, prompt version and the
+window's content hash, with the tokens it cost, so no window is paid for twice. ``batches``
+holds every submitted batch with the requests in it, written before polling starts: a process
+killed while a batch is in flight leaves the batch id behind, and the next run collects it
+instead of submitting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS windows (
+    cache_key TEXT PRIMARY KEY,
+    labeler TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    labels TEXT NOT NULL,          -- {"<window line>": [label, reason]}
+    missing TEXT NOT NULL,         -- [window lines still unlabeled]
+    followed_up INTEGER NOT NULL,  -- 1 once missing lines were asked once more
+    requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    labeler TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    requests TEXT NOT NULL,        -- {custom_id: {"cache_key", "content_hash", "asked", "start"}}
+    state TEXT NOT NULL,           -- open | collected
+    submitted_at REAL NOT NULL,
+    collected_at REAL
+);
+"""
+
+
+def cache_key(labeler: str, model: str, prompt_version: str, content_hash: str) -> str:
+    raw = json.dumps([labeler, model, prompt_version, content_hash])
+    return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+@dataclass
+class CachedWindow:
+    labels: dict[int, tuple[str, str]]
+    missing: list[int]
+    followed_up: bool
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def final(self) -> bool:
+        """Nothing more will be asked for this window."""
+        return not self.missing or self.followed_up
+
+
+class LabelCache:
+    """Labels per window and the journal of submitted batches."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def get_many(self, keys: list[str]) -> dict[str, CachedWindow]:
+        found: dict[str, CachedWindow] = {}
+        with self._connect() as db:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows = db.execute(
+                    "SELECT cache_key, labels, missing, followed_up, requests, input_tokens, "
+                    f"output_tokens FROM windows WHERE cache_key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for key, labels, missing, followed, requests, tin, tout in rows:
+                    found[key] = CachedWindow(
+                        {int(k): tuple(v) for k, v in json.loads(labels).items()},
+                        json.loads(missing),
+                        bool(followed),
+                        requests,
+                        tin,
+                        tout,
+                    )
+        return found
+
+    def put(
+        self,
+        key: str,
+        *,
+        labeler: str,
+        model: str,
+        prompt_version: str,
+        content_hash: str,
+        window: CachedWindow,
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO windows VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    labeler,
+                    model,
+                    prompt_version,
+                    content_hash,
+                    json.dumps({str(k): list(v) for k, v in window.labels.items()}),
+                    json.dumps(window.missing),
+                    int(window.followed_up),
+                    window.requests,
+                    window.input_tokens,
+                    window.output_tokens,
+                    time.time(),
+                ),
+            )
+
+    # -- the batch journal -------------------------------------------------------------------
+
+    def record_batch(
+        self, batch_id: str, labeler: str, model: str, prompt_version: str, requests: dict
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,NULL)",
+                (batch_id, labeler, model, prompt_version, json.dumps(requests), "open", time.time()),
+            )
+
+    def open_batches(self, labeler: str, model: str, prompt_version: str) -> dict[str, dict]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT batch_id, requests FROM batches WHERE state = 'open' AND labeler = ? "
+                "AND model = ? AND prompt_version = ? ORDER BY submitted_at",
+                (labeler, model, prompt_version),
+            ).fetchall()
+        return {batch_id: json.loads(requests) for batch_id, requests in rows}
+
+    def close_batch(self, batch_id: str) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE batches SET state = 'collected', collected_at = ? WHERE batch_id = ?",
+                (time.time(), batch_id),
+            )
+
+    def batch_count(self) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]

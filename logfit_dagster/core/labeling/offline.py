@@ -1,0 +1,144 @@
+"""Labelers that need no API: recorded labels, and rules as the honest offline default."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from logfit_dagster.core.errors import LabelerError
+from logfit_dagster.core.labeling.base import DirectLabeler, Reply, Request
+from logfit_dagster.core.labeling.prompt import LABELS, PromptSpec
+
+RECORDED_FIELDS = ("system", "line_number", "raw_line", "label")
+
+
+class RecordedLabeler(DirectLabeler):
+    """Labels recorded earlier, as JSONL ``{"system","line_number","raw_line","label","reason"}``.
+
+    Lines are matched by content: a recorded line of the same system with the same number wins,
+    then the same content elsewhere in that system (the nearest line number), then the same
+    content in another system. A line never recorded stays unlabeled.
+    """
+
+    name = "recorded"
+    asks_again = False
+
+    def __init__(self, paths: list[Path], system: str | None = None):
+        self.paths = sorted(Path(p) for p in paths)
+        if not self.paths:
+            raise LabelerError("RecordedLabeler: no recorded label files given")
+        self.system = system
+        digest = hashlib.sha256()
+        self.by_content: dict[str, list[tuple[str, int, str, str]]] = {}
+        for path in self.paths:
+            if not path.is_file():
+                raise LabelerError(f"RecordedLabeler: recorded label file not found: {path}")
+            data = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + data)
+            for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                record = _record(path, number, line)
+                self.by_content.setdefault(record[2], []).append(
+                    (record[0], record[1], record[3], record[4])
+                )
+        self.model = f"recorded-{digest.hexdigest()[:12]}"
+
+    def _match(self, system: str, number: int, raw: str) -> tuple[str, str] | None:
+        candidates = self.by_content.get(raw)
+        if not candidates:
+            return None
+        same = [c for c in candidates if c[0] == system] or candidates
+        best = min(same, key=lambda c: abs(c[1] - number))
+        return best[2], best[3]
+
+    def label(self, requests: list[Request], prompt: PromptSpec) -> Iterator[Reply]:
+        for request in requests:
+            window = request.window
+            system = self.system or window.source
+            entries = []
+            for i in request.asked:
+                found = self._match(system, window.start + i - 1, window.lines[i - 1])
+                if found:
+                    entries.append({"line": i, "label": found[0], "reason": f"recorded: {found[1]}"})
+            yield Reply(request.custom_id, entries)
+
+
+def _record(path: Path, number: int, line: str) -> tuple[str, int, str, str, str]:
+    where = f"{path}:{number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LabelerError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise LabelerError(f"{where}: expected a JSON object")
+    for name in RECORDED_FIELDS:
+        if name not in record:
+            raise LabelerError(f"{where}: field {name!r} is missing")
+    label = str(record["label"]).upper()
+    if label not in LABELS:
+        raise LabelerError(f"{where}: field 'label' is {record['label']!r}, not LOOK or SKIP")
+    if not isinstance(record["line_number"], int):
+        raise LabelerError(f"{where}: field 'line_number' is not an integer")
+    return (
+        str(record["system"]),
+        record["line_number"],
+        str(record["raw_line"]),
+        label,
+        str(record.get("reason") or ""),
+    )
+
+
+# The rules, in order; the first that matches gives the reason.
+RULES: tuple[tuple[str, re.Pattern], ...] = (
+    (
+        "stack trace",
+        re.compile(r"^\s+at [\w$.<>]+\(|Traceback \(most recent call last\)|^Caused by:|Exception in thread"),
+    ),
+    (
+        "severity",
+        re.compile(
+            r"\b(?:ERROR|ERR|FATAL|CRITICAL|CRIT|SEVERE|ALERT|EMERG|EMERGENCY|PANIC|WARN|WARNING|"
+            r"FAILURE|FAILED|FAIL)\b|\b[EFW]/|\s[EFW]\s+\w"
+        ),
+    ),
+    (
+        "negative keyword",
+        re.compile(
+            r"(?i)\b(?:error|errors|exception|fail(?:s|ed|ure|ing)?|unable|cannot|can't|could ?not|"
+            r"couldn't|timeout|timed ?out|denied|refused|reject(?:ed)?|panic|oom|out of memory|"
+            r"killed|kill|abort(?:ed|ing)?|corrupt(?:ed|ion)?|invalid|unreachable|lost|"
+            r"crash(?:ed)?|segfault|segmentation|deadlock|fatal|critical|unexpected|illegal|"
+            r"broken pipe|overflow|exceeded|not responding|disconnect(?:ed)?|shutdown|"
+            r"shutting down|unknown|unavailable|mismatch|violation|bad|warn(?:ing)?|"
+            r"interrupt(?:ed)?|authentication failure|break-in|no such)\b"
+        ),
+    ),
+)
+
+
+def rule_label(line: str) -> tuple[str, str]:
+    """LOOK with the rule that matched, or SKIP."""
+    for reason, pattern in RULES:
+        if pattern.search(line):
+            return "LOOK", f"rule: {reason}"
+    return "SKIP", "rule: no severity word, negative keyword or stack trace"
+
+
+class RuleLabeler(DirectLabeler):
+    """The offline default: severity words, negative keywords and stack traces mean LOOK."""
+
+    name = "rule"
+    model = "rules-v1"
+    asks_again = False
+
+    def label(self, requests: list[Request], prompt: PromptSpec) -> Iterator[Reply]:
+        for request in requests:
+            entries = []
+            for i in request.asked:
+                label, reason = rule_label(request.window.lines[i - 1])
+                entries.append({"line": i, "label": label, "reason": reason})
+            yield Reply(request.custom_id, entries)

@@ -1,0 +1,165 @@
+"""The label-set assets materialized with a real Dagster instance into temporary folders."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from logfit_dagster.assets import datasets, ingest, labels
+from logfit_dagster.partitions import LOG_SOURCE
+from logfit_dagster.resources.labelers import (
+    AnthropicLabelerResource,
+    OpenAILabelerResource,
+    RecordedLabelerResource,
+    RuleLabelerResource,
+    default_labeler,
+)
+from logfit_dagster.resources.sources import LogSources
+from logfit_dagster.resources.storage import ParquetIOManager
+from tests.llm_servers import FakeAnthropic, expected_label
+
+ASSETS = dg.load_assets_from_modules([ingest, datasets, labels])
+LABEL_ASSETS = ["llm_labels", "label_quality"]
+
+
+def materialize(instance, partition, labeler, selection=None, run_config=None):
+    instance.add_dynamic_partitions(LOG_SOURCE, [partition])
+    return dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=partition,
+        instance=instance,
+        run_config=run_config,
+        resources={"io_manager": ParquetIOManager(), "sources": LogSources(), "labeler": labeler},
+        raise_on_error=False,
+    )
+
+
+def metadata(result, asset: str) -> dict:
+    event = next(
+        e for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(asset)
+    )
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+UPSTREAM = ["raw_logs", "parsed_logs", "sessions", "ground_truth_labels"]
+
+
+def test_rule_labels_quality_and_a_rerun_that_sends_nothing(workdir):
+    with dg.instance_for_test() as instance:
+        result = materialize(instance, "tiny_hdfs", RuleLabelerResource(), UPSTREAM + LABEL_ASSETS)
+        assert result.success
+        first = metadata(result, "llm_labels")
+        assert first["labeler"] == "rule" and first["lines"] == 1500
+        assert first["look_lines"] + first["skip_lines"] == 1500 and first["unlabeled_lines"] == 0
+        quality = metadata(result, "label_quality")
+        assert quality["has_ground_truth"] is True and 0 <= quality["f1"] <= 1
+        checks = {c.check_name for c in result.get_asset_check_evaluations()}
+        assert "look_agrees_with_ground_truth" in checks
+        again = materialize(instance, "tiny_hdfs", RuleLabelerResource(), ["llm_labels"])
+        assert again.success
+        second = metadata(again, "llm_labels")
+        assert second["requests"] == 0 and second["cache_hits"] == second["windows"]
+        assert "nothing was sent" in second["note"]
+    frame = pd.read_parquet(workdir / "data" / "assets" / "llm_labels" / "tiny_hdfs.parquet")
+    assert frame["reason"].str.startswith("rule:").all()
+    assert list(frame.columns[:5]) == ["line_number", "raw", "label", "reason", "window_key"]
+
+
+def test_claude_batches_through_an_env_var_key(workdir, monkeypatch):
+    with FakeAnthropic(api_key="sk-ant-test-1") as server, dg.instance_for_test() as instance:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-1")
+        labeler = AnthropicLabelerResource(
+            api_key=dg.EnvVar("ANTHROPIC_API_KEY"), base_url=server.url, poll_interval_s=0.01
+        )
+        result = materialize(
+            instance, "tiny_bgl", labeler, ["raw_logs", "llm_labels"],
+            run_config={"ops": {"llm_labels": {"config": {"window_size": 100}}}},
+        )
+        assert result.success
+        meta = metadata(result, "llm_labels")
+        assert meta["requests"] == 8 and meta["batches_submitted"] == 1
+        assert meta["estimated_cost_usd"] > 0 and meta["input_tokens"] > 0
+        frame = pd.read_parquet(workdir / "data" / "assets" / "llm_labels" / "tiny_bgl.parquet")
+        assert frame["label"].tolist() == [expected_label(x) for x in frame["raw"]]
+        assert set(server.submitted.values()) == {1}
+
+
+def test_budget_cap_and_a_bad_key_fail_clearly_and_never_show_the_key(workdir, monkeypatch):
+    secret = "sk-ant-very-secret-999"
+    with FakeAnthropic(api_key="another") as server, dg.instance_for_test() as instance:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+        labeler = AnthropicLabelerResource(
+            api_key=dg.EnvVar("ANTHROPIC_API_KEY"), base_url=server.url, poll_interval_s=0.01,
+        )
+        capped = materialize(
+            instance, "tiny_bgl", labeler, ["raw_logs", "llm_labels"],
+            run_config={"ops": {"llm_labels": {"config": {"max_cost_usd": 0.0001}}}},
+        )
+        assert not capped.success
+        failure = capped.get_step_failure_events()[0].step_failure_data.error.message
+        assert "would cost about $" in failure and "nothing was submitted" in failure
+        refused = materialize(instance, "tiny_bgl", labeler, ["llm_labels"])
+        assert not refused.success
+        logs = json.dumps([str(e.dagster_event) for e in instance.all_logs(refused.run_id)])
+        assert "401" in logs and secret not in logs and "***" in logs
+
+
+def test_labeled_lines_gathers_every_source(workdir):
+    labeler = RuleLabelerResource()
+    with dg.instance_for_test() as instance:
+        for source in ("tiny_hdfs", "tiny_bgl"):
+            assert materialize(instance, source, labeler, ["raw_logs", "llm_labels"]).success
+        result = dg.materialize(
+            ASSETS,
+            selection=["labeled_lines"],
+            instance=instance,
+            resources={"io_manager": ParquetIOManager(), "sources": LogSources(), "labeler": labeler},
+        )
+        assert result.success
+        meta = metadata(result, "labeled_lines")
+    frame = pd.read_parquet(workdir / "data" / "assets" / "labeled_lines" / "all.parquet")
+    assert frame.groupby("source").size().to_dict() == {"tiny_bgl": 800, "tiny_hdfs": 1500}
+    assert meta["sources"] == 2 and meta["registered_sources_without_labels"] == []
+
+
+def test_default_labeler_follows_the_environment():
+    assert isinstance(default_labeler({}), RuleLabelerResource)
+    assert isinstance(default_labeler({"ANTHROPIC_API_KEY": "k"}), AnthropicLabelerResource)
+    assert isinstance(default_labeler({"LOGFIT_LABELER": "openai"}), OpenAILabelerResource)
+    assert isinstance(default_labeler({"LOGFIT_LABELER": "recorded"}), RecordedLabelerResource)
+    from logfit_dagster.core.errors import LabelerError
+
+    with pytest.raises(LabelerError, match="LOGFIT_LABELER"):
+        default_labeler({"LOGFIT_LABELER": "gpt5"})
+    with pytest.raises(LabelerError, match="ANTHROPIC_API_KEY"):
+        default_labeler({"LOGFIT_LABELER": "anthropic"}).build()
+
+
+def test_recorded_labels_match_by_content(shared_data, tmp_path):
+    from logfit_dagster.core.labeling.base import label_source
+    from logfit_dagster.core.labeling.cache import LabelCache
+
+    recorded = shared_data / "llm-labels" / "Apache.jsonl"
+    truth = [json.loads(line) for line in recorded.read_text().splitlines()]
+    raw = (shared_data / "loghub-2k" / "Apache" / "Apache_2k.log").read_text().splitlines()
+    labeler = RecordedLabelerResource(paths=[str(recorded)], system="Apache").build()
+    # ten new lines in front shift every line number: content still matches
+    frame, stats = label_source(
+        "Apache", ["new line"] * 10 + raw, labeler, cache=LabelCache(tmp_path / "c.sqlite")
+    )
+    assert stats.unlabeled_lines == 10 and frame["label"].iloc[:10].isna().all()
+    assert frame["label"].iloc[10:].tolist() == [t["label"] for t in truth]
+
+
+def test_bad_recorded_file_names_file_and_line(tmp_path):
+    from logfit_dagster.core.errors import LabelerError
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"system":"a","line_number":1,"raw_line":"x","label":"LOOK"}\n{"system":"a"}\n')
+    with pytest.raises(LabelerError, match=r"bad.jsonl:2: field 'line_number' is missing"):
+        RecordedLabelerResource(paths=[str(path)]).build()
