@@ -145,6 +145,31 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Score a log file with the champion (or a given) LOOK/SKIP model."""
+    from logfit_dagster.core.classify import classify_file
+    from logfit_dagster.core.line_model import LineScorer
+
+    model = Path(args.model) if args.model else data_dir() / "models" / "look_skip_champion.json"
+    if not args.model and not model.exists():
+        print(
+            f"logfit: no champion model at {model}: materialize look_skip_champion, or pass --model",
+            file=sys.stderr,
+        )
+        return 2
+    scorer = LineScorer.load(model)
+    stats = classify_file(
+        Path(args.file), scorer, Path(args.output) if args.output else None, threshold=args.threshold
+    )
+    print(
+        f"{stats.lines} lines, {stats.look} LOOK ({stats.look / max(stats.lines, 1):.1%}), "
+        f"{stats.distinct_shapes} distinct shapes scored, {stats.seconds:.2f} s, "
+        f"{stats.lines_per_second:,.0f} lines/s" + (f" -> {args.output}" if args.output else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     home = _ensure_dagster_home()
     print(f"DAGSTER_HOME={home}")
@@ -164,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("action", nargs="?", default="list", choices=["list", "enable-loghub"])
     s.add_argument("systems", nargs="*", help="Loghub systems for enable-loghub (default: all 16)")
     s.set_defaults(func=cmd_sources)
+    c = sub.add_parser("classify", help="score a log file LOOK/SKIP with an exported model")
+    c.add_argument("file", help="a log file, plain or .gz")
+    c.add_argument("--model", help="model JSON (default: data/models/look_skip_champion.json)")
+    c.add_argument("--output", help="write every line scored to a .parquet or .jsonl file")
+    c.add_argument("--threshold", type=float, default=None, help="LOOK threshold (default: the model's)")
+    c.set_defaults(func=cmd_classify)
     d = sub.add_parser(
         "dev", help="open the Dagster UI (dagster dev) with the instance under data/"
     )

@@ -2,19 +2,21 @@
 
 import dagster as dg
 
-from logfit_dagster.assets import datasets, ingest, labels
+from logfit_dagster.assets import datasets, ingest, labels, models, reports
 from logfit_dagster.jobs import ingest_job, labels_job
 from logfit_dagster.resources.labelers import default_labeler
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
+from logfit_dagster.resources.tracking import ExperimentTracker
 from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, datasets, labels]),
+    assets=dg.load_assets_from_modules([ingest, datasets, labels, models, reports]),
     resources={
         "io_manager": ParquetIOManager(),
         "sources": LogSources(),
         "labeler": default_labeler(),
+        "tracker": ExperimentTracker(),
     },
     jobs=[ingest_job, labels_job],
     sensors=[log_source_registry_sensor, incoming_logs_sensor],

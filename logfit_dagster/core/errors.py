@@ -23,3 +23,11 @@ class LabelerError(LogfitError):
 
 class BudgetExceededError(LabelerError):
     """Labeling would cost more than the run's budget cap; nothing was submitted."""
+
+
+class ModelFileError(LogfitError):
+    """A model file is missing, corrupt, or made for other features."""
+
+
+class TrainingDataError(LogfitError):
+    """The data cannot train a model: one class, too few sessions, no labels."""

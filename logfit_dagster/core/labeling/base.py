@@ -172,7 +172,9 @@ class _Run:
         self.prices = prices
         self.batch_discount = batch_discount
         self.log = log
-        self.stats = LabelStats(price_known=price_of(labeler.model, prices) is not None)
+        self.stats = LabelStats(
+            price_known=not labeler.paid or price_of(labeler.model, prices) is not None
+        )
 
     def key(self, window: Window) -> str:
         return cache_key(self.labeler.name, self.labeler.model, self.prompt.version, window.content_hash)

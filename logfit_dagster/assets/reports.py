@@ -1,0 +1,114 @@
+"""Metrics reports: per source, every session model's test quality against the champion's;
+overall, every source and the line classifier's leave-sources-out scores."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from logfit_dagster.core import plots
+from logfit_dagster.core.session_model import metrics as session_metrics
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.paths import data_dir
+from logfit_dagster.resources.tracking import ExperimentTracker
+
+from .models import session_model_name
+
+REPORT_COLUMNS = ["source", "model", "version", "sessions", "anomalous", "precision", "recall", "f1",
+                  "accuracy", "average_precision", "threshold", "tp", "fp", "fn", "tn"]
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="reports",
+    code_version="1",
+    kinds={"parquet", "matplotlib"},
+)
+def metrics_report(
+    context: dg.AssetExecutionContext, session_model: pd.DataFrame, tracker: ExperimentTracker
+) -> pd.DataFrame:
+    """Accuracy, precision, recall, F1 of the anomalous class, confusion matrices and PR curves
+    of every session model on the test split, with the registry's champion beside them."""
+    source = context.partition_key
+    labelled = session_model[session_model["label"].notna()] if len(session_model) else session_model
+    if labelled.empty:
+        context.add_output_metadata(
+            {"note": "no supervised session model for this source: nothing measured"}
+        )
+        return pd.DataFrame(columns=REPORT_COLUMNS)
+    rows, curves, matrices = [], {}, {}
+    for kind, group in labelled.groupby("model", sort=True):
+        y = group["label"].astype(int).to_numpy()
+        score = group["score"].to_numpy(dtype=float)
+        threshold = float(group["score"][group["predicted"] == 1].min()) if (group["predicted"] == 1).any() else float("inf")
+        measured = session_metrics(y, score, threshold) if np.isfinite(threshold) else session_metrics(y, score, score.max() + 1)
+        rows.append({"source": source, "model": kind, "version": str(group["version"].iloc[0]), **measured})
+        curves[kind] = (y, score)
+        matrices[kind] = {k: measured[k] for k in ("tp", "fp", "fn", "tn")}
+    champion = tracker.champion(session_model_name(source))
+    if champion is not None:
+        version, m = champion
+        rows.append(
+            {
+                "source": source,
+                "model": "champion (registry)",
+                "version": version,
+                **{k: m.get(f"test_{k}", np.nan) for k in ("sessions", "anomalous", "precision", "recall", "f1",
+                                                            "accuracy", "average_precision", "threshold", "tp", "fp", "fn", "tn")},
+            }
+        )
+    report = pd.DataFrame(rows)[REPORT_COLUMNS]
+    pr = plots.pr_curves(curves, f"{source}: precision-recall on test")
+    cm = plots.confusion(matrices, f"{source}: test confusion")
+    folder = data_dir() / "reports" / source
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pr_curve.png").write_bytes(plots.png_bytes(pr))
+    (folder / "confusion.png").write_bytes(plots.png_bytes(cm))
+    table = report.drop(columns=["source"]).round(4).to_markdown(index=False)
+    context.add_output_metadata(
+        {
+            "report": dg.MetadataValue.md(
+                f"## {source}: session models on the test split\n\n{table}\n\n"
+                + plots.markdown_image(pr, "precision-recall")
+                + "\n\n"
+                + plots.markdown_image(cm, "confusion matrices")
+            ),
+            "best_f1": dg.MetadataValue.float(float(report["f1"].max())),
+            "pr_curve": dg.MetadataValue.path(str(folder / "pr_curve.png")),
+            "confusion": dg.MetadataValue.path(str(folder / "confusion.png")),
+            "champion_version": champion[0] if champion else "none",
+        }
+    )
+    plots.close(pr, cm)
+    return report
+
+
+@dg.asset(
+    group_name="reports",
+    code_version="1",
+    kinds={"parquet"},
+    ins={
+        "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+    },
+)
+def metrics_overview(
+    context: dg.AssetExecutionContext,
+    metrics_report: dict[str, pd.DataFrame],
+    look_skip_model: dict[str, pd.DataFrame],
+) -> pd.DataFrame:
+    """Every source's session models and the line classifier's leave-sources-out scores."""
+    frames = [f for f in metrics_report.values() if len(f)]
+    sessions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
+    lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
+    lines = lines.rename(columns={"lines": "sessions"})
+    overview = pd.concat(
+        [sessions.assign(unit="session"), lines.assign(unit="line")], ignore_index=True
+    )[["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]]
+    summary = look_skip_model["summary"].iloc[0]
+    context.add_output_metadata(
+        {
+            "sources_with_session_models": int(sessions["source"].nunique()),
+            "line_model_cv_f1": dg.MetadataValue.float(float(summary["cv_f1"])),
+            "overview": dg.MetadataValue.md(overview.round(4).to_markdown(index=False)),
+        }
+    )
+    return overview

@@ -1,0 +1,99 @@
+"""Scoring a log file with an exported LOOK/SKIP model, streamed in batches of lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from logfit_dagster.core.errors import LogInputError
+from logfit_dagster.core.line_model import LineScorer
+from logfit_dagster.core.reading import atomic_path, iter_line_batches
+
+OUTPUT_FORMATS = (".parquet", ".jsonl")
+
+
+@dataclass
+class ClassifyStats:
+    lines: int = 0
+    look: int = 0
+    distinct_shapes: int = 0
+    seconds: float = 0.0
+    replaced_bytes: int = 0
+
+    @property
+    def lines_per_second(self) -> float:
+        return self.lines / self.seconds if self.seconds else float("nan")
+
+
+def classify_file(
+    path: Path,
+    scorer: LineScorer,
+    output: Path | None = None,
+    look_out: TextIO | None = None,
+    threshold: float | None = None,
+) -> ClassifyStats:
+    """Score every line of ``path`` (plain or gzip).
+
+    With ``output`` (``.parquet`` or ``.jsonl``) every line is written with its line number,
+    probability and label, atomically; otherwise the LOOK lines are written to ``look_out``.
+    """
+    threshold = scorer.threshold if threshold is None else threshold
+    if output is not None and Path(output).suffix not in OUTPUT_FORMATS:
+        raise LogInputError(f"output {output}: use a .parquet or .jsonl file name")
+    look_out = look_out if look_out is not None else sys.stdout
+    stats = ClassifyStats()
+    started = time.perf_counter()
+    writer = None
+    with atomic_path(Path(output)) if output is not None else _nothing() as tmp:
+        handle = open(tmp, "w") if tmp is not None and Path(output).suffix == ".jsonl" else None
+        try:
+            for batch in iter_line_batches(Path(path)):
+                probability = scorer.score_lines(batch.lines)
+                look = probability >= threshold
+                stats.lines += len(probability)
+                stats.look += int(look.sum())
+                stats.replaced_bytes += batch.replaced_bytes
+                numbers = np.arange(batch.first_line, batch.first_line + len(probability))
+                if tmp is None:
+                    raws = batch.lines.filter(pa.array(look)).to_pylist()
+                    for number, raw in zip(numbers[look], raws, strict=True):
+                        look_out.write(f"{number}\t{raw}\n")
+                    continue
+                table = pa.table(
+                    {
+                        "line_number": numbers,
+                        "probability": probability,
+                        "label": np.where(look, "LOOK", "SKIP"),
+                        "raw": batch.lines,
+                    }
+                )
+                if handle is not None:
+                    for row in table.to_pylist():
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+            if handle is not None:
+                handle.close()
+    stats.seconds = time.perf_counter() - started
+    stats.distinct_shapes = len(scorer._cache)
+    return stats
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

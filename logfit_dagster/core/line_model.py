@@ -1,0 +1,350 @@
+"""The LOOK/SKIP line classifier: TF-IDF + handcrafted features, logistic regression.
+
+Training works on distinct ``(source, shape, label)`` rows weighted by how many lines they
+stand for, which gives the same fit as training on every line at a fraction of the cost.
+Model selection is a grid search scored by GroupKFold with the source as the group: a model is
+never scored on a source it was trained on. The fitted pipeline exports to portable JSON
+(vocabularies, idf, coefficients, scaler, feature version), and :class:`LineScorer` reproduces
+sklearn's probabilities from that JSON with plain Python and numpy: no pickle is ever needed
+to score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sklearn.compose import ColumnTransformer
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from logfit_dagster.core.errors import ModelFileError, TrainingDataError
+from logfit_dagster.core.line_features import (
+    FEATURE_VERSION,
+    HAND_FEATURES,
+    handcrafted_matrix,
+    normalize,
+    normalize_column,
+    shape_column,
+)
+
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+WORD_NGRAMS = (1, 3)
+CHAR_NGRAMS = (3, 6)
+MODEL_FORMAT = "logfit-look-skip-v1"
+
+
+@dataclass(frozen=True)
+class LineModelParams:
+    C: float = 4.0
+    class_weight: str | None = "balanced"
+    word_max_features: int | None = 50_000
+    char_max_features: int | None = 100_000
+
+
+def build_pipeline(params: LineModelParams) -> Pipeline:
+    features = ColumnTransformer(
+        [
+            (
+                "word",
+                TfidfVectorizer(
+                    token_pattern=TOKEN_PATTERN,
+                    ngram_range=WORD_NGRAMS,
+                    sublinear_tf=True,
+                    max_features=params.word_max_features,
+                    dtype=np.float64,
+                ),
+                "normalized",
+            ),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char",
+                    ngram_range=CHAR_NGRAMS,
+                    sublinear_tf=True,
+                    max_features=params.char_max_features,
+                    dtype=np.float64,
+                ),
+                "shape",
+            ),
+            ("hand", StandardScaler(), list(HAND_FEATURES)),
+        ]
+    )
+    classifier = LogisticRegression(
+        C=params.C, class_weight=params.class_weight, solver="liblinear", max_iter=2000
+    )
+    return Pipeline([("features", features), ("clf", classifier)])
+
+
+def training_rows(lines: pd.DataFrame) -> pd.DataFrame:
+    """Distinct (source, shape, label) rows of labelled lines, with weights and features.
+
+    ``lines`` has ``source``, ``raw`` and ``label`` (LOOK/SKIP); lines without a label are not
+    training data and must be left out (and counted) by the caller.
+    """
+    missing = {"source", "raw", "label"} - set(lines.columns)
+    if missing:
+        raise TrainingDataError(f"labelled lines lack column(s) {sorted(missing)}")
+    if lines["label"].isna().any():
+        raise TrainingDataError("labelled lines include unlabeled rows; leave them out first")
+    bad = set(lines["label"].unique()) - {"LOOK", "SKIP"}
+    if bad:
+        raise TrainingDataError(f"unknown label(s) {sorted(bad)}: expected LOOK or SKIP")
+    shapes, index = shape_column(pa.array(lines["raw"].astype(str).tolist(), pa.string()))
+    frame = pd.DataFrame(
+        {
+            "source": lines["source"].to_numpy(),
+            "shape_id": index,
+            "y": (lines["label"] == "LOOK").to_numpy().astype(np.int8),
+        }
+    )
+    rows = frame.groupby(["source", "shape_id", "y"], sort=True).size().reset_index(name="weight")
+    shape_text = shapes.to_pylist()
+    normalized = normalize_column(shapes).to_pylist()
+    rows["shape"] = [shape_text[i] for i in rows["shape_id"]]
+    rows["normalized"] = [normalized[i] for i in rows["shape_id"]]
+    hand = handcrafted_matrix(shape_text)[rows["shape_id"].to_numpy()]
+    for j, name in enumerate(HAND_FEATURES):
+        rows[name] = hand[:, j]
+    return rows
+
+
+def weighted_scores(y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float = 0.5) -> dict:
+    pred = (proba >= threshold).astype(int)
+    p, r, f, _ = precision_recall_fscore_support(
+        y, pred, sample_weight=weight, average="binary", zero_division=0
+    )
+    tp = float(weight[(pred == 1) & (y == 1)].sum())
+    fp = float(weight[(pred == 1) & (y == 0)].sum())
+    fn = float(weight[(pred == 0) & (y == 1)].sum())
+    tn = float(weight[(pred == 0) & (y == 0)].sum())
+    total = tp + fp + fn + tn
+    return {
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f),
+        "accuracy": (tp + tn) / total if total else math.nan,
+        "average_precision": float(average_precision_score(y, proba, sample_weight=weight))
+        if 0 < y.sum() < len(y)
+        else math.nan,
+        "lines": int(total),
+        "confusion": {"tp": int(tp), "fp": int(fp), "fn": int(fn), "tn": int(tn)},
+    }
+
+
+@dataclass
+class SelectionResult:
+    best: LineModelParams
+    grid: list[dict]
+    folds: int
+    out_of_fold: np.ndarray  # out-of-fold probability of the best params, per training row
+    per_source: dict[str, dict] = field(default_factory=dict)
+    cv: dict = field(default_factory=dict)
+
+
+def source_folds(rows: pd.DataFrame, max_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GroupKFold splits with the source as the group: no source on both sides of a split."""
+    folds = min(max_folds, rows["source"].nunique())
+    return list(GroupKFold(n_splits=folds).split(rows, rows["y"], groups=rows["source"]))
+
+
+def select_model(rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int = 5) -> SelectionResult:
+    """Grid search scored by GroupKFold over sources; the out-of-fold scores of the best."""
+    sources = rows["source"].nunique()
+    if sources < 2:
+        raise TrainingDataError(
+            f"leave-sources-out model selection needs labelled lines of at least 2 sources, got {sources}"
+        )
+    for name, group in rows.groupby("y"):
+        if group["weight"].sum() == 0:
+            raise TrainingDataError(f"no {'LOOK' if name else 'SKIP'} lines to learn from")
+    if rows["y"].nunique() < 2:
+        raise TrainingDataError("every labelled line has the same label: nothing to learn")
+    splits = source_folds(rows, max_folds)
+    folds = len(splits)
+    y, w = rows["y"].to_numpy(), rows["weight"].to_numpy().astype(float)
+    results = []
+    best_score, best, best_oof = -1.0, grid[0], None
+    for params in grid:
+        oof = np.zeros(len(rows))
+        for train, test in splits:
+            if rows["y"].iloc[train].nunique() < 2:
+                oof[test] = float(rows["y"].iloc[train].iloc[0])
+                continue
+            model = build_pipeline(params)
+            model.fit(rows.iloc[train], y[train], clf__sample_weight=w[train])
+            oof[test] = model.predict_proba(rows.iloc[test])[:, 1]
+        scores = weighted_scores(y, oof, w)
+        results.append({**params.__dict__, "cv_f1": scores["f1"], "cv_precision": scores["precision"], "cv_recall": scores["recall"]})
+        if scores["f1"] > best_score:
+            best_score, best, best_oof = scores["f1"], params, oof
+    per_source = {}
+    for source, idx in rows.groupby("source").indices.items():
+        per_source[source] = weighted_scores(y[idx], best_oof[idx], w[idx])
+    return SelectionResult(best, results, folds, best_oof, per_source, weighted_scores(y, best_oof, w))
+
+
+def parameter_grid(
+    C: list[float], class_weight: list[str | None], char_max_features: list[int | None],
+    word_max_features: list[int | None],
+) -> list[LineModelParams]:
+    return [
+        LineModelParams(c, cw, wmf, cmf)
+        for c, cw, cmf, wmf in product(C, class_weight, char_max_features, word_max_features)
+    ]
+
+
+def fit(rows: pd.DataFrame, params: LineModelParams) -> Pipeline:
+    model = build_pipeline(params)
+    model.fit(rows, rows["y"].to_numpy(), clf__sample_weight=rows["weight"].to_numpy().astype(float))
+    return model
+
+
+# -- export and scoring without pickle ---------------------------------------------------------
+
+
+def export_model(pipeline: Pipeline, extra: dict | None = None) -> dict:
+    """The fitted pipeline as plain JSON-able data."""
+    features: ColumnTransformer = pipeline.named_steps["features"]
+    clf: LogisticRegression = pipeline.named_steps["clf"]
+    word: TfidfVectorizer = features.named_transformers_["word"]
+    char: TfidfVectorizer = features.named_transformers_["char"]
+    hand: StandardScaler = features.named_transformers_["hand"]
+    coef = clf.coef_[0]
+    n_word, n_char = len(word.vocabulary_), len(char.vocabulary_)
+    return {
+        "format": MODEL_FORMAT,
+        "feature_version": FEATURE_VERSION,
+        "word": {
+            "token_pattern": TOKEN_PATTERN,
+            "ngram_range": list(WORD_NGRAMS),
+            "vocabulary": {t: int(i) for t, i in word.vocabulary_.items()},
+            "idf": word.idf_.tolist(),
+            "coef": coef[:n_word].tolist(),
+        },
+        "char": {
+            "ngram_range": list(CHAR_NGRAMS),
+            "vocabulary": {t: int(i) for t, i in char.vocabulary_.items()},
+            "idf": char.idf_.tolist(),
+            "coef": coef[n_word : n_word + n_char].tolist(),
+        },
+        "hand": {
+            "names": list(HAND_FEATURES),
+            "mean": hand.mean_.tolist(),
+            "scale": hand.scale_.tolist(),
+            "coef": coef[n_word + n_char :].tolist(),
+        },
+        "intercept": float(clf.intercept_[0]),
+        "threshold": 0.5,
+        **(extra or {}),
+    }
+
+
+_WHITESPACE = re.compile(r"\s\s+")
+
+
+class _TfidfPart:
+    def __init__(self, spec: dict):
+        self.vocabulary: dict[str, int] = spec["vocabulary"]
+        self.idf = np.asarray(spec["idf"], dtype=np.float64)
+        self.coef = np.asarray(spec["coef"], dtype=np.float64)
+        self.min_n, self.max_n = spec["ngram_range"]
+
+    def score(self, grams: list[str]) -> float:
+        """coef · l2-normalized sublinear tf-idf of the grams in the vocabulary."""
+        counts = Counter(g for g in grams if g in self.vocabulary)
+        if not counts:
+            return 0.0
+        idx = np.fromiter((self.vocabulary[g] for g in counts), dtype=np.int64, count=len(counts))
+        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        values = tf * self.idf[idx]
+        return float(values @ self.coef[idx] / np.sqrt(values @ values))
+
+
+class LineScorer:
+    """Scores lines from an exported model: the same probabilities as the sklearn pipeline."""
+
+    def __init__(self, spec: dict, source: str = "<memory>"):
+        if spec.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{source}: not a logfit LOOK/SKIP model (format {spec.get('format')!r})")
+        if spec.get("feature_version") != FEATURE_VERSION:
+            raise ModelFileError(
+                f"{source}: made for features {spec.get('feature_version')!r}, this logfit computes "
+                f"{FEATURE_VERSION!r}: retrain look_skip_model"
+            )
+        try:
+            self.word = _TfidfPart(spec["word"])
+            self.char = _TfidfPart(spec["char"])
+            self.hand_mean = np.asarray(spec["hand"]["mean"], dtype=np.float64)
+            self.hand_scale = np.asarray(spec["hand"]["scale"], dtype=np.float64)
+            self.hand_coef = np.asarray(spec["hand"]["coef"], dtype=np.float64)
+            self.intercept = float(spec["intercept"])
+            self.threshold = float(spec.get("threshold", 0.5))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{source}: model file is incomplete or corrupt ({exc!r})") from None
+        self.spec = spec
+        self._token = re.compile(spec["word"]["token_pattern"])
+        self._cache: dict[str, float] = {}
+
+    @classmethod
+    def load(cls, path: Path) -> LineScorer:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"model file not found: {path}")
+        try:
+            spec = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{path}: model file is corrupt ({exc})") from None
+        if not isinstance(spec, dict):
+            raise ModelFileError(f"{path}: model file is corrupt (not a JSON object)")
+        return cls(spec, str(path))
+
+    def _word_grams(self, text: str) -> list[str]:
+        tokens = self._token.findall(text.lower())
+        grams = list(tokens) if self.word.min_n == 1 else []
+        for n in range(max(2, self.word.min_n), min(self.word.max_n, len(tokens)) + 1):
+            grams.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+        return grams
+
+    def _char_grams(self, text: str) -> list[str]:
+        text = _WHITESPACE.sub(" ", text.lower())
+        grams = []
+        for n in range(self.char.min_n, min(self.char.max_n, len(text)) + 1):
+            grams.extend(text[i : i + n] for i in range(len(text) - n + 1))
+        return grams
+
+    def _logit(self, shape: str, hand: np.ndarray) -> float:
+        return (
+            self.word.score(self._word_grams(normalize(shape)))
+            + self.char.score(self._char_grams(shape))
+            + float(((hand - self.hand_mean) / self.hand_scale) @ self.hand_coef)
+            + self.intercept
+        )
+
+    def score_shapes(self, shapes: list[str]) -> np.ndarray:
+        """LOOK probability of each shape; shapes seen before come from a cache."""
+        todo = [s for s in dict.fromkeys(shapes) if s not in self._cache]
+        if todo:
+            hand = handcrafted_matrix(todo)
+            for shape, h in zip(todo, hand, strict=True):
+                self._cache[shape] = 1.0 / (1.0 + math.exp(-self._logit(shape, h)))
+        return np.fromiter((self._cache[s] for s in shapes), dtype=np.float64, count=len(shapes))
+
+    def score_lines(self, lines: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+        """LOOK probability of every line, each distinct shape scored once."""
+        if isinstance(lines, list):
+            lines = pa.array(lines, pa.string())
+        shapes, index = shape_column(lines)
+        return self.score_shapes(shapes.to_pylist())[index]

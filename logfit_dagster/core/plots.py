@@ -1,0 +1,70 @@
+"""PNG plots of model quality: precision-recall curves and confusion matrices."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import precision_recall_curve  # noqa: E402
+
+
+def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Figure:
+    """One precision-recall curve per model: ``{name: (labels, scores)}``."""
+    figure, axis = plt.subplots(figsize=(5, 4), dpi=100)
+    for name, (y, score) in curves.items():
+        if 0 < int(np.sum(y)) < len(y):
+            precision, recall, _ = precision_recall_curve(y, score)
+            axis.step(recall, precision, where="post", label=name)
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(loc="lower left")
+    figure.tight_layout()
+    return figure
+
+
+def confusion(matrix: dict[str, dict[str, int]], title: str) -> Figure:
+    """Confusion matrices side by side: ``{name: {"tp", "fp", "fn", "tn"}}``."""
+    figure, axes = plt.subplots(1, max(1, len(matrix)), figsize=(3.2 * max(1, len(matrix)), 3), dpi=100)
+    axes = np.atleast_1d(axes)
+    for axis, (name, cm) in zip(axes, matrix.items(), strict=False):
+        grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+        axis.imshow(grid, cmap="Blues")
+        for (i, j), value in np.ndenumerate(grid):
+            axis.text(j, i, str(value), ha="center", va="center")
+        axis.set_xticks([0, 1], ["normal", "anomalous"])
+        axis.set_yticks([0, 1], ["normal", "anomalous"])
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(name, fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def markdown_image(figure: Figure, alt: str) -> str:
+    """The figure inlined as a markdown image (the Dagster UI renders data URIs)."""
+    encoded = base64.b64encode(png_bytes(figure)).decode()
+    return f"![{alt}](data:image/png;base64,{encoded})"
+
+
+def close(*figures: Figure) -> None:
+    for figure in figures:
+        plt.close(figure)

@@ -1,0 +1,250 @@
+"""The line classifier, its JSON export and scorer, session classifiers, and the model assets
+with a real MLflow store in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from logfit_dagster.assets import datasets, ingest, labels, models, reports
+from logfit_dagster.core.errors import ModelFileError, TrainingDataError
+from logfit_dagster.core.line_model import (
+    LineModelParams,
+    LineScorer,
+    export_model,
+    fit,
+    select_model,
+    source_folds,
+    training_rows,
+)
+from logfit_dagster.core.session_model import train_session_models
+from logfit_dagster.partitions import LOG_SOURCE
+from logfit_dagster.resources.labelers import RuleLabelerResource
+from logfit_dagster.resources.sources import LogSources
+from logfit_dagster.resources.storage import ParquetIOManager
+from logfit_dagster.resources.tracking import ExperimentTracker
+
+SMALL = LineModelParams(C=1.0, word_max_features=2000, char_max_features=5000)
+
+
+def labelled_lines(n_per_source: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for source in ("alpha", "beta", "gamma", "delta"):
+        for i in range(n_per_source):
+            bad = rng.random() < 0.3
+            raw = (
+                f"2024-01-0{i % 9 + 1} 10:{i % 60:02d} {source} ERROR disk {i} failed: timeout"
+                if bad
+                else f"2024-01-0{i % 9 + 1} 10:{i % 60:02d} {source} INFO served request {i} ok"
+            )
+            rows.append({"source": source, "raw": raw, "label": "LOOK" if bad else "SKIP"})
+    return pd.DataFrame(rows)
+
+
+def test_folds_never_share_a_source():
+    rows = training_rows(labelled_lines())
+    folds = source_folds(rows, 4)
+    assert len(folds) == 4
+    for train, test in folds:
+        assert not set(rows["source"].iloc[train]) & set(rows["source"].iloc[test])
+    assert sorted(np.concatenate([t for _, t in folds])) == list(range(len(rows)))
+
+
+def test_selection_scores_held_out_sources_and_rejects_bad_data():
+    rows = training_rows(labelled_lines())
+    result = select_model(rows, [SMALL, LineModelParams(C=4.0, word_max_features=2000, char_max_features=5000)])
+    assert result.folds == 4 and len(result.grid) == 2
+    assert set(result.per_source) == {"alpha", "beta", "gamma", "delta"}
+    assert result.cv["f1"] > 0.9 and result.cv["lines"] == 240
+    with pytest.raises(TrainingDataError, match="at least 2 sources"):
+        select_model(rows[rows["source"] == "alpha"], [SMALL])
+    same = labelled_lines().assign(label="SKIP")
+    with pytest.raises(TrainingDataError, match="same label"):
+        select_model(training_rows(same), [SMALL])
+    with pytest.raises(TrainingDataError, match="unknown label"):
+        training_rows(labelled_lines().assign(label="MAYBE"))
+
+
+def test_json_export_reproduces_sklearn_on_held_out_lines(shared_data):
+    records = []
+    for name in ("Apache", "HDFS", "Zookeeper", "OpenSSH"):
+        path = shared_data / "llm-labels" / f"{name}.jsonl"
+        records += [json.loads(x) for x in path.read_text().splitlines()]
+    lines = pd.DataFrame(
+        {"source": [r["system"] for r in records], "raw": [r["raw_line"] for r in records],
+         "label": [r["label"] for r in records]}
+    )
+    train = training_rows(lines[lines["source"] != "OpenSSH"])
+    model = fit(train, LineModelParams(word_max_features=20_000, char_max_features=30_000))
+    scorer = LineScorer(json.loads(json.dumps(export_model(model))))
+    held_out = lines[lines["source"] == "OpenSSH"]
+    rows = training_rows(held_out)
+    expected = model.predict_proba(rows)[:, 1]
+    assert np.abs(scorer.score_shapes(rows["shape"].tolist()) - expected).max() < 1e-6
+    # line by line through the column-wise path: same shapes, same probabilities
+    by_line = scorer.score_lines(held_out["raw"].tolist())
+    shape_probability = dict(zip(rows["shape"], expected, strict=True))
+    from logfit_dagster.core.line_features import shape_of
+
+    again = np.array([shape_probability[shape_of(r)] for r in held_out["raw"]])
+    assert np.abs(by_line - again).max() < 1e-6
+
+
+def test_bad_model_files_are_named(tmp_path):
+    with pytest.raises(ModelFileError, match="model file not found: .*nope.json"):
+        LineScorer.load(tmp_path / "nope.json")
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt.json: model file is corrupt"):
+        LineScorer.load(corrupt)
+    model = fit(training_rows(labelled_lines()), SMALL)
+    spec = export_model(model)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**spec, "feature_version": "line-features-0"}))
+    with pytest.raises(ModelFileError, match="retrain look_skip_model"):
+        LineScorer.load(old)
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps({k: v for k, v in spec.items() if k != "char"}))
+    with pytest.raises(ModelFileError, match="incomplete or corrupt"):
+        LineScorer.load(cut)
+
+
+def _sessions(n: int, anomalous_every: int | None):
+    sessions, splits = [], []
+    for i in range(n):
+        bad = anomalous_every is not None and i % anomalous_every == 0
+        ids = [1, 2, 3, 3, 4] + ([9, 9] if bad else [5])
+        sessions.append({"session_id": f"s{i}", "template_ids": ids})
+        split = "test" if i % 10 == 0 else "dev" if i % 10 == 1 else "train"
+        splits.append({"session_id": f"s{i}", "split": split,
+                       "label": (1 if bad else 0) if anomalous_every is not None else None})
+    splits = pd.DataFrame(splits)
+    splits["label"] = splits["label"].astype("Int8")
+    return pd.DataFrame(sessions), splits
+
+
+def test_session_models_train_on_train_pick_threshold_on_dev_score_test():
+    sessions, splits = _sessions(200, anomalous_every=5)
+    training = train_session_models(sessions, splits)
+    assert [r.kind for r in training.results] == ["logistic_regression", "decision_tree"]
+    for result in training.results:
+        assert result.test["sessions"] == 20 and result.test["f1"] == 1.0
+        assert set(result.test_scores["session_id"]) == set(splits.loc[splits["split"] == "test", "session_id"])
+
+
+def test_session_models_say_why_they_skip():
+    sessions, splits = _sessions(200, anomalous_every=None)
+    unsupervised = train_session_models(sessions, splits)
+    assert unsupervised.results[0].kind == "isolation_forest" and "no labelled" in unsupervised.note
+    sessions, splits = _sessions(5, anomalous_every=2)
+    with pytest.raises(TrainingDataError, match="at least 10"):
+        train_session_models(sessions, splits)
+    sessions, splits = _sessions(200, anomalous_every=5)
+    with pytest.raises(TrainingDataError, match="one class"):
+        train_session_models(sessions, splits.assign(label=splits["label"] * 0))
+
+
+# -- the assets, with MLflow -------------------------------------------------------------------
+
+ASSETS = dg.load_assets_from_modules([ingest, datasets, labels, models, reports])
+PARTITIONED = ["raw_logs", "parsed_logs", "sessions", "ground_truth_labels", "dataset_splits",
+               "llm_labels", "session_model", "session_champion", "metrics_report"]
+SMALL_GRID = {"C": [1.0], "char_max_features": [5000], "word_max_features": [2000]}
+
+
+def _resources():
+    return {
+        "io_manager": ParquetIOManager(),
+        "sources": LogSources(),
+        "labeler": RuleLabelerResource(),
+        "tracker": ExperimentTracker(),
+    }
+
+
+def _line_model_run(instance, margin: float):
+    return dg.materialize(
+        ASSETS,
+        selection=["labeled_lines", "look_skip_model", "look_skip_champion", "metrics_overview"],
+        instance=instance,
+        resources=_resources(),
+        run_config={"ops": {"look_skip_model": {"config": {**SMALL_GRID, "champion_margin": margin}}}},
+        raise_on_error=False,
+    )
+
+
+def test_models_reports_mlflow_and_the_champion_gate(workdir):
+    import mlflow
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: mid_hdfs, origin: synthetic, kind: hdfs, lines: 12000, seed: 5}\n"
+        "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["mid_hdfs", "tiny_bgl"])
+        skipped = {}
+        for source in ("mid_hdfs", "tiny_bgl"):
+            result = dg.materialize(
+                ASSETS, selection=PARTITIONED, partition_key=source, instance=instance,
+                resources=_resources(), raise_on_error=False,
+            )
+            assert result.success, source
+            event = next(e for e in result.get_asset_materialization_events()
+                         if e.asset_key == dg.AssetKey("session_model"))
+            skipped[source] = event.materialization.metadata.get("skipped")
+        # too few BGL sessions: the asset says why and trains nothing
+        assert skipped["mid_hdfs"] is None and "at least 10" in skipped["tiny_bgl"].value
+        report = pd.read_parquet(workdir / "data" / "assets" / "metrics_report" / "mid_hdfs.parquet")
+        assert {"logistic_regression", "decision_tree"} <= set(report["model"])
+        assert (workdir / "data" / "reports" / "mid_hdfs" / "pr_curve.png").stat().st_size > 1000
+
+        first = _line_model_run(instance, margin=0.02)
+        assert first.success
+        gate = {c.check_name: c.passed for c in first.get_asset_check_evaluations()}
+        assert gate == {"champion_gate": True}
+        champion = workdir / "data" / "models" / "look_skip_champion.json"
+        assert json.loads(champion.read_text())["registered_version"] == "1"
+
+        # a margin below zero demands a better model than the champion: the gate blocks
+        second = _line_model_run(instance, margin=-1.0)
+        gate = {c.check_name: c.passed for c in second.get_asset_check_evaluations()}
+        assert gate == {"champion_gate": False}
+        promoted = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
+        assert "look_skip_model" in promoted and "look_skip_champion" not in promoted
+        assert json.loads(champion.read_text())["registered_version"] == "1"
+
+        scored = dg.materialize(
+            ASSETS, selection=["scored_lines"], partition_key="tiny_bgl", instance=instance,
+            resources=_resources(),
+        )
+        assert scored.success
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'data' / 'mlflow' / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("logfit-look-skip", "champion").version) == "1"
+    assert len(client.search_model_versions("name='logfit-look-skip'")) == 2
+    experiment = client.get_experiment_by_name("logfit")
+    runs = client.search_runs([experiment.experiment_id], "tags.asset = 'look_skip_model'")
+    assert len(runs) == 2 and 0 <= runs[0].data.metrics["cv_f1"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"look_skip_model.json", "plots"} <= artifacts
+    lines = pd.read_parquet(workdir / "data" / "assets" / "scored_lines" / "tiny_bgl.parquet")
+    assert len(lines) == 800 and set(lines["label"]) <= {"LOOK", "SKIP"}
+
+    out = workdir / "scored.jsonl"
+    log = workdir / "data" / "sources" / "tiny_bgl"
+    log_file = next(p for p in log.rglob("*.log"))
+    done = subprocess.run(
+        [sys.executable, "-m", "logfit_dagster.cli", "classify", str(log_file), "--output", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "800 lines" in done.stderr and "lines/s" in done.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["line_number"] for r in rows] == list(range(1, 801))
+    assert np.allclose([r["probability"] for r in rows], lines["probability"], atol=1e-12)
