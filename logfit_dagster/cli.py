@@ -52,31 +52,38 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     new = [n for n in names if n not in existing]
     if new:
         instance.add_dynamic_partitions(LOG_SOURCE, new)
-    job = defs.resolve_job_def(args.job)
+    log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     rows, failed = [], []
     started = time.perf_counter()
-    for name in names:
-        t0 = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=name,
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+
+    def run(job_name: str, partition: str | None, label: str):
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=partition, instance=instance, raise_on_error=False, run_config=log_config
         )
-        if not result.success:
-            failures = [e for e in result.all_events if e.is_step_failure]
-            reason = (
-                failures[0].step_failure_data.error.message.strip() if failures else "run failed"
-            )
-            failed.append((name, reason))
-            print(f"[{name}] FAILED: {reason}", file=sys.stderr)
-            continue
         meta = {}
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             meta[mat.asset_key.to_user_string()] = {
                 k: _metadata_value(v) for k, v in mat.metadata.items()
             }
+        if not result.success:
+            failures = [e for e in result.all_events if e.is_step_failure]
+            reason = (
+                failures[0].step_failure_data.error.message.strip() if failures else "run failed"
+            )
+            failed.append((label, reason))
+            print(f"[{label}] FAILED: {reason}", file=sys.stderr)
+        return result.success, meta
+
+    succeeded = []
+    for name in names:
+        t0 = time.perf_counter()
+        ok, meta = run(args.job, name, name)
+        if not ok:
+            continue
+        succeeded.append(name)
+        truth = meta.get("ground_truth_labels", {})
+        session = meta.get("session_model", {})
         rows.append(
             {
                 "source": name,
@@ -84,24 +91,34 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 "parse failures": meta.get("parsed_logs", {}).get("parse_failures", ""),
                 "templates": meta.get("parsed_logs", {}).get("templates", ""),
                 "sessions": meta.get("sessions", {}).get("sessions", ""),
-                "anomalous sessions": (
-                    meta.get("ground_truth_labels", {}).get("anomalous_sessions", "")
-                    if meta.get("ground_truth_labels", {}).get("has_ground_truth")
-                    else "no labels"
-                ),
-                "anomalous lines": (
-                    meta.get("ground_truth_labels", {}).get("anomalous_lines", "")
-                    if meta.get("ground_truth_labels", {}).get("has_ground_truth")
-                    else "no labels"
-                ),
+                "anomalous sessions": truth.get("anomalous_sessions", "")
+                if truth.get("has_ground_truth")
+                else "no labels",
+                "LOOK lines": meta.get("llm_labels", {}).get("look_lines", "-"),
+                "session F1 (test)": f"{session['test_f1']:.3f}"
+                if "test_f1" in session
+                else ("skipped" if "skipped" in session else "-"),
                 "seconds": f"{time.perf_counter() - t0:.1f}",
             }
         )
+    line_model = {}
+    if args.job == "source_lineage_job" and succeeded:
+        ok, meta = run("line_model_job", None, "line_model_job")
+        line_model = meta.get("look_skip_model", {})
+        if ok and "look_skip_champion" in meta:
+            for name in succeeded:
+                run("scoring_job", name, f"{name} scoring")
     _print_table(rows)
     assets_dir = data_dir() / "assets"
     print(
         f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)"
     )
+    if line_model:
+        print(
+            f"look_skip_model: leave-sources-out LOOK F1 {line_model.get('cv_f1', float('nan')):.3f} "
+            f"over {line_model.get('sources')} sources; champion model: "
+            f"{data_dir() / 'models' / 'look_skip_champion.json'} (logfit classify FILE)"
+        )
     print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
     print("open the UI with: logfit dev")
     return 1 if failed else 0
@@ -182,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("materialize", help="run the lineage for every source (or the ones named)")
     m.add_argument("sources", nargs="*", help="source names (default: every registered source)")
-    m.add_argument("--job", default="ingest_job", help="the job to run per source")
+    m.add_argument(
+        "--job",
+        default="source_lineage_job",
+        help="the job to run per source (source_lineage_job also trains the line classifier "
+        "and scores every source)",
+    )
     m.add_argument("--log-level", default="WARNING", help="Dagster console log level")
     m.set_defaults(func=cmd_materialize)
     s = sub.add_parser("sources", help="list sources, or enable Loghub systems")

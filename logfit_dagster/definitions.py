@@ -3,7 +3,7 @@
 import dagster as dg
 
 from logfit_dagster.assets import datasets, ingest, labels, models, reports
-from logfit_dagster.jobs import ingest_job, labels_job
+from logfit_dagster.jobs import ALL_JOBS
 from logfit_dagster.resources.labelers import default_labeler
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
@@ -18,6 +18,6 @@ defs = dg.Definitions(
         "labeler": default_labeler(),
         "tracker": ExperimentTracker(),
     },
-    jobs=[ingest_job, labels_job],
+    jobs=ALL_JOBS,
     sensors=[log_source_registry_sensor, incoming_logs_sensor],
 )

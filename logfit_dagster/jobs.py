@@ -1,10 +1,21 @@
-"""Jobs over asset selections."""
+"""Jobs over asset selections.
+
+Partitioned jobs run one log source per run; the line classifier and the overview read every
+source and run unpartitioned. ``logfit materialize`` runs ``source_lineage_job`` per source,
+then ``line_model_job``, then ``scoring_job`` per source.
+"""
 
 import dagster as dg
 
 from logfit_dagster.partitions import log_source_partitions
 
 ingest_selection = dg.AssetSelection.groups("ingest", "datasets")
+labels_selection = dg.AssetSelection.assets("llm_labels", "label_quality")
+source_models_selection = dg.AssetSelection.assets("session_model", "session_champion", "metrics_report")
+line_model_selection = dg.AssetSelection.assets(
+    "labeled_lines", "look_skip_model", "look_skip_champion", "metrics_overview"
+)
+scoring_selection = dg.AssetSelection.assets("scored_lines")
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -13,11 +24,38 @@ ingest_job = dg.define_asset_job(
     description="Raw logs to train/dev/test splits for one log source.",
 )
 
-labels_selection = dg.AssetSelection.assets("llm_labels", "label_quality")
-
 labels_job = dg.define_asset_job(
     "labels_job",
     selection=labels_selection,
     partitions_def=log_source_partitions,
     description="LOOK/SKIP labels of one log source and their agreement with ground truth.",
 )
+
+source_models_job = dg.define_asset_job(
+    "source_models_job",
+    selection=source_models_selection,
+    partitions_def=log_source_partitions,
+    description="Session classifiers of one source, their champion and the metrics report.",
+)
+
+source_lineage_job = dg.define_asset_job(
+    "source_lineage_job",
+    selection=ingest_selection | labels_selection | source_models_selection,
+    partitions_def=log_source_partitions,
+    description="Everything of one log source: ingest, datasets, labels, session models, report.",
+)
+
+line_model_job = dg.define_asset_job(
+    "line_model_job",
+    selection=line_model_selection,
+    description="The LOOK/SKIP classifier trained on every source's labels, gated to champion.",
+)
+
+scoring_job = dg.define_asset_job(
+    "scoring_job",
+    selection=scoring_selection,
+    partitions_def=log_source_partitions,
+    description="One source's lines scored by the champion LOOK/SKIP classifier.",
+)
+
+ALL_JOBS = [ingest_job, labels_job, source_models_job, source_lineage_job, line_model_job, scoring_job]

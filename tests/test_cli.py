@@ -29,6 +29,13 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
     assert (data / "dagster_home" / "dagster.yaml").exists(), "the instance lives under data/"
     splits = pd.read_parquet(data / "assets" / "dataset_splits" / "tiny_hdfs.parquet")
     assert set(splits["split"]) == {"train", "dev", "test"}
+    # the whole lineage: labels, the line classifier and its champion, every source scored
+    assert "look_skip_model: leave-sources-out LOOK F1" in result.stdout
+    assert (data / "models" / "look_skip_champion.json").exists()
+    for source in ("tiny_hdfs", "tiny_bgl"):
+        scored = pd.read_parquet(data / "assets" / "scored_lines" / f"{source}.parquet")
+        assert scored["probability"].between(0, 1).all()
+    assert (data / "mlflow" / "mlflow.db").exists() and not (workdir / "mlruns").exists()
 
 
 def test_logfit_materialize_refuses_unknown_source(workdir):
