@@ -29,3 +29,21 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def recorded_labels():
+    """The recorded Claude labels of ../shared/data/llm-labels as one frame:
+    ``source``, ``raw``, ``label``, ``reason``."""
+    import pandas as pd
+
+    records = []
+    for path in sorted((shared_data() / "llm-labels").glob("*.jsonl")):
+        records += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return pd.DataFrame(
+        {
+            "source": [r["system"] for r in records],
+            "raw": [r["raw_line"] for r in records],
+            "label": [r["label"] for r in records],
+            "reason": [r.get("reason", "") for r in records],
+        }
+    )

@@ -8,7 +8,6 @@ does (read, shape column-wise, score each distinct shape once, count LOOK), writ
     python benchmarks/classify_throughput.py -> benchmarks/results/classify_throughput.{json,md}
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import shared_data, write_results  # noqa: E402
+from benchmarks._common import recorded_labels, shared_data, write_results  # noqa: E402
 from logfit_dagster.core.classify import classify_file  # noqa: E402
 from logfit_dagster.core.line_model import (  # noqa: E402
     LineModelParams,
@@ -32,13 +31,7 @@ from logfit_dagster.core.synthetic import generate  # noqa: E402
 
 def main() -> None:
     data = shared_data()
-    records = []
-    for path in sorted((data / "llm-labels").glob("*.jsonl")):
-        records += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    lines = pd.DataFrame(
-        {"source": [r["system"] for r in records], "raw": [r["raw_line"] for r in records],
-         "label": [r["label"] for r in records]}
-    )
+    lines = recorded_labels()
     spec = export_model(fit(training_rows(lines), LineModelParams(C=1.0)))
     files = sorted((data / "loghub-2k").glob("*/*_2k.log"))
     files += [data / "hdfs" / "raw" / "HDFS_20000.log", data / "hdfs" / "raw" / "HDFS_5k_sampled_blocks.log"]

@@ -9,7 +9,6 @@ LOOK F1 is pooled over every held-out line; per-source F1 is listed too.
     python benchmarks/line_model_quality.py -> benchmarks/results/line_model_quality.{json,md}
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import shared_data, write_results  # noqa: E402
+from benchmarks._common import recorded_labels, write_results  # noqa: E402
 from logfit_dagster.core.line_model import (  # noqa: E402
     LineModelParams,
     select_model,
@@ -30,16 +29,7 @@ PARAMS = LineModelParams(C=1.0, class_weight="balanced")
 
 
 def main() -> None:
-    records = []
-    for path in sorted((shared_data() / "llm-labels").glob("*.jsonl")):
-        records += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    lines = pd.DataFrame(
-        {
-            "source": [r["system"] for r in records],
-            "raw": [r["raw_line"] for r in records],
-            "label": [r["label"] for r in records],
-        }
-    )
+    lines = recorded_labels()
     rows = training_rows(lines)
     results, per_source = {}, {}
     for scheme, folds in (("group_5_fold", 5), ("leave_one_source_out", 20)):
