@@ -34,7 +34,10 @@ def main() -> None:
     lines = recorded_labels()
     spec = export_model(fit(training_rows(lines), LineModelParams(C=1.0)))
     files = sorted((data / "loghub-2k").glob("*/*_2k.log"))
-    files += [data / "hdfs" / "raw" / "HDFS_20000.log", data / "hdfs" / "raw" / "HDFS_5k_sampled_blocks.log"]
+    files += [
+        data / "hdfs" / "raw" / "HDFS_20000.log",
+        data / "hdfs" / "raw" / "HDFS_5k_sampled_blocks.log",
+    ]
     files += sorted((data / "llm-labels").glob("*_2k.log"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -83,8 +83,15 @@ def evaluate(name: str, file: str, fractions, seeds) -> tuple[dict, list[dict]]:
                 counts = pooled.setdefault(label, {"tp": 0, "fp": 0, "fn": 0, "tn": 0})
                 for k in counts:
                     counts[k] += model.test[k]
-                per_seed.append({"seed": seed, "model": label, "f1": model.test["f1"],
-                                 "test_blocks": model.test["sessions"], "test_anomalous": model.test["anomalous"]})
+                per_seed.append(
+                    {
+                        "seed": seed,
+                        "model": label,
+                        "f1": model.test["f1"],
+                        "test_blocks": model.test["sessions"],
+                        "test_anomalous": model.test["anomalous"],
+                    }
+                )
     seeds_frame = pd.DataFrame(per_seed)
     rows = []
     for label, c in pooled.items():

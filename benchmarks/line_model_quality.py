@@ -42,7 +42,9 @@ def main() -> None:
             "precision": round(cv["precision"], 4),
             "recall": round(cv["recall"], 4),
             "average_precision": round(cv["average_precision"], 4),
-            "macro_f1_over_sources": round(float(np.mean([m["f1"] for m in selection.per_source.values()])), 4),
+            "macro_f1_over_sources": round(
+                float(np.mean([m["f1"] for m in selection.per_source.values()])), 4
+            ),
             "seconds": round(time.perf_counter() - started, 1),
         }
         per_source[scheme] = {s: round(m["f1"], 4) for s, m in selection.per_source.items()}

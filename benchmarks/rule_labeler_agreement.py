@@ -40,7 +40,9 @@ def main() -> None:
             }
         )
     table = pd.DataFrame(rows)
-    pooled = agreement(pd.concat(all_pred, ignore_index=True), pd.concat(all_ref, ignore_index=True))
+    pooled = agreement(
+        pd.concat(all_pred, ignore_index=True), pd.concat(all_ref, ignore_index=True)
+    )
     summary = {
         "sources": len(table),
         "lines": int(table["lines"].sum()),

@@ -8,6 +8,7 @@ from logfit_dagster.resources.labelers import default_labeler
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
 from logfit_dagster.resources.tracking import ExperimentTracker
+from logfit_dagster.schedules import nightly_ingest_and_label, weekly_retrain_and_report
 from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
 
 defs = dg.Definitions(
@@ -19,5 +20,15 @@ defs = dg.Definitions(
         "tracker": ExperimentTracker(),
     },
     jobs=ALL_JOBS,
-    sensors=[log_source_registry_sensor, incoming_logs_sensor],
+    schedules=[nightly_ingest_and_label, weekly_retrain_and_report],
+    sensors=[
+        log_source_registry_sensor,
+        incoming_logs_sensor,
+        dg.AutomationConditionSensorDefinition(
+            "logfit_automation",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description="Brings models and reports up to date when their inputs change.",
+        ),
+    ],
 )

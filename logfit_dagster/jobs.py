@@ -11,7 +11,9 @@ from logfit_dagster.partitions import log_source_partitions
 
 ingest_selection = dg.AssetSelection.groups("ingest", "datasets")
 labels_selection = dg.AssetSelection.assets("llm_labels", "label_quality")
-source_models_selection = dg.AssetSelection.assets("session_model", "session_champion", "metrics_report")
+source_models_selection = dg.AssetSelection.assets(
+    "session_model", "session_champion", "metrics_report"
+)
 line_model_selection = dg.AssetSelection.assets(
     "labeled_lines", "look_skip_model", "look_skip_champion", "metrics_overview"
 )
@@ -45,6 +47,13 @@ source_lineage_job = dg.define_asset_job(
     description="Everything of one log source: ingest, datasets, labels, session models, report.",
 )
 
+nightly_job = dg.define_asset_job(
+    "nightly_job",
+    selection=ingest_selection | labels_selection,
+    partitions_def=log_source_partitions,
+    description="Ingest and label one log source (the nightly schedule runs it per source).",
+)
+
 line_model_job = dg.define_asset_job(
     "line_model_job",
     selection=line_model_selection,
@@ -58,4 +67,12 @@ scoring_job = dg.define_asset_job(
     description="One source's lines scored by the champion LOOK/SKIP classifier.",
 )
 
-ALL_JOBS = [ingest_job, labels_job, source_models_job, source_lineage_job, line_model_job, scoring_job]
+ALL_JOBS = [
+    ingest_job,
+    labels_job,
+    nightly_job,
+    source_models_job,
+    source_lineage_job,
+    line_model_job,
+    scoring_job,
+]

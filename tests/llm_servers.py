@@ -29,9 +29,7 @@ def answer(user_text: str, fault: str | None) -> tuple[object, int]:
     """The model's labels for a rendered window, and the output tokens they cost."""
     numbered = [(int(n), text) for n, text in NUMBERED.findall(user_text)]
     start = int(re.search(r"Lines (\d+)-", user_text).group(1))
-    entries = [
-        {"line": n, "label": expected_label(text), "reason": "fake"} for n, text in numbered
-    ]
+    entries = [{"line": n, "label": expected_label(text), "reason": "fake"} for n, text in numbered]
     if fault == "missing_line" and entries:
         entries = entries[:-1]
     if fault == "absolute_numbers":
@@ -159,7 +157,12 @@ class FakeAnthropic(FakeLLMServer):
             content = [{"type": "text", "text": "Here:\n```json\n" + json.dumps(entries) + "\n```"}]
         else:
             content = [
-                {"type": "tool_use", "id": "toolu_1", "name": "record_labels", "input": {"labels": entries}}
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "record_labels",
+                    "input": {"labels": entries},
+                }
             ]
         in_tokens = (len(params["system"]) + len(user)) // 4
         return {
@@ -180,13 +183,21 @@ class FakeAnthropic(FakeLLMServer):
         }
 
     def handle(self, handler, method: str, body) -> None:
-        sent = handler.headers.get("x-api-key") or handler.headers.get("authorization", "").removeprefix("Bearer ")
+        sent = handler.headers.get("x-api-key") or handler.headers.get(
+            "authorization", ""
+        ).removeprefix("Bearer ")
         if sent != self.api_key:
             # real APIs do not echo keys; this one does, to prove that logfit scrubs them
             self.send_json(
                 handler,
                 401,
-                {"type": "error", "error": {"type": "authentication_error", "message": f"invalid x-api-key {sent}"}},
+                {
+                    "type": "error",
+                    "error": {
+                        "type": "authentication_error",
+                        "message": f"invalid x-api-key {sent}",
+                    },
+                },
             )
             return
         path = handler.path.split("?")[0]
@@ -197,7 +208,10 @@ class FakeAnthropic(FakeLLMServer):
                 self.send_json(
                     handler,
                     status,
-                    {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+                    {
+                        "type": "error",
+                        "error": {"type": "rate_limit_error", "message": "slow down"},
+                    },
                     {"retry-after-ms": "10"},
                 )
                 return
@@ -229,12 +243,18 @@ class FakeAnthropic(FakeLLMServer):
                 return
             with self.lock:
                 batch["polls"] += 1
-                if batch["status"] != "ended" and not self.hold and batch["polls"] > self.polls_before_end:
+                if (
+                    batch["status"] != "ended"
+                    and not self.hold
+                    and batch["polls"] > self.polls_before_end
+                ):
                     batch["results"] = [self._result(r) for r in batch["requests"]]
                     batch["status"] = "ended"
             self.send_json(handler, 200, self._batch_json(batch_id))
             return
-        self.send_json(handler, 404, {"type": "error", "error": {"type": "not_found_error", "message": path}})
+        self.send_json(
+            handler, 404, {"type": "error", "error": {"type": "not_found_error", "message": path}}
+        )
 
 
 class FakeOpenAI(FakeLLMServer):
@@ -249,7 +269,9 @@ class FakeOpenAI(FakeLLMServer):
 
     def handle(self, handler, method: str, body) -> None:
         if handler.headers.get("authorization") != f"Bearer {self.api_key}":
-            self.send_json(handler, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            self.send_json(
+                handler, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}}
+            )
             return
         if method != "POST" or handler.path.split("?")[0] != "/v1/chat/completions":
             self.send_json(handler, 404, {"error": {"message": handler.path}})
@@ -267,7 +289,9 @@ class FakeOpenAI(FakeLLMServer):
             threading.Event().wait(0.02)
             if fault in ("429", "500"):
                 self.send_json(
-                    handler, int(fault), {"error": {"message": "try later", "type": "server_error"}},
+                    handler,
+                    int(fault),
+                    {"error": {"message": "try later", "type": "server_error"}},
                     {"retry-after-ms": "10"},
                 )
                 return

@@ -22,7 +22,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_lines(n: int, offset: int = 0) -> list[str]:
-    kinds = ["INFO served block {i}", "ERROR disk {i} failed", "INFO heartbeat {i}", "WARN slow {i}"]
+    kinds = [
+        "INFO served block {i}",
+        "ERROR disk {i} failed",
+        "INFO heartbeat {i}",
+        "WARN slow {i}",
+    ]
     return [kinds[(i * 7) % 5 % 4].format(i=i + offset) for i in range(n)]
 
 
@@ -82,7 +87,10 @@ def test_batches_label_everything_once_and_account_cost(tmp_path):
     lines = make_lines(65)
     with FakeAnthropic() as server:
         frame, stats = label_source(
-            "svc", lines, anthropic_labeler(server), cache=LabelCache(tmp_path / "c.sqlite"),
+            "svc",
+            lines,
+            anthropic_labeler(server),
+            cache=LabelCache(tmp_path / "c.sqlite"),
             window_size=10,
         )
         assert_right(frame, lines)
@@ -113,7 +121,10 @@ def test_batches_survive_faults_without_paying_twice(tmp_path):
         server.create_statuses = [429]  # the first create is rate-limited, the SDK retries
         server.fault = lambda cid, attempt: faults.get(cid) if attempt == 0 else None
         frame, stats = label_source(
-            "svc", lines, anthropic_labeler(server), cache=LabelCache(tmp_path / "c.sqlite"),
+            "svc",
+            lines,
+            anthropic_labeler(server),
+            cache=LabelCache(tmp_path / "c.sqlite"),
             window_size=10,
         )
         assert_right(frame, lines)
@@ -132,7 +143,10 @@ def test_a_line_never_answered_stays_unlabeled(tmp_path):
     with FakeAnthropic() as server:
         server.fault = lambda cid, attempt: "missing_line"
         frame, stats = label_source(
-            "svc", lines, anthropic_labeler(server), cache=LabelCache(tmp_path / "c.sqlite"),
+            "svc",
+            lines,
+            anthropic_labeler(server),
+            cache=LabelCache(tmp_path / "c.sqlite"),
             window_size=10,
         )
     assert stats.unlabeled_lines == 1 and frame["label"].isna().tolist() == [False] * 9 + [True]
@@ -144,11 +158,15 @@ def test_rerun_uses_the_cache_and_a_grown_source_pays_only_new_windows(tmp_path)
     lines = make_lines(40)
     with FakeAnthropic() as server:
         label_source("svc", lines, anthropic_labeler(server), cache=cache, window_size=10)
-        _, again = label_source("svc", lines, anthropic_labeler(server), cache=cache, window_size=10)
+        _, again = label_source(
+            "svc", lines, anthropic_labeler(server), cache=cache, window_size=10
+        )
         assert again.requests == 0 and again.cache_hits == 4 and again.input_tokens == 0
         assert len(server.batches) == 1
         grown = lines + make_lines(15, offset=40)
-        frame, stats = label_source("svc", grown, anthropic_labeler(server), cache=cache, window_size=10)
+        frame, stats = label_source(
+            "svc", grown, anthropic_labeler(server), cache=cache, window_size=10
+        )
         assert stats.cache_hits == 4 and stats.requests == 2
         assert_right(frame, grown)
         assert set(server.submitted.values()) == {1}
@@ -156,10 +174,15 @@ def test_rerun_uses_the_cache_and_a_grown_source_pays_only_new_windows(tmp_path)
 
 def test_budget_cap_stops_before_submitting(tmp_path):
     with FakeAnthropic() as server:
-        with pytest.raises(BudgetExceededError, match=r"would cost about \$[0-9.]+.*limit of \$0.00"):
+        with pytest.raises(
+            BudgetExceededError, match=r"would cost about \$[0-9.]+.*limit of \$0.00"
+        ):
             label_source(
-                "svc", make_lines(500), anthropic_labeler(server),
-                cache=LabelCache(tmp_path / "c.sqlite"), max_cost_usd=0.001,
+                "svc",
+                make_lines(500),
+                anthropic_labeler(server),
+                cache=LabelCache(tmp_path / "c.sqlite"),
+                max_cost_usd=0.001,
             )
         assert server.batches == {}
 
@@ -168,10 +191,15 @@ def test_work_larger_than_one_batch_is_split(tmp_path):
     lines = make_lines(50)
     with FakeAnthropic() as server:
         frame, stats = label_source(
-            "svc", lines, anthropic_labeler(server, max_batch_requests=2),
-            cache=LabelCache(tmp_path / "c.sqlite"), window_size=10,
+            "svc",
+            lines,
+            anthropic_labeler(server, max_batch_requests=2),
+            cache=LabelCache(tmp_path / "c.sqlite"),
+            window_size=10,
         )
-        assert stats.batches_submitted == 3 and [len(b["requests"]) for b in server.batches.values()] == [2, 2, 1]
+        assert stats.batches_submitted == 3 and [
+            len(b["requests"]) for b in server.batches.values()
+        ] == [2, 2, 1]
         assert_right(frame, lines)
 
 
@@ -234,8 +262,11 @@ def test_openai_structured_output_with_bounded_concurrency(tmp_path):
     lines = make_lines(120)
     with FakeOpenAI() as server:
         frame, stats = label_source(
-            "svc", lines, openai_labeler(server, max_concurrency=3),
-            cache=LabelCache(tmp_path / "c.sqlite"), window_size=10,
+            "svc",
+            lines,
+            openai_labeler(server, max_concurrency=3),
+            cache=LabelCache(tmp_path / "c.sqlite"),
+            window_size=10,
         )
         assert_right(frame, lines)
         assert server.calls == 12 and 1 < server.max_in_flight <= 3
@@ -262,7 +293,10 @@ def test_openai_retries_429_and_500_and_follows_up_bad_replies(tmp_path):
     with FakeOpenAI() as server:
         server.fault = fault
         frame, stats = label_source(
-            "svc", lines, openai_labeler(server), cache=LabelCache(tmp_path / "c.sqlite"),
+            "svc",
+            lines,
+            openai_labeler(server),
+            cache=LabelCache(tmp_path / "c.sqlite"),
             window_size=10,
         )
         assert_right(frame, lines)

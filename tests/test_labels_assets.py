@@ -40,8 +40,7 @@ def materialize(instance, partition, labeler, selection=None, run_config=None):
 
 def metadata(result, asset: str) -> dict:
     event = next(
-        e for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey(asset)
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
     )
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
@@ -77,7 +76,10 @@ def test_claude_batches_through_an_env_var_key(workdir, monkeypatch):
             api_key=dg.EnvVar("ANTHROPIC_API_KEY"), base_url=server.url, poll_interval_s=0.01
         )
         result = materialize(
-            instance, "tiny_bgl", labeler, ["raw_logs", "llm_labels"],
+            instance,
+            "tiny_bgl",
+            labeler,
+            ["raw_logs", "llm_labels"],
             run_config={"ops": {"llm_labels": {"config": {"window_size": 100}}}},
         )
         assert result.success
@@ -94,10 +96,15 @@ def test_budget_cap_and_a_bad_key_fail_clearly_and_never_show_the_key(workdir, m
     with FakeAnthropic(api_key="another") as server, dg.instance_for_test() as instance:
         monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
         labeler = AnthropicLabelerResource(
-            api_key=dg.EnvVar("ANTHROPIC_API_KEY"), base_url=server.url, poll_interval_s=0.01,
+            api_key=dg.EnvVar("ANTHROPIC_API_KEY"),
+            base_url=server.url,
+            poll_interval_s=0.01,
         )
         capped = materialize(
-            instance, "tiny_bgl", labeler, ["raw_logs", "llm_labels"],
+            instance,
+            "tiny_bgl",
+            labeler,
+            ["raw_logs", "llm_labels"],
             run_config={"ops": {"llm_labels": {"config": {"max_cost_usd": 0.0001}}}},
         )
         assert not capped.success
@@ -118,7 +125,11 @@ def test_labeled_lines_gathers_every_source(workdir):
             ASSETS,
             selection=["labeled_lines"],
             instance=instance,
-            resources={"io_manager": ParquetIOManager(), "sources": LogSources(), "labeler": labeler},
+            resources={
+                "io_manager": ParquetIOManager(),
+                "sources": LogSources(),
+                "labeler": labeler,
+            },
         )
         assert result.success
         meta = metadata(result, "labeled_lines")
@@ -160,6 +171,8 @@ def test_bad_recorded_file_names_file_and_line(tmp_path):
     from logfit_dagster.core.errors import LabelerError
 
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"system":"a","line_number":1,"raw_line":"x","label":"LOOK"}\n{"system":"a"}\n')
+    path.write_text(
+        '{"system":"a","line_number":1,"raw_line":"x","label":"LOOK"}\n{"system":"a"}\n'
+    )
     with pytest.raises(LabelerError, match=r"bad.jsonl:2: field 'line_number' is missing"):
         RecordedLabelerResource(paths=[str(path)]).build()

@@ -59,7 +59,9 @@ def test_folds_never_share_a_source():
 
 def test_selection_scores_held_out_sources_and_rejects_bad_data():
     rows = training_rows(labelled_lines())
-    result = select_model(rows, [SMALL, LineModelParams(C=4.0, word_max_features=2000, char_max_features=5000)])
+    result = select_model(
+        rows, [SMALL, LineModelParams(C=4.0, word_max_features=2000, char_max_features=5000)]
+    )
     assert result.folds == 4 and len(result.grid) == 2
     assert set(result.per_source) == {"alpha", "beta", "gamma", "delta"}
     assert result.cv["f1"] > 0.9 and result.cv["lines"] == 240
@@ -78,8 +80,11 @@ def test_json_export_reproduces_sklearn_on_held_out_lines(shared_data):
         path = shared_data / "llm-labels" / f"{name}.jsonl"
         records += [json.loads(x) for x in path.read_text().splitlines()]
     lines = pd.DataFrame(
-        {"source": [r["system"] for r in records], "raw": [r["raw_line"] for r in records],
-         "label": [r["label"] for r in records]}
+        {
+            "source": [r["system"] for r in records],
+            "raw": [r["raw_line"] for r in records],
+            "label": [r["label"] for r in records],
+        }
     )
     train = training_rows(lines[lines["source"] != "OpenSSH"])
     model = fit(train, LineModelParams(word_max_features=20_000, char_max_features=30_000))
@@ -123,8 +128,13 @@ def _sessions(n: int, anomalous_every: int | None):
         ids = [1, 2, 3, 3, 4] + ([9, 9] if bad else [5])
         sessions.append({"session_id": f"s{i}", "template_ids": ids})
         split = "test" if i % 10 == 0 else "dev" if i % 10 == 1 else "train"
-        splits.append({"session_id": f"s{i}", "split": split,
-                       "label": (1 if bad else 0) if anomalous_every is not None else None})
+        splits.append(
+            {
+                "session_id": f"s{i}",
+                "split": split,
+                "label": (1 if bad else 0) if anomalous_every is not None else None,
+            }
+        )
     splits = pd.DataFrame(splits)
     splits["label"] = splits["label"].astype("Int8")
     return pd.DataFrame(sessions), splits
@@ -136,7 +146,9 @@ def test_session_models_train_on_train_pick_threshold_on_dev_score_test():
     assert [r.kind for r in training.results] == ["logistic_regression", "decision_tree"]
     for result in training.results:
         assert result.test["sessions"] == 20 and result.test["f1"] == 1.0
-        assert set(result.test_scores["session_id"]) == set(splits.loc[splits["split"] == "test", "session_id"])
+        assert set(result.test_scores["session_id"]) == set(
+            splits.loc[splits["split"] == "test", "session_id"]
+        )
 
 
 def test_session_models_say_why_they_skip():
@@ -154,8 +166,17 @@ def test_session_models_say_why_they_skip():
 # -- the assets, with MLflow -------------------------------------------------------------------
 
 ASSETS = dg.load_assets_from_modules([ingest, datasets, labels, models, reports])
-PARTITIONED = ["raw_logs", "parsed_logs", "sessions", "ground_truth_labels", "dataset_splits",
-               "llm_labels", "session_model", "session_champion", "metrics_report"]
+PARTITIONED = [
+    "raw_logs",
+    "parsed_logs",
+    "sessions",
+    "ground_truth_labels",
+    "dataset_splits",
+    "llm_labels",
+    "session_model",
+    "session_champion",
+    "metrics_report",
+]
 SMALL_GRID = {"C": [1.0], "char_max_features": [5000], "word_max_features": [2000]}
 
 
@@ -174,7 +195,9 @@ def _line_model_run(instance, margin: float):
         selection=["labeled_lines", "look_skip_model", "look_skip_champion", "metrics_overview"],
         instance=instance,
         resources=_resources(),
-        run_config={"ops": {"look_skip_model": {"config": {**SMALL_GRID, "champion_margin": margin}}}},
+        run_config={
+            "ops": {"look_skip_model": {"config": {**SMALL_GRID, "champion_margin": margin}}}
+        },
         raise_on_error=False,
     )
 
@@ -192,36 +215,48 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
         skipped = {}
         for source in ("mid_hdfs", "tiny_bgl"):
             result = dg.materialize(
-                ASSETS, selection=PARTITIONED, partition_key=source, instance=instance,
-                resources=_resources(), raise_on_error=False,
+                ASSETS,
+                selection=PARTITIONED,
+                partition_key=source,
+                instance=instance,
+                resources=_resources(),
+                raise_on_error=False,
             )
             assert result.success, source
-            event = next(e for e in result.get_asset_materialization_events()
-                         if e.asset_key == dg.AssetKey("session_model"))
+            event = next(
+                e
+                for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey("session_model")
+            )
             skipped[source] = event.materialization.metadata.get("skipped")
         # too few BGL sessions: the asset says why and trains nothing
         assert skipped["mid_hdfs"] is None and "at least 10" in skipped["tiny_bgl"].value
-        report = pd.read_parquet(workdir / "data" / "assets" / "metrics_report" / "mid_hdfs.parquet")
+        report = pd.read_parquet(
+            workdir / "data" / "assets" / "metrics_report" / "mid_hdfs.parquet"
+        )
         assert {"logistic_regression", "decision_tree"} <= set(report["model"])
         assert (workdir / "data" / "reports" / "mid_hdfs" / "pr_curve.png").stat().st_size > 1000
 
         first = _line_model_run(instance, margin=0.02)
         assert first.success
         gate = {c.check_name: c.passed for c in first.get_asset_check_evaluations()}
-        assert gate == {"champion_gate": True}
+        assert gate == {"class_balance": True, "champion_gate": True}
         champion = workdir / "data" / "models" / "look_skip_champion.json"
         assert json.loads(champion.read_text())["registered_version"] == "1"
 
         # a margin below zero demands a better model than the champion: the gate blocks
         second = _line_model_run(instance, margin=-1.0)
         gate = {c.check_name: c.passed for c in second.get_asset_check_evaluations()}
-        assert gate == {"champion_gate": False}
+        assert gate == {"class_balance": True, "champion_gate": False}
         promoted = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
         assert "look_skip_model" in promoted and "look_skip_champion" not in promoted
         assert json.loads(champion.read_text())["registered_version"] == "1"
 
         scored = dg.materialize(
-            ASSETS, selection=["scored_lines"], partition_key="tiny_bgl", instance=instance,
+            ASSETS,
+            selection=["scored_lines"],
+            partition_key="tiny_bgl",
+            instance=instance,
             resources=_resources(),
         )
         assert scored.success
@@ -241,8 +276,18 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
     log = workdir / "data" / "sources" / "tiny_bgl"
     log_file = next(p for p in log.rglob("*.log"))
     done = subprocess.run(
-        [sys.executable, "-m", "logfit_dagster.cli", "classify", str(log_file), "--output", str(out)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "logfit_dagster.cli",
+            "classify",
+            str(log_file),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "800 lines" in done.stderr and "lines/s" in done.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]

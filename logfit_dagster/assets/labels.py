@@ -19,6 +19,7 @@ from logfit_dagster.resources.labelers import LabelerResource, scrub
 from logfit_dagster.resources.sources import LogSources
 
 LLM_API_POOL = "llm_api"
+MIN_LABEL_COVERAGE = 0.95
 
 
 class LabelConfig(dg.Config):
@@ -51,13 +52,22 @@ class LabelConfig(dg.Config):
     kinds={"parquet"},
     pool=LLM_API_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "label_coverage",
+            asset="llm_labels",
+            blocking=True,
+            description=f"At least {MIN_LABEL_COVERAGE:.0%} of lines have a label, so that what "
+            "feeds the line classifier is not a fragment of the source.",
+        )
+    ],
 )
 def llm_labels(
     context: dg.AssetExecutionContext,
     config: LabelConfig,
     raw_logs: pa.Table,
     labeler: LabelerResource,
-) -> pd.DataFrame:
+):
     """One LOOK/SKIP label per line, from the configured labeler, windows already paid for reused."""
     source = context.partition_key
     lines = raw_logs.column("raw").to_pylist()
@@ -80,45 +90,39 @@ def llm_labels(
     except LogfitError as exc:
         raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
     except Exception as exc:  # an API or network failure: retried by the retry policy
-        raise dg.Failure(
-            description=f"{type(exc).__name__}: {scrub(str(exc), secrets)}"
-        ) from None
+        raise dg.Failure(description=f"{type(exc).__name__}: {scrub(str(exc), secrets)}") from None
     frame["line_number"] = raw_logs.column("line_number").to_pandas().to_numpy()
     counts = frame["label"].value_counts()
     sent_nothing = stats.requests == 0
-    context.add_output_metadata(
-        {
-            "labeler": built.name,
-            "model": built.model,
-            "prompt_version": prompt.version,
-            "window_size": config.window_size,
-            "lines": stats.lines,
-            "look_lines": int(counts.get("LOOK", 0)),
-            "skip_lines": int(counts.get("SKIP", 0)),
-            "unlabeled_lines": stats.unlabeled_lines,
-            "windows": stats.windows,
-            "cache_hits": stats.cache_hits,
-            "requests": stats.requests,
-            "followup_requests": stats.followup_requests,
-            "resubmitted_requests": stats.resubmitted_requests,
-            "failed_requests": stats.failed_requests,
-            "batches_submitted": stats.batches_submitted,
-            "batches_resumed": stats.batches_resumed,
-            "input_tokens": stats.input_tokens,
-            "output_tokens": stats.output_tokens,
-            "estimated_cost_usd": dg.MetadataValue.float(
-                round(stats.estimated_cost_usd, 6) if stats.price_known else float("nan")
-            ),
-            "repaired_replies": stats.repairs,
-            "reply_problems": dg.MetadataValue.json(
-                [scrub(p, secrets) for p in stats.problems[:20]]
-            ),
-            "note": "every window came from the cache: nothing was sent, nothing paid"
-            if sent_nothing
-            else f"{stats.windows - stats.cache_hits} window(s) sent",
-            "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
-        }
-    )
+    metadata = {
+        "labeler": built.name,
+        "model": built.model,
+        "prompt_version": prompt.version,
+        "window_size": config.window_size,
+        "lines": stats.lines,
+        "look_lines": int(counts.get("LOOK", 0)),
+        "skip_lines": int(counts.get("SKIP", 0)),
+        "unlabeled_lines": stats.unlabeled_lines,
+        "windows": stats.windows,
+        "cache_hits": stats.cache_hits,
+        "requests": stats.requests,
+        "followup_requests": stats.followup_requests,
+        "resubmitted_requests": stats.resubmitted_requests,
+        "failed_requests": stats.failed_requests,
+        "batches_submitted": stats.batches_submitted,
+        "batches_resumed": stats.batches_resumed,
+        "input_tokens": stats.input_tokens,
+        "output_tokens": stats.output_tokens,
+        "estimated_cost_usd": dg.MetadataValue.float(
+            round(stats.estimated_cost_usd, 6) if stats.price_known else float("nan")
+        ),
+        "repaired_replies": stats.repairs,
+        "reply_problems": dg.MetadataValue.json([scrub(p, secrets) for p in stats.problems[:20]]),
+        "note": "every window came from the cache: nothing was sent, nothing paid"
+        if sent_nothing
+        else f"{stats.windows - stats.cache_hits} window(s) sent",
+        "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
+    }
     if stats.unlabeled_lines:
         context.log.warning(
             f"{stats.unlabeled_lines} line(s) of {source} have no usable label; they stay "
@@ -126,7 +130,16 @@ def llm_labels(
         )
     if not stats.price_known:
         context.log.warning(f"no price known for model {built.model}: cost not estimated")
-    return frame
+    yield dg.Output(frame, metadata=metadata)
+    coverage = 1 - stats.unlabeled_lines / max(stats.lines, 1)
+    yield dg.AssetCheckResult(
+        check_name="label_coverage",
+        passed=coverage >= MIN_LABEL_COVERAGE,
+        metadata={
+            "coverage": dg.MetadataValue.float(round(coverage, 6)),
+            "unlabeled_lines": stats.unlabeled_lines,
+        },
+    )
 
 
 class QualityConfig(dg.Config):
@@ -141,6 +154,7 @@ class QualityConfig(dg.Config):
     group_name="labels",
     code_version="1",
     kinds={"parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
     check_specs=[
         dg.AssetCheckSpec(
             "look_agrees_with_ground_truth",
@@ -209,11 +223,21 @@ def label_quality(
     group_name="labels",
     code_version="1",
     kinds={"parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
     ins={"llm_labels": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "class_balance",
+            asset="labeled_lines",
+            blocking=True,
+            description="Both LOOK and SKIP lines, from at least two sources: what the line "
+            "classifier needs to learn and to be scored on held-out sources.",
+        )
+    ],
 )
 def labeled_lines(
     context: dg.AssetExecutionContext, llm_labels: dict[str, pd.DataFrame], sources: LogSources
-) -> pd.DataFrame:
+):
     """The latest labelled lines of every source, ``source`` kept as the group key: the training
     set of the line classifier. Unlabeled lines are left out and counted."""
     frames, per_source, left_out = [], {}, 0
@@ -222,25 +246,45 @@ def labeled_lines(
         left_out += len(frame) - len(labelled)
         per_source[source] = {
             "lines": len(labelled),
-            "look_rate": round(float((labelled["label"] == "LOOK").mean()), 4) if len(labelled) else None,
+            "look_rate": round(float((labelled["label"] == "LOOK").mean()), 4)
+            if len(labelled)
+            else None,
             "labeler": str(frame["labeler"].iloc[0]) if len(frame) else "",
         }
         frames.append(labelled.assign(source=source))
     missing = sorted(set(sources.registered()) - set(llm_labels))
-    columns = ["source", "line_number", "raw", "label", "reason", "labeler", "model", "prompt_version"]
+    columns = [
+        "source",
+        "line_number",
+        "raw",
+        "label",
+        "reason",
+        "labeler",
+        "model",
+        "prompt_version",
+    ]
     result = (
         pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
     )
-    context.add_output_metadata(
-        {
-            "sources": len(frames),
-            "lines": len(result),
-            "look_lines": int((result["label"] == "LOOK").sum()),
-            "unlabeled_lines_left_out": left_out,
-            "per_source": dg.MetadataValue.json(per_source),
-            "registered_sources_without_labels": dg.MetadataValue.json(missing),
-        }
-    )
+    look = int((result["label"] == "LOOK").sum())
+    metadata = {
+        "sources": len(frames),
+        "lines": len(result),
+        "look_lines": int((result["label"] == "LOOK").sum()),
+        "unlabeled_lines_left_out": left_out,
+        "per_source": dg.MetadataValue.json(per_source),
+        "registered_sources_without_labels": dg.MetadataValue.json(missing),
+    }
     if missing:
-        context.log.warning(f"no labels yet for {', '.join(missing)}: materialize llm_labels for them")
-    return result
+        context.log.warning(
+            f"no labels yet for {', '.join(missing)}: materialize llm_labels for them"
+        )
+    yield dg.Output(result, metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name="class_balance",
+        passed=0 < look < len(result) and len(frames) >= 2,
+        metadata={
+            "look_rate": dg.MetadataValue.float(round(look / max(len(result), 1), 4)),
+            "sources": len(frames),
+        },
+    )

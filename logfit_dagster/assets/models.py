@@ -56,7 +56,9 @@ def _finite(metrics: dict) -> dict:
     }
 
 
-def _gate(new_f1: float, champion: tuple[str, dict] | None, metric: str, margin: float) -> tuple[bool, dict]:
+def _gate(
+    new_f1: float, champion: tuple[str, dict] | None, metric: str, margin: float
+) -> tuple[bool, dict]:
     """Passes when there is no champion, or the new F1 is not below the champion's by more
     than ``margin``."""
     if champion is None:
@@ -79,9 +81,7 @@ class LineModelConfig(dg.Config):
     """Grid searched by GroupKFold over sources."""
 
     C: list[float] = Field(default=[1.0, 4.0], description="Inverse regularization strengths.")
-    class_weight: list[str] = Field(
-        default=["balanced"], description="'balanced' and/or 'none'."
-    )
+    class_weight: list[str] = Field(default=["balanced"], description="'balanced' and/or 'none'.")
     char_max_features: list[int] = Field(default=[100_000], description="Character n-grams kept.")
     word_max_features: list[int] = Field(default=[50_000], description="Word n-grams kept.")
     max_folds: int = Field(default=5, description="GroupKFold folds (at most one per source).")
@@ -94,6 +94,7 @@ class LineModelConfig(dg.Config):
 @dg.asset(
     group_name="models",
     code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
     output_required=False,
@@ -149,10 +150,15 @@ def look_skip_model(
     # the exported scorer must give sklearn's probabilities
     check = rows.sample(min(len(rows), 2000), random_state=0)
     parity = float(
-        np.abs(LineScorer(export).score_shapes(check["shape"].tolist()) - model.predict_proba(check)[:, 1]).max()
+        np.abs(
+            LineScorer(export).score_shapes(check["shape"].tolist())
+            - model.predict_proba(check)[:, 1]
+        ).max()
     )
     if parity > PARITY_TOLERANCE:
-        raise dg.Failure(f"exported scorer differs from sklearn by {parity:.2e} (> {PARITY_TOLERANCE})")
+        raise dg.Failure(
+            f"exported scorer differs from sklearn by {parity:.2e} (> {PARITY_TOLERANCE})"
+        )
     per_source = pd.DataFrame(
         [
             {"source": s, **{k: v for k, v in m.items() if k != "confusion"}, **m["confusion"]}
@@ -175,8 +181,12 @@ def look_skip_model(
     )
     plots.close(curve)
     path = models_dir() / "look_skip_model" / f"{record.run_id}.json"
-    _write_json(path, {**export, "mlflow_run_id": record.run_id, "registered_version": record.version})
-    passed, gate = _gate(cv["f1"], tracker.champion(LINE_MODEL_NAME), "cv_f1", config.champion_margin)
+    _write_json(
+        path, {**export, "mlflow_run_id": record.run_id, "registered_version": record.version}
+    )
+    passed, gate = _gate(
+        cv["f1"], tracker.champion(LINE_MODEL_NAME), "cv_f1", config.champion_margin
+    )
     summary = pd.DataFrame(
         [
             {
@@ -200,7 +210,9 @@ def look_skip_model(
             "best_params": dg.MetadataValue.json(selection.best.__dict__),
             **{f"cv_{k}": v for k, v in _finite(cv).items()},
             "export_parity_max_abs_diff": dg.MetadataValue.float(parity),
-            "per_source": preview(per_source[["source", "f1", "precision", "recall", "lines"]], rows=30),
+            "per_source": preview(
+                per_source[["source", "f1", "precision", "recall", "lines"]], rows=30
+            ),
             "grid": preview(pd.DataFrame(selection.grid), rows=30),
             "mlflow_run_id": record.run_id,
             "registered_version": str(record.version),
@@ -237,6 +249,7 @@ def look_skip_champion(
     partitions_def=log_source_partitions,
     group_name="models",
     code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     deps=["look_skip_champion"],
 )
@@ -258,11 +271,19 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs: pa.Table) -> pd.Da
         {
             "lines": len(frame),
             "look_lines": int(look.sum()),
-            "look_rate": dg.MetadataValue.float(round(float(look.mean()), 4) if len(frame) else 0.0),
-            "lines_per_second": dg.MetadataValue.float(float(round(len(frame) / max(seconds, 1e-9)))),
-            "model_cv_f1": dg.MetadataValue.float(float(scorer.spec.get("cv", {}).get("f1", float("nan")))),
+            "look_rate": dg.MetadataValue.float(
+                round(float(look.mean()), 4) if len(frame) else 0.0
+            ),
+            "lines_per_second": dg.MetadataValue.float(
+                float(round(len(frame) / max(seconds, 1e-9)))
+            ),
+            "model_cv_f1": dg.MetadataValue.float(
+                float(scorer.spec.get("cv", {}).get("f1", float("nan")))
+            ),
             "top_look": preview(
-                frame[look].nlargest(8, "probability").assign(
+                frame[look]
+                .nlargest(8, "probability")
+                .assign(
                     raw=lambda f: [raw_logs.column("raw")[i - 1].as_py() for i in f["line_number"]]
                 )
             ),
@@ -291,6 +312,7 @@ class SessionModelConfig(dg.Config):
     partitions_def=log_source_partitions,
     group_name="models",
     code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
     check_specs=[
@@ -313,7 +335,9 @@ def session_model(
     without labels), trained on train, threshold chosen on dev, scored on test."""
     source = context.partition_key
     try:
-        training = train_session_models(sessions, dataset_splits, tfidf=config.tfidf, seed=config.seed)
+        training = train_session_models(
+            sessions, dataset_splits, tfidf=config.tfidf, seed=config.seed
+        )
     except TrainingDataError as exc:
         context.log.warning(f"no session model for {source}: {exc}")
         yield dg.Output(
@@ -330,16 +354,33 @@ def session_model(
     name = session_model_name(source)
     records = {}
     for result in training.results:
-        figure = plots.pr_curves(
-            {result.kind: (result.test_scores["label"].to_numpy(dtype=float), result.test_scores["score"].to_numpy())},
-            f"{source} test",
-        ) if training.supervised else None
+        figure = (
+            plots.pr_curves(
+                {
+                    result.kind: (
+                        result.test_scores["label"].to_numpy(dtype=float),
+                        result.test_scores["score"].to_numpy(),
+                    )
+                },
+                f"{source} test",
+            )
+            if training.supervised
+            else None
+        )
         records[result.kind] = tracker.log_training(
             run_name=f"session_model/{source}/{result.kind}",
             model_name=name,
-            params={"source": source, "model": result.kind, "tfidf": config.tfidf, "seed": config.seed,
-                    "threshold": result.threshold},
-            metrics={**{f"dev_{k}": v for k, v in result.dev.items()}, **{f"test_{k}": v for k, v in result.test.items()}},
+            params={
+                "source": source,
+                "model": result.kind,
+                "tfidf": config.tfidf,
+                "seed": config.seed,
+                "threshold": result.threshold,
+            },
+            metrics={
+                **{f"dev_{k}": v for k, v in result.dev.items()},
+                **{f"test_{k}": v for k, v in result.test.items()},
+            },
             sk_model=result.pipeline,
             figures={"pr_curve": figure} if figure is not None else {},
             tags={"asset": "session_model", "source": source},
@@ -351,7 +392,14 @@ def session_model(
     frame["version"] = frame["model"].map(lambda k: records[k].version)
     frame["best"] = frame["model"] == best.kind
     table = pd.DataFrame(
-        [{"model": r.kind, "threshold": r.threshold, **{f"test_{k}": v for k, v in r.test.items()}} for r in training.results]
+        [
+            {
+                "model": r.kind,
+                "threshold": r.threshold,
+                **{f"test_{k}": v for k, v in r.test.items()},
+            }
+            for r in training.results
+        ]
     )
     metadata = {
         "supervised": training.supervised,
@@ -365,7 +413,9 @@ def session_model(
         metadata["note"] = training.note
     yield dg.Output(frame, metadata=metadata)
     if training.supervised:
-        passed, gate = _gate(best.test["f1"], tracker.champion(name), "test_f1", config.champion_margin)
+        passed, gate = _gate(
+            best.test["f1"], tracker.champion(name), "test_f1", config.champion_margin
+        )
         yield dg.AssetCheckResult(check_name="session_champion_gate", passed=passed, metadata=gate)
     else:
         yield dg.AssetCheckResult(
@@ -376,12 +426,18 @@ def session_model(
         )
 
 
-@dg.asset(partitions_def=log_source_partitions, group_name="models", code_version="1", kinds={"mlflow"})
+@dg.asset(
+    partitions_def=log_source_partitions, group_name="models", code_version="1", kinds={"mlflow"}
+)
 def session_champion(
     context: dg.AssetExecutionContext, session_model: pd.DataFrame, tracker: ExperimentTracker
 ) -> pd.DataFrame:
     """The source's best session model made ``champion`` in the registry, once its gate passed."""
-    best = session_model[session_model.get("best", pd.Series(dtype=bool)).fillna(False).astype(bool)] if len(session_model) else session_model
+    best = (
+        session_model[session_model.get("best", pd.Series(dtype=bool)).fillna(False).astype(bool)]
+        if len(session_model)
+        else session_model
+    )
     if best.empty or "version" not in best or not bool(best["label"].notna().any()):
         context.add_output_metadata({"promoted": False, "note": "no supervised model to promote"})
         return pd.DataFrame({"model": [], "version": []})

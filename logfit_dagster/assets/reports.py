@@ -13,14 +13,30 @@ from logfit_dagster.resources.tracking import ExperimentTracker
 
 from .models import session_model_name
 
-REPORT_COLUMNS = ["source", "model", "version", "sessions", "anomalous", "precision", "recall", "f1",
-                  "accuracy", "average_precision", "threshold", "tp", "fp", "fn", "tn"]
+REPORT_COLUMNS = [
+    "source",
+    "model",
+    "version",
+    "sessions",
+    "anomalous",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+    "average_precision",
+    "threshold",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+]
 
 
 @dg.asset(
     partitions_def=log_source_partitions,
     group_name="reports",
     code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet", "matplotlib"},
 )
 def metrics_report(
@@ -29,7 +45,9 @@ def metrics_report(
     """Accuracy, precision, recall, F1 of the anomalous class, confusion matrices and PR curves
     of every session model on the test split, with the registry's champion beside them."""
     source = context.partition_key
-    labelled = session_model[session_model["label"].notna()] if len(session_model) else session_model
+    labelled = (
+        session_model[session_model["label"].notna()] if len(session_model) else session_model
+    )
     if labelled.empty:
         context.add_output_metadata(
             {"note": "no supervised session model for this source: nothing measured"}
@@ -39,9 +57,19 @@ def metrics_report(
     for kind, group in labelled.groupby("model", sort=True):
         y = group["label"].astype(int).to_numpy()
         score = group["score"].to_numpy(dtype=float)
-        threshold = float(group["score"][group["predicted"] == 1].min()) if (group["predicted"] == 1).any() else float("inf")
-        measured = session_metrics(y, score, threshold) if np.isfinite(threshold) else session_metrics(y, score, score.max() + 1)
-        rows.append({"source": source, "model": kind, "version": str(group["version"].iloc[0]), **measured})
+        threshold = (
+            float(group["score"][group["predicted"] == 1].min())
+            if (group["predicted"] == 1).any()
+            else float("inf")
+        )
+        measured = (
+            session_metrics(y, score, threshold)
+            if np.isfinite(threshold)
+            else session_metrics(y, score, score.max() + 1)
+        )
+        rows.append(
+            {"source": source, "model": kind, "version": str(group["version"].iloc[0]), **measured}
+        )
         curves[kind] = (y, score)
         matrices[kind] = {k: measured[k] for k in ("tp", "fp", "fn", "tn")}
     champion = tracker.champion(session_model_name(source))
@@ -52,8 +80,23 @@ def metrics_report(
                 "source": source,
                 "model": "champion (registry)",
                 "version": version,
-                **{k: m.get(f"test_{k}", np.nan) for k in ("sessions", "anomalous", "precision", "recall", "f1",
-                                                            "accuracy", "average_precision", "threshold", "tp", "fp", "fn", "tn")},
+                **{
+                    k: m.get(f"test_{k}", np.nan)
+                    for k in (
+                        "sessions",
+                        "anomalous",
+                        "precision",
+                        "recall",
+                        "f1",
+                        "accuracy",
+                        "average_precision",
+                        "threshold",
+                        "tp",
+                        "fp",
+                        "fn",
+                        "tn",
+                    )
+                },
             }
         )
     report = pd.DataFrame(rows)[REPORT_COLUMNS]
@@ -85,6 +128,7 @@ def metrics_report(
 @dg.asset(
     group_name="reports",
     code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     ins={
         "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
@@ -97,7 +141,9 @@ def metrics_overview(
 ) -> pd.DataFrame:
     """Every source's session models and the line classifier's leave-sources-out scores."""
     frames = [f for f in metrics_report.values() if len(f)]
-    sessions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
+    sessions = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
+    )
     lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
     lines = lines.rename(columns={"lines": "sessions"})
     overview = pd.concat(

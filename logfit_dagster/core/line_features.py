@@ -43,7 +43,9 @@ NEGATIVE_WORDS = re.compile(
     r"exceeded|not found|no such|unavailable|disconnect(?:ed)?|mismatch|violation|"
     r"interrupt(?:ed)?|unknown|bad|error|errors|fail(?:s|ed|ure|ing)?|exception)\b"
 )
-LEVEL = re.compile(r"(?i)\b(?:error|fatal|critical|crit|severe|warn|warning|exception|fail|failed|failure)\b")
+LEVEL = re.compile(
+    r"(?i)\b(?:error|fatal|critical|crit|severe|warn|warning|exception|fail|failed|failure)\b"
+)
 STACK = re.compile(r"^\s+at [\w$.<>]+|Traceback|Caused by:|Exception in thread")
 PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-]+){2,}")
 REPEATED_PUNCT = re.compile(r"([!?.\-=*#~])\1{2,}")

@@ -121,7 +121,9 @@ def training_rows(lines: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def weighted_scores(y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float = 0.5) -> dict:
+def weighted_scores(
+    y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float = 0.5
+) -> dict:
     pred = (proba >= threshold).astype(int)
     p, r, f, _ = precision_recall_fscore_support(
         y, pred, sample_weight=weight, average="binary", zero_division=0
@@ -160,7 +162,9 @@ def source_folds(rows: pd.DataFrame, max_folds: int = 5) -> list[tuple[np.ndarra
     return list(GroupKFold(n_splits=folds).split(rows, rows["y"], groups=rows["source"]))
 
 
-def select_model(rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int = 5) -> SelectionResult:
+def select_model(
+    rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int = 5
+) -> SelectionResult:
     """Grid search scored by GroupKFold over sources; the out-of-fold scores of the best."""
     sources = rows["source"].nunique()
     if sources < 2:
@@ -187,17 +191,28 @@ def select_model(rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int
             model.fit(rows.iloc[train], y[train], clf__sample_weight=w[train])
             oof[test] = model.predict_proba(rows.iloc[test])[:, 1]
         scores = weighted_scores(y, oof, w)
-        results.append({**params.__dict__, "cv_f1": scores["f1"], "cv_precision": scores["precision"], "cv_recall": scores["recall"]})
+        results.append(
+            {
+                **params.__dict__,
+                "cv_f1": scores["f1"],
+                "cv_precision": scores["precision"],
+                "cv_recall": scores["recall"],
+            }
+        )
         if scores["f1"] > best_score:
             best_score, best, best_oof = scores["f1"], params, oof
     per_source = {}
     for source, idx in rows.groupby("source").indices.items():
         per_source[source] = weighted_scores(y[idx], best_oof[idx], w[idx])
-    return SelectionResult(best, results, folds, best_oof, per_source, weighted_scores(y, best_oof, w))
+    return SelectionResult(
+        best, results, folds, best_oof, per_source, weighted_scores(y, best_oof, w)
+    )
 
 
 def parameter_grid(
-    C: list[float], class_weight: list[str | None], char_max_features: list[int | None],
+    C: list[float],
+    class_weight: list[str | None],
+    char_max_features: list[int | None],
     word_max_features: list[int | None],
 ) -> list[LineModelParams]:
     return [
@@ -208,7 +223,9 @@ def parameter_grid(
 
 def fit(rows: pd.DataFrame, params: LineModelParams) -> Pipeline:
     model = build_pipeline(params)
-    model.fit(rows, rows["y"].to_numpy(), clf__sample_weight=rows["weight"].to_numpy().astype(float))
+    model.fit(
+        rows, rows["y"].to_numpy(), clf__sample_weight=rows["weight"].to_numpy().astype(float)
+    )
     return model
 
 
@@ -278,7 +295,9 @@ class LineScorer:
 
     def __init__(self, spec: dict, source: str = "<memory>"):
         if spec.get("format") != MODEL_FORMAT:
-            raise ModelFileError(f"{source}: not a logfit LOOK/SKIP model (format {spec.get('format')!r})")
+            raise ModelFileError(
+                f"{source}: not a logfit LOOK/SKIP model (format {spec.get('format')!r})"
+            )
         if spec.get("feature_version") != FEATURE_VERSION:
             raise ModelFileError(
                 f"{source}: made for features {spec.get('feature_version')!r}, this logfit computes "
@@ -293,7 +312,9 @@ class LineScorer:
             self.intercept = float(spec["intercept"])
             self.threshold = float(spec.get("threshold", 0.5))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{source}: model file is incomplete or corrupt ({exc!r})") from None
+            raise ModelFileError(
+                f"{source}: model file is incomplete or corrupt ({exc!r})"
+            ) from None
         self.spec = spec
         self._token = re.compile(spec["word"]["token_pattern"])
         self._cache: dict[str, float] = {}

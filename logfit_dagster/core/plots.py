@@ -36,7 +36,9 @@ def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> F
 
 def confusion(matrix: dict[str, dict[str, int]], title: str) -> Figure:
     """Confusion matrices side by side: ``{name: {"tp", "fp", "fn", "tn"}}``."""
-    figure, axes = plt.subplots(1, max(1, len(matrix)), figsize=(3.2 * max(1, len(matrix)), 3), dpi=100)
+    figure, axes = plt.subplots(
+        1, max(1, len(matrix)), figsize=(3.2 * max(1, len(matrix)), 3), dpi=100
+    )
     axes = np.atleast_1d(axes)
     for axis, (name, cm) in zip(axes, matrix.items(), strict=False):
         grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])

@@ -66,7 +66,9 @@ def best_threshold(y: np.ndarray, score: np.ndarray) -> float:
     if y.sum() == 0 or y.sum() == len(y):
         return 0.5
     precision, recall, thresholds = precision_recall_curve(y, score)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    f1 = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
+    )
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
@@ -114,7 +116,9 @@ class SessionTraining:
         """The model with the best dev F1 (ties: the first), for registration."""
         if not self.results:
             return None
-        return max(self.results, key=lambda r: -1 if math.isnan(r.dev.get("f1", math.nan)) else r.dev["f1"])
+        return max(
+            self.results, key=lambda r: -1 if math.isnan(r.dev.get("f1", math.nan)) else r.dev["f1"]
+        )
 
 
 def train_session_models(
@@ -149,10 +153,14 @@ def train_session_models(
         only = "anomalous" if train["y"].iloc[0] == 1 else "normal"
         raise TrainingDataError(f"every training session is {only}: one class, nothing to learn")
     if parts["test"]["y"].sum() == 0:
-        raise TrainingDataError("the test split has no anomalous session: recall cannot be measured")
+        raise TrainingDataError(
+            "the test split has no anomalous session: recall cannot be measured"
+        )
     outcome = SessionTraining(supervised=True)
     for kind in kinds:
-        pipeline = build(kind, tfidf, seed).fit(as_text(train["template_ids"]), train["y"].to_numpy())
+        pipeline = build(kind, tfidf, seed).fit(
+            as_text(train["template_ids"]), train["y"].to_numpy()
+        )
         dev_score = scores(pipeline, parts["dev"]["template_ids"])
         threshold = best_threshold(parts["dev"]["y"].to_numpy(), dev_score)
         test_score = scores(pipeline, parts["test"]["template_ids"])

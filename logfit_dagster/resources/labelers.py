@@ -34,7 +34,11 @@ class LabelerResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def cache(self) -> LabelCache:
-        path = Path(self.cache_path) if self.cache_path else data_dir() / "labels" / "label_cache.sqlite"
+        path = (
+            Path(self.cache_path)
+            if self.cache_path
+            else data_dir() / "labels" / "label_cache.sqlite"
+        )
         return LabelCache(path)
 
     def secrets(self) -> list[str]:
@@ -61,7 +65,9 @@ class RecordedLabelerResource(LabelerResource):
     )
 
     def build(self, model: str = "") -> Labeler:
-        patterns = self.paths or [p for p in os.environ.get("LOGFIT_RECORDED_LABELS", "").split(os.pathsep) if p]
+        patterns = self.paths or [
+            p for p in os.environ.get("LOGFIT_RECORDED_LABELS", "").split(os.pathsep) if p
+        ]
         if not patterns:
             raise LabelerError(
                 "RecordedLabeler needs recorded label files: set paths in its config or the "
@@ -154,7 +160,9 @@ def default_labeler(environ: dict[str, str] | None = None) -> LabelerResource:
     if choice == "openai":
         key = dg.EnvVar("OPENAI_API_KEY") if env.get("OPENAI_API_KEY") else None
         return OpenAILabelerResource(
-            api_key=key, base_url=env.get("OPENAI_BASE_URL") or None, model=env.get("LOGFIT_OPENAI_MODEL") or "gpt-4o-mini"
+            api_key=key,
+            base_url=env.get("OPENAI_BASE_URL") or None,
+            model=env.get("LOGFIT_OPENAI_MODEL") or "gpt-4o-mini",
         )
     raise LabelerError(
         f"LOGFIT_LABELER is {choice!r}: expected rule, recorded, anthropic or openai"

@@ -68,7 +68,9 @@ class ExperimentTracker(dg.ConfigurableResource):
         mlflow.set_registry_uri(uri)
         try:
             if mlflow.get_experiment_by_name(self.experiment) is None:
-                location = (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
+                location = (
+                    (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
+                )
                 try:
                     mlflow.create_experiment(self.experiment, artifact_location=location)
                 except mlflow.exceptions.MlflowException:
@@ -96,7 +98,11 @@ class ExperimentTracker(dg.ConfigurableResource):
         with self._session() as mlflow, mlflow.start_run(run_name=run_name, tags=tags or {}) as run:
             mlflow.log_params({k: str(v) for k, v in params.items()})
             mlflow.log_metrics(
-                {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+                {
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and math.isfinite(v)
+                }
             )
             for name, figure in (figures or {}).items():
                 mlflow.log_figure(figure, f"plots/{name}.png")
@@ -116,7 +122,9 @@ class ExperimentTracker(dg.ConfigurableResource):
                     # the tree node arrays of models we fitted ourselves, checked on save
                     skops_trusted_types=["sklearn.tree._tree.Tree"],
                 )
-                version = str(info.registered_model_version) if info.registered_model_version else None
+                version = (
+                    str(info.registered_model_version) if info.registered_model_version else None
+                )
         return TrainingRecord(run.info.run_id, model_name, version, self.uri())
 
     def champion(self, model_name: str) -> tuple[str, dict] | None:

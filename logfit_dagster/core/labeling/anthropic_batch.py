@@ -24,7 +24,12 @@ TOOL = {
     "input_schema": REPLY_SCHEMA,
 }
 # Errors that the same request will meet again: resubmitting them only costs.
-FINAL_ERRORS = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error"}
+FINAL_ERRORS = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+}
 
 
 class AnthropicBatchLabeler(BatchLabeler):
@@ -60,7 +65,9 @@ class AnthropicBatchLabeler(BatchLabeler):
         self.max_wait_s = max_wait_s
         self.max_batch_requests = min(max_batch_requests, MAX_BATCH_REQUESTS)
         self.max_batch_bytes = min(max_batch_bytes, MAX_BATCH_BYTES)
-        self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=max_retries)
+        self.client = anthropic.Anthropic(
+            api_key=api_key, base_url=base_url, max_retries=max_retries
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -168,5 +175,7 @@ def _reply(item) -> Reply:
         error = getattr(result.error, "error", None)
         kind = getattr(error, "type", "error")
         text = getattr(error, "message", "")
-        return Reply(item.custom_id, error=f"errored: {kind}: {text}", retryable=kind not in FINAL_ERRORS)
+        return Reply(
+            item.custom_id, error=f"errored: {kind}: {text}", retryable=kind not in FINAL_ERRORS
+        )
     return Reply(item.custom_id, error=result.type, retryable=True)  # canceled, expired

@@ -132,7 +132,9 @@ class LabelStats:
     lines: int = 0
 
 
-def price_of(model: str, prices: dict[str, tuple[float, float]] | None) -> tuple[float, float] | None:
+def price_of(
+    model: str, prices: dict[str, tuple[float, float]] | None
+) -> tuple[float, float] | None:
     table = {**DEFAULT_PRICES, **(prices or {})}
     if model in table:
         return tuple(table[model])
@@ -152,7 +154,9 @@ def estimate_cost(
     """Estimated input tokens, output tokens and USD of sending ``requests``."""
     tin = tout = 0
     for request in requests:
-        chars = len(prompt.system) + sum(len(request.window.lines[i - 1]) + 6 for i in request.asked)
+        chars = len(prompt.system) + sum(
+            len(request.window.lines[i - 1]) + 6 for i in request.asked
+        )
         tin += int(chars / CHARS_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS
         tout += OUTPUT_TOKENS_PER_LINE * len(request.asked)
     price = price_of(labeler.model, prices)
@@ -177,7 +181,9 @@ class _Run:
         )
 
     def key(self, window: Window) -> str:
-        return cache_key(self.labeler.name, self.labeler.model, self.prompt.version, window.content_hash)
+        return cache_key(
+            self.labeler.name, self.labeler.model, self.prompt.version, window.content_hash
+        )
 
     def apply(self, meta: dict, reply: Reply) -> None:
         """Store a reply in the cache; applying the same reply twice changes nothing."""
@@ -284,7 +290,9 @@ class _Run:
                     else:
                         self.apply(_meta(request), reply)
                 for custom_id in by_id.keys() - seen:
-                    failed.append((by_id[custom_id], Reply(custom_id, error="no result", retryable=True)))
+                    failed.append(
+                        (by_id[custom_id], Reply(custom_id, error="no result", retryable=True))
+                    )
                 self.cache.close_batch(batch_id)
             if not failed:
                 return
@@ -330,6 +338,7 @@ def label_source(
     try:
         run.resume_open_batches()
         cached = cache.get_many(keys)
+
         def final(entry: CachedWindow) -> bool:
             return entry.final or not labeler.asks_again
 

@@ -142,7 +142,15 @@ class LabelCache:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO batches VALUES (?,?,?,?,?,?,?,NULL)",
-                (batch_id, labeler, model, prompt_version, json.dumps(requests), "open", time.time()),
+                (
+                    batch_id,
+                    labeler,
+                    model,
+                    prompt_version,
+                    json.dumps(requests),
+                    "open",
+                    time.time(),
+                ),
             )
 
     def open_batches(self, labeler: str, model: str, prompt_version: str) -> dict[str, dict]:

@@ -63,7 +63,9 @@ class RecordedLabeler(DirectLabeler):
             for i in request.asked:
                 found = self._match(system, window.start + i - 1, window.lines[i - 1])
                 if found:
-                    entries.append({"line": i, "label": found[0], "reason": f"recorded: {found[1]}"})
+                    entries.append(
+                        {"line": i, "label": found[0], "reason": f"recorded: {found[1]}"}
+                    )
             yield Reply(request.custom_id, entries)
 
 
@@ -96,7 +98,9 @@ def _record(path: Path, number: int, line: str) -> tuple[str, int, str, str, str
 RULES: tuple[tuple[str, re.Pattern], ...] = (
     (
         "stack trace",
-        re.compile(r"^\s+at [\w$.<>]+\(|Traceback \(most recent call last\)|^Caused by:|Exception in thread"),
+        re.compile(
+            r"^\s+at [\w$.<>]+\(|Traceback \(most recent call last\)|^Caused by:|Exception in thread"
+        ),
     ),
     (
         "severity",

@@ -16,9 +16,7 @@ from logfit_dagster.core.errors import LabelerError
 from logfit_dagster.core.labeling.base import DirectLabeler, Reply, Request
 from logfit_dagster.core.labeling.prompt import REPLY_SCHEMA, PromptSpec, render_window
 
-JSON_ONLY = (
-    '\n\nReply with a JSON object {"labels": [...]} holding that array, and nothing else.'
-)
+JSON_ONLY = '\n\nReply with a JSON object {"labels": [...]} holding that array, and nothing else.'
 
 
 class OpenAILabeler(DirectLabeler):
@@ -69,7 +67,11 @@ class OpenAILabeler(DirectLabeler):
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 **kwargs,
             )
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
+        except (
+            openai.AuthenticationError,
+            openai.PermissionDeniedError,
+            openai.NotFoundError,
+        ) as exc:
             raise LabelerError(
                 f"{self.name} ({self.model}) was refused: HTTP {exc.status_code}"
             ) from None
