@@ -80,23 +80,7 @@ def metrics_report(
                 "source": source,
                 "model": "champion (registry)",
                 "version": version,
-                **{
-                    k: m.get(f"test_{k}", np.nan)
-                    for k in (
-                        "sessions",
-                        "anomalous",
-                        "precision",
-                        "recall",
-                        "f1",
-                        "accuracy",
-                        "average_precision",
-                        "threshold",
-                        "tp",
-                        "fp",
-                        "fn",
-                        "tn",
-                    )
-                },
+                **{k: m.get(f"test_{k}", np.nan) for k in REPORT_COLUMNS[3:]},
             }
         )
     report = pd.DataFrame(rows)[REPORT_COLUMNS]
