@@ -176,7 +176,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
         return 2
     scorer = LineScorer.load(model)
     stats = classify_file(
-        Path(args.file), scorer, Path(args.output) if args.output else None, threshold=args.threshold
+        Path(args.file),
+        scorer,
+        Path(args.output) if args.output else None,
+        threshold=args.threshold,
     )
     print(
         f"{stats.lines} lines, {stats.look} LOOK ({stats.look / max(stats.lines, 1):.1%}), "
@@ -215,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("file", help="a log file, plain or .gz")
     c.add_argument("--model", help="model JSON (default: data/models/look_skip_champion.json)")
     c.add_argument("--output", help="write every line scored to a .parquet or .jsonl file")
-    c.add_argument("--threshold", type=float, default=None, help="LOOK threshold (default: the model's)")
+    c.add_argument(
+        "--threshold", type=float, default=None, help="LOOK threshold (default: the model's)"
+    )
     c.set_defaults(func=cmd_classify)
     d = sub.add_parser(
         "dev", help="open the Dagster UI (dagster dev) with the instance under data/"

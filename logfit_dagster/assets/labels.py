@@ -270,7 +270,7 @@ def labeled_lines(
     metadata = {
         "sources": len(frames),
         "lines": len(result),
-        "look_lines": int((result["label"] == "LOOK").sum()),
+        "look_lines": look,
         "unlabeled_lines_left_out": left_out,
         "per_source": dg.MetadataValue.json(per_source),
         "registered_sources_without_labels": dg.MetadataValue.json(missing),

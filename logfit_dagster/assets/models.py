@@ -295,6 +295,19 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs: pa.Table) -> pd.Da
 # -- session classifiers -----------------------------------------------------------------------
 
 
+# What session_model stores: each model's test scores, its threshold, version, and the best.
+SESSION_SCORE_COLUMNS = [
+    "session_id",
+    "label",
+    "score",
+    "predicted",
+    "model",
+    "threshold",
+    "version",
+    "best",
+]
+
+
 def session_model_name(source: str) -> str:
     return f"logfit-session-{source}"
 
@@ -341,7 +354,7 @@ def session_model(
     except TrainingDataError as exc:
         context.log.warning(f"no session model for {source}: {exc}")
         yield dg.Output(
-            pd.DataFrame(columns=["session_id", "label", "score", "predicted", "model"]),
+            pd.DataFrame(columns=SESSION_SCORE_COLUMNS),
             metadata={"skipped": str(exc)},
         )
         yield dg.AssetCheckResult(
@@ -433,12 +446,8 @@ def session_champion(
     context: dg.AssetExecutionContext, session_model: pd.DataFrame, tracker: ExperimentTracker
 ) -> pd.DataFrame:
     """The source's best session model made ``champion`` in the registry, once its gate passed."""
-    best = (
-        session_model[session_model.get("best", pd.Series(dtype=bool)).fillna(False).astype(bool)]
-        if len(session_model)
-        else session_model
-    )
-    if best.empty or "version" not in best or not bool(best["label"].notna().any()):
+    best = session_model[session_model["best"].astype(bool)]
+    if best.empty or not bool(best["label"].notna().any()):
         context.add_output_metadata({"promoted": False, "note": "no supervised model to promote"})
         return pd.DataFrame({"model": [], "version": []})
     kind, version = str(best["model"].iloc[0]), str(best["version"].iloc[0])

@@ -57,16 +57,7 @@ def metrics_report(
     for kind, group in labelled.groupby("model", sort=True):
         y = group["label"].astype(int).to_numpy()
         score = group["score"].to_numpy(dtype=float)
-        threshold = (
-            float(group["score"][group["predicted"] == 1].min())
-            if (group["predicted"] == 1).any()
-            else float("inf")
-        )
-        measured = (
-            session_metrics(y, score, threshold)
-            if np.isfinite(threshold)
-            else session_metrics(y, score, score.max() + 1)
-        )
+        measured = session_metrics(y, score, float(group["threshold"].iloc[0]))
         rows.append(
             {"source": source, "model": kind, "version": str(group["version"].iloc[0]), **measured}
         )

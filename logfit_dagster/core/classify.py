@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -52,7 +53,7 @@ def classify_file(
     stats = ClassifyStats()
     started = time.perf_counter()
     writer = None
-    with atomic_path(Path(output)) if output is not None else _nothing() as tmp:
+    with atomic_path(Path(output)) if output is not None else nullcontext() as tmp:
         handle = open(tmp, "w") if tmp is not None and Path(output).suffix == ".jsonl" else None
         try:
             for batch in iter_line_batches(Path(path)):
@@ -87,13 +88,5 @@ def classify_file(
             if handle is not None:
                 handle.close()
     stats.seconds = time.perf_counter() - started
-    stats.distinct_shapes = len(scorer._cache)
+    stats.distinct_shapes = scorer.shapes_scored
     return stats
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -25,7 +25,7 @@ import pyarrow as pa
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+from sklearn.metrics import average_precision_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -39,6 +39,7 @@ from logfit_dagster.core.line_features import (
     normalize_column,
     shape_column,
 )
+from logfit_dagster.core.scores import confusion_counts, rates
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 WORD_NGRAMS = (1, 3)
@@ -125,23 +126,13 @@ def weighted_scores(
     y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float = 0.5
 ) -> dict:
     pred = (proba >= threshold).astype(int)
-    p, r, f, _ = precision_recall_fscore_support(
-        y, pred, sample_weight=weight, average="binary", zero_division=0
-    )
-    tp = float(weight[(pred == 1) & (y == 1)].sum())
-    fp = float(weight[(pred == 1) & (y == 0)].sum())
-    fn = float(weight[(pred == 0) & (y == 1)].sum())
-    tn = float(weight[(pred == 0) & (y == 0)].sum())
-    total = tp + fp + fn + tn
+    tp, fp, fn, tn = confusion_counts(y, pred, weight)
     return {
-        "precision": float(p),
-        "recall": float(r),
-        "f1": float(f),
-        "accuracy": (tp + tn) / total if total else math.nan,
+        **rates(tp, fp, fn, tn, empty=0.0),
         "average_precision": float(average_precision_score(y, proba, sample_weight=weight))
         if 0 < y.sum() < len(y)
         else math.nan,
-        "lines": int(total),
+        "lines": int(tp + fp + fn + tn),
         "confusion": {"tp": int(tp), "fp": int(fp), "fn": int(fn), "tn": int(tn)},
     }
 
@@ -353,6 +344,11 @@ class LineScorer:
             + float(((hand - self.hand_mean) / self.hand_scale) @ self.hand_coef)
             + self.intercept
         )
+
+    @property
+    def shapes_scored(self) -> int:
+        """Distinct shapes this scorer has scored (each once)."""
+        return len(self._cache)
 
     def score_shapes(self, shapes: list[str]) -> np.ndarray:
         """LOOK probability of each shape; shapes seen before come from a cache."""

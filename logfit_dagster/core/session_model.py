@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.core.scores import confusion_counts, rates
 
 SUPERVISED = ("logistic_regression", "decision_tree")
 MIN_SESSIONS = 10
@@ -74,18 +75,12 @@ def best_threshold(y: np.ndarray, score: np.ndarray) -> float:
 
 def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     pred = (score >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
+    tp, fp, fn, tn = (int(c) for c in confusion_counts(y, pred))
     has_both = 0 < y.sum() < len(y)
     return {
         "sessions": len(y),
         "anomalous": int(y.sum()),
-        "precision": tp / (tp + fp) if tp + fp else math.nan,
-        "recall": tp / (tp + fn) if tp + fn else math.nan,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan,
-        "accuracy": (tp + tn) / len(y) if len(y) else math.nan,
+        **rates(tp, fp, fn, tn),
         "average_precision": float(average_precision_score(y, score)) if has_both else math.nan,
         "threshold": float(threshold),
         "tp": tp,
@@ -102,7 +97,7 @@ class SessionModelResult:
     threshold: float
     dev: dict
     test: dict
-    test_scores: pd.DataFrame  # session_id, label, score, predicted
+    test_scores: pd.DataFrame  # session_id, label, score, predicted, model, threshold
 
 
 @dataclass
@@ -179,6 +174,7 @@ def train_session_models(
                         "score": test_score,
                         "predicted": (test_score >= threshold).astype(int),
                         "model": kind,
+                        "threshold": threshold,
                     }
                 ),
             )
@@ -205,6 +201,7 @@ def _unsupervised(frame: pd.DataFrame, tfidf: bool, seed: int) -> SessionTrainin
                 "score": all_scores[test.to_numpy()],
                 "predicted": (all_scores[test.to_numpy()] >= threshold).astype(int),
                 "model": "isolation_forest",
+                "threshold": threshold,
             }
         ),
     )

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from logfit_dagster.core.scores import confusion_counts, rates
+
 
 def agreement(predicted: pd.Series, reference: pd.Series) -> dict:
     """Precision, recall, F1 of LOOK (1) against the reference, Cohen's kappa, the confusion matrix.
@@ -17,14 +19,8 @@ def agreement(predicted: pd.Series, reference: pd.Series) -> dict:
     both = pd.DataFrame({"p": predicted, "r": reference}).dropna()
     p = both["p"].astype(int).to_numpy()
     r = both["r"].astype(int).to_numpy()
-    tp = int(((p == 1) & (r == 1)).sum())
-    fp = int(((p == 1) & (r == 0)).sum())
-    fn = int(((p == 0) & (r == 1)).sum())
-    tn = int(((p == 0) & (r == 0)).sum())
+    tp, fp, fn, tn = (int(c) for c in confusion_counts(r, p))
     n = tp + fp + fn + tn
-    precision = tp / (tp + fp) if tp + fp else math.nan
-    recall = tp / (tp + fn) if tp + fn else math.nan
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
     kappa = math.nan
     if n:
         observed = (tp + tn) / n
@@ -33,11 +29,8 @@ def agreement(predicted: pd.Series, reference: pd.Series) -> dict:
     return {
         "compared": n,
         "left_out": int(len(predicted) - n),
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
+        **rates(tp, fp, fn, tn),
         "kappa": kappa,
-        "accuracy": (tp + tn) / n if n else math.nan,
         "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
     }
 
