@@ -3,6 +3,7 @@
 import dagster as dg
 
 from logfit_dagster.assets import datasets, ingest, labels, models, reports
+from logfit_dagster.executors import executor_from_env
 from logfit_dagster.jobs import ALL_JOBS
 from logfit_dagster.resources.labelers import default_labeler
 from logfit_dagster.resources.sources import LogSources
@@ -20,6 +21,7 @@ defs = dg.Definitions(
         "tracker": ExperimentTracker(),
     },
     jobs=ALL_JOBS,
+    executor=executor_from_env(),
     schedules=[nightly_ingest_and_label, weekly_retrain_and_report],
     sensors=[
         log_source_registry_sensor,
