@@ -49,7 +49,9 @@ def test_no_partitions_and_weekly_keys():
 
 def test_definitions_hold_jobs_schedules_and_the_automation_sensor():
     repo = defs.get_repository_def()
-    assert {"nightly_ingest_and_label", "weekly_retrain_and_report"} <= {s.name for s in repo.schedule_defs}
+    assert {"nightly_ingest_and_label", "weekly_retrain_and_report"} <= {
+        s.name for s in repo.schedule_defs
+    }
     assert "logfit_automation" in {s.name for s in repo.sensor_defs}
     graph = repo.asset_graph
     for key in ("look_skip_model", "session_model", "metrics_report", "metrics_overview"):

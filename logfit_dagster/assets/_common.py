@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,3 +37,29 @@ def _cell(value, width: int) -> str:
     )
     text = text.replace("|", "\\|").replace("\n", " ⏎ ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def training_op_tags(gpus: int | None = None) -> dict:
+    """Tags of training steps: their Kubernetes requests when steps run as Kubernetes Jobs.
+
+    ``dagster-k8s/config`` is read by the k8s_job_executor and the K8sRunLauncher and ignored by
+    every other executor. ``gpus`` (default: ``LOGFIT_TRAINING_GPUS``, else 0) adds an
+    ``nvidia.com/gpu`` limit and the matching toleration, so GPU training lands on GPU nodes.
+    """
+    if gpus is None:
+        raw = os.environ.get("LOGFIT_TRAINING_GPUS") or "0"
+        try:
+            gpus = int(raw)
+        except ValueError:
+            raise ValueError(f"LOGFIT_TRAINING_GPUS={raw!r} is not an integer") from None
+    resources: dict = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
+    pod_spec: dict = {}
+    if gpus > 0:
+        resources["limits"]["nvidia.com/gpu"] = str(gpus)
+        pod_spec["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    config: dict = {"container_config": {"resources": resources}}
+    if pod_spec:
+        config["pod_spec_config"] = pod_spec
+    return {"dagster-k8s/config": config}

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from logfit_dagster.assets._common import preview
+from logfit_dagster.assets._common import preview, training_op_tags
 from logfit_dagster.core import plots
 from logfit_dagster.core.errors import TrainingDataError
 from logfit_dagster.core.line_model import (
@@ -97,6 +97,7 @@ class LineModelConfig(dg.Config):
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
     output_required=False,
     check_specs=[
         dg.AssetCheckSpec(
@@ -328,6 +329,7 @@ class SessionModelConfig(dg.Config):
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
     check_specs=[
         dg.AssetCheckSpec(
             "session_champion_gate",
