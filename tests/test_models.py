@@ -269,8 +269,30 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
     assert len(runs) == 2 and 0 <= runs[0].data.metrics["cv_f1"] <= 1
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"look_skip_model.json", "plots"} <= artifacts
-    lines = pd.read_parquet(workdir / "data" / "assets" / "scored_lines" / "tiny_bgl.parquet")
+    scored_dir = workdir / "data" / "assets" / "scored_lines"
+    lines = pd.read_parquet(scored_dir / "tiny_bgl.parquet")
     assert len(lines) == 800 and set(lines["label"]) <= {"LOOK", "SKIP"}
+
+    # The single-run backfill policy: both sources in one run, one step, the same scores.
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("log_source", ["mid_hdfs", "tiny_bgl"])
+        bulk = dg.materialize(
+            ASSETS,
+            selection=["scored_lines"],
+            instance=instance,
+            resources=_resources(),
+            tags={
+                "dagster/asset_partition_range_start": "mid_hdfs",
+                "dagster/asset_partition_range_end": "tiny_bgl",
+            },
+        )
+        assert bulk.success
+        steps = [e for e in bulk.all_events if e.is_step_success]
+        assert len(steps) == 1
+        partitions = {e.partition for e in bulk.get_asset_materialization_events()}
+        assert partitions == {"mid_hdfs", "tiny_bgl"}
+    assert pd.read_parquet(scored_dir / "tiny_bgl.parquet").equals(lines)
+    assert len(pd.read_parquet(scored_dir / "mid_hdfs.parquet")) > 0
 
     out = workdir / "scored.jsonl"
     log = workdir / "data" / "sources" / "tiny_bgl"

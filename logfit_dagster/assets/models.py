@@ -253,44 +253,74 @@ def look_skip_champion(
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     deps=["look_skip_champion"],
+    ins={"raw_logs": dg.AssetIn(dagster_type=dg.Any, metadata={"format": "arrow"})},
+    # Scoring is cheap and loading the champion is not free: a backfill over every source is
+    # one run that loads the model once.
+    backfill_policy=dg.BackfillPolicy.single_run(),
 )
-def scored_lines(context: dg.AssetExecutionContext, raw_logs: pa.Table) -> pd.DataFrame:
-    """Every line of a source with the champion's LOOK probability and label."""
+def scored_lines(context: dg.AssetExecutionContext, raw_logs):
+    """Every line of a source with the champion's LOOK probability and label.
+
+    One partition gives one frame; a single-run backfill gives ``raw_logs`` and returns a dict
+    of frames by source, and the champion is loaded once for all of them.
+    """
+    keys = list(context.partition_keys)
+    tables = raw_logs if isinstance(raw_logs, dict) else {keys[0]: raw_logs}
+    missing = [key for key in keys if key not in tables]
+    if missing:
+        raise dg.Failure(
+            f"scored_lines: raw_logs is not materialized for {', '.join(missing)}; "
+            "materialize raw_logs for these sources first"
+        )
     scorer = LineScorer.load(champion_model_path())
     started = time.perf_counter()
-    probability = scorer.score_lines(raw_logs.column("raw"))
+    frames = {key: _score_lines(scorer, tables[key]) for key in keys}
     seconds = time.perf_counter() - started
-    frame = pd.DataFrame(
+    lines = sum(len(f) for f in frames.values())
+    look = {key: frame["label"] == "LOOK" for key, frame in frames.items()}
+    look_lines = sum(int(mask.sum()) for mask in look.values())
+    metadata = {
+        "lines": lines,
+        "look_lines": look_lines,
+        "look_rate": dg.MetadataValue.float(round(look_lines / lines, 4) if lines else 0.0),
+        "lines_per_second": dg.MetadataValue.float(float(round(lines / max(seconds, 1e-9)))),
+        "model_cv_f1": dg.MetadataValue.float(
+            float(scorer.spec.get("cv", {}).get("f1", float("nan")))
+        ),
+    }
+    if len(keys) == 1:
+        key = keys[0]
+        frame, raw = frames[key], tables[key].column("raw")
+        metadata["top_look"] = preview(
+            frame[look[key]]
+            .nlargest(8, "probability")
+            .assign(raw=lambda f: [raw[i - 1].as_py() for i in f["line_number"]])
+        )
+        context.add_output_metadata(metadata)
+        return frame
+    metadata["sources"] = preview(
+        pd.DataFrame(
+            {
+                "source": keys,
+                "lines": [len(frames[k]) for k in keys],
+                "look_lines": [int(look[k].sum()) for k in keys],
+            }
+        ),
+        rows=len(keys),
+    )
+    context.add_output_metadata(metadata)
+    return frames
+
+
+def _score_lines(scorer: LineScorer, raw_logs: pa.Table) -> pd.DataFrame:
+    probability = scorer.score_lines(raw_logs.column("raw"))
+    return pd.DataFrame(
         {
             "line_number": raw_logs.column("line_number").to_numpy(),
             "probability": probability,
             "label": np.where(probability >= scorer.threshold, "LOOK", "SKIP"),
         }
     )
-    look = frame["label"] == "LOOK"
-    context.add_output_metadata(
-        {
-            "lines": len(frame),
-            "look_lines": int(look.sum()),
-            "look_rate": dg.MetadataValue.float(
-                round(float(look.mean()), 4) if len(frame) else 0.0
-            ),
-            "lines_per_second": dg.MetadataValue.float(
-                float(round(len(frame) / max(seconds, 1e-9)))
-            ),
-            "model_cv_f1": dg.MetadataValue.float(
-                float(scorer.spec.get("cv", {}).get("f1", float("nan")))
-            ),
-            "top_look": preview(
-                frame[look]
-                .nlargest(8, "probability")
-                .assign(
-                    raw=lambda f: [raw_logs.column("raw")[i - 1].as_py() for i in f["line_number"]]
-                )
-            ),
-        }
-    )
-    return frame
 
 
 # -- session classifiers -----------------------------------------------------------------------

@@ -33,14 +33,18 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     def _root(self) -> Path:
         return Path(self.base_dir).resolve() if self.base_dir else data_dir() / "assets"
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
+    def _path(
+        self, context: dg.OutputContext | dg.InputContext, partition: str | None = None
+    ) -> Path:
         key_path = self._root().joinpath(*context.asset_key.path)
+        if partition is not None:
+            return key_path / partition
         if context.has_asset_partitions:
             partitions = context.asset_partition_keys
             if len(partitions) != 1:
                 raise dg.Failure(
                     f"{context.asset_key.to_user_string()}: expected one partition, got "
-                    f"{len(partitions)}; run one partition per step"
+                    f"{len(partitions)}"
                 )
             return key_path / partitions[0]
         return key_path / "all"
@@ -48,18 +52,38 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            self._write_partitions(context, obj)
+            return
         target = self._path(context)
+        self._write(target, obj)
+        path = target if isinstance(obj, dict) else target.with_suffix(".parquet")
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def _write_partitions(self, context: dg.OutputContext, obj) -> None:
+        """A step over several partitions (a single-run backfill) returns a dict by partition."""
+        keys = list(context.asset_partition_keys)
+        name = context.asset_key.to_user_string()
+        if not isinstance(obj, dict) or set(obj) != set(keys):
+            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise dg.Failure(
+                f"{name}: a step over {len(keys)} partitions must return a dict with one entry per "
+                f"partition ({', '.join(sorted(keys))}); got {got}"
+            )
+        for key in keys:
+            self._write(self._path(context, key), obj[key])
+        context.add_output_metadata(
+            {"path": dg.MetadataValue.path(str(self._root().joinpath(*context.asset_key.path)))}
+        )
+
+    def _write(self, target: Path, obj) -> None:
         if isinstance(obj, dict):
             self._write_bundle(target, obj)
-            context.add_output_metadata({"path": dg.MetadataValue.path(str(target))})
             return
         table = (
             obj if isinstance(obj, pa.Table) else pa.Table.from_pandas(obj, preserve_index=False)
         )
         write_parquet_atomic(table, target.with_suffix(".parquet"))
-        context.add_output_metadata(
-            {"path": dg.MetadataValue.path(str(target.with_suffix(".parquet")))}
-        )
 
     def _write_bundle(self, target: Path, frames: dict) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +113,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if context.has_asset_partitions and not context.has_partition_key:
             return self._load_partitions(context)
         target = self._path(context)
-        wants_arrow = context.dagster_type.typing_type is pa.Table
+        wants_arrow = _wants_arrow(context)
         if target.is_dir():
             return {p.stem: pd.read_parquet(p) for p in sorted(target.glob("*.parquet"))}
         path = target.with_suffix(".parquet")
@@ -101,12 +125,12 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return pq.read_table(path) if wants_arrow else pd.read_parquet(path)
 
     def _load_partitions(self, context: dg.InputContext) -> dict:
-        """An unpartitioned asset reading a partitioned one: every stored partition, by key.
+        """Several partitions of an input (an unpartitioned reader, or a single-run backfill).
 
         Partitions never materialized are absent from the dict; the reading asset reports them.
         """
         root = self._root().joinpath(*context.asset_key.path)
-        wants_arrow = context.dagster_type.typing_type is dict[str, pa.Table]
+        wants_arrow = _wants_arrow(context)
         loaded = {}
         for partition in context.asset_partition_keys:
             path = root / f"{partition}.parquet"
@@ -117,3 +141,10 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                     p.stem: pd.read_parquet(p) for p in sorted((root / partition).glob("*.parquet"))
                 }
         return loaded
+
+
+def _wants_arrow(context: dg.InputContext) -> bool:
+    """Arrow tables for inputs typed ``pa.Table`` (or dicts of them) or marked ``format: arrow``."""
+    typing_type = context.dagster_type.typing_type
+    marked = (context.definition_metadata or {}).get("format") == "arrow"
+    return marked or typing_type is pa.Table or typing_type == dict[str, pa.Table]
