@@ -1,5 +1,7 @@
 """The one Definitions object of logfit: assets, checks, resources, jobs and sensors."""
 
+import os
+
 import dagster as dg
 
 from logfit_dagster.assets import datasets, ingest, labels, models, reports
@@ -29,7 +31,12 @@ defs = dg.Definitions(
         dg.AutomationConditionSensorDefinition(
             "logfit_automation",
             target=dg.AssetSelection.all(),
-            default_status=dg.DefaultSensorStatus.RUNNING,
+            # On unless LOGFIT_AUTOMATION=off (a deployment that only runs what it schedules).
+            default_status=(
+                dg.DefaultSensorStatus.STOPPED
+                if os.environ.get("LOGFIT_AUTOMATION", "").lower() in ("off", "0", "false")
+                else dg.DefaultSensorStatus.RUNNING
+            ),
             description="Brings models and reports up to date when their inputs change.",
         ),
     ],
