@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from logfit_dagster.paths import data_dir, default_dagster_home
@@ -30,16 +31,23 @@ def _metadata_value(value):
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    """Materialize the ingest lineage for each source and print a per-source summary."""
+    """Bring the lineage up to date for each source and print a per-source summary.
+
+    Only what is missing or stale is run: a source whose files and registry entry are unchanged
+    and whose assets are fresh is skipped; ``--force`` recomputes everything.
+    """
     home = _ensure_dagster_home()
     import dagster as dg
 
     from logfit_dagster.definitions import defs
+    from logfit_dagster.freshness import Freshness
+    from logfit_dagster.jobs import JOB_SELECTIONS
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.resources.sources import LogSources
 
     instance = dg.DagsterInstance.get()
-    all_sources = LogSources().all_sources()
+    sources = LogSources()
+    all_sources = sources.all_sources()
     names = args.sources or list(all_sources)
     unknown = [n for n in names if n not in all_sources]
     if unknown:
@@ -48,32 +56,43 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.job not in JOB_SELECTIONS:
+        print(f"unknown job {args.job!r}; jobs: {', '.join(JOB_SELECTIONS)}", file=sys.stderr)
+        return 2
     existing = set(instance.get_dynamic_partitions(LOG_SOURCE))
     new = [n for n in names if n not in existing]
     if new:
         instance.add_dynamic_partitions(LOG_SOURCE, new)
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
-    rows, failed = [], []
+    executor = _Executor(args.executor, defs, instance, log_config)
+    rows, failed, skipped = [], [], []
     started = time.perf_counter()
+    raw_key = dg.AssetKey("raw_logs")
 
-    def run(job_name: str, partition: str | None, label: str):
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=partition, instance=instance, raise_on_error=False, run_config=log_config
-        )
-        meta = {}
-        for event in result.get_asset_materialization_events():
-            mat = event.event_specific_data.materialization
-            meta[mat.asset_key.to_user_string()] = {
-                k: _metadata_value(v) for k, v in mat.metadata.items()
-            }
-        if not result.success:
-            failures = [e for e in result.all_events if e.is_step_failure]
-            reason = (
-                failures[0].step_failure_data.error.message.strip() if failures else "run failed"
-            )
+    def plan(job_name: str, partition: str | None) -> list | None:
+        """The assets to run: None for all, [] for nothing."""
+        if args.force:
+            return None
+        fresh = Freshness(instance, defs)
+        keys = fresh.job_assets(JOB_SELECTIONS[job_name])
+        if raw_key in keys:
+            spec = sources.get(partition)
+            if fresh.recorded_version(raw_key, partition) != sources.fingerprint(
+                spec, sources.files(spec)
+            ):
+                return None
+        return fresh.out_of_date(keys, partition)
+
+    def run(job_name: str, partition: str | None, label: str) -> tuple[bool, dict]:
+        selection = plan(job_name, partition)
+        if selection == []:
+            skipped.append(label)
+            return True, _latest_metadata(instance, defs, job_name, partition)
+        ok, meta, reason = executor.run(job_name, partition, selection)
+        if not ok:
             failed.append((label, reason))
             print(f"[{label}] FAILED: {reason}", file=sys.stderr)
-        return result.success, meta
+        return ok, {**_latest_metadata(instance, defs, job_name, partition), **meta}
 
     succeeded = []
     for name in names:
@@ -82,30 +101,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if not ok:
             continue
         succeeded.append(name)
-        truth = meta.get("ground_truth_labels", {})
-        session = meta.get("session_model", {})
-        rows.append(
-            {
-                "source": name,
-                "lines": meta.get("raw_logs", {}).get("lines", ""),
-                "parse failures": meta.get("parsed_logs", {}).get("parse_failures", ""),
-                "templates": meta.get("parsed_logs", {}).get("templates", ""),
-                "sessions": meta.get("sessions", {}).get("sessions", ""),
-                "anomalous sessions": truth.get("anomalous_sessions", "")
-                if truth.get("has_ground_truth")
-                else "no labels",
-                "LOOK lines": meta.get("llm_labels", {}).get("look_lines", "-"),
-                "session F1 (test)": f"{session['test_f1']:.3f}"
-                if "test_f1" in session
-                else ("skipped" if "skipped" in session else "-"),
-                "seconds": f"{time.perf_counter() - t0:.1f}",
-            }
-        )
+        rows.append(_summary_row(name, meta, time.perf_counter() - t0, name in skipped))
     line_model = {}
     if args.job == "source_lineage_job" and succeeded:
-        ok, meta = run("line_model_job", None, "line_model_job")
-        line_model = meta.get("look_skip_model", {})
-        if ok and "look_skip_champion" in meta:
+        ok, line_model = run("line_model_job", None, "line_model_job")
+        line_model = line_model.get("look_skip_model", {})
+        if ok and data_dir().joinpath("models", "look_skip_champion.json").exists():
             for name in succeeded:
                 run("scoring_job", name, f"{name} scoring")
     _print_table(rows)
@@ -119,9 +120,95 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             f"over {line_model.get('sources')} sources; champion model: "
             f"{data_dir() / 'models' / 'look_skip_champion.json'} (logfit classify FILE)"
         )
+    if skipped:
+        print(f"up to date, not run: {', '.join(skipped)} (--force recomputes)")
     print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
     print("open the UI with: logfit dev")
     return 1 if failed else 0
+
+
+class _Executor:
+    """Runs a job for one partition in this process, or with Dagster's multiprocess executor."""
+
+    def __init__(self, kind: str, defs, instance, run_config: dict):
+        self.kind, self.defs, self.instance, self.run_config = kind, defs, instance, run_config
+
+    def run(self, job_name: str, partition: str | None, selection: list | None):
+        import dagster as dg
+
+        if self.kind == "in_process":
+            result = self.defs.resolve_job_def(job_name).execute_in_process(
+                partition_key=partition,
+                instance=self.instance,
+                raise_on_error=False,
+                run_config=self.run_config,
+                asset_selection=selection,
+            )
+            return self._outcome(result)
+        from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+        job = ReconstructableRepository.for_module(
+            "logfit_dagster.definitions", "defs"
+        ).get_reconstructable_job(job_name)
+        tags = {"dagster/partition": partition} if partition else None
+        with dg.execute_job(
+            job,
+            instance=self.instance,
+            run_config=self.run_config,
+            tags=tags,
+            asset_selection=selection,
+        ) as result:
+            return self._outcome(result)
+
+    @staticmethod
+    def _outcome(result) -> tuple[bool, dict, str]:
+        meta = {}
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            meta[mat.asset_key.to_user_string()] = {
+                k: _metadata_value(v) for k, v in mat.metadata.items()
+            }
+        reason = ""
+        if not result.success:
+            failures = [e for e in result.all_events if e.is_step_failure]
+            reason = (
+                failures[0].step_failure_data.error.message.strip() if failures else "run failed"
+            )
+        return result.success, meta, reason
+
+
+def _latest_metadata(instance, defs, job_name: str, partition: str | None) -> dict:
+    """The latest materialization metadata of each asset of a job, by asset name."""
+    from logfit_dagster.freshness import Freshness
+    from logfit_dagster.jobs import JOB_SELECTIONS
+
+    fresh = Freshness(instance, defs)
+    out = {}
+    for key in fresh.job_assets(JOB_SELECTIONS[job_name]):
+        meta = fresh.latest_metadata(key, partition)
+        if meta:
+            out[key.to_user_string()] = meta
+    return out
+
+
+def _summary_row(name: str, meta: dict, seconds: float, unchanged: bool) -> dict:
+    truth = meta.get("ground_truth_labels", {})
+    session = meta.get("session_model", {})
+    return {
+        "source": name,
+        "lines": meta.get("raw_logs", {}).get("lines", ""),
+        "parse failures": meta.get("parsed_logs", {}).get("parse_failures", ""),
+        "templates": meta.get("parsed_logs", {}).get("templates", ""),
+        "sessions": meta.get("sessions", {}).get("sessions", ""),
+        "anomalous sessions": truth.get("anomalous_sessions", "")
+        if truth.get("has_ground_truth")
+        else "no labels",
+        "LOOK lines": meta.get("llm_labels", {}).get("look_lines", "-"),
+        "session F1 (test)": f"{session['test_f1']:.3f}"
+        if "test_f1" in session
+        else ("skipped" if "skipped" in session else "-"),
+        "seconds": "unchanged" if unchanged else f"{seconds:.1f}",
+    }
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -209,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
         "and scores every source)",
     )
     m.add_argument("--log-level", default="WARNING", help="Dagster console log level")
+    m.add_argument(
+        "--executor",
+        choices=["in_process", "multiprocess"],
+        default="in_process",
+        help="run each job's steps in this process (default) or one process per step",
+    )
+    m.add_argument(
+        "--force", action="store_true", help="recompute every asset, even the up-to-date ones"
+    )
     m.set_defaults(func=cmd_materialize)
     s = sub.add_parser("sources", help="list sources, or enable Loghub systems")
     s.add_argument("action", nargs="?", default="list", choices=["list", "enable-loghub"])
@@ -228,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to dagster dev")
     d.set_defaults(func=cmd_dev)
     args = parser.parse_args(argv)
+    # Dagster marks data versions and backfill policies as beta; a CLI user cannot act on that.
+    warnings.filterwarnings("ignore", message=".*currently in beta")
     try:
         return args.func(args)
     except Exception as exc:  # the CLI prints what is wrong instead of a trace for bad input

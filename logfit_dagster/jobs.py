@@ -76,3 +76,6 @@ ALL_JOBS = [
     line_model_job,
     scoring_job,
 ]
+
+# The asset selection of each job, by name (what ``logfit materialize`` checks for staleness).
+JOB_SELECTIONS = {job.name: job.selection for job in ALL_JOBS}

@@ -4,14 +4,15 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
 import pandas as pd
 
 
-def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
+def _materialize(workdir, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ}
     env.pop("DAGSTER_HOME", None)
     result = subprocess.run(
-        [sys.executable, "-m", "logfit_dagster.cli", "materialize"],
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize", *extra],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -19,6 +20,20 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _row(result, source: str) -> list[str]:
+    return next(line for line in result.stdout.splitlines() if line.startswith(source)).split()
+
+
+def _run_count(workdir) -> int:
+    with dg.DagsterInstance.from_config(str(workdir / "data" / "dagster_home")) as instance:
+        return len(instance.get_runs())
+
+
+def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
+    result = _materialize(workdir)
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("source"))
     for column in ("lines", "parse failures", "templates", "sessions", "anomalous sessions"):
@@ -36,6 +51,28 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
         scored = pd.read_parquet(data / "assets" / "scored_lines" / f"{source}.parquet")
         assert scored["probability"].between(0, 1).all()
     assert (data / "mlflow" / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+
+    # Nothing changed: nothing runs, nothing is rewritten.
+    outputs = {p: p.stat().st_mtime_ns for p in (data / "assets").rglob("*.parquet")}
+    runs = _run_count(workdir)
+    again = _materialize(workdir)
+    assert (
+        _row(again, "tiny_hdfs")[-1] == "unchanged" and _row(again, "tiny_bgl")[-1] == "unchanged"
+    )
+    assert "up to date, not run: tiny_hdfs, tiny_bgl, line_model_job" in again.stdout
+    assert _run_count(workdir) == runs
+    assert {p: p.stat().st_mtime_ns for p in outputs} == outputs
+
+    # One source grows: its lineage, the line classifier and the scoring run; the other's
+    # ingest and session models stay as they were.
+    registry = workdir / "sources.yaml"
+    registry.write_text(registry.read_text().replace("lines: 800", "lines: 900"))
+    hdfs_splits = data / "assets" / "dataset_splits" / "tiny_hdfs.parquet"
+    grown = _materialize(workdir)
+    assert _row(grown, "tiny_hdfs")[-1] == "unchanged"
+    assert _row(grown, "tiny_bgl")[1] == "900" and _row(grown, "tiny_bgl")[-1] != "unchanged"
+    assert hdfs_splits.stat().st_mtime_ns == outputs[hdfs_splits]
+    assert len(pd.read_parquet(data / "assets" / "scored_lines" / "tiny_bgl.parquet")) == 900
 
 
 def test_logfit_materialize_refuses_unknown_source(workdir):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from logfit_dagster.core.errors import LogInputError, RegistryError
-from logfit_dagster.core.ingest import write_synthetic
+from logfit_dagster.core.ingest import source_fingerprint, write_synthetic
 from logfit_dagster.core.loghub import DEFAULT_LOGHUB_BASE_URL, fetch_loghub_sample
 from logfit_dagster.core.registry import (
     SourceSpec,
@@ -113,6 +114,10 @@ class LogSources(dg.ConfigurableResource):
 
     def synthetic_labels_path(self, name: str) -> Path:
         return self.source_dir(name) / f"{name}.labels.parquet"
+
+    def fingerprint(self, spec: SourceSpec, files: list[Path]) -> str:
+        """The data version of a source's raw lines: its registry entry and its files' bytes."""
+        return source_fingerprint(json.dumps(asdict(spec), sort_keys=True, default=str), files)
 
     def files(self, spec: SourceSpec) -> list[Path]:
         """The files that hold a source's lines, generating or downloading them if needed."""
