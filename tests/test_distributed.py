@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ psutil = pytest.importorskip("psutil")
 
 import dagster as dg  # noqa: E402
 
+from .processes import free_port, stop  # noqa: E402
+
 REDIS = shutil.which("redis-server")
 pytestmark = [
     pytest.mark.slow,
@@ -37,12 +38,6 @@ SOURCES = ("tiny_hdfs", "tiny_bgl", "tiny_hdfs_b")
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,16 +47,6 @@ def _wait_for_port(port: int, timeout: float = 20) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -76,7 +61,7 @@ def celery_cluster(workdir, tmp_path, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    port = _free_port()
+    port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     env = {
@@ -118,7 +103,7 @@ def celery_cluster(workdir, tmp_path, monkeypatch):
         yield env, workers
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
 
 
 def _wait_for_workers(env, broker: str, tmp_path: Path, timeout: float = 60) -> None:
@@ -156,7 +141,7 @@ def test_nightly_lineage_of_three_sources_runs_in_the_celery_workers(celery_clus
             assert proc.wait(timeout=600) == 0, (tmp_path / f"run_{source}.log").read_text()[-4000:]
     finally:
         for proc in launches.values():
-            _stop(proc)
+            stop(proc)
 
     worker_pids = {
         name: {proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}

@@ -22,9 +22,15 @@ def _imported_top_level_modules() -> set[str]:
 
 
 def _declared() -> set[str]:
+    """The dependencies, and the extras that executors import when chosen (not ``dev``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    requirements = list(project["dependencies"])
+    for name, extra in extras.items():
+        if name != "dev":
+            requirements += extra
     names = set()
-    for requirement in project["dependencies"]:
+    for requirement in requirements:
         names.add(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
     return names
 

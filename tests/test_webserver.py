@@ -11,8 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ import dagster as dg
 import pytest
 
 from .conftest import PROJECT_ROOT
+from .processes import free_port, stop
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +37,6 @@ INGEST_ASSETS = [
 ]
 CHROMIUM = "/usr/bin/chromium"
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -111,7 +104,7 @@ def server(tmp_path_factory):
     }
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("log_source", [*GOOD, "broken"])
-    port = _free_port()
+    port = free_port()
     log = open(root / "dagster_dev.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-w", str(root / "workspace.yaml")]
@@ -127,13 +120,7 @@ def server(tmp_path_factory):
         _wait_until_served(served, proc, root / "dagster_dev.log")
         yield served
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
         log.close()
 
 

@@ -52,6 +52,8 @@ class LabelConfig(dg.Config):
     kinds={"parquet"},
     pool=LLM_API_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    # API-bound: a backfill is one run per source, so one source's failure stops only itself.
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
     check_specs=[
         dg.AssetCheckSpec(
             "label_coverage",
