@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import ROOT, write_results  # noqa: E402
@@ -62,7 +64,7 @@ def main() -> None:
                 for i in range(NOOP_REPEATS):
                     noop = materialize(workdir)
                     rows.append({"run": f"no-op re-run {i + 1}", **noop})
-    sources = sum(1 for line in (ROOT / "sources.yaml").read_text().splitlines() if "name:" in line)
+    sources = len(yaml.safe_load((ROOT / "sources.yaml").read_text())["sources"])
     table = ["| run | wall s | command total s | not run |", "|---|---|---|---|"]
     for row in rows:
         table.append(

@@ -5,6 +5,7 @@ import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
@@ -13,21 +14,17 @@ import pyarrow as pa
 from pydantic import Field
 
 from logfit_dagster.assets._common import preview, training_op_tags
-from logfit_dagster.core import plots
 from logfit_dagster.core.errors import TrainingDataError
-from logfit_dagster.core.line_model import (
-    LineScorer,
-    export_model,
-    fit,
-    parameter_grid,
-    select_model,
-    training_rows,
-)
 from logfit_dagster.core.reading import atomic_path
-from logfit_dagster.core.session_model import train_session_models
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
 from logfit_dagster.resources.tracking import ExperimentTracker
+
+if TYPE_CHECKING:
+    from logfit_dagster.core.line_model import LineScorer
+
+# scikit-learn and matplotlib are imported in the steps that train, score and plot: every step
+# process of a multiprocess run imports the code location, and they take a second to import.
 
 LINE_MODEL_NAME = "logfit-look-skip"
 TRAINING_POOL = "training"
@@ -116,6 +113,16 @@ def look_skip_model(
 ):
     """TF-IDF (word 1-3, char 3-6) + 17 handcrafted features, logistic regression; selected by
     GroupKFold over sources, exported to JSON, tracked and registered in MLflow."""
+    from logfit_dagster.core import plots
+    from logfit_dagster.core.line_model import (
+        LineScorer,
+        export_model,
+        fit,
+        parameter_grid,
+        select_model,
+        training_rows,
+    )
+
     started = time.perf_counter()
     try:
         rows = training_rows(labeled_lines)
@@ -264,6 +271,8 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
     One partition gives one frame; a single-run backfill gives ``raw_logs`` and returns a dict
     of frames by source, and the champion is loaded once for all of them.
     """
+    from logfit_dagster.core.line_model import LineScorer
+
     keys = list(context.partition_keys)
     tables = raw_logs if isinstance(raw_logs, dict) else {keys[0]: raw_logs}
     missing = [key for key in keys if key not in tables]
@@ -312,7 +321,7 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
     return frames
 
 
-def _score_lines(scorer: LineScorer, raw_logs: pa.Table) -> pd.DataFrame:
+def _score_lines(scorer: "LineScorer", raw_logs: pa.Table) -> pd.DataFrame:
     probability = scorer.score_lines(raw_logs.column("raw"))
     return pd.DataFrame(
         {
@@ -378,6 +387,9 @@ def session_model(
 ):
     """Event-count vectors per session; logistic regression and a decision tree (IsolationForest
     without labels), trained on train, threshold chosen on dev, scored on test."""
+    from logfit_dagster.core import plots
+    from logfit_dagster.core.session_model import train_session_models
+
     source = context.partition_key
     try:
         training = train_session_models(

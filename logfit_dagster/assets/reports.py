@@ -5,8 +5,6 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from logfit_dagster.core import plots
-from logfit_dagster.core.session_model import metrics as session_metrics
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
 from logfit_dagster.resources.tracking import ExperimentTracker
@@ -44,6 +42,10 @@ def metrics_report(
 ) -> pd.DataFrame:
     """Accuracy, precision, recall, F1 of the anomalous class, confusion matrices and PR curves
     of every session model on the test split, with the registry's champion beside them."""
+    # Imported by the step, like the models' libraries (see assets/models.py).
+    from logfit_dagster.core import plots
+    from logfit_dagster.core.session_model import metrics as session_metrics
+
     source = context.partition_key
     labelled = (
         session_model[session_model["label"].notna()] if len(session_model) else session_model

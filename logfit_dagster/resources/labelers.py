@@ -15,11 +15,9 @@ import dagster as dg
 from pydantic import Field
 
 from logfit_dagster.core.errors import LabelerError
-from logfit_dagster.core.labeling.anthropic_batch import AnthropicBatchLabeler
 from logfit_dagster.core.labeling.base import Labeler
 from logfit_dagster.core.labeling.cache import LabelCache
 from logfit_dagster.core.labeling.offline import RecordedLabeler, RuleLabeler
-from logfit_dagster.core.labeling.openai_chat import OpenAILabeler
 from logfit_dagster.paths import data_dir
 
 
@@ -101,6 +99,10 @@ class AnthropicLabelerResource(LabelerResource):
         return [self.api_key] if self.api_key else []
 
     def build(self, model: str = "") -> Labeler:
+        # The SDKs are imported by the step that labels: every step process of a multiprocess
+        # run imports the code location, and the SDKs alone take over a second to import.
+        from logfit_dagster.core.labeling.anthropic_batch import AnthropicBatchLabeler
+
         return AnthropicBatchLabeler(
             api_key=self.api_key or "",
             model=model or self.model,
@@ -133,6 +135,8 @@ class OpenAILabelerResource(LabelerResource):
         return [self.api_key] if self.api_key else []
 
     def build(self, model: str = "") -> Labeler:
+        from logfit_dagster.core.labeling.openai_chat import OpenAILabeler  # see above
+
         return OpenAILabeler(
             api_key=self.api_key or "",
             model=model or self.model,
