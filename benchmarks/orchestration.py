@@ -28,9 +28,10 @@ from benchmarks._common import ROOT, write_results  # noqa: E402
 NOOP_REPEATS = 3
 
 
-def materialize(workdir: Path, *extra: str) -> dict:
+def materialize(workdir: Path, *extra: str, start_method: str = "forkserver") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "LOGFIT_"))}
     env["LOGFIT_LABELER"] = "rule"
+    env["LOGFIT_START_METHOD"] = start_method
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "logfit_dagster.cli", "materialize", *extra],
@@ -54,12 +55,17 @@ def materialize(workdir: Path, *extra: str) -> dict:
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for executor in ("in_process", "multiprocess"):
-            workdir = Path(tmp) / executor
+        variants = [
+            ("in_process", "forkserver", "in-process"),
+            ("multiprocess", "forkserver", "multiprocess (forkserver, code preloaded; default)"),
+            ("multiprocess", "spawn", "multiprocess (spawn: a fresh interpreter per step)"),
+        ]
+        for executor, start_method, label in variants:
+            workdir = Path(tmp) / f"{executor}-{start_method}"
             workdir.mkdir()
             shutil.copy(ROOT / "sources.yaml", workdir / "sources.yaml")
-            full = materialize(workdir, "--executor", executor)
-            rows.append({"run": f"full lineage, {executor}", **full})
+            full = materialize(workdir, "--executor", executor, start_method=start_method)
+            rows.append({"run": f"full lineage, {label}", **full})
             if executor == "in_process":
                 for i in range(NOOP_REPEATS):
                     noop = materialize(workdir)

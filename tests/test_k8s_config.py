@@ -143,5 +143,8 @@ def test_unknown_or_incomplete_executor_settings_fail_clearly():
         executor_from_env({"LOGFIT_EXECUTOR": "celery"})
     with pytest.raises(ExecutorConfigError, match="LOGFIT_MAX_CONCURRENT_STEPS='lots'"):
         executor_from_env({"LOGFIT_MAX_CONCURRENT_STEPS": "lots"})
+    with pytest.raises(ExecutorConfigError, match="LOGFIT_START_METHOD='fork' is not one of"):
+        executor_from_env({"LOGFIT_START_METHOD": "fork"})
     assert executor_from_env({}).name == "multiprocess"
+    assert executor_from_env({"LOGFIT_START_METHOD": "spawn"}).name == "multiprocess"
     assert executor_from_env({"LOGFIT_EXECUTOR": "in_process"}).name == "in_process"
