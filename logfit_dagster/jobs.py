@@ -40,6 +40,13 @@ source_models_job = dg.define_asset_job(
     description="Session classifiers of one source, their champion and the metrics report.",
 )
 
+reports_job = dg.define_asset_job(
+    "reports_job",
+    selection=dg.AssetSelection.assets("metrics_report"),
+    partitions_def=log_source_partitions,
+    description="The metrics report of one source from its stored session models.",
+)
+
 source_lineage_job = dg.define_asset_job(
     "source_lineage_job",
     selection=ingest_selection | labels_selection | source_models_selection,
@@ -72,6 +79,7 @@ ALL_JOBS = [
     labels_job,
     nightly_job,
     source_models_job,
+    reports_job,
     source_lineage_job,
     line_model_job,
     scoring_job,

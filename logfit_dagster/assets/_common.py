@@ -63,3 +63,19 @@ def training_op_tags(gpus: int | None = None) -> dict:
     if pod_spec:
         config["pod_spec_config"] = pod_spec
     return {"dagster-k8s/config": config}
+
+
+def on_new_data() -> dg.AutomationCondition:
+    """``eager()``, except that an upstream materialization whose data version did not change
+    (a nightly re-read of unchanged files) requests nothing: the asset waits for new data.
+
+    Requested when it is newly missing, or when a dependency's data version changed (or the
+    dependency will be requested in the same tick), and none is missing or in progress.
+    """
+    return dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_match(
+            dg.AutomationCondition.data_version_changed()
+            | dg.AutomationCondition.will_be_requested()
+        ).with_label("any_deps_data_changed"),
+    ).with_label("on_new_data")

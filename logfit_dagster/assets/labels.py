@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from logfit_dagster.assets._common import preview
+from logfit_dagster.assets._common import on_new_data, preview
 from logfit_dagster.core.errors import LogfitError
 from logfit_dagster.core.labeling.base import label_source
 from logfit_dagster.core.labeling.prompt import (
@@ -156,7 +156,7 @@ class QualityConfig(dg.Config):
     group_name="labels",
     code_version="1",
     kinds={"parquet"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     check_specs=[
         dg.AssetCheckSpec(
             "look_agrees_with_ground_truth",
@@ -225,7 +225,7 @@ def label_quality(
     group_name="labels",
     code_version="1",
     kinds={"parquet"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     ins={"llm_labels": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     check_specs=[
         dg.AssetCheckSpec(

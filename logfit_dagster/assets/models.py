@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from logfit_dagster.assets._common import preview, training_op_tags
+from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
 from logfit_dagster.core.errors import TrainingDataError
 from logfit_dagster.core.reading import atomic_path
 from logfit_dagster.partitions import log_source_partitions
@@ -91,7 +91,7 @@ class LineModelConfig(dg.Config):
 @dg.asset(
     group_name="models",
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
@@ -257,7 +257,7 @@ def look_skip_champion(
     partitions_def=log_source_partitions,
     group_name="models",
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     kinds={"parquet"},
     deps=["look_skip_champion"],
     ins={"raw_logs": dg.AssetIn(dagster_type=dg.Any, metadata={"format": "arrow"})},
@@ -365,7 +365,7 @@ class SessionModelConfig(dg.Config):
     partitions_def=log_source_partitions,
     group_name="models",
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),

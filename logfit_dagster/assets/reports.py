@@ -5,6 +5,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from logfit_dagster.assets._common import on_new_data
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
 from logfit_dagster.resources.tracking import ExperimentTracker
@@ -34,7 +35,7 @@ REPORT_COLUMNS = [
     partitions_def=log_source_partitions,
     group_name="reports",
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     kinds={"parquet", "matplotlib"},
 )
 def metrics_report(
@@ -105,7 +106,7 @@ def metrics_report(
 @dg.asset(
     group_name="reports",
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=on_new_data(),
     kinds={"parquet"},
     ins={
         "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
