@@ -1,7 +1,7 @@
 """The Celery executor for real: a Redis broker and two dagster-celery workers on 127.0.0.1.
 
-Three log sources run their nightly lineage (ingest and labels) at once, each as a run of its
-own launched the way an operator would (``dagster job execute`` with ``LOGFIT_EXECUTOR=celery``);
+Three log sources run their whole lineage (ingest, labels, session models and their MLflow
+runs, reports) at once, each as a run of its own launched the way an operator would (``dagster job execute`` with ``LOGFIT_EXECUTOR=celery``);
 every step must have run inside one of the two worker processes, and both workers must have
 taken work.
 """
@@ -123,12 +123,12 @@ def _wait_for_workers(env, broker: str, tmp_path: Path, timeout: float = 60) -> 
     raise TimeoutError(f"the celery workers did not answer within {timeout}s:\n{logs}")
 
 
-def test_nightly_lineage_of_three_sources_runs_in_the_celery_workers(celery_cluster, tmp_path):
+def test_source_lineage_of_three_sources_runs_in_the_celery_workers(celery_cluster, tmp_path):
     env, workers = celery_cluster
     launches = {
         source: subprocess.Popen(
             [str(BIN / "dagster"), "job", "execute", "-m", "logfit_dagster.definitions"]
-            + ["-j", "nightly_job", "--tags", json.dumps({"dagster/partition": source})],
+            + ["-j", "source_lineage_job", "--tags", json.dumps({"dagster/partition": source})],
             env=env,
             stdout=open(tmp_path / f"run_{source}.log", "w"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
@@ -160,7 +160,12 @@ def test_nightly_lineage_of_three_sources_runs_in_the_celery_workers(celery_clus
                 for e in instance.all_logs(run.run_id)
                 if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"
             ]
-            assert {s.step_key for s in starts} >= {"raw_logs", "dataset_splits", "llm_labels"}
+            assert {s.step_key for s in starts} >= {
+                "raw_logs",
+                "llm_labels",
+                "session_model",
+                "metrics_report",
+            }
             for start in starts:
                 owner = [n for n, pids in worker_pids.items() if start.pid in pids]
                 assert owner, f"{start.step_key} ran in pid {start.pid}, not in a worker"
