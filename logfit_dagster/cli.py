@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         "--executor",
         choices=["in_process", "multiprocess"],
         default="in_process",
-        help="run each job's steps in this process (default) or one process per step",
+        help="in_process (default): every step in this process; multiprocess: each run out of "
+        "process with the code location's executor (LOGFIT_EXECUTOR, one process per step "
+        "unless set otherwise)",
     )
     m.add_argument(
         "--force", action="store_true", help="recompute every asset, even the up-to-date ones"

@@ -55,29 +55,24 @@ class Freshness:
     def _partitioned(self, key: dg.AssetKey) -> bool:
         return self._graph.get(key).partitions_def is not None
 
-    def recorded_version(self, key: dg.AssetKey, partition: str | None) -> str | None:
-        """The data version of the latest materialization of ``key`` (and ``partition``)."""
+    def _latest(self, key: dg.AssetKey, partition: str | None):
+        """The latest materialization of ``key`` (and ``partition``), or None."""
         records = self._instance.fetch_materializations(
             dg.AssetRecordsFilter(
                 asset_key=key, asset_partitions=[partition] if partition else None
             ),
             limit=1,
         ).records
-        if not records:
-            return None
-        materialization = records[0].asset_materialization
+        return records[0].asset_materialization if records else None
+
+    def recorded_version(self, key: dg.AssetKey, partition: str | None) -> str | None:
+        """The data version of the latest materialization of ``key`` (and ``partition``)."""
+        materialization = self._latest(key, partition)
         return (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization else None
 
     def latest_metadata(self, key: dg.AssetKey, partition: str | None) -> dict:
         """The metadata of the latest materialization of ``key`` (and ``partition``), as values."""
-        records = self._instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=key, asset_partitions=[partition] if partition else None
-            ),
-            limit=1,
-        ).records
-        if not records or records[0].asset_materialization is None:
+        materialization = self._latest(key, partition)
+        if materialization is None:
             return {}
-        return {
-            k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()
-        }
+        return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}

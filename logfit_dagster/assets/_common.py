@@ -72,10 +72,14 @@ def on_new_data() -> dg.AutomationCondition:
     Requested when it is newly missing, or when a dependency's data version changed (or the
     dependency will be requested in the same tick), and none is missing or in progress.
     """
-    return dg.AutomationCondition.eager().replace(
-        "any_deps_updated",
-        dg.AutomationCondition.any_deps_match(
-            dg.AutomationCondition.data_version_changed()
-            | dg.AutomationCondition.will_be_requested()
-        ).with_label("any_deps_data_changed"),
-    ).with_label("on_new_data")
+    return (
+        dg.AutomationCondition.eager()
+        .replace(
+            "any_deps_updated",
+            dg.AutomationCondition.any_deps_match(
+                dg.AutomationCondition.data_version_changed()
+                | dg.AutomationCondition.will_be_requested()
+            ).with_label("any_deps_data_changed"),
+        )
+        .with_label("on_new_data")
+    )
