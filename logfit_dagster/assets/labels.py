@@ -52,8 +52,9 @@ class LabelConfig(dg.Config):
     kinds={"parquet"},
     pool=LLM_API_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-    # API-bound: a backfill is one run per source, so one source's failure stops only itself.
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    # API-bound: no backfill policy, so a backfill is Dagster's default of one run per source
+    # and one source's failure stops only itself. (An explicit multi_run(1) would mean the same,
+    # but jobs that mix it with the ingest assets' default warn on every load.)
     check_specs=[
         dg.AssetCheckSpec(
             "label_coverage",
