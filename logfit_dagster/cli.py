@@ -39,6 +39,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     home = _ensure_dagster_home()
     import dagster as dg
 
+    from logfit_dagster.assets.models import line_champion_path
     from logfit_dagster.definitions import defs
     from logfit_dagster.freshness import Freshness
     from logfit_dagster.jobs import JOB_SELECTIONS
@@ -102,11 +103,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             continue
         succeeded.append(name)
         rows.append(_summary_row(name, meta, time.perf_counter() - t0, name in skipped))
-    line_model = {}
+    line_model, transformer = {}, {}
     if args.job == "source_lineage_job" and succeeded:
         ok, line_model = run("line_model_job", None, "line_model_job")
+        transformer = line_model.get("line_transformer_model", {})
         line_model = line_model.get("look_skip_model", {})
-        if ok and data_dir().joinpath("models", "look_skip_champion.json").exists():
+        if ok and line_champion_path().exists():
             for name in succeeded:
                 run("scoring_job", name, f"{name} scoring")
     _print_table(rows)
@@ -119,6 +121,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             f"look_skip_model: leave-sources-out LOOK F1 {line_model.get('cv_f1', float('nan')):.3f} "
             f"over {line_model.get('sources')} sources; champion model: "
             f"{data_dir() / 'models' / 'look_skip_champion.json'} (logfit classify FILE)"
+        )
+    if transformer.get("skipped"):
+        print(f"line_transformer_model: not trained: {transformer['skipped']}")
+    elif transformer:
+        print(
+            f"line_transformer_model: held-out LOOK F1 {transformer.get('test_cascade_f1', float('nan')):.3f} "
+            f"(cascade) vs {transformer.get('test_tfidf_f1', float('nan')):.3f} (TF-IDF alone) on "
+            f"{', '.join(transformer.get('sources', {}).get('test', []))}; "
+            f"{transformer.get('train_seconds', float('nan')):.0f} s on {transformer.get('device')}; "
+            f"line champion: {line_champion_path()}"
         )
     if skipped:
         print(f"up to date, not run: {', '.join(skipped)} (--force recomputes)")
@@ -250,18 +262,19 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    """Score a log file with the champion (or a given) LOOK/SKIP model."""
+    """Score a log file with the line champion (or a given model), whichever family it is."""
+    from logfit_dagster.assets.models import line_champion_path
     from logfit_dagster.core.classify import classify_file
-    from logfit_dagster.core.line_model import LineScorer
+    from logfit_dagster.core.models.base import load_line_scorer
 
-    model = Path(args.model) if args.model else data_dir() / "models" / "look_skip_champion.json"
+    model = Path(args.model) if args.model else line_champion_path()
     if not args.model and not model.exists():
         print(
             f"logfit: no champion model at {model}: materialize look_skip_champion, or pass --model",
             file=sys.stderr,
         )
         return 2
-    scorer = LineScorer.load(model)
+    scorer = load_line_scorer(model)
     stats = classify_file(
         Path(args.file),
         scorer,

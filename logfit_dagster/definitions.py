@@ -1,5 +1,6 @@
 """The one Definitions object of logfit: assets, checks, resources, jobs and sensors."""
 
+import importlib
 import os
 
 import dagster as dg
@@ -11,16 +12,27 @@ from logfit_dagster.resources.labelers import default_labeler
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
 from logfit_dagster.resources.tracking import ExperimentTracker
+from logfit_dagster.resources.trainer import default_trainer
 from logfit_dagster.schedules import nightly_ingest_and_label, weekly_retrain_and_report
 from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, datasets, labels, models, reports]),
+    assets=dg.load_assets_from_modules(
+        [
+            ingest,
+            datasets,
+            labels,
+            models,
+            *(importlib.import_module(name) for name in models.TRAINER_FAMILIES),
+            reports,
+        ]
+    ),
     resources={
         "io_manager": ParquetIOManager(),
         "sources": LogSources(),
         "labeler": default_labeler(),
         "tracker": ExperimentTracker(),
+        "trainer": default_trainer(),
     },
     jobs=ALL_JOBS,
     executor=executor_from_env(),

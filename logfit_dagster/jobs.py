@@ -15,7 +15,12 @@ source_models_selection = dg.AssetSelection.assets(
     "session_model", "session_champion", "metrics_report"
 )
 line_model_selection = dg.AssetSelection.assets(
-    "labeled_lines", "look_skip_model", "look_skip_champion", "metrics_overview"
+    "labeled_lines",
+    "look_skip_model",
+    "look_skip_champion",
+    "line_transformer_model",
+    "line_transformer_champion",
+    "metrics_overview",
 )
 scoring_selection = dg.AssetSelection.assets("scored_lines")
 
@@ -64,7 +69,7 @@ nightly_job = dg.define_asset_job(
 line_model_job = dg.define_asset_job(
     "line_model_job",
     selection=line_model_selection,
-    description="The LOOK/SKIP classifier trained on every source's labels, gated to champion.",
+    description="The LOOK/SKIP classifiers (TF-IDF, and the transformer cascade) trained on every source's labels, gated to champion.",
 )
 
 scoring_job = dg.define_asset_job(

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 
 from logfit_dagster.assets._common import on_new_data
+from logfit_dagster.assets.models import session_model_name
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
 from logfit_dagster.resources.tracking import ExperimentTracker
-
-from .models import session_model_name
 
 REPORT_COLUMNS = [
     "source",
@@ -43,7 +42,7 @@ def metrics_report(
 ) -> pd.DataFrame:
     """Accuracy, precision, recall, F1 of the anomalous class, confusion matrices and PR curves
     of every session model on the test split, with the registry's champion beside them."""
-    # Imported by the step, like the models' libraries (see assets/models.py).
+    # Imported by the step, like the models' libraries (see assets/models/).
     from logfit_dagster.core import plots
     from logfit_dagster.core.session_model import metrics as session_metrics
 
@@ -105,34 +104,78 @@ def metrics_report(
 
 @dg.asset(
     group_name="reports",
-    code_version="1",
+    code_version="2",
     automation_condition=on_new_data(),
     kinds={"parquet"},
     ins={
         "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
+    # read from its latest materialization when there is one: a source set too small for
+    # held-out evaluation trains no transformer, and the overview still shows the rest
+    deps=["line_transformer_model"],
 )
 def metrics_overview(
     context: dg.AssetExecutionContext,
     metrics_report: dict[str, pd.DataFrame],
     look_skip_model: dict[str, pd.DataFrame],
 ) -> pd.DataFrame:
-    """Every source's session models and the line classifier's leave-sources-out scores."""
+    """Every source's session models and every line family's scores on held-out sources."""
     frames = [f for f in metrics_report.values() if len(f)]
     sessions = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
     )
     lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
     lines = lines.rename(columns={"lines": "sessions"})
+    transformer = _transformer_rows(context)
     overview = pd.concat(
-        [sessions.assign(unit="session"), lines.assign(unit="line")], ignore_index=True
+        [sessions.assign(unit="session"), lines.assign(unit="line"), transformer],
+        ignore_index=True,
     )[["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]]
     summary = look_skip_model["summary"].iloc[0]
     context.add_output_metadata(
         {
             "sources_with_session_models": int(sessions["source"].nunique()),
             "line_model_cv_f1": dg.MetadataValue.float(float(summary["cv_f1"])),
+            "line_families": dg.MetadataValue.json(
+                sorted(set(overview.loc[overview["unit"] == "line", "model"]))
+            ),
             "overview": dg.MetadataValue.md(overview.round(4).to_markdown(index=False)),
         }
     )
     return overview
+
+
+def _transformer_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    """The latest line_transformer_model's held-out scores: cascade, transformer alone and the
+    TF-IDF stage (trained on the same sources), per test source."""
+    import json
+    from pathlib import Path
+
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("line_transformer_model"))
+    materialization = event.asset_materialization if event is not None else None
+    folder = materialization.metadata.get("model_folder") if materialization else None
+    path = Path(folder.value) / "evaluation.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return pd.DataFrame(columns=["unit", "source", "model"])
+    names = {
+        "cascade": "cascade: tfidf then transformer (held-out source)",
+        "transformer": "line_transformer alone (held-out source)",
+        "tfidf": "tfidf, same training sources (held-out source)",
+    }
+    rows = []
+    for source, scores in json.loads(path.read_text())["per_source"].items():
+        for key, name in names.items():
+            if key in scores:
+                m = scores[key]
+                rows.append(
+                    {
+                        "unit": "line",
+                        "source": source,
+                        "model": name,
+                        "precision": m["precision"],
+                        "recall": m["recall"],
+                        "f1": m["f1"],
+                        "sessions": m["lines"],
+                    }
+                )
+    return pd.DataFrame(rows)

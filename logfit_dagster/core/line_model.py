@@ -359,6 +359,10 @@ class LineScorer:
                 self._cache[shape] = 1.0 / (1.0 + math.exp(-self._logit(shape, h)))
         return np.fromiter((self._cache[s] for s in shapes), dtype=np.float64, count=len(shapes))
 
+    def score(self, lines: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+        """The model-family contract's name for :meth:`score_lines`."""
+        return self.score_lines(lines)
+
     def score_lines(self, lines: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
         """LOOK probability of every line, each distinct shape scored once."""
         if isinstance(lines, list):

@@ -1,4 +1,4 @@
-"""PNG plots of model quality: precision-recall curves and confusion matrices."""
+"""PNG plots of model quality: precision-recall curves, confusion matrices, loss curves."""
 
 from __future__ import annotations
 
@@ -51,6 +51,30 @@ def confusion(matrix: dict[str, dict[str, int]], title: str) -> Figure:
         axis.set_ylabel("true")
         axis.set_title(name, fontsize=9)
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def loss_curve(steps: list[dict], epochs: list[dict], title: str) -> Figure:
+    """Training loss per step (and its running mean), dev F1 per epoch on a second axis."""
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if steps:
+        x = np.array([s["step"] for s in steps])
+        loss = np.array([s["loss"] for s in steps])
+        axis.plot(x, loss, alpha=0.3, color="tab:blue", label="loss")
+        window = max(1, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        axis.plot(x[window - 1 :], smooth, color="tab:blue", label=f"loss (mean of {window})")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    dev = [e for e in epochs if "dev_f1" in e]
+    if dev:
+        twin = axis.twinx()
+        twin.plot([e["step"] for e in dev], [e["dev_f1"] for e in dev], "o-", color="tab:orange")
+        twin.set_ylabel("dev LOOK F1", color="tab:orange")
+        twin.set_ylim(0, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 

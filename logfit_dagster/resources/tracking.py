@@ -89,21 +89,32 @@ class ExperimentTracker(dg.ConfigurableResource):
         params: dict,
         metrics: dict,
         sk_model=None,
+        artifact_folder: Path | None = None,
         figures: dict | None = None,
         json_artifacts: dict[str, object] | None = None,
+        step_metrics: list[dict] | None = None,
         tags: dict[str, str] | None = None,
     ) -> TrainingRecord:
-        """One MLflow run with params, metrics, figures, JSON artifacts and the registered model."""
+        """One MLflow run with params, metrics, figures, JSON artifacts and the registered model.
+
+        The model is registered in the flavour that fits it: ``sk_model`` through
+        ``mlflow.sklearn``; an ``artifact_folder`` of any family (its manifest names it) through
+        ``mlflow.pyfunc``, whose ``predict`` loads the folder with logfit's own loader (the
+        folder is logged either way). ``step_metrics`` (``{"step": n, name: value, ...}``) become
+        metric histories: loss curves in the MLflow UI.
+        """
         version = None
         with self._session() as mlflow, mlflow.start_run(run_name=run_name, tags=tags or {}) as run:
-            mlflow.log_params({k: str(v) for k, v in params.items()})
+            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             mlflow.log_metrics(
                 {
                     k: float(v)
                     for k, v in metrics.items()
-                    if isinstance(v, int | float) and math.isfinite(v)
+                    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
                 }
             )
+            if step_metrics:
+                _log_histories(mlflow, run.info.run_id, step_metrics)
             for name, figure in (figures or {}).items():
                 mlflow.log_figure(figure, f"plots/{name}.png")
             with tempfile.TemporaryDirectory() as tmp:
@@ -111,9 +122,12 @@ class ExperimentTracker(dg.ConfigurableResource):
                     path = Path(tmp) / name
                     path.write_text(json.dumps(payload, indent=1, default=str))
                     mlflow.log_artifact(str(path))
+            info = None
             if sk_model is not None:
                 import mlflow.sklearn
 
+                if artifact_folder is not None:
+                    _log_folder(mlflow, Path(artifact_folder), "artifact")
                 info = mlflow.sklearn.log_model(
                     sk_model,
                     name="model",
@@ -122,9 +136,23 @@ class ExperimentTracker(dg.ConfigurableResource):
                     # the tree node arrays of models we fitted ourselves, checked on save
                     skops_trusted_types=["sklearn.tree._tree.Tree"],
                 )
-                version = (
-                    str(info.registered_model_version) if info.registered_model_version else None
-                )
+            elif artifact_folder is not None:
+                import mlflow.pyfunc
+
+                from logfit_dagster.resources.mlflow_pyfunc import LogfitModel
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    clean = Path(tmp) / "artifact"
+                    _copy_model_files(Path(artifact_folder), clean)
+                    info = mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=LogfitModel(),
+                        artifacts={"artifact": str(clean)},
+                        registered_model_name=model_name,
+                        pip_requirements=["logfit-dagster"],
+                    )
+            if info is not None and info.registered_model_version:
+                version = str(info.registered_model_version)
         return TrainingRecord(run.info.run_id, model_name, version, self.uri())
 
     def champion(self, model_name: str) -> tuple[str, dict] | None:
@@ -141,3 +169,38 @@ class ExperimentTracker(dg.ConfigurableResource):
     def promote(self, model_name: str, version: str) -> None:
         with self._session() as mlflow:
             mlflow.MlflowClient().set_registered_model_alias(model_name, CHAMPION, version)
+
+
+# checkpoints and the best-so-far weights are training state, not the model
+_NOT_MODEL = ("checkpoints", "best", "spec")
+
+
+def _copy_model_files(folder: Path, target: Path) -> None:
+    import shutil
+
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(*_NOT_MODEL))
+
+
+def _log_folder(mlflow, folder: Path, artifact_path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / "model"
+        _copy_model_files(folder, clean)
+        mlflow.log_artifacts(str(clean), artifact_path)
+
+
+def _log_histories(mlflow, run_id: str, step_metrics: list[dict]) -> None:
+    """Per-step metrics in batches (MLflow takes at most 1,000 metrics a call)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(key, float(value), now, int(row["step"]))
+        for row in step_metrics
+        for key, value in row.items()
+        if key != "step" and isinstance(value, int | float) and math.isfinite(value)
+    ]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start : start + 1000])

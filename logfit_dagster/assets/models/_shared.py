@@ -1,0 +1,92 @@
+"""What every model family's assets share: where models live, the gate, champion promotion."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+
+from logfit_dagster.core.models.base import publish
+from logfit_dagster.core.reading import atomic_path
+from logfit_dagster.paths import data_dir
+from logfit_dagster.resources.tracking import ExperimentTracker
+
+TRAINING_POOL = "training"
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def champion_model_path() -> Path:
+    """The TF-IDF champion's portable JSON (one file, no pickle)."""
+    return models_dir() / "look_skip_champion.json"
+
+
+def line_champion_dir() -> Path:
+    """The artifact folder of the line champion, whichever family it is."""
+    return models_dir() / "line_champion"
+
+
+def line_champion_path() -> Path:
+    """What ``scored_lines`` and ``logfit classify`` load: the line champion's folder, else
+    (a data folder from before model families) the TF-IDF champion's JSON."""
+    folder = line_champion_dir()
+    return folder if folder.exists() else champion_model_path()
+
+
+def family_folder(family: str, key: str) -> Path:
+    """Where a family trains: keyed by its data and params, so a retried run resumes there."""
+    return models_dir() / family / key
+
+
+def write_json(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload))
+
+
+def finite(metrics: dict) -> dict:
+    return {
+        k: dg.MetadataValue.float(round(float(v), 4))
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def gate(
+    new_f1: float, champion: tuple[str, dict] | None, metric: str, margin: float
+) -> tuple[bool, dict]:
+    """Passes when there is no champion, or the new F1 is not below the champion's by more
+    than ``margin``."""
+    if champion is None:
+        return True, {"champion_version": "none", "new_f1": dg.MetadataValue.float(new_f1)}
+    version, metrics = champion
+    old = float(metrics.get(metric, float("nan")))
+    passed = not math.isfinite(old) or new_f1 >= old - margin
+    return passed, {
+        "champion_version": version,
+        "champion_f1": dg.MetadataValue.float(old),
+        "new_f1": dg.MetadataValue.float(new_f1),
+        "margin": dg.MetadataValue.float(margin),
+    }
+
+
+def promote_line_model(
+    tracker: ExperimentTracker, model_name: str, version: str, folder: Path
+) -> Path:
+    """Make a trained line model the champion: the registry alias, then its folder published
+    as the line champion (the previous one stays until the copy is whole)."""
+    tracker.promote(model_name, version)
+    return publish(folder, line_champion_dir())
+
+
+def not_trained(check: str, reason: str) -> dg.AssetCheckResult:
+    """The gate's result when a model could not be trained: a warning that says why."""
+    return dg.AssetCheckResult(
+        check_name=check,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"reason": reason},
+    )

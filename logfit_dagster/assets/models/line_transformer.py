@@ -1,0 +1,237 @@
+"""Family ``line_transformer``: a fine-tuned BERT-style encoder behind the TF-IDF model."""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
+from logfit_dagster.assets.models._shared import (
+    TRAINING_POOL,
+    family_folder,
+    finite,
+    not_trained,
+    promote_line_model,
+)
+from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.resources.tracking import ExperimentTracker
+from logfit_dagster.resources.trainer import Trainer
+
+TRANSFORMER_MODEL_NAME = "logfit-line-transformer"
+
+
+class LineTransformerConfig(dg.Config):
+    base_model: str = Field(
+        default="",
+        description="A folder or hub id of a BERT-style encoder; empty: the packaged "
+        "all-MiniLM-L6-v2 (the train extra).",
+    )
+    max_length: int = Field(default=128, description="Word pieces read per line message.")
+    max_epochs: int = Field(default=10, description="At most this many epochs.")
+    patience: int = Field(default=3, description="Epochs without a dev F1 gain before stopping.")
+    learning_rate: float = Field(default=5e-5, description="AdamW peak learning rate.")
+    batch_size: int = Field(default=32, description="Rows per training step.")
+    warmup: float = Field(default=0.1, description="Share of steps of linear warmup.")
+    row_weight: str = Field(
+        default="sqrt",
+        description="How a row's line count weighs in the loss: lines, sqrt, log or none "
+        "(classes are balanced on top).",
+    )
+    checkpoint_every: int = Field(default=200, description="Steps between checkpoints.")
+    cascade_low: float = Field(
+        default=0.05,
+        description="Shapes whose TF-IDF LOOK probability reaches this go to the transformer.",
+    )
+    max_rows: int = Field(default=0, description="Train on a seeded sample of rows (0: all).")
+    seed: int = Field(default=0, description="Seed of initialisation, data order and dropout.")
+    dev_sources: list[str] = Field(
+        default=[], description="Sources that stop training and pick the threshold (empty: auto)."
+    )
+    test_sources: list[str] = Field(
+        default=[], description="Sources scored once, never trained on (empty: auto)."
+    )
+    champion_margin: float = Field(
+        default=0.0,
+        description="The gate blocks a cascade whose held-out F1 is below the TF-IDF model's "
+        "on the same sources by more than this.",
+    )
+
+    def params(self) -> dict:
+        return self.model_dump(exclude={"dev_sources", "test_sources", "champion_margin"})
+
+
+@dg.asset(
+    group_name="models",
+    code_version="1",
+    automation_condition=on_new_data(),
+    kinds={"pytorch", "mlflow"},
+    pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
+    output_required=False,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "cascade_gate",
+            asset="line_transformer_model",
+            blocking=True,
+            description="The cascade's LOOK F1 on held-out sources not below the TF-IDF "
+            "model's on the same sources by more than the margin.",
+        )
+    ],
+)
+def line_transformer_model(
+    context: dg.AssetExecutionContext,
+    config: LineTransformerConfig,
+    labeled_lines: pd.DataFrame,
+    look_skip_model: dict[str, pd.DataFrame],
+    trainer: Trainer,
+    tracker: ExperimentTracker,
+):
+    """A BERT-style encoder fine-tuned on the LOOK/SKIP labels of the train sources, run as a
+    cascade behind a TF-IDF stage, scored on held-out sources against the TF-IDF model alone."""
+    from logfit_dagster.core import plots
+    from logfit_dagster.core.models.line_transformer import prepare_data
+
+    started = time.perf_counter()
+    tfidf_params = json.loads(look_skip_model["summary"].iloc[0]["params"])
+    try:
+        data = prepare_data(
+            labeled_lines[["source", "raw", "label"]],
+            tfidf_params,
+            config.dev_sources or None,
+            config.test_sources or None,
+        )
+    except TrainingDataError as exc:
+        yield from _not_trained(context, exc)
+        return
+    params = config.params()
+    # the same data and params train in the same folder: a retried run resumes there
+    key = hashlib.sha256(
+        json.dumps([data, params], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    folder = family_folder("line_transformer", key)
+    try:
+        result = trainer.train(context, "line_transformer", data, params, folder)
+    except TrainingDataError as exc:
+        yield from _not_trained(context, exc)
+        return
+    manifest, metrics = result.manifest, result.metrics
+    history = json.loads((folder / "history.json").read_text())
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    loss = plots.loss_curve(history["steps"], history["epochs"], "line_transformer training")
+    record = tracker.log_training(
+        run_name="line_transformer_model",
+        model_name=TRANSFORMER_MODEL_NAME,
+        params={**params, **{f"{k}_sources": ",".join(v) for k, v in data["groups"].items()}},
+        metrics=metrics,
+        artifact_folder=folder,
+        figures={"loss_curve": loss},
+        json_artifacts={"evaluation.json": evaluation},
+        step_metrics=[{"step": s["step"], "train_loss": s["loss"]} for s in history["steps"]]
+        + [{"step": e["step"], "dev_f1": e["dev_f1"]} for e in history["epochs"] if "dev_f1" in e],
+        tags={"asset": "line_transformer_model", "family": "line_transformer"},
+    )
+    cascade_f1 = float(metrics["test_cascade_f1"])
+    tfidf_f1 = float(metrics.get("test_tfidf_f1", float("nan")))
+    passed = cascade_f1 >= tfidf_f1 - config.champion_margin
+    per_source = pd.DataFrame(
+        [
+            {
+                "source": source,
+                **{
+                    f"{name}_{k}": scores[name][k]
+                    for name in ("cascade", "transformer", "tfidf")
+                    if name in scores
+                    for k in ("f1", "precision", "recall")
+                },
+                "routed_share": scores["routed_share"],
+                "lines": scores["cascade"]["lines"],
+            }
+            for source, scores in evaluation["per_source"].items()
+        ]
+    )
+    summary = pd.DataFrame(
+        [
+            {
+                "run_id": record.run_id,
+                "model_name": TRANSFORMER_MODEL_NAME,
+                "family": "line_transformer",
+                "version": record.version,
+                "path": str(folder),
+                "test_cascade_f1": cascade_f1,
+                "test_tfidf_f1": tfidf_f1,
+                "test_transformer_f1": float(metrics["test_transformer_f1"]),
+            }
+        ]
+    )
+    yield dg.Output(
+        {"summary": summary, "per_source": per_source},
+        metadata={
+            "sources": dg.MetadataValue.json(data["groups"]),
+            "evaluation": "fixed held-out source groups (transformer cross-validation is too "
+            "costly): test sources are never trained on; dev sources stop training and pick "
+            "the threshold",
+            **finite(metrics),
+            "per_source": preview(per_source.round(4), rows=30),
+            "loss_curve": dg.MetadataValue.md(plots.markdown_image(loss, "loss")),
+            "device": manifest.extra["device"],
+            "precision": manifest.extra["precision"],
+            "stopped": manifest.extra["stopped"],
+            "resumed_from_step": manifest.extra["resumed_from_step"],
+            "base_model": manifest.extra["base_model"],
+            "mlflow_run_id": record.run_id,
+            "registered_version": str(record.version),
+            "model_folder": dg.MetadataValue.path(str(folder)),
+            "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
+        },
+    )
+    plots.close(loss)
+    yield dg.AssetCheckResult(
+        check_name="cascade_gate",
+        passed=passed,
+        metadata={
+            "cascade_f1": dg.MetadataValue.float(cascade_f1),
+            "tfidf_f1": dg.MetadataValue.float(tfidf_f1),
+            "margin": dg.MetadataValue.float(config.champion_margin),
+            "test_sources": ", ".join(data["groups"]["test"]),
+        },
+    )
+
+
+def _not_trained(context: dg.AssetExecutionContext, exc: Exception):
+    """An empty output that says why (the overview and the champion read it), and a warning."""
+    context.log.warning(f"line_transformer_model not trained: {exc}")
+    yield dg.Output(
+        {"summary": pd.DataFrame(), "per_source": pd.DataFrame()},
+        metadata={"skipped": str(exc)},
+    )
+    yield not_trained("cascade_gate", str(exc))
+
+
+@dg.asset(group_name="models", code_version="1", kinds={"mlflow"})
+def line_transformer_champion(
+    context: dg.AssetExecutionContext,
+    line_transformer_model: dict[str, pd.DataFrame],
+    tracker: ExperimentTracker,
+) -> pd.DataFrame:
+    """The cascade that beat the TF-IDF model on held-out sources, made the line champion:
+    the registry's ``champion`` alias and the folder ``scored_lines`` and ``logfit classify``
+    load."""
+    if line_transformer_model["summary"].empty:
+        context.add_output_metadata({"promoted": False, "note": "no transformer was trained"})
+        return line_transformer_model["summary"]
+    summary = line_transformer_model["summary"].iloc[0]
+    published = promote_line_model(
+        tracker, TRANSFORMER_MODEL_NAME, str(summary["version"]), Path(summary["path"])
+    )
+    context.add_output_metadata(
+        {
+            "version": str(summary["version"]),
+            "test_cascade_f1": dg.MetadataValue.float(float(summary["test_cascade_f1"])),
+            "line_champion": dg.MetadataValue.path(str(published)),
+        }
+    )
+    return line_transformer_model["summary"]

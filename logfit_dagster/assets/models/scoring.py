@@ -1,0 +1,103 @@
+"""Every line of a source scored by the line champion, whichever family it is."""
+
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from logfit_dagster.assets._common import on_new_data, preview
+from logfit_dagster.assets.models._shared import line_champion_path
+from logfit_dagster.core.errors import ModelFileError
+from logfit_dagster.partitions import log_source_partitions
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="models",
+    code_version="2",
+    automation_condition=on_new_data(),
+    kinds={"parquet"},
+    deps=["look_skip_champion"],
+    ins={"raw_logs": dg.AssetIn(dagster_type=dg.Any, metadata={"format": "arrow"})},
+    # Scoring is cheap and loading the champion is not free: a backfill over every source is
+    # one run that loads the model once.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def scored_lines(context: dg.AssetExecutionContext, raw_logs):
+    """Every line of a source with the line champion's LOOK probability and label.
+
+    One partition gives one frame; a single-run backfill gives ``raw_logs`` and returns a dict
+    of frames by source, and the champion is loaded once for all of them.
+    """
+    from logfit_dagster.core.models.base import load_line_scorer
+
+    keys = list(context.partition_keys)
+    tables = raw_logs if isinstance(raw_logs, dict) else {keys[0]: raw_logs}
+    missing = [key for key in keys if key not in tables]
+    if missing:
+        raise dg.Failure(
+            f"scored_lines: raw_logs is not materialized for {', '.join(missing)}; "
+            "materialize raw_logs for these sources first"
+        )
+    path = line_champion_path()
+    try:
+        scorer = load_line_scorer(path)
+    except ModelFileError as exc:
+        raise dg.Failure(f"scored_lines: {exc}") from exc
+    started = time.perf_counter()
+    frames = {key: _score_lines(scorer, tables[key]) for key in keys}
+    seconds = time.perf_counter() - started
+    lines = sum(len(f) for f in frames.values())
+    look = {key: frame["label"] == "LOOK" for key, frame in frames.items()}
+    look_lines = sum(int(mask.sum()) for mask in look.values())
+    manifest = getattr(scorer, "manifest", None)
+    metadata = {
+        "lines": lines,
+        "look_lines": look_lines,
+        "look_rate": dg.MetadataValue.float(round(look_lines / lines, 4) if lines else 0.0),
+        "lines_per_second": dg.MetadataValue.float(float(round(lines / max(seconds, 1e-9)))),
+        "model": dg.MetadataValue.path(str(path)),
+        "model_family": manifest.family if manifest is not None else "line_tfidf",
+        "model_cv_f1": dg.MetadataValue.float(
+            float(getattr(scorer, "spec", {}).get("cv", {}).get("f1", float("nan")))
+        ),
+    }
+    if hasattr(scorer, "routed_lines") and scorer.lines_scored:
+        metadata["share_of_lines_to_transformer"] = dg.MetadataValue.float(
+            round(scorer.routed_lines / scorer.lines_scored, 4)
+        )
+    if len(keys) == 1:
+        key = keys[0]
+        frame, raw = frames[key], tables[key].column("raw")
+        metadata["top_look"] = preview(
+            frame[look[key]]
+            .nlargest(8, "probability")
+            .assign(raw=lambda f: [raw[i - 1].as_py() for i in f["line_number"]])
+        )
+        context.add_output_metadata(metadata)
+        return frame
+    metadata["sources"] = preview(
+        pd.DataFrame(
+            {
+                "source": keys,
+                "lines": [len(frames[k]) for k in keys],
+                "look_lines": [int(look[k].sum()) for k in keys],
+            }
+        ),
+        rows=len(keys),
+    )
+    context.add_output_metadata(metadata)
+    return frames
+
+
+def _score_lines(scorer, raw_logs: pa.Table) -> pd.DataFrame:
+    probability = scorer.score_lines(raw_logs.column("raw"))
+    return pd.DataFrame(
+        {
+            "line_number": raw_logs.column("line_number").to_numpy(),
+            "probability": probability,
+            "label": np.where(probability >= scorer.threshold, "LOOK", "SKIP"),
+        }
+    )

@@ -1,0 +1,184 @@
+"""Family ``session_counts``: per-source session classifiers on event-count vectors."""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from logfit_dagster.assets._common import on_new_data, training_op_tags
+from logfit_dagster.assets.models._shared import (
+    TRAINING_POOL,
+    family_folder,
+    finite,
+    gate,
+    not_trained,
+)
+from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.resources.tracking import ExperimentTracker
+
+# What session_model stores: each model's test scores, its threshold, version, and the best.
+SESSION_SCORE_COLUMNS = [
+    "session_id",
+    "label",
+    "score",
+    "predicted",
+    "model",
+    "threshold",
+    "version",
+    "best",
+]
+
+
+def session_model_name(source: str) -> str:
+    return f"logfit-session-{source}"
+
+
+class SessionModelConfig(dg.Config):
+    tfidf: bool = Field(default=False, description="TF-IDF-weight the event-count vectors.")
+    seed: int = Field(default=0, description="Seed of the tree and forest models.")
+    champion_margin: float = Field(
+        default=0.02,
+        description="The gate blocks a model whose test F1 is below the champion's by more than this.",
+    )
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="models",
+    code_version="2",
+    automation_condition=on_new_data(),
+    kinds={"sklearn", "mlflow"},
+    pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "session_champion_gate",
+            asset="session_model",
+            blocking=True,
+            description="The best session model's test F1 not below the champion's by more than the margin.",
+        )
+    ],
+)
+def session_model(
+    context: dg.AssetExecutionContext,
+    config: SessionModelConfig,
+    sessions: pd.DataFrame,
+    dataset_splits: pd.DataFrame,
+    tracker: ExperimentTracker,
+):
+    """Event-count vectors per session; logistic regression and a decision tree (IsolationForest
+    without labels), trained on train, threshold chosen on dev, scored on test."""
+    from logfit_dagster.core import plots
+    from logfit_dagster.core.models.base import train
+    from logfit_dagster.core.models.session_counts import read_training
+
+    source = context.partition_key
+    folder = family_folder("session_counts", f"{source}/{context.run_id}")
+    try:
+        # seconds on a CPU: trained in the step itself, on the same contract as every family
+        train(
+            "session_counts",
+            (sessions, dataset_splits),
+            {"tfidf": config.tfidf, "seed": config.seed},
+            folder,
+        )
+    except TrainingDataError as exc:
+        context.log.warning(f"no session model for {source}: {exc}")
+        yield dg.Output(
+            pd.DataFrame(columns=SESSION_SCORE_COLUMNS),
+            metadata={"skipped": str(exc)},
+        )
+        yield not_trained("session_champion_gate", f"no model trained: {exc}")
+        return
+    training = read_training(folder)
+    name = session_model_name(source)
+    records = {}
+    for result in training.results:
+        figure = (
+            plots.pr_curves(
+                {
+                    result.kind: (
+                        result.test_scores["label"].to_numpy(dtype=float),
+                        result.test_scores["score"].to_numpy(),
+                    )
+                },
+                f"{source} test",
+            )
+            if training.supervised
+            else None
+        )
+        records[result.kind] = tracker.log_training(
+            run_name=f"session_model/{source}/{result.kind}",
+            model_name=name,
+            params={
+                "source": source,
+                "model": result.kind,
+                "tfidf": config.tfidf,
+                "seed": config.seed,
+                "threshold": result.threshold,
+            },
+            metrics={
+                **{f"dev_{k}": v for k, v in result.dev.items()},
+                **{f"test_{k}": v for k, v in result.test.items()},
+            },
+            sk_model=result.pipeline,
+            artifact_folder=folder,
+            figures={"pr_curve": figure} if figure is not None else {},
+            tags={"asset": "session_model", "source": source, "family": "session_counts"},
+        )
+        if figure is not None:
+            plots.close(figure)
+    best = training.best
+    frame = pd.concat([r.test_scores for r in training.results], ignore_index=True)
+    frame["version"] = frame["model"].map(lambda k: records[k].version)
+    frame["best"] = frame["model"] == best.kind
+    table = pd.DataFrame(
+        [
+            {
+                "model": r.kind,
+                "threshold": r.threshold,
+                **{f"test_{k}": v for k, v in r.test.items()},
+            }
+            for r in training.results
+        ]
+    )
+    metadata = {
+        "supervised": training.supervised,
+        "best_model": best.kind,
+        "registered_model": name,
+        "best_version": str(records[best.kind].version),
+        "model_folder": dg.MetadataValue.path(str(folder)),
+        "models": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
+        **{f"test_{k}": v for k, v in finite(best.test).items()},
+    }
+    if training.note:
+        metadata["note"] = training.note
+    yield dg.Output(frame, metadata=metadata)
+    if training.supervised:
+        passed, gate_metadata = gate(
+            best.test["f1"], tracker.champion(name), "test_f1", config.champion_margin
+        )
+        yield dg.AssetCheckResult(
+            check_name="session_champion_gate", passed=passed, metadata=gate_metadata
+        )
+    else:
+        yield not_trained(
+            "session_champion_gate", "no labels: an unsupervised model is never made champion"
+        )
+
+
+@dg.asset(
+    partitions_def=log_source_partitions, group_name="models", code_version="1", kinds={"mlflow"}
+)
+def session_champion(
+    context: dg.AssetExecutionContext, session_model: pd.DataFrame, tracker: ExperimentTracker
+) -> pd.DataFrame:
+    """The source's best session model made ``champion`` in the registry, once its gate passed."""
+    best = session_model[session_model["best"].astype(bool)]
+    if best.empty or not bool(best["label"].notna().any()):
+        context.add_output_metadata({"promoted": False, "note": "no supervised model to promote"})
+        return pd.DataFrame({"model": [], "version": []})
+    kind, version = str(best["model"].iloc[0]), str(best["version"].iloc[0])
+    tracker.promote(session_model_name(context.partition_key), version)
+    context.add_output_metadata({"promoted": True, "model": kind, "version": version})
+    return pd.DataFrame({"model": [kind], "version": [version]})

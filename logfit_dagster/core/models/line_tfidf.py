@@ -1,0 +1,132 @@
+"""Family ``line_tfidf``: the TF-IDF LOOK/SKIP line classifier on the model-family contract.
+
+The model itself (features, grid search by GroupKFold over sources, JSON export, the numpy
+:class:`LineScorer`) lives in :mod:`logfit_dagster.core.line_model`; this module trains it into
+an artifact folder:
+
+- ``model.json``: the portable export (no pickle), what :class:`LineScorer` loads;
+- ``grid.json``, ``per_source.json``: the grid's CV scores and the best params' per-source scores;
+- ``out_of_fold.parquet``: each training row's out-of-fold probability (for PR curves).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from logfit_dagster.core.line_features import FEATURE_VERSION
+from logfit_dagster.core.line_model import (
+    LineModelParams,
+    LineScorer,
+    export_model,
+    fit,
+    parameter_grid,
+    select_model,
+    training_rows,
+)
+from logfit_dagster.core.models.base import Manifest, Progress, TrainResult, write_manifest
+
+FAMILY = "line_tfidf"
+FORMAT_VERSION = 1
+PARITY_TOLERANCE = 1e-6
+MODEL_FILE = "model.json"
+
+
+class ParityError(RuntimeError):
+    """The exported scorer does not reproduce the fitted model."""
+
+
+def feature_version(manifest: Manifest) -> str:
+    return FEATURE_VERSION
+
+
+def grid_from_params(params: dict) -> list[LineModelParams]:
+    """The grid of a params dict whose values are lists (``class_weight`` 'none' is None)."""
+    return parameter_grid(
+        list(params.get("C", [1.0, 4.0])),
+        [None if w in (None, "none") else w for w in params.get("class_weight", ["balanced"])],
+        list(params.get("char_max_features", [100_000])),
+        list(params.get("word_max_features", [50_000])),
+    )
+
+
+def train(
+    lines: pd.DataFrame, params: dict, folder: Path, progress: Progress | None = None
+) -> TrainResult:
+    """Select by GroupKFold over sources, refit the best on every row, export and check parity.
+
+    Args:
+        lines: labelled lines with ``source``, ``raw`` and ``label`` (LOOK/SKIP).
+        params: grid lists (``C``, ``class_weight``, ``char_max_features``,
+            ``word_max_features``) and ``max_folds``.
+    """
+    progress = progress or (lambda *a, **k: None)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = training_rows(lines)
+    grid = grid_from_params(params)
+    progress(0, 2, stage="selection", grid=len(grid))
+    selection = select_model(rows, grid, int(params.get("max_folds", 5)))
+    progress(1, 2, stage="refit", cv_f1=selection.cv["f1"])
+    model = fit(rows, selection.best)
+    cv = {k: v for k, v in selection.cv.items() if k != "confusion"}
+    sources = sorted(rows["source"].unique())
+    export = export_model(
+        model,
+        {
+            "params": asdict(selection.best),
+            "cv": cv,
+            "sources": sources,
+            "lines": int(rows["weight"].sum()),
+        },
+    )
+    check = rows.sample(min(len(rows), 2000), random_state=0)
+    parity = float(
+        np.abs(
+            LineScorer(export).score_shapes(check["shape"].tolist())
+            - model.predict_proba(check)[:, 1]
+        ).max()
+    )
+    if parity > PARITY_TOLERANCE:
+        raise ParityError(
+            f"exported scorer differs from sklearn by {parity:.2e} (> {PARITY_TOLERANCE})"
+        )
+    (folder / MODEL_FILE).write_text(json.dumps(export))
+    (folder / "grid.json").write_text(json.dumps(selection.grid))
+    per_source = [
+        {"source": s, **{k: v for k, v in m.items() if k != "confusion"}, **m["confusion"]}
+        for s, m in selection.per_source.items()
+    ]
+    (folder / "per_source.json").write_text(json.dumps(per_source))
+    pd.DataFrame(
+        {
+            "source": rows["source"].to_numpy(),
+            "y": rows["y"].to_numpy(),
+            "weight": rows["weight"].to_numpy(),
+            "probability": selection.out_of_fold,
+        }
+    ).to_parquet(folder / "out_of_fold.parquet")
+    manifest = Manifest(
+        family=FAMILY,
+        format_version=FORMAT_VERSION,
+        feature_version=FEATURE_VERSION,
+        params=asdict(selection.best),
+        metrics={f"cv_{k}": v for k, v in cv.items()},
+        data={
+            "sources": sources,
+            "lines": int(rows["weight"].sum()),
+            "distinct_rows": len(rows),
+            "evaluation": f"GroupKFold over sources, {selection.folds} folds",
+        },
+        extra={"folds": selection.folds, "export_parity_max_abs_diff": parity},
+    )
+    progress(2, 2, stage="done", cv_f1=selection.cv["f1"])
+    return TrainResult(folder, write_manifest(folder, manifest))
+
+
+def load(folder: Path, manifest: Manifest) -> LineScorer:
+    return LineScorer.load(Path(folder) / MODEL_FILE)

