@@ -22,8 +22,8 @@ def tiny_bert(folder: Path, layers: int = 2, width: int = 32, seed: int = 0) -> 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789") + list(":;,.<>[]()-_=/'\"")
     vocab = specials + WORDS + chars + [f"##{c}" for c in chars]
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    ids = {token: i for i, token in enumerate(dict.fromkeys(vocab))}
+    tokenizer = BertTokenizerFast(vocab=ids, do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),

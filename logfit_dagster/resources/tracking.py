@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from logfit_dagster.core.models.base import copy_model_files
 from logfit_dagster.paths import data_dir
 
 CHAMPION = "champion"
@@ -143,7 +144,7 @@ class ExperimentTracker(dg.ConfigurableResource):
 
                 with tempfile.TemporaryDirectory() as tmp:
                     clean = Path(tmp) / "artifact"
-                    _copy_model_files(Path(artifact_folder), clean)
+                    copy_model_files(Path(artifact_folder), clean)
                     info = mlflow.pyfunc.log_model(
                         name="model",
                         python_model=LogfitModel(),
@@ -171,20 +172,10 @@ class ExperimentTracker(dg.ConfigurableResource):
             mlflow.MlflowClient().set_registered_model_alias(model_name, CHAMPION, version)
 
 
-# checkpoints and the best-so-far weights are training state, not the model
-_NOT_MODEL = ("checkpoints", "best", "spec")
-
-
-def _copy_model_files(folder: Path, target: Path) -> None:
-    import shutil
-
-    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(*_NOT_MODEL))
-
-
 def _log_folder(mlflow, folder: Path, artifact_path: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "model"
-        _copy_model_files(folder, clean)
+        copy_model_files(folder, clean)
         mlflow.log_artifacts(str(clean), artifact_path)
 
 

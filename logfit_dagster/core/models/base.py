@@ -31,6 +31,9 @@ from pathlib import Path
 from logfit_dagster.core.errors import ModelFileError
 
 MANIFEST = "manifest.json"
+#: subfolders of an artifact folder that hold training state, not the model: checkpoints, the
+#: best weights so far, the spec and data of a training process. Never digested, copied or logged.
+TRAINING_STATE = ("checkpoints", "best", "spec")
 
 #: family name -> module. A family that needs torch is imported only when used.
 FAMILIES = {
@@ -93,14 +96,15 @@ def digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def write_manifest(folder: Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> Manifest:
-    """Record the digest of every file in ``folder`` (but ``skip``ped subfolders) and write
-    ``manifest.json`` last, atomically: a folder without a manifest is not a finished model."""
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Record the digest of every model file in ``folder`` (not :data:`TRAINING_STATE`) and
+    write ``manifest.json`` last, atomically: a folder without a manifest is not a finished
+    model."""
     folder = Path(folder)
     files = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
-        if not path.is_file() or rel == MANIFEST or rel.split("/")[0] in skip:
+        if not path.is_file() or rel == MANIFEST or rel.split("/")[0] in TRAINING_STATE:
             continue
         files[rel] = digest(path)
     manifest.files = files
@@ -207,6 +211,21 @@ def format_progress(step: int, total: int, **metrics) -> str:
     return " ".join(parts)
 
 
+def _training_state(root: Path):
+    """A ``copytree`` ignore function that leaves out the training-state subfolders of root."""
+    root = Path(root).resolve()
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [n for n in names if Path(directory).resolve() == root and n in TRAINING_STATE]
+
+    return ignore
+
+
+def copy_model_files(folder: Path, target: Path) -> None:
+    """Copy an artifact folder's model files (not its training state) to ``target``."""
+    shutil.copytree(folder, target, ignore=_training_state(folder))
+
+
 def publish(folder: Path, target: Path) -> Path:
     """Copy a finished artifact folder to ``target``, replacing what was there only once the
     copy is whole (the previous model stays until then)."""
@@ -216,7 +235,7 @@ def publish(folder: Path, target: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         copy = staging / "model"
-        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copytree(folder, copy, ignore=_training_state(folder))
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old.{time.time_ns()}"

@@ -219,7 +219,7 @@ def source_groups(
     import hashlib
 
     sources = sorted(set(sources))
-    unknown = sorted(set(dev or []) | set(test or []) - set(sources))
+    unknown = sorted((set(dev or []) | set(test or [])) - set(sources))
     if unknown:
         raise TrainingDataError(f"held-out source(s) {unknown} have no labelled lines")
     if len(sources) < 3:
@@ -637,7 +637,7 @@ def _export(
             "export_parity_max_abs_diff": parity,
         },
     )
-    write_manifest(folder, manifest, skip=("checkpoints", "best"))
+    write_manifest(folder, manifest)
     return TrainResult(folder, manifest)
 
 

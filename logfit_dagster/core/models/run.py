@@ -13,6 +13,7 @@ continues where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,11 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m logfit_dagster.core.models.run SPEC.json", file=sys.stderr)
         return 2
-    try:
-        from dagster_pipes import is_dagster_pipes_process, open_dagster_pipes
-    except ImportError:  # a machine with torch but no Dagster: plain progress on stderr
-        is_dagster_pipes_process = None
-    if is_dagster_pipes_process is not None and is_dagster_pipes_process():
+    if os.environ.get("DAGSTER_PIPES_CONTEXT"):  # launched by Dagster Pipes
+        from dagster_pipes import open_dagster_pipes
+
         with open_dagster_pipes() as pipes:
             run_spec(
                 Path(argv[0]),
@@ -120,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 log=pipes.log.info,
             )
         return 0
+    # launched by hand (a machine with torch but no Dagster): plain progress on stderr
     outcome = run_spec(Path(argv[0]))
     print(json.dumps(outcome, default=float))
     return 0
