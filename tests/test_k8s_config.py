@@ -148,3 +148,38 @@ def test_unknown_or_incomplete_executor_settings_fail_clearly():
     assert executor_from_env({}).name == "multiprocess"
     assert executor_from_env({"LOGFIT_START_METHOD": "spawn"}).name == "multiprocess"
     assert executor_from_env({"LOGFIT_EXECUTOR": "in_process"}).name == "in_process"
+
+
+def test_the_trainer_config_builds_a_gpu_training_pod(monkeypatch):
+    from dagster_k8s.pipes import build_pod_body
+
+    from logfit_dagster.resources.trainer import K8sTrainer, default_trainer
+
+    trainer = K8sTrainer(**yaml.safe_load((DEPLOY / "trainer.yaml").read_text()))
+    spec = "/data/models/line_transformer/k/spec/spec.json"
+    pod = build_pod_body(
+        pod_name="logfit-train",
+        image=trainer.image,
+        command=trainer.command_for(spec),
+        env_vars={"LOGFIT_DATA_DIR": trainer.data_path},
+        base_pod_meta=None,
+        base_pod_spec=trainer.pod_spec(),
+    )
+    container = pod.spec.containers[0]
+    assert (container.command or container.args) == [
+        "python",
+        "-m",
+        "logfit_dagster.core.models.run",
+        spec,
+    ]
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert pod.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
+    assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "logfit-data"
+    assert container.volume_mounts[0].mount_path == "/data"
+    monkeypatch.setenv("LOGFIT_TRAINER", "k8s")
+    with pytest.raises(ValueError, match="LOGFIT_TRAINER_IMAGE"):
+        default_trainer()
+    monkeypatch.setenv("LOGFIT_TRAINER", "gpu-cloud")
+    with pytest.raises(ValueError, match="use one of in_process, pipes, k8s"):
+        default_trainer()

@@ -130,6 +130,13 @@ def test_training_exports_a_folder_that_reloads_to_the_same_probabilities(bert, 
     # the words that mark LOOK lines are learnable: the model learned something
     assert manifest.metrics["dev_f1"] > 0.8 and manifest.metrics["test_transformer_f1"] > 0.8
 
+    # training state is gone once the model is written; the same training again is a no-op
+    assert not (tmp_path / "model" / "checkpoints").exists()
+    again = base.train(
+        "line_transformer", _data(), {**PARAMS, "base_model": str(bert)}, tmp_path / "model"
+    )
+    assert again.manifest.created_at == manifest.created_at
+
     scorer = base.load_line_scorer(tmp_path / "model")
     assert isinstance(scorer, TransformerLineScorer) and scorer.tfidf is None
     lines = ["2024-01-01 10:00:00 delta ERROR disk failed timeout 3", "x INFO job done 4"]

@@ -1,5 +1,8 @@
 """The MLflow ``pyfunc`` flavour of a logfit artifact folder: ``mlflow.pyfunc.load_model(uri)``
-gives a model whose ``predict`` scores lines (line families) with logfit's own loader."""
+gives a model whose ``predict`` scores lines (line families) with logfit's own loader.
+
+Logged as code (MLflow's models-from-code), not as a pickled object: this file is the model's
+definition, and the folder is its one artifact."""
 
 from __future__ import annotations
 
@@ -18,3 +21,6 @@ class LogfitModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: list[str], params=None) -> list[float]:
         return np.asarray(self.scorer.score([str(x) for x in model_input])).tolist()
+
+
+mlflow.models.set_model(LogfitModel())

@@ -61,6 +61,8 @@ class ExperimentTracker(dg.ConfigurableResource):
         """
         import mlflow
 
+        # no progress bars of artifact copies in the step's log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         local = not self.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
         uri = self.uri()
         prior_tracking = os.environ.get("MLFLOW_TRACKING_URI")
@@ -140,14 +142,12 @@ class ExperimentTracker(dg.ConfigurableResource):
             elif artifact_folder is not None:
                 import mlflow.pyfunc
 
-                from logfit_dagster.resources.mlflow_pyfunc import LogfitModel
-
                 with tempfile.TemporaryDirectory() as tmp:
                     clean = Path(tmp) / "artifact"
                     copy_model_files(Path(artifact_folder), clean)
                     info = mlflow.pyfunc.log_model(
                         name="model",
-                        python_model=LogfitModel(),
+                        python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
                         artifacts={"artifact": str(clean)},
                         registered_model_name=model_name,
                         pip_requirements=["logfit-dagster"],

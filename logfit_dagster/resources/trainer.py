@@ -150,6 +150,9 @@ class K8sTrainer(Trainer):
             spec["node_selector"] = dict(self.node_selector)
         return spec
 
+    def command_for(self, spec: Path | str) -> list[str]:
+        return ["python", "-m", RUN_MODULE, str(spec)]
+
     def train(self, context, family: str, data, params: dict, folder: Path) -> TrainResult:
         from dagster_k8s import PipesK8sClient
 
@@ -159,7 +162,7 @@ class K8sTrainer(Trainer):
             context=context,
             image=self.image,
             namespace=self.namespace,
-            command=["python", "-m", RUN_MODULE, str(spec)],
+            command=self.command_for(spec),
             env={"LOGFIT_DATA_DIR": self.data_path},
             base_pod_spec=self.pod_spec(),
         )

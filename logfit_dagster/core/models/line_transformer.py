@@ -103,6 +103,7 @@ class TransformerParams:
     precision: str = "auto"  # auto: bf16 autocast on GPUs that support it; fp32 elsewhere
     cascade_low: float = 0.05
     max_rows: int = 0  # 0: every distinct row; else a seeded sample (a quick run)
+    text: str = "message"  # what the encoder reads: the line's message, or the whole "line"
 
     @classmethod
     def from_dict(cls, params: dict) -> TransformerParams:
@@ -167,12 +168,23 @@ def row_weights(lines: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(f"row_weight {how!r}: use lines, sqrt, log or none")
 
 
-def distinct_messages(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Distinct ``(message, y)`` pairs of rows (``shape``, ``y``, ``weight`` = lines), with the
+def model_text(shape: str, text: str = "message") -> str:
+    """What the encoder reads of a shape: its message (:func:`message_of`) or the whole line."""
+    if text == "message":
+        return message_of(shape)
+    if text == "line":
+        return shape.strip()
+    raise ValueError(f"text {text!r}: use message or line")
+
+
+def distinct_messages(
+    rows: list[dict], text: str = "message"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct ``(text, y)`` pairs of rows (``shape``, ``y``, ``weight`` = lines), with the
     lines each stands for."""
     merged: dict[tuple[str, int], float] = {}
     for row in rows:
-        key = (message_of(row["shape"]), int(row["y"]))
+        key = (model_text(row["shape"], text), int(row["y"]))
         merged[key] = merged.get(key, 0.0) + float(row.get("weight", 1))
     texts = [k[0] for k in merged]
     return texts, np.array([k[1] for k in merged], dtype=np.int64), np.array(list(merged.values()))
@@ -419,7 +431,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = p.base_model or default_base_model()
-    texts, y, lines = distinct_messages(data["train"])
+    texts, y, lines = distinct_messages(data["train"], p.text)
     if len(set(y.tolist())) < 2:
         raise TrainingDataError("the training sources' lines have one label: nothing to learn")
     if p.max_rows and len(texts) > p.max_rows:
@@ -429,8 +441,12 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     for cls in (0, 1):  # balance the classes: each carries half of the loss
         weight[y == cls] *= 0.5 * weight.sum() / weight[y == cls].sum()
     weight = weight / weight.mean()
-    dev_texts, dev_y, dev_lines = distinct_messages(data.get("dev") or [])
+    dev_texts, dev_y, dev_lines = distinct_messages(data.get("dev") or [], p.text)
 
+    finished = _finished(folder, asdict(p))
+    if finished is not None:  # a retried run whose training had ended: nothing to redo
+        progress(finished.manifest.metrics["steps"], finished.manifest.metrics["steps"])
+        return finished
     torch.manual_seed(p.seed)
     encoder = Encoder.from_folder(base, p.device, p.max_length)
     encoder.precision = p.precision
@@ -592,7 +608,7 @@ def _export(
     }
     if data.get("test"):
         scorer = TransformerLineScorer(
-            encoder, _tfidf_scorer(tfidf), threshold, p.cascade_low, p.eval_batch_size
+            encoder, _tfidf_scorer(tfidf), threshold, p.cascade_low, p.eval_batch_size, p.text
         )
         pooled = evaluate_rows(scorer, data["test"])
         by_source: dict[str, list[dict]] = {}
@@ -638,7 +654,27 @@ def _export(
         },
     )
     write_manifest(folder, manifest)
+    # optimizer state and the best weights so far are training state: gone once the model is
+    for state_dir in ("checkpoints", "best"):
+        shutil.rmtree(folder / state_dir, ignore_errors=True)
     return TrainResult(folder, manifest)
+
+
+def _finished(folder: Path, params: dict) -> TrainResult | None:
+    """The finished model of ``folder`` if it was trained with ``params`` (device aside)."""
+    from logfit_dagster.core.models.base import read_manifest
+
+    if not (folder / "manifest.json").is_file() or _checkpoints(folder):
+        return None
+    try:
+        manifest = read_manifest(folder)
+    except ModelFileError:
+        return None
+    ignore = set(RUNTIME_PARAMS)
+    same = {k: v for k, v in manifest.params.items() if k not in ignore} == {
+        k: v for k, v in params.items() if k not in ignore
+    }
+    return TrainResult(folder, manifest) if same else None
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -666,9 +702,10 @@ class TransformerLineScorer:
         threshold: float = 0.5,
         cascade_low: float = 0.0,
         batch_size: int = 128,
+        text: str = "message",
         manifest: Manifest | None = None,
     ):
-        self.encoder, self.tfidf = encoder, tfidf
+        self.encoder, self.tfidf, self.text = encoder, tfidf, text
         self.threshold, self.cascade_low = float(threshold), float(cascade_low)
         self.batch_size = batch_size
         self.manifest = manifest
@@ -698,6 +735,7 @@ class TransformerLineScorer:
             manifest.extra["threshold"],
             manifest.extra.get("cascade_low", 0.0),
             int(manifest.params.get("eval_batch_size", 128)),
+            manifest.params.get("text", "message"),
             manifest,
         )
 
@@ -722,7 +760,9 @@ class TransformerLineScorer:
         todo = [s for s in dict.fromkeys(np.asarray(shapes, dtype=object)[routed].tolist())]
         todo = [s for s in todo if s not in self._cache]
         if todo:
-            proba = self.encoder.probabilities([message_of(s) for s in todo], self.batch_size)
+            proba = self.encoder.probabilities(
+                [model_text(s, self.text) for s in todo], self.batch_size
+            )
             self._cache.update(zip(todo, proba.tolist(), strict=True))
         for i in np.flatnonzero(routed):
             out[i] = self._cache[shapes[i]]
@@ -759,7 +799,9 @@ def evaluate_rows(scorer: TransformerLineScorer, rows: list[dict]) -> dict:
     w = np.array([float(r.get("weight", 1)) for r in rows])
     cascade = scorer.score_shapes(shapes)
     routed = scorer.route(shapes)
-    encoder_only = scorer.encoder.probabilities([message_of(s) for s in shapes], scorer.batch_size)
+    encoder_only = scorer.encoder.probabilities(
+        [model_text(s, scorer.text) for s in shapes], scorer.batch_size
+    )
     out = {
         "cascade": weighted_f1(y, cascade, w, scorer.threshold),
         "transformer": weighted_f1(y, encoder_only, w, scorer.threshold),
