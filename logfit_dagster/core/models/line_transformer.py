@@ -378,7 +378,8 @@ class Encoder:
             model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)
         finally:
             hf_logging.set_verbosity(verbosity)
-        return cls(model.to(device), tokenizer, device, max_length)
+        # fp32 weights whatever the checkpoint stores (bf16 comes from autocast, on GPUs)
+        return cls(model.float().to(device), tokenizer, device, max_length)
 
     def batch(self, texts: list[str]):
         encoded = self.tokenizer(
