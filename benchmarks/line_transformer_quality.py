@@ -12,6 +12,11 @@ not the rest of logfit's dependencies:
     python benchmarks/line_transformer_quality.py prepare           # CPU: rows, TF-IDF LOSO
     python benchmarks/line_transformer_quality.py train [--device cuda] [--out F] [--variant V]
     python benchmarks/line_transformer_quality.py report [F ...]    # -> results/line_transformer_quality.*
+
+The folds measured on a GPU are kept in ``results/line_transformer_folds/`` (each held-out row's
+probability), so ``report`` reproduces the tables from them:
+
+    python benchmarks/line_transformer_quality.py report benchmarks/results/line_transformer_folds/*.jsonl
     python benchmarks/line_transformer_quality.py speed             # CPU: train and score rates
 
 ``prepare`` writes ``.bench/line_rows.json``; ``train`` needs that file and a base model
@@ -108,8 +113,10 @@ def train_folds(args) -> None:
         "device": args.device,
         "cascade_low": 0.0,
         "seed": 0,
+        "threshold_from_dev": args.threshold_from_dev,
     }
-    for held_out in sources[: args.folds or None]:
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    for held_out in sources[: args.folds or None][shard::shards]:
         if held_out in done:
             continue
         dev = _dev_sources(sources, held_out)
@@ -136,7 +143,7 @@ def train_folds(args) -> None:
         record = {
             "held_out": held_out,
             "dev": dev,
-            "variant": args.variant,
+            "variant": args.variant + ("-dev-threshold" if args.threshold_from_dev else ""),
             "threshold": result.manifest.extra["threshold"],
             "dev_f1": result.metrics["dev_f1"],
             "epochs": result.metrics["epochs_run"],
@@ -221,8 +228,10 @@ def report(paths: list[str]) -> None:
         "# LOOK/SKIP on held-out sources: TF-IDF, the fine-tuned transformer, the cascade\n\n"
         f"{len(rows)} distinct (source, shape, label) rows of {len(by_source)} sources, "
         "leave-one-source-out; F1 of LOOK, pooled over held-out lines (each row weighted by "
-        "its lines). Thresholds: the TF-IDF model's 0.5; the transformer's chosen on two dev "
-        f"sources per fold; cascade band: TF-IDF probability >= {CASCADE_LOW}.\n\n"
+        "its lines). Thresholds: the TF-IDF model's 0.5; the transformer's 0.5 (class-balanced "
+        "training), or in the `-dev-threshold` variants the one with the best F1 on the fold's "
+        f"two dev sources; cascade band: TF-IDF probability >= {CASCADE_LOW}. Folds trained on "
+        "the GPU machine of `line_transformer_folds/gpu_machine.txt`.\n\n"
         + _frame(results)
         + "\n\nTraining runs:\n\n"
         + _frame(runs)
@@ -287,26 +296,40 @@ def speed(args) -> None:
     }
     folder = BENCH / "speed"
     shutil.rmtree(folder, ignore_errors=True)
+    rates = []
     started = time.perf_counter()
-    result = train({"train": sample[:half], "dev": sample[half:]}, params, folder)
+    result = train(
+        {"train": sample[:half], "dev": sample[half:]},
+        params,
+        folder,
+        lambda step, total, **m: rates.append(m["rows_per_s"]) if "rows_per_s" in m else None,
+    )
     seconds = time.perf_counter() - started
     encoder = Encoder.from_folder(folder / "model", args.device, 128, folder / "tokenizer")
+    encoder.precision = "auto"
     texts = [message_of(r["shape"]) for r in rows[: args.rows * 2]]
     t0 = time.perf_counter()
     encoder.probabilities(texts, 128)
     score = time.perf_counter() - t0
-    print(
-        json.dumps(
-            {
+    measured = {
                 "device": result.manifest.extra["device"],
                 "threads": os.cpu_count(),
                 "train_rows": half,
                 "train_seconds_one_epoch_with_export": round(seconds, 1),
-                "train_rows_per_s": round(half / seconds, 1),
+                "train_rows_per_s_in_the_loop": round(rates[-1], 1),
                 "score_rows_per_s": round(len(texts) / score, 1),
-            }
+    }
+    print(json.dumps(measured))
+    if args.device == "cpu":
+        from benchmarks._common import write_results
+
+        write_results(
+            "line_transformer_speed_cpu",
+            measured,
+            "# all-MiniLM-L6-v2 fine-tuning and scoring speed on this machine's CPU\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in measured.items())
+            + "\n",
         )
-    )
 
 
 def main() -> None:
@@ -319,6 +342,8 @@ def main() -> None:
     t.add_argument("--base-model", default="")
     t.add_argument("--out", default=str(BENCH / "folds.jsonl"))
     t.add_argument("--folds", type=int, default=0, help="only the first N held-out sources")
+    t.add_argument("--shard", default="0/1", help="i/n: every n-th held-out source from i")
+    t.add_argument("--threshold-from-dev", action="store_true")
     t.add_argument("--max-epochs", type=int, default=10)
     t.add_argument("--patience", type=int, default=3)
     r = sub.add_parser("report")

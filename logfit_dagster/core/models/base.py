@@ -261,6 +261,23 @@ class Throttle:
             self.progress(step, total, **metrics)
 
 
+def finished_model(folder: Path, params: dict, ignore: tuple[str, ...] = ()) -> TrainResult | None:
+    """The finished model of ``folder`` if it was trained with ``params`` (``ignore``d keys
+    aside) and nothing is left to resume: a retried run returns it instead of training again."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file() or (folder / "checkpoints").exists():
+        return None
+    try:
+        manifest = read_manifest(folder)
+    except ModelFileError:
+        return None
+
+    def kept(values: dict) -> dict:
+        return {k: v for k, v in values.items() if k not in ignore}
+
+    return TrainResult(folder, manifest) if kept(manifest.params) == kept(params) else None
+
+
 def load_line_scorer(path: Path):
     """A line scorer from an artifact folder (any line family) or a TF-IDF JSON export."""
     path = Path(path)

@@ -1,0 +1,288 @@
+"""The training loop every torch family shares: AdamW with warmup then linear or cosine decay,
+early stopping on a dev metric, checkpoints every N steps and resume, progress with an ETA.
+
+A family gives the loop its model, a ``step_loss(indices)`` that returns the loss of a batch of
+training rows, and an ``evaluate()`` that scores the dev data at the end of an epoch. The loop
+owns the rest:
+
+- the data order of epoch ``e`` is a permutation seeded by ``seed + e``, so a resumed run sees
+  the same batches as an uninterrupted one;
+- a checkpoint (``checkpoints/step-N/``: weights as safetensors, optimizer, scheduler and random
+  state, the loop's state last) every ``checkpoint_every`` steps and at every epoch's end; a run
+  started again in the same folder continues from the newest finished checkpoint;
+- the best epoch's weights in ``best/``, loaded back into the model when the loop ends.
+
+Needs only torch, numpy and safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from logfit_dagster.core.models.base import Progress, no_progress
+
+
+@dataclass
+class LoopSpec:
+    rows: int  # training rows; a batch is a list of their indices
+    batch_size: int = 32
+    max_epochs: int = 10
+    patience: int = 3
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: float = 0.1  # share of the steps
+    schedule: str = "linear"  # after warmup: linear or cosine decay to 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    clip_norm: float = 1.0
+    seed: int = 0
+    metric: str = "dev_f1"  # the name of what evaluate() returns, higher is better
+
+
+@dataclass
+class LoopResult:
+    step: int
+    epochs: list[dict]  # per epoch: its step, the dev metric and evaluate()'s extras
+    history: list[dict]  # per step: loss
+    best_epoch: int
+    best_metric: float
+    best_extra: dict
+    stopped: str
+    resumed_from: int
+    extra: dict = field(default_factory=dict)
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto``: cuda, then mps, then cpu."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast(device: str, precision: str = "auto"):
+    """The mixed-precision context of a device and its name: bf16 on GPUs that support it
+    (``auto``), fp32 on CPUs."""
+    import torch
+
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16 and device != "cpu":
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16), "bf16"
+    return contextlib.nullcontext(), "fp32"
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Finished checkpoints of a folder, oldest first."""
+    root = Path(folder) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _weights(model) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    root = folder / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']}"
+    tmp = root / f".tmp-step-{state['step']}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_weights(model), tmp / "model.safetensors")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "optimizer.pt",
+    )
+    # state.json last: a checkpoint without it is unfinished and ignored
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    if extra["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["cuda_rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+def _save_best(model, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    best = folder / "best"
+    best.mkdir(parents=True, exist_ok=True)
+    tmp = best / ".model.safetensors.tmp"
+    save_file(_weights(model), tmp)
+    os.replace(tmp, best / "model.safetensors")
+
+
+def _schedule(spec: LoopSpec, total: int) -> Callable[[int], float]:
+    warmup = max(1, int(spec.warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = (step - warmup) / max(1, total - warmup)
+        if spec.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+        return max(0.0, 1.0 - done)
+
+    return factor
+
+
+def run(
+    model,
+    spec: LoopSpec,
+    step_loss: Callable,
+    evaluate: Callable[[], tuple[float, dict]] | None,
+    folder: Path,
+    progress: Progress | None = None,
+) -> LoopResult:
+    """Train ``model`` in ``folder``, resuming from its newest checkpoint.
+
+    Args:
+        step_loss: ``step_loss(indices) -> loss`` for a batch of training row indices (the loop
+            calls ``backward``).
+        evaluate: ``evaluate() -> (metric, extras)`` on the dev data (higher is better); without
+            it every epoch is the best so far and training runs ``max_epochs``.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    progress = progress or no_progress
+    folder = Path(folder)
+    steps_per_epoch = math.ceil(spec.rows / spec.batch_size)
+    total = steps_per_epoch * spec.max_epochs
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=spec.learning_rate,
+        weight_decay=spec.weight_decay,
+        betas=tuple(spec.betas),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(spec, total))
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "best_metric": -math.inf,
+        "best_epoch": -1,
+        "best_extra": {},
+        "bad_epochs": 0,
+        "history": [],
+        "epochs": [],
+        "stopped": "",
+    }
+    resumed_from = 0
+    existing = checkpoints(folder)
+    if existing:
+        state = _load_checkpoint(existing[-1], model, optimizer, scheduler)
+        resumed_from = state["step"]
+        progress(state["step"], total, resumed_from=resumed_from)
+    started, seen = time.perf_counter(), 0
+    model.train()
+    while not state["stopped"] and state["epoch"] < spec.max_epochs:
+        epoch = state["epoch"]
+        order = np.random.default_rng(spec.seed + epoch).permutation(spec.rows)
+        for b in range(state["step"] - epoch * steps_per_epoch, steps_per_epoch):
+            idx = order[b * spec.batch_size : (b + 1) * spec.batch_size]
+            loss = step_loss(idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            seen += len(idx)
+            rate = seen / max(time.perf_counter() - started, 1e-9)
+            value = float(loss.detach())
+            state["history"].append({"step": state["step"], "epoch": epoch, "loss": value})
+            progress(
+                state["step"],
+                total,
+                epoch=epoch + 1,
+                loss=value,
+                lr=scheduler.get_last_lr()[0],
+                rows_per_s=rate,
+                eta_s=(total - state["step"]) * spec.batch_size / rate,
+            )
+            if state["step"] % spec.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                _save_checkpoint(folder, model, optimizer, scheduler, state, spec.keep_checkpoints)
+        record: dict = {"epoch": epoch + 1, "step": state["step"]}
+        if evaluate is not None:
+            metric, extras = evaluate()
+            model.train()
+            record.update({spec.metric: metric, **extras})
+            if metric > state["best_metric"] + 1e-9:
+                state.update(best_metric=metric, best_epoch=epoch + 1, best_extra=extras)
+                state["bad_epochs"] = 0
+                _save_best(model, folder)
+            else:
+                state["bad_epochs"] += 1
+                if state["bad_epochs"] >= spec.patience:
+                    state["stopped"] = (
+                        f"early stop: no {spec.metric} gain in {spec.patience} epochs"
+                    )
+        else:
+            state.update(best_epoch=epoch + 1)
+            _save_best(model, folder)
+        state["epochs"].append(record)
+        progress(state["step"], total, **{k: v for k, v in record.items() if k != "step"})
+        state["epoch"] += 1
+        _save_checkpoint(folder, model, optimizer, scheduler, state, spec.keep_checkpoints)
+    if not state["stopped"]:
+        state["stopped"] = f"max_epochs ({spec.max_epochs}) reached"
+    model.load_state_dict(load_file(folder / "best" / "model.safetensors"))
+    model.eval()
+    return LoopResult(
+        step=state["step"],
+        epochs=state["epochs"],
+        history=state["history"],
+        best_epoch=state["best_epoch"],
+        best_metric=state["best_metric"],
+        best_extra=state["best_extra"],
+        stopped=state["stopped"],
+        resumed_from=resumed_from,
+    )
+
+
+def clear_training_state(folder: Path) -> None:
+    """Checkpoints and best weights go once the model is written."""
+    for name in ("checkpoints", "best"):
+        shutil.rmtree(Path(folder) / name, ignore_errors=True)
