@@ -138,7 +138,7 @@ def main() -> None:
         started = time.perf_counter()
         sw = row_weight(w, variant["weight"])
         oof = np.zeros(len(rows))
-        for source, test in rows.groupby("source").indices.items():
+        for test in rows.groupby("source").indices.values():
             train = np.setdiff1d(np.arange(len(rows)), test)
             model = pipeline(variant).fit(rows.iloc[train], y[train], clf__sample_weight=sw[train])
             oof[test] = model.predict_proba(rows.iloc[test])[:, 1]

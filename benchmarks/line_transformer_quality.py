@@ -190,7 +190,9 @@ def report(paths: list[str]) -> None:
             transformer[by_source[f["held_out"]]] = f["proba"]
             threshold[by_source[f["held_out"]]] = f["threshold"]
         routed = tfidf >= CASCADE_LOW
-        cascade = routed & (transformer >= threshold)
+        # the scorer's rule (cascade_blend "mean"): in the band, the mean of both stages
+        cascade = np.where(routed, (tfidf + transformer) / 2, tfidf) >= threshold
+        alone = routed & (transformer >= threshold)  # cascade_blend "transformer"
         sub = {s: by_source[s] for s in covered}
         results[f"transformer {variant}"] = _scores(
             y[idx],
@@ -202,6 +204,9 @@ def report(paths: list[str]) -> None:
         )
         results[f"cascade {variant}"] = _scores(
             y[idx], cascade[idx], w[idx], _reindex(sub, idx), per_source, f"cascade {variant}"
+        )
+        results[f"cascade {variant}, transformer alone in the band"] = _scores(
+            y[idx], alone[idx], w[idx], _reindex(sub, idx), {}, "x"
         )
         results[f"cascade {variant}"]["routed_share"] = round(
             float(w[idx][routed[idx]].sum() / w[idx].sum()), 4
@@ -230,7 +235,9 @@ def report(paths: list[str]) -> None:
         "leave-one-source-out; F1 of LOOK, pooled over held-out lines (each row weighted by "
         "its lines). Thresholds: the TF-IDF model's 0.5; the transformer's 0.5 (class-balanced "
         "training), or in the `-dev-threshold` variants the one with the best F1 on the fold's "
-        f"two dev sources; cascade band: TF-IDF probability >= {CASCADE_LOW}. Folds trained on "
+        f"two dev sources; cascade band: TF-IDF probability >= {CASCADE_LOW}, where the cascade's "
+        "probability is the mean of both stages' (the default) or the transformer's alone. "
+        "Folds trained on "
         "the GPU machine of `line_transformer_folds/gpu_machine.txt`.\n\n"
         + _frame(results)
         + "\n\nTraining runs:\n\n"
@@ -312,12 +319,12 @@ def speed(args) -> None:
     encoder.probabilities(texts, 128)
     score = time.perf_counter() - t0
     measured = {
-                "device": result.manifest.extra["device"],
-                "threads": os.cpu_count(),
-                "train_rows": half,
-                "train_seconds_one_epoch_with_export": round(seconds, 1),
-                "train_rows_per_s_in_the_loop": round(rates[-1], 1),
-                "score_rows_per_s": round(len(texts) / score, 1),
+        "device": result.manifest.extra["device"],
+        "threads": os.cpu_count(),
+        "train_rows": half,
+        "train_seconds_one_epoch_with_export": round(seconds, 1),
+        "train_rows_per_s_in_the_loop": round(rates[-1], 1),
+        "score_rows_per_s": round(len(texts) / score, 1),
     }
     print(json.dumps(measured))
     if args.device == "cpu":

@@ -277,3 +277,24 @@ def test_the_packaged_minilm_fine_tunes_briefly(tmp_path):
     assert result.manifest.extra["export_parity_max_abs_diff"] <= 1e-4
     proba = base.load(tmp_path / "minilm").score_lines([r["shape"] for r in data["test"]])
     assert proba.shape == (len(data["test"]),) and ((0 <= proba) & (proba <= 1)).all()
+
+
+def test_the_training_entry_point_needs_only_torch_transformers_and_numpy(bert, tmp_path):
+    """What a bare GPU machine has: the run module trains without Dagster, pandas or sklearn."""
+    spec = write_spec(
+        tmp_path / "spec",
+        "line_transformer",
+        _data(40),
+        {**PARAMS, "base_model": str(bert), "max_epochs": 1},
+        tmp_path / "model",
+    )
+    code = (
+        "import sys\n"
+        "from logfit_dagster.core.models.run import run_spec\n"
+        f"run_spec({str(spec)!r}, log=lambda line: None)\n"
+        "heavy = {'dagster', 'dagster_pipes', 'pandas', 'pyarrow', 'sklearn', 'mlflow'}\n"
+        "sys.exit(','.join(sorted(heavy & set(sys.modules))) or 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert base.read_manifest(tmp_path / "model").family == "line_transformer"

@@ -36,6 +36,11 @@ class LineModelConfig(dg.Config):
     class_weight: list[str] = Field(default=["balanced"], description="'balanced' and/or 'none'.")
     char_max_features: list[int] = Field(default=[100_000], description="Character n-grams kept.")
     word_max_features: list[int] = Field(default=[50_000], description="Word n-grams kept.")
+    row_weight: list[str] = Field(
+        default=["sqrt"],
+        description="Weight of a distinct line shape in the fit: 'lines' (its count), 'sqrt' "
+        "or 'none'. Scores are weighted by lines either way.",
+    )
     max_folds: int = Field(default=5, description="GroupKFold folds (at most one per source).")
     champion_margin: float = Field(
         default=0.02,

@@ -46,6 +46,10 @@ class LineTransformerConfig(dg.Config):
         default=0.05,
         description="Shapes whose TF-IDF LOOK probability reaches this go to the transformer.",
     )
+    cascade_blend: str = Field(
+        default="mean",
+        description="In the band: the mean of both stages' probabilities, or 'transformer' alone.",
+    )
     max_rows: int = Field(default=0, description="Train on a seeded sample of rows (0: all).")
     seed: int = Field(default=0, description="Seed of initialisation, data order and dropout.")
     dev_sources: list[str] = Field(

@@ -51,6 +51,7 @@ def grid_from_params(params: dict) -> list[LineModelParams]:
         [None if w in (None, "none") else w for w in params.get("class_weight", ["balanced"])],
         list(params.get("char_max_features", [100_000])),
         list(params.get("word_max_features", [50_000])),
+        list(params.get("row_weight", ["sqrt"])),
     )
 
 
@@ -62,7 +63,7 @@ def train(
     Args:
         lines: labelled lines with ``source``, ``raw`` and ``label`` (LOOK/SKIP).
         params: grid lists (``C``, ``class_weight``, ``char_max_features``,
-            ``word_max_features``) and ``max_folds``.
+            ``word_max_features``, ``row_weight``) and ``max_folds``.
     """
     progress = progress or (lambda *a, **k: None)
     folder = Path(folder)
