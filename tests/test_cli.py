@@ -6,6 +6,7 @@ import sys
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 
 def _materialize(workdir, *extra: str) -> subprocess.CompletedProcess:
@@ -32,6 +33,7 @@ def _run_count(workdir) -> int:
         return len(instance.get_runs())
 
 
+@pytest.mark.slow
 def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
     result = _materialize(workdir)
     lines = result.stdout.splitlines()

@@ -5,6 +5,7 @@ real MLflow store, promoted to line champion, and used by scored_lines and ``log
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,6 +84,7 @@ def _line_run(instance, bert, margin: float):
     )
 
 
+@pytest.mark.slow
 def test_the_cascade_trains_through_pipes_is_gated_tracked_promoted_and_scores(workdir):
     bert = tiny_bert(workdir / "bert")
     (workdir / "sources.yaml").write_text(
@@ -173,14 +175,22 @@ def _check_tracking_pyfunc_and_classify(workdir, data, champion):
     assert len(history) > 2 and history[-1].step > history[0].step
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
     assert {"plots", "evaluation.json"} <= artifacts
-    # the pyfunc flavour loads the folder with logfit's loader: the champion's probabilities
-    mlflow.set_tracking_uri(uri)
-    try:
-        pyfunc = mlflow.pyfunc.load_model("models:/logfit-line-transformer@champion")
-        lines = ["RAS KERNEL FATAL data storage interrupt", "RAS KERNEL INFO generating core.1"]
-        served = np.asarray(pyfunc.predict(lines))
-    finally:
-        mlflow.set_tracking_uri(None)
+    # the pyfunc flavour loads the folder with logfit's loader: the champion's probabilities,
+    # in a process of its own as a user would load it
+    lines = ["RAS KERNEL FATAL data storage interrupt", "RAS KERNEL INFO generating core.1"]
+    code = (
+        "import json, sys, mlflow\n"
+        "model = mlflow.pyfunc.load_model('models:/logfit-line-transformer@champion')\n"
+        f"print(json.dumps(list(model.predict({lines!r}))))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    served = np.array(json.loads(loaded.stdout.strip().splitlines()[-1]))
     assert np.allclose(served, load_line_scorer(champion).score_lines(lines), atol=1e-6)
 
     scored = pd.read_parquet(data / "assets" / "scored_lines" / "t_bgl.parquet")

@@ -83,6 +83,14 @@ class ExperimentTracker(dg.ConfigurableResource):
         finally:
             mlflow.set_tracking_uri(prior_tracking)
             mlflow.set_registry_uri(prior_registry)
+            # set_*_uri(None) leaves the variables it wrote: without this, the next store of
+            # the process would start from ours
+            for name, prior in (
+                ("MLFLOW_TRACKING_URI", prior_tracking),
+                ("MLFLOW_REGISTRY_URI", prior_registry),
+            ):
+                if prior is None:
+                    os.environ.pop(name, None)
 
     def log_training(
         self,
@@ -159,7 +167,7 @@ class ExperimentTracker(dg.ConfigurableResource):
     def champion(self, model_name: str) -> tuple[str, dict] | None:
         """The champion's version and its run's metrics, or None when there is no champion."""
         with self._session() as mlflow:
-            client = mlflow.MlflowClient()
+            client = mlflow.MlflowClient(self.uri(), self.uri())
             try:
                 version = client.get_model_version_by_alias(model_name, CHAMPION)
             except mlflow.exceptions.MlflowException:
@@ -169,7 +177,9 @@ class ExperimentTracker(dg.ConfigurableResource):
 
     def promote(self, model_name: str, version: str) -> None:
         with self._session() as mlflow:
-            mlflow.MlflowClient().set_registered_model_alias(model_name, CHAMPION, version)
+            mlflow.MlflowClient(self.uri(), self.uri()).set_registered_model_alias(
+                model_name, CHAMPION, version
+            )
 
 
 def _log_folder(mlflow, folder: Path, artifact_path: str) -> None:
