@@ -40,13 +40,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from logfit_dagster.core.models.encoder import Encoder  # noqa: E402
 from logfit_dagster.core.models.line_transformer import (  # noqa: E402
-    Encoder,
     message_of,
     model_text,
     train,
-    weighted_f1,
 )
+from logfit_dagster.core.scores import weighted_f1  # noqa: E402
 
 BENCH = ROOT / ".bench"
 ROWS = BENCH / "line_rows.json"

@@ -1,5 +1,6 @@
 """Confusion counts and the rates of the positive class (LOOK, anomalous), shared by every
-report: label agreement, the line classifier, the session classifiers."""
+report: label agreement, the line classifiers, the session classifiers; F1 and the best
+threshold of probabilities weighted by the lines each row stands for."""
 
 from __future__ import annotations
 
@@ -30,3 +31,29 @@ def rates(tp: float, fp: float, fn: float, tn: float, empty: float = math.nan) -
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else empty,
         "accuracy": (tp + tn) / total if total else math.nan,
     }
+
+
+def weighted_f1(y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float) -> dict:
+    """LOOK precision, recall and F1 at ``threshold``, each row weighted by its lines."""
+    tp, fp, fn, tn = confusion_counts(y, (proba >= threshold).astype(int), weight)
+    return {
+        **rates(tp, fp, fn, tn, empty=0.0),
+        "lines": tp + fp + fn + tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def best_threshold(
+    y: np.ndarray, proba: np.ndarray, weight: np.ndarray, floor: float = 0.0
+) -> tuple[float, float]:
+    """The threshold (at least ``floor``) with the best line-weighted F1, and that F1."""
+    candidates = np.unique(np.concatenate([proba[proba >= floor], [0.5]]))
+    best = (0.5, weighted_f1(y, proba, weight, 0.5)["f1"])
+    for t in candidates:
+        f1 = weighted_f1(y, proba, weight, float(t))["f1"]
+        if f1 > best[1] + 1e-12:
+            best = (float(t), f1)
+    return best

@@ -42,15 +42,15 @@ from logfit_dagster.core.models.base import (
     no_progress,
     write_manifest,
 )
+from logfit_dagster.core.models.encoder import Encoder
 from logfit_dagster.core.models.torch_loop import (
     LoopResult,
     LoopSpec,
     autocast,
     clear_training_state,
-    pick_device,
 )
 from logfit_dagster.core.models.torch_loop import run as run_loop
-from logfit_dagster.core.scores import confusion_counts, rates
+from logfit_dagster.core.scores import best_threshold, weighted_f1
 
 FAMILY = "line_transformer"
 FORMAT_VERSION = 1
@@ -182,32 +182,6 @@ def distinct_messages(
     return texts, np.array([k[1] for k in merged], dtype=np.int64), np.array(list(merged.values()))
 
 
-def weighted_f1(y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float) -> dict:
-    """LOOK precision, recall and F1 at ``threshold``, each row weighted by its lines."""
-    tp, fp, fn, tn = confusion_counts(y, (proba >= threshold).astype(int), weight)
-    return {
-        **rates(tp, fp, fn, tn, empty=0.0),
-        "lines": tp + fp + fn + tn,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-    }
-
-
-def best_threshold(
-    y: np.ndarray, proba: np.ndarray, weight: np.ndarray, floor: float = 0.0
-) -> tuple[float, float]:
-    """The threshold (at least ``floor``) with the best line-weighted F1, and that F1."""
-    candidates = np.unique(np.concatenate([proba[proba >= floor], [0.5]]))
-    best = (0.5, weighted_f1(y, proba, weight, 0.5)["f1"])
-    for t in candidates:
-        f1 = weighted_f1(y, proba, weight, float(t))["f1"]
-        if f1 > best[1] + 1e-12:
-            best = (float(t), f1)
-    return best
-
-
 def source_groups(
     sources: list[str], dev: list[str] | None = None, test: list[str] | None = None
 ) -> dict[str, list[str]]:
@@ -273,73 +247,6 @@ def prepare_data(
         stage = fit(train_rows, LineModelParams(**tfidf_params))
         data["tfidf"] = export_model(stage, {"params": tfidf_params, "sources": groups["train"]})
     return data
-
-
-# -- the encoder -------------------------------------------------------------------------------
-
-
-class Encoder:
-    """A tokenizer and a sequence classifier on one device, scoring texts in batches."""
-
-    def __init__(self, model, tokenizer, device: str, max_length: int, precision: str = "auto"):
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.max_length = max_length
-        self.precision = precision
-
-    @classmethod
-    def from_folder(
-        cls,
-        path: str,
-        device: str = "auto",
-        max_length: int = 128,
-        tokenizer_path: str | None = None,
-    ) -> Encoder:
-        """A base model (folder or hub id) with a fresh two-class head, or a trained one."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        device = pick_device(device)
-        hf_logging.disable_progress_bar()
-        verbosity = hf_logging.get_verbosity()
-        # a base encoder's classification head is newly initialised: expected, not worth a warning
-        hf_logging.set_verbosity_error()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or path))
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        # fp32 weights whatever the checkpoint stores (bf16 comes from autocast, on GPUs)
-        return cls(model.float().to(device), tokenizer, device, max_length)
-
-    def batch(self, texts: list[str]):
-        encoded = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        return {k: v.to(self.device) for k, v in encoded.items()}
-
-    def probabilities(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """LOOK probability of each text; texts are batched by length to pad little."""
-        import torch
-
-        if not texts:
-            return np.zeros(0)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros(len(texts))
-        was_training = self.model.training
-        self.model.eval()
-        mixed, _ = autocast(self.device, self.precision)
-        with torch.no_grad(), mixed:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                logits = self.model(**self.batch([texts[i] for i in idx])).logits.float()
-                out[idx] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
-        if was_training:
-            self.model.train()
-        return out
 
 
 # -- training ----------------------------------------------------------------------------------

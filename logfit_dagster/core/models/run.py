@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,8 +75,9 @@ def read_spec(path: Path) -> tuple[dict, object]:
     return spec, data
 
 
-def run_spec(path: Path, report=None, log=None) -> dict:
-    """Train what the spec says; ``log(line)`` gets progress, ``report(dict)`` the result."""
+def run_spec(path: Path, report=None, log=None, every: float = 5.0) -> dict:
+    """Train what the spec says; ``log(line)`` gets progress (at most every ``every`` seconds),
+    ``report(dict)`` the result."""
     spec, data = read_spec(path)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
@@ -88,7 +90,7 @@ def run_spec(path: Path, report=None, log=None) -> dict:
         data,
         spec["params"],
         Path(spec["output"]),
-        Throttle(progress, seconds=5.0),
+        Throttle(progress, seconds=every),
         device=spec.get("device"),
     )
     outcome = {
@@ -100,6 +102,12 @@ def run_spec(path: Path, report=None, log=None) -> dict:
     if report is not None:
         report(outcome)
     return outcome
+
+
+def _terminal_line(line: str) -> None:
+    width = shutil.get_terminal_size((120, 20)).columns - 1
+    sys.stderr.write("\r" + line[:width].ljust(width))
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
                 log=pipes.log.info,
             )
         return 0
-    # launched by hand (a machine with torch but no Dagster): plain progress on stderr
-    outcome = run_spec(Path(argv[0]))
+    # launched by hand (a machine with torch but no Dagster): progress on stderr, one line
+    # rewritten in place on a terminal, plain lines otherwise
+    terminal = sys.stderr.isatty()
+    outcome = run_spec(
+        Path(argv[0]), log=_terminal_line if terminal else None, every=0.5 if terminal else 5.0
+    )
+    if terminal:
+        sys.stderr.write("\n")
     print(json.dumps(outcome, default=float))
     return 0
 
