@@ -2,7 +2,8 @@
 
 Partitioned jobs run one log source per run; the line classifier and the overview read every
 source and run unpartitioned. ``logfit materialize`` runs ``source_lineage_job`` per source,
-then ``line_model_job``, then ``scoring_job`` per source.
+then ``line_model_job``, then ``scoring_job`` per source, then ``template_models_job`` and
+``template_lm_job`` per source.
 """
 
 import dagster as dg
@@ -23,6 +24,9 @@ line_model_selection = dg.AssetSelection.assets(
     "metrics_overview",
 )
 scoring_selection = dg.AssetSelection.assets("scored_lines")
+template_models_selection = dg.AssetSelection.assets(
+    "template_vocabulary", "template_lm_pretrained"
+)
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -79,6 +83,19 @@ scoring_job = dg.define_asset_job(
     description="One source's lines scored by the champion LOOK/SKIP classifier.",
 )
 
+template_models_job = dg.define_asset_job(
+    "template_models_job",
+    selection=template_models_selection,
+    description="The template vocabulary of every source and the pretrained next-template model.",
+)
+
+template_lm_job = dg.define_asset_job(
+    "template_lm_job",
+    selection=dg.AssetSelection.assets("template_lm"),
+    partitions_def=log_source_partitions,
+    description="One source's next-template model, fine-tuned from the pretrained one.",
+)
+
 ALL_JOBS = [
     ingest_job,
     labels_job,
@@ -88,6 +105,8 @@ ALL_JOBS = [
     source_lineage_job,
     line_model_job,
     scoring_job,
+    template_models_job,
+    template_lm_job,
 ]
 
 # The asset selection of each job, by name (what ``logfit materialize`` checks for staleness).

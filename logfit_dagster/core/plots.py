@@ -79,6 +79,29 @@ def loss_curve(steps: list[dict], epochs: list[dict], title: str) -> Figure:
     return figure
 
 
+def score_distributions(scores: dict, thresholds: dict, title: str) -> Figure:
+    """Per scoring method, the scores of normal and anomalous sessions, the threshold drawn."""
+    methods = [m for m in thresholds if m in scores and m not in ("percentile", "unseen_rate")]
+    figure, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), dpi=100)
+    axes = np.atleast_1d(axes)
+    label = np.asarray(scores["label"])
+    for axis, method in zip(axes, methods, strict=True):
+        values = np.asarray(scores[method], dtype=float)
+        finite = np.isfinite(values)
+        bins = np.histogram_bin_edges(values[finite], bins=30) if finite.any() else 10
+        for flag, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+            axis.hist(
+                values[finite & (label == flag)], bins=bins, alpha=0.6, label=name, color=color
+            )
+        axis.axvline(thresholds[method], color="black", linestyle="--", label="threshold")
+        axis.set_title(method, fontsize=9)
+        axis.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
 def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -41,4 +41,7 @@ __all__ = [
 ]
 
 #: modules of the families that train through the trainer resource
-TRAINER_FAMILIES = ("logfit_dagster.assets.models.line_transformer",)
+TRAINER_FAMILIES = (
+    "logfit_dagster.assets.models.line_transformer",
+    "logfit_dagster.assets.models.template_lm",
+)

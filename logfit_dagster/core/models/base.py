@@ -40,6 +40,7 @@ FAMILIES = {
     "line_tfidf": "logfit_dagster.core.models.line_tfidf",
     "line_transformer": "logfit_dagster.core.models.line_transformer",
     "session_counts": "logfit_dagster.core.models.session_counts",
+    "template_lm": "logfit_dagster.core.models.template_lm",
 }
 
 #: families that score lines (``logfit classify``, ``scored_lines``)

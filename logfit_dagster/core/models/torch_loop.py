@@ -98,13 +98,9 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _weights(model) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-
-
 def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, keep: int) -> None:
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     root = folder / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +108,7 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, kee
     tmp = root / f".tmp-step-{state['step']}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_weights(model), tmp / "model.safetensors")
+    save_model(model, str(tmp / "model.safetensors"))  # tied weights (an LM head) once
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -132,9 +128,9 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, kee
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    load_model(model, str(path / "model.safetensors"))
     extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
@@ -145,12 +141,12 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 
 def _save_best(model, folder: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     best = folder / "best"
     best.mkdir(parents=True, exist_ok=True)
     tmp = best / ".model.safetensors.tmp"
-    save_file(_weights(model), tmp)
+    save_model(model, str(tmp))
     os.replace(tmp, best / "model.safetensors")
 
 
@@ -185,7 +181,7 @@ def run(
             it every epoch is the best so far and training runs ``max_epochs``.
     """
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     progress = progress or no_progress
     folder = Path(folder)
@@ -268,7 +264,7 @@ def run(
         _save_checkpoint(folder, model, optimizer, scheduler, state, spec.keep_checkpoints)
     if not state["stopped"]:
         state["stopped"] = f"max_epochs ({spec.max_epochs}) reached"
-    model.load_state_dict(load_file(folder / "best" / "model.safetensors"))
+    load_model(model, str(folder / "best" / "model.safetensors"))
     model.eval()
     return LoopResult(
         step=state["step"],

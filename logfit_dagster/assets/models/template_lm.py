@@ -1,0 +1,349 @@
+"""Family ``template_lm``: the template vocabulary, a next-template transformer pretrained on one
+source, and per source a model fine-tuned from it (or trained from scratch) with thresholds
+calibrated on normal sessions."""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
+from logfit_dagster.assets.models._shared import (
+    TRAINING_POOL,
+    family_folder,
+    finite,
+    models_dir,
+    write_json,
+)
+from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.resources.sources import LogSources
+from logfit_dagster.resources.tracking import ExperimentTracker
+from logfit_dagster.resources.trainer import Trainer
+
+PRETRAINED_MODEL_NAME = "logfit-template-lm-pretrained"
+TEMPLATE_SCORE_COLUMNS = ["session_id", "label", "method", "score", "threshold", "flagged"]
+
+
+def template_lm_name(source: str) -> str:
+    return f"logfit-template-lm-{source}"
+
+
+def vocabulary_path() -> Path:
+    return models_dir() / "template_vocabulary.json"
+
+
+@dg.asset(
+    group_name="models",
+    code_version="1",
+    automation_condition=on_new_data(),
+    kinds={"json"},
+    ins={"log_templates": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+)
+def template_vocabulary(
+    context: dg.AssetExecutionContext, log_templates: dict[str, pd.DataFrame]
+) -> pd.DataFrame:
+    """One vocabulary of masked template texts across every source, ids never reused: a
+    template that two sources share has one token."""
+    from logfit_dagster.core.models.template_lm import SPECIALS, extend_vocabulary
+
+    path = vocabulary_path()
+    before = json.loads(path.read_text())["tokens"] if path.is_file() else None
+    texts = [
+        t
+        for source in sorted(log_templates)
+        for t in log_templates[source].sort_values("template_id")["template"].astype(str)
+    ]
+    tokens = extend_vocabulary(before, texts)
+    write_json(path, {"tokens": tokens})
+    owners: dict[str, list[str]] = {}
+    for source, frame in log_templates.items():
+        for text in frame["template"].astype(str):
+            owners.setdefault(text, []).append(source)
+    table = pd.DataFrame(
+        {
+            "token_id": range(len(tokens)),
+            "template": tokens,
+            "sources": [",".join(sorted(owners.get(t, []))) for t in tokens],
+        }
+    )
+    shared = int((table["sources"].str.count(",") >= 1).sum())
+    context.add_output_metadata(
+        {
+            "tokens": len(tokens),
+            "special_tokens": len(SPECIALS),
+            "new_tokens": len(tokens) - (len(before) if before else len(SPECIALS)),
+            "templates_shared_by_sources": shared,
+            "vocabulary_json": dg.MetadataValue.path(str(path)),
+            "preview": preview(table.tail(8)),
+        }
+    )
+    return table
+
+
+class TemplateLMConfig(dg.Config):
+    layers: int = Field(default=2, description="Transformer layers.")
+    width: int = Field(default=128, description="Embedding width.")
+    heads: int = Field(default=4, description="Attention heads.")
+    context: int = Field(default=64, description="Templates a window holds.")
+    stride: int = Field(default=0, description="Window stride (0: windows do not overlap).")
+    batch_size: int = Field(default=32, description="Windows per step.")
+    max_epochs: int = Field(default=20, description="At most this many epochs.")
+    patience: int = Field(default=2, description="Epochs without a dev-loss gain before stopping.")
+    learning_rate: float = Field(default=3e-4, description="AdamW peak learning rate.")
+    checkpoint_every: int = Field(default=200, description="Steps between checkpoints.")
+    seed: int = Field(default=0, description="Seed of initialisation and data order.")
+    top_g: int = Field(
+        default=9, description="DeepLog: a miss is a true next template outside the top g."
+    )
+    percentile: float = Field(
+        default=99.5,
+        description="Thresholds: this percentile of each score on normal dev sessions.",
+    )
+    unseen_rate: float = Field(
+        default=0.05, description="A session with more unseen templates than this is flagged."
+    )
+
+    def params(self) -> dict:
+        return self.model_dump(exclude={"source", "from_scratch"})
+
+
+class PretrainConfig(TemplateLMConfig):
+    source: str = Field(
+        default="", description="Source to pretrain on; empty: the first HDFS-kind source."
+    )
+
+
+class FineTuneConfig(TemplateLMConfig):
+    from_scratch: bool = Field(
+        default=False,
+        description="Train from random weights instead of the pretrained model (to measure "
+        "what pretraining gains).",
+    )
+
+
+def _pretraining_source(config: PretrainConfig, sources: LogSources, available: set[str]) -> str:
+    if config.source:
+        if config.source not in available:
+            raise TrainingDataError(f"pretraining source {config.source!r} has no sessions")
+        return config.source
+    registered = sources.registered()
+    hdfs = [n for n, spec in registered.items() if "hdfs" in f"{spec.kind} {n}".lower()]
+    candidates = [n for n in hdfs if n in available] or sorted(available)
+    if not candidates:
+        raise TrainingDataError("no source has sessions to pretrain on")
+    return candidates[0]
+
+
+def _train_source(
+    context, trainer: Trainer, family_key: str, data: dict, params: dict
+) -> tuple[Path, object]:
+    key = hashlib.sha256(json.dumps([data, params], sort_keys=True).encode()).hexdigest()[:16]
+    folder = family_folder("template_lm", f"{family_key}/{key}")
+    return folder, trainer.train(context, "template_lm", data, params, folder)
+
+
+@dg.asset(
+    group_name="models",
+    code_version="1",
+    kinds={"pytorch", "mlflow"},
+    pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
+    ins={
+        "sessions": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        "dataset_splits": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        "log_templates": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+    },
+)
+def template_lm_pretrained(
+    context: dg.AssetExecutionContext,
+    config: PretrainConfig,
+    sessions: dict[str, pd.DataFrame],
+    dataset_splits: dict[str, pd.DataFrame],
+    log_templates: dict[str, pd.DataFrame],
+    template_vocabulary: pd.DataFrame,
+    sources: LogSources,
+    trainer: Trainer,
+    tracker: ExperimentTracker,
+) -> pd.DataFrame:
+    """A next-template transformer trained on the normal sessions of one source (default: the
+    HDFS-kind one), the starting point of every source's template_lm."""
+    from logfit_dagster.core.models.template_lm import prepare_sequences
+
+    started = time.perf_counter()
+    source = _pretraining_source(config, sources, set(sessions) & set(dataset_splits))
+    data = prepare_sequences(
+        sessions[source],
+        dataset_splits[source],
+        _templates(log_templates[source]),
+        template_vocabulary["template"].tolist(),
+    )
+    data.update(source=source, init=None)
+    folder, result = _train_source(context, trainer, f"pretrained/{source}", data, config.params())
+    record = tracker.log_training(
+        run_name=f"template_lm_pretrained/{source}",
+        model_name=PRETRAINED_MODEL_NAME,
+        params={**config.params(), "source": source},
+        metrics=result.metrics,
+        artifact_folder=folder,
+        step_metrics=_histories(folder),
+        tags={"asset": "template_lm_pretrained", "family": "template_lm", "source": source},
+    )
+    context.add_output_metadata(
+        {
+            "source": source,
+            **finite(result.metrics),
+            "model_folder": dg.MetadataValue.path(str(folder)),
+            "registered_version": str(record.version),
+            "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
+        }
+    )
+    return pd.DataFrame(
+        [
+            {
+                "source": source,
+                "path": str(folder),
+                "version": record.version,
+                "run_id": record.run_id,
+            }
+        ]
+    )
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="models",
+    code_version="1",
+    automation_condition=on_new_data(),
+    kinds={"pytorch", "mlflow"},
+    pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
+)
+def template_lm(
+    context: dg.AssetExecutionContext,
+    config: FineTuneConfig,
+    sessions: pd.DataFrame,
+    dataset_splits: pd.DataFrame,
+    log_templates: pd.DataFrame,
+    template_vocabulary: pd.DataFrame,
+    template_lm_pretrained: pd.DataFrame,
+    trainer: Trainer,
+    tracker: ExperimentTracker,
+):
+    """The source's next-template transformer, fine-tuned from the pretrained one (or from
+    scratch): per test session its scores by max and mean NLL, perplexity and the DeepLog top-g
+    rule, each with a threshold from normal dev sessions."""
+    from logfit_dagster.core import plots
+    from logfit_dagster.core.models.template_lm import prepare_sequences
+
+    source = context.partition_key
+    started = time.perf_counter()
+    try:
+        data = prepare_sequences(
+            sessions,
+            dataset_splits,
+            _templates(log_templates),
+            template_vocabulary["template"].tolist(),
+        )
+        init = None if config.from_scratch else str(template_lm_pretrained["path"].iloc[0])
+        data.update(source=source, init=init)
+        mode = "scratch" if config.from_scratch else "finetuned"
+        folder, result = _train_source(context, trainer, f"{source}/{mode}", data, config.params())
+    except TrainingDataError as exc:
+        context.log.warning(f"no template_lm for {source}: {exc}")
+        return dg.Output(
+            pd.DataFrame(columns=TEMPLATE_SCORE_COLUMNS), metadata={"skipped": str(exc)}
+        )
+    evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
+    scores = evaluation.get("scores", {})
+    thresholds = json.loads((folder / "thresholds.json").read_text())
+    rows = []
+    for method in ("max_nll", "mean_nll", "perplexity", "topg_misses"):
+        for i, sid in enumerate(scores.get("session_id", [])):
+            value = scores[method][i]
+            rows.append(
+                {
+                    "session_id": sid,
+                    "label": scores["label"][i],
+                    "method": method,
+                    "score": value,
+                    "threshold": thresholds[method],
+                    "flagged": value > thresholds[method]
+                    or scores["unseen_rate"][i] > config.unseen_rate,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=TEMPLATE_SCORE_COLUMNS)
+    metadata = {
+        "mode": "from scratch" if config.from_scratch else "fine-tuned from the pretrained model",
+        **finite(result.metrics),
+        "model_folder": dg.MetadataValue.path(str(folder)),
+        "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
+    }
+    if evaluation:
+        table = pd.DataFrame(evaluation["methods"]).T.rename_axis("method").reset_index()
+        metadata["methods"] = dg.MetadataValue.md(table.round(4).to_markdown(index=False))
+        figure = plots.score_distributions(scores, thresholds, f"{source}: test sessions")
+        metadata["score_distributions"] = dg.MetadataValue.md(
+            plots.markdown_image(figure, "scores of normal and anomalous test sessions")
+        )
+        plots.close(figure)
+        notes = recommendations(evaluation["summary"], result.metrics)
+        if notes:
+            metadata["recommendations"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
+    record = tracker.log_training(
+        run_name=f"template_lm/{source}",
+        model_name=template_lm_name(source),
+        params={**config.params(), "source": source, "from_scratch": config.from_scratch},
+        metrics=result.metrics,
+        artifact_folder=folder,
+        step_metrics=_histories(folder),
+        json_artifacts={"evaluation.json": {k: v for k, v in evaluation.items() if k != "scores"}},
+        tags={"asset": "template_lm", "family": "template_lm", "source": source},
+    )
+    metadata["registered_version"] = str(record.version)
+    return dg.Output(frame, metadata=metadata)
+
+
+def recommendations(summary: dict, metrics: dict) -> list[str]:
+    """What to look at when something is off, in words."""
+    notes = []
+    if summary.get("test_coverage", 1.0) < 0.95:
+        notes.append(
+            f"{1 - summary['test_coverage']:.0%} of test templates were never seen in training: "
+            "Drain3's similarity threshold may split templates, or the training split misses "
+            "whole workflows"
+        )
+    if summary.get("top1", 1.0) < 0.5:
+        notes.append(
+            f"top-1 next-template accuracy is {summary['top1']:.2f}: the sessions may interleave "
+            "several workflows (try a session key that separates them) or the model is too small"
+        )
+    if metrics.get("epochs_run", 0) <= 2:
+        notes.append("training stopped after two epochs or fewer: check the dev loss curve")
+    if summary.get("anomalous", 0) < 5:
+        notes.append(
+            f"only {summary.get('anomalous', 0)} anomalous test sessions: recall rests on few cases"
+        )
+    return notes
+
+
+def _templates(log_templates: pd.DataFrame) -> dict[int, str]:
+    """A source's template id -> masked template text."""
+    return {
+        int(i): str(t)
+        for i, t in zip(log_templates["template_id"], log_templates["template"], strict=True)
+    }
+
+
+def _histories(folder: Path) -> list[dict]:
+    path = folder / "history.json"
+    if not path.is_file():
+        return []
+    history = json.loads(path.read_text())
+    return [{"step": s["step"], "train_loss": s["loss"]} for s in history["steps"]] + [
+        {"step": e["step"], "dev_loss": e["dev_loss"]} for e in history["epochs"] if "dev_loss" in e
+    ]

@@ -1,0 +1,537 @@
+"""Family ``template_lm``: a causal transformer over Drain3 template ids that learns what normal
+sessions look like and flags the sessions whose templates it finds improbable.
+
+- **Vocabulary**: one across sources, keyed by the masked template text, append-only (a token's
+  id never changes once given), with the special tokens pad, begin, end and unknown. A template
+  that two sources share has one id, so a model fine-tuned on a second source keeps what
+  pretraining learned of it.
+- **Data**: each session's template ids as tokens between begin and end, cut into windows of
+  ``context`` tokens (``stride`` apart). Training uses normal training sessions only; normal dev
+  sessions stop training (their loss) and calibrate the thresholds; test sessions, normal and
+  anomalous, are scored, a session's score being taken over all its windows.
+- **Scores** per session: the highest and the mean next-template NLL, the perplexity, the
+  DeepLog count (how often the true next template is outside the model's top ``top_g``) and the
+  rate of templates never seen in training. Each threshold is the ``percentile`` of its score on
+  normal dev sessions (test labels are never read to choose one); a session whose unseen rate is
+  above ``unseen_rate`` is flagged by rule, whatever its scores.
+- **Fine-tuning** starts from a pretrained folder: the embedding grows to the current
+  vocabulary, the rows of templates pretraining saw keep their weights, and every other row starts
+  from their mean.
+
+The model is GPT-2's architecture from ``transformers`` at a small size (``layers``, ``width``,
+``heads``), trained with the shared loop (:mod:`torch_loop`): AdamW (betas 0.9, 0.98), warmup then
+cosine decay, early stopping on the dev loss. Needs only torch, transformers and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from logfit_dagster.core.errors import ModelFileError, TrainingDataError
+from logfit_dagster.core.models.base import (
+    Manifest,
+    Progress,
+    TrainResult,
+    finished_model,
+    no_progress,
+    write_manifest,
+)
+from logfit_dagster.core.models.torch_loop import (
+    LoopSpec,
+    autocast,
+    clear_training_state,
+    pick_device,
+)
+from logfit_dagster.core.models.torch_loop import run as run_loop
+from logfit_dagster.core.scores import confusion_counts, rates
+
+FAMILY = "template_lm"
+FORMAT_VERSION = 1
+FEATURE_VERSION = "template-vocabulary-1"
+RUNTIME_PARAMS = ("device",)
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+PAD, BOS, EOS, UNK = range(4)
+METHODS = ("max_nll", "mean_nll", "perplexity", "topg_misses")
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass
+class TemplateLMParams:
+    layers: int = 2
+    width: int = 128
+    heads: int = 4
+    context: int = 64  # tokens a window holds
+    stride: int = 0  # 0: windows do not overlap (stride = context)
+    batch_size: int = 32
+    max_epochs: int = 20
+    patience: int = 2
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    checkpoint_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    top_g: int = 9
+    percentile: float = 99.5
+    unseen_rate: float = 0.05
+    eval_batch_size: int = 128
+
+    @classmethod
+    def from_dict(cls, params: dict) -> TemplateLMParams:
+        unknown = set(params) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown template_lm params {sorted(unknown)}")
+        return cls(**params)
+
+
+def feature_version(manifest: Manifest) -> str:
+    return FEATURE_VERSION
+
+
+# -- vocabulary and sequences --------------------------------------------------------------------
+
+
+def extend_vocabulary(vocabulary: list[str] | None, templates) -> list[str]:
+    """The vocabulary with the templates it lacks appended (in the order given); the special
+    tokens come first. Existing ids never move."""
+    tokens = list(vocabulary) if vocabulary else list(SPECIALS)
+    if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+        raise ValueError("a template vocabulary starts with the special tokens")
+    known = set(tokens)
+    for template in templates:
+        if template not in known:
+            tokens.append(template)
+            known.add(template)
+    return tokens
+
+
+def token_map(vocabulary: list[str], templates: dict[int, str]) -> dict[int, int]:
+    """A source's template id -> vocabulary token id."""
+    index = {t: i for i, t in enumerate(vocabulary)}
+    missing = sorted(tid for tid, text in templates.items() if text not in index)
+    if missing:
+        raise TrainingDataError(
+            f"template ids {missing[:5]} are not in the vocabulary: rebuild template_vocabulary"
+        )
+    return {int(tid): index[text] for tid, text in templates.items()}
+
+
+def windows(tokens: list[int], context: int, stride: int) -> list[list[int]]:
+    """``[bos] + tokens + [eos]`` cut into windows of at most ``context + 1`` tokens (a window
+    predicts its last ``context`` tokens), ``stride`` apart; the last one reaches the end."""
+    return [w for w, _ in scored_windows(tokens, context, stride)]
+
+
+def scored_windows(tokens: list[int], context: int, stride: int) -> list[tuple[list[int], int]]:
+    """The windows of :func:`windows`, each with how many of its first targets an earlier
+    window already predicted: a session's every token is scored once."""
+    sequence = [BOS, *tokens, EOS]
+    size, step = context + 1, stride or context
+    if len(sequence) <= size:
+        return [(sequence, 0)]
+    starts = list(range(0, len(sequence) - size + 1, step))
+    if starts[-1] + size < len(sequence):
+        starts.append(len(sequence) - size)
+    out, covered = [], 0  # covered: targets (positions 1..) predicted so far
+    for start in starts:
+        out.append((sequence[start : start + size], max(0, covered - start)))
+        covered = start + size - 1
+    return out
+
+
+def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: list[str]) -> dict:
+    """Training data of :func:`train` for one source.
+
+    Args:
+        sessions: frame with ``session_id`` and ``template_ids`` (the source's own ids).
+        splits: frame with ``session_id``, ``split`` (train/dev/test) and ``label`` (1
+            anomalous, 0 normal, missing when unknown).
+        templates: the source's template id -> masked template text.
+        vocabulary: the template vocabulary of every source.
+
+    Returns:
+        ``train`` and ``dev``: the token sequences of normal sessions (an anomaly never teaches
+        the model what normal is); ``test``: every labelled test session with its label.
+    """
+    import pandas as pd
+
+    mapping = token_map(vocabulary, templates)
+    frame = sessions[["session_id", "template_ids"]].merge(
+        splits[["session_id", "split", "label"]], on="session_id", how="inner"
+    )
+    unknown = {int(t) for ids in frame["template_ids"] for t in ids} - set(mapping)
+    if unknown:
+        raise TrainingDataError(
+            f"sessions use template ids {sorted(unknown)[:5]} that log_templates lacks: "
+            "materialize parsed_logs and log_templates again"
+        )
+    data: dict = {"vocabulary": vocabulary, "train": [], "dev": [], "test": []}
+    for sid, ids, split, label in zip(
+        frame["session_id"], frame["template_ids"], frame["split"], frame["label"], strict=True
+    ):
+        tokens = [mapping[int(t)] for t in ids]
+        known = not pd.isna(label)
+        if split in ("train", "dev") and (not known or int(label) == 0):
+            data[split].append(tokens)
+        elif split == "test" and known:
+            data["test"].append({"session_id": str(sid), "tokens": tokens, "label": int(label)})
+    return data
+
+
+def _pad(batch: list[list[int]]):
+    import torch
+
+    width = max(len(w) for w in batch)
+    ids = torch.full((len(batch), width), PAD, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, w in enumerate(batch):
+        ids[i, : len(w)] = torch.tensor(w)
+        mask[i, : len(w)] = 1
+    return ids, mask
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+
+def build_model(vocab_size: int, p: TemplateLMParams):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=p.context + 1,
+        n_embd=p.width,
+        n_layer=p.layers,
+        n_head=p.heads,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_pretrained(folder: Path, vocab_size: int):
+    """A pretrained model grown to ``vocab_size`` tokens: the rows of the templates it was
+    trained on keep their weights; every other row is set to their mean."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    folder = Path(folder)
+    seen = json.loads((folder / "vocabulary.json").read_text())["trained_tokens"]
+    model = GPT2LMHeadModel.from_pretrained(folder / "model").float()
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size < old:
+        raise TrainingDataError(
+            f"{folder}: pretrained on {old} tokens, more than this vocabulary's {vocab_size}: "
+            "the vocabulary only grows, rebuild template_vocabulary"
+        )
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        known = torch.zeros(vocab_size, dtype=torch.bool)
+        known[[t for t in seen if t < vocab_size]] = True
+        new = ~known
+        new[: len(SPECIALS)] = False  # the special tokens keep what they learned
+        weight[new] = weight[known].mean(dim=0)
+    return model, set(seen)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def train(data: dict, params: dict, folder: Path, progress: Progress | None = None) -> TrainResult:
+    """Train (or fine-tune, with ``data["init"]``) on normal sessions; calibrate on dev.
+
+    Args:
+        data: ``vocabulary`` (token texts), ``train`` and ``dev`` (normal sessions: lists of
+            token ids), ``test`` (``{"session_id", "tokens", "label"}``), ``source``, and
+            ``init``: a pretrained template_lm folder, or None to train from scratch.
+        params: :class:`TemplateLMParams` fields.
+    """
+    import torch
+
+    progress = progress or no_progress
+    p = TemplateLMParams.from_dict(params)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocabulary = data["vocabulary"]
+    train_sessions, dev_sessions = data["train"], data["dev"]
+    if not train_sessions or not dev_sessions:
+        raise TrainingDataError(
+            f"{len(train_sessions)} normal training and {len(dev_sessions)} normal dev sessions: "
+            "both are needed (train learns, dev stops training and sets the thresholds)"
+        )
+    finished = finished_model(folder, asdict(p), RUNTIME_PARAMS)
+    if finished is not None:
+        return finished
+    torch.manual_seed(p.seed)
+    if data.get("init"):
+        model, pretrained_tokens = load_pretrained(Path(data["init"]), len(vocabulary))
+    else:
+        model, pretrained_tokens = build_model(len(vocabulary), p), set()
+    device = pick_device(p.device)
+    model = model.to(device)
+    mixed, precision = autocast(device, "auto")
+    stride = p.stride or p.context
+    train_windows = [w for s in train_sessions for w in windows(s, p.context, stride)]
+    dev_windows = [w for s in dev_sessions for w in windows(s, p.context, stride)]
+
+    def step_loss(idx: np.ndarray):
+        ids, mask = _pad([train_windows[i] for i in idx])
+        ids, mask = ids.to(device), mask.to(device)
+        labels = ids.masked_fill(mask == 0, -100)
+        with mixed:
+            return model(input_ids=ids, attention_mask=mask, labels=labels).loss.float()
+
+    def evaluate() -> tuple[float, dict]:
+        loss = _mean_loss(model, dev_windows, p.eval_batch_size, device, mixed)
+        return -loss, {"dev_loss": loss}
+
+    loop = run_loop(
+        model,
+        LoopSpec(
+            rows=len(train_windows),
+            batch_size=p.batch_size,
+            max_epochs=p.max_epochs,
+            patience=p.patience,
+            learning_rate=p.learning_rate,
+            weight_decay=p.weight_decay,
+            betas=(0.9, 0.98),
+            warmup=p.warmup,
+            schedule="cosine",
+            checkpoint_every=p.checkpoint_every,
+            seed=p.seed,
+            metric="neg_dev_loss",
+        ),
+        step_loss,
+        evaluate,
+        folder,
+        progress,
+    )
+    trained = sorted({t for s in train_sessions for t in s} | pretrained_tokens)
+    scorer = TemplateScorer(model, vocabulary, set(trained), p, device)
+    dev_scores = scorer.score(dev_sessions)
+    thresholds = {m: float(np.percentile(dev_scores[m], p.percentile)) for m in METHODS}
+    scorer.thresholds = thresholds
+    for part in ("model",):
+        shutil.rmtree(folder / part, ignore_errors=True)
+    model.save_pretrained(folder / "model", safe_serialization=True)
+    (folder / "vocabulary.json").write_text(
+        json.dumps({"tokens": vocabulary, "trained_tokens": trained})
+    )
+    (folder / "params.json").write_text(json.dumps(asdict(p)))
+    (folder / "thresholds.json").write_text(
+        json.dumps({"percentile": p.percentile, "unseen_rate": p.unseen_rate, **thresholds})
+    )
+    (folder / "history.json").write_text(json.dumps({"steps": loop.history, "epochs": loop.epochs}))
+    reloaded = TemplateScorer.from_folder(folder, device=device)
+    sample = dev_sessions[:64]
+    parity = max(
+        float(np.nanmax(np.abs(reloaded.score(sample)[m] - scorer.score(sample)[m])))
+        for m in ("max_nll", "mean_nll")
+    )
+    if parity > PARITY_TOLERANCE:
+        raise ModelFileError(f"{folder}: the reloaded model's scores differ by {parity:.2e}")
+    metrics = {
+        "dev_loss": -loop.best_metric,
+        "best_epoch": loop.best_epoch,
+        "epochs_run": len(loop.epochs),
+        "steps": loop.step,
+        "train_windows": len(train_windows),
+        **{f"dev_top{k}": v for k, v in scorer.top_k_accuracy(dev_sessions).items()},
+    }
+    evaluation = {}
+    if data.get("test"):
+        evaluation = evaluate_sessions(scorer, data["test"], dev_sessions)
+        (folder / "evaluation.json").write_text(json.dumps(evaluation))
+        for method, m in evaluation["methods"].items():
+            metrics.update({f"test_{method}_{k}": v for k, v in m.items()})
+        metrics.update({f"test_{k}": v for k, v in evaluation["summary"].items()})
+    manifest = Manifest(
+        family=FAMILY,
+        format_version=FORMAT_VERSION,
+        feature_version=FEATURE_VERSION,
+        params=asdict(p),
+        metrics=metrics,
+        data={
+            "source": data.get("source", ""),
+            "train_sessions": len(train_sessions),
+            "dev_sessions": len(dev_sessions),
+            "test_sessions": len(data.get("test") or []),
+            "vocabulary": len(vocabulary),
+            "trained_tokens": len(trained),
+        },
+        extra={
+            "init": str(data.get("init") or ""),
+            "device": device,
+            "precision": precision,
+            "stopped": loop.stopped,
+            "resumed_from_step": loop.resumed_from,
+            "export_parity_max_abs_diff": parity,
+        },
+    )
+    write_manifest(folder, manifest)
+    clear_training_state(folder)
+    return TrainResult(folder, manifest)
+
+
+def _mean_loss(model, windows_: list[list[int]], batch_size: int, device: str, mixed) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad(), mixed:
+        for start in range(0, len(windows_), batch_size):
+            ids, mask = _pad(windows_[start : start + batch_size])
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
+            )
+            keep = mask[:, 1:].bool()
+            total += float(nll[keep].sum())
+            count += int(keep.sum())
+    return total / max(count, 1)
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+class TemplateScorer:
+    """Per-session anomaly scores of token sequences, and the calibrated flags."""
+
+    def __init__(self, model, vocabulary, trained: set[int], p: TemplateLMParams, device: str):
+        self.model, self.vocabulary, self.trained, self.p = model.eval(), vocabulary, trained, p
+        self.device = device
+        self.thresholds: dict[str, float] = {}
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, manifest: Manifest | None = None, device: str = "auto"
+    ) -> TemplateScorer:
+        from transformers import GPT2LMHeadModel
+
+        folder = Path(folder)
+        stored = json.loads((folder / "vocabulary.json").read_text())
+        p = TemplateLMParams.from_dict(json.loads((folder / "params.json").read_text()))
+        device = pick_device(device)
+        model = GPT2LMHeadModel.from_pretrained(folder / "model").float().to(device)
+        scorer = cls(model, stored["tokens"], set(stored["trained_tokens"]), p, device)
+        thresholds = json.loads((folder / "thresholds.json").read_text())
+        scorer.thresholds = {m: thresholds[m] for m in METHODS}
+        return scorer
+
+    def known(self, tokens: list[int]) -> list[int]:
+        """Tokens never seen in training become the unknown token."""
+        return [t if t in self.trained else UNK for t in tokens]
+
+    def _token_stats(self, sessions: list[list[int]]):
+        """Per session: the NLL of each predicted token and whether it fell outside the top g."""
+        import torch
+
+        p = self.p
+        stride = p.stride or p.context
+        flat, owner, skips = [], [], []
+        for i, s in enumerate(sessions):
+            for w, skip in scored_windows(self.known(s), p.context, stride):
+                flat.append(w)
+                owner.append(i)
+                skips.append(skip)
+        nll = [[] for _ in sessions]
+        miss = [[] for _ in sessions]
+        ranks = [[] for _ in sessions]
+        mixed, _ = autocast(self.device, "auto")
+        with torch.no_grad(), mixed:
+            for start in range(0, len(flat), p.eval_batch_size):
+                chunk = flat[start : start + p.eval_batch_size]
+                ids, mask = _pad(chunk)
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1]
+                target = ids[:, 1:]
+                token_nll = torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), target, reduction="none"
+                )
+                true_logit = logits.gather(2, target.unsqueeze(-1))
+                rank = (logits > true_logit).sum(-1)  # 0: the model's first choice
+                keep = mask[:, 1:].bool()
+                for j in range(len(chunk)):
+                    i, skip = owner[start + j], skips[start + j]
+                    k = keep[j]
+                    nll[i].extend(token_nll[j][k].cpu().tolist()[skip:])
+                    r = rank[j][k].cpu().tolist()[skip:]
+                    ranks[i].extend(r)
+                    miss[i].extend(x >= p.top_g for x in r)
+        return nll, miss, ranks
+
+    def score(self, sessions: list[list[int]]) -> dict[str, np.ndarray]:
+        """Each method's score per session, and the unseen-template rate."""
+        nll, miss, _ = self._token_stats(sessions)
+        mean = np.array([np.mean(x) if x else np.nan for x in nll])
+        return {
+            "max_nll": np.array([max(x) if x else np.nan for x in nll]),
+            "mean_nll": mean,
+            "perplexity": np.exp(mean),
+            "topg_misses": np.array([float(sum(x)) for x in miss]),
+            "unseen_rate": np.array(
+                [sum(t not in self.trained for t in s) / len(s) if s else 0.0 for s in sessions]
+            ),
+        }
+
+    def flags(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Anomalous by each method: its score above its threshold, or too many unseen
+        templates (a rule, whatever the scores)."""
+        unseen = scores["unseen_rate"] > self.p.unseen_rate
+        return {m: (scores[m] > self.thresholds[m]) | unseen for m in METHODS}
+
+    def top_k_accuracy(self, sessions: list[list[int]], ks=(1, 3, 5, 10)) -> dict[int, float]:
+        _, _, ranks = self._token_stats(sessions)
+        flat = np.array([r for rs in ranks for r in rs])
+        return {k: float((flat < k).mean()) if len(flat) else math.nan for k in ks}
+
+
+def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[int]]) -> dict:
+    """Test precision, recall, F1 and the false positive rate on normal sessions per method,
+    top-k accuracy on normal test sessions, and template coverage."""
+    tokens = [t["tokens"] for t in test]
+    y = np.array([int(t["label"]) for t in test])
+    scores = scorer.score(tokens)
+    flags = scorer.flags(scores)
+    methods = {}
+    for method, pred in flags.items():
+        tp, fp, fn, tn = confusion_counts(y, pred.astype(int))
+        methods[method] = {
+            **rates(tp, fp, fn, tn, empty=0.0),
+            "false_positive_rate": fp / (fp + tn) if fp + tn else math.nan,
+            "threshold": scorer.thresholds[method],
+        }
+    normal = [s for s, label in zip(tokens, y, strict=True) if label == 0]
+
+    def coverage(sessions: list[list[int]]) -> float:
+        seen = [t in scorer.trained for s in sessions for t in s]
+        return float(np.mean(seen)) if seen else math.nan
+
+    return {
+        "methods": methods,
+        "summary": {
+            "sessions": len(test),
+            "anomalous": int(y.sum()),
+            "flagged_by_unseen_rule": int((scores["unseen_rate"] > scorer.p.unseen_rate).sum()),
+            **{f"top{k}": v for k, v in scorer.top_k_accuracy(normal).items()},
+            "dev_coverage": coverage(dev),
+            "test_coverage": coverage(tokens),
+        },
+        "scores": {
+            "session_id": [t["session_id"] for t in test],
+            "label": y.tolist(),
+            **{k: [float(x) for x in v] for k, v in scores.items()},
+        },
+    }
+
+
+def load(folder: Path, manifest: Manifest) -> TemplateScorer:
+    return TemplateScorer.from_folder(folder, manifest)

@@ -1,0 +1,184 @@
+"""The template_lm family on a tiny causal transformer: the vocabulary, windows, training on
+normal sessions, thresholds from normal dev sessions only, reload parity, fine-tuning that keeps
+shared rows, the unseen-template rule, and SIGKILL then resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from logfit_dagster.core.errors import TrainingDataError  # noqa: E402
+from logfit_dagster.core.models import base  # noqa: E402
+from logfit_dagster.core.models.run import write_spec  # noqa: E402
+from logfit_dagster.core.models.template_lm import (  # noqa: E402
+    SPECIALS,
+    extend_vocabulary,
+    load_pretrained,
+    scored_windows,
+    token_map,
+)
+
+TEMPLATES = [f"template {i} <NUM>" for i in range(12)]
+VOCAB = extend_vocabulary(None, TEMPLATES)
+T = {text: VOCAB.index(text) for text in TEMPLATES}  # template text -> token
+
+
+def _normal(rng) -> list[int]:
+    """allocate, write 1-3 blocks, verify, close: the order is the grammar."""
+    body = [T["template 1 <NUM>"]] * int(rng.integers(1, 4))
+    return [T["template 0 <NUM>"], *body, T["template 2 <NUM>"], T["template 3 <NUM>"]]
+
+
+def _data(n: int = 120, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    test = [{"session_id": f"n{i}", "tokens": _normal(rng), "label": 0} for i in range(30)]
+    for i in range(10):  # out of order: close before verify
+        s = _normal(rng)
+        s[-2], s[-1] = s[-1], s[-2]
+        test.append({"session_id": f"a{i}", "tokens": s, "label": 1})
+    for i in range(5):  # a template never seen in training
+        test.append(
+            {"session_id": f"u{i}", "tokens": [*_normal(rng), T["template 9 <NUM>"]], "label": 1}
+        )
+    return {
+        "vocabulary": VOCAB,
+        "train": [_normal(rng) for _ in range(n)],
+        "dev": [_normal(rng) for _ in range(n // 3)],
+        "test": test,
+        "source": "toy",
+        "init": None,
+    }
+
+
+PARAMS = {
+    "layers": 1,
+    "width": 32,
+    "heads": 2,
+    "context": 8,
+    "batch_size": 16,
+    "max_epochs": 8,
+    "learning_rate": 3e-3,
+    "checkpoint_every": 5,
+    "top_g": 1,
+}
+
+
+def test_the_vocabulary_only_grows_and_maps_each_source():
+    assert VOCAB[: len(SPECIALS)] == list(SPECIALS)
+    grown = extend_vocabulary(VOCAB, ["template 3 <NUM>", "new one"])
+    assert grown[: len(VOCAB)] == VOCAB and grown[-1] == "new one"
+    assert token_map(grown, {7: "new one", 2: "template 3 <NUM>"}) == {
+        7: len(VOCAB),
+        2: T["template 3 <NUM>"],
+    }
+    with pytest.raises(TrainingDataError, match=r"template ids \[4\] are not in the vocabulary"):
+        token_map(VOCAB, {4: "unknown template"})
+
+
+@pytest.mark.parametrize("length", [0, 3, 7, 8, 20, 33])
+def test_windows_score_every_token_of_a_session_once(length):
+    tokens = list(range(10, 10 + length))
+    parts = scored_windows(tokens, context=8, stride=8)
+    assert all(len(w) <= 9 for w, _ in parts)
+    assert sum(len(w) - 1 - skip for w, skip in parts) == length + 1  # every target, and end
+
+
+def test_a_model_of_normal_sessions_flags_order_and_unseen_templates(tmp_path):
+    data = _data()
+    result = base.train("template_lm", data, PARAMS, tmp_path / "lm")
+    m = result.metrics
+    # it learned the grammar: the next template is its first choice almost always
+    assert m["dev_top1"] > 0.7 and m["dev_top3"] > 0.95
+    assert m["test_topg_misses_recall"] == 1.0 and m["test_topg_misses_false_positive_rate"] < 0.2
+    assert m["test_flagged_by_unseen_rule"] == 5
+    evaluation = json.loads((tmp_path / "lm" / "evaluation.json").read_text())
+    unseen = [
+        s
+        for s, sid in zip(
+            evaluation["scores"]["unseen_rate"], evaluation["scores"]["session_id"], strict=True
+        )
+        if sid.startswith("u")
+    ]
+    assert min(unseen) > 0.05
+
+    # thresholds come from normal dev sessions: the reloaded scorer reproduces them from dev
+    scorer = base.load(tmp_path / "lm")
+    dev_scores = scorer.score(data["dev"])
+    for method, threshold in scorer.thresholds.items():
+        assert threshold == pytest.approx(np.percentile(dev_scores[method], 99.5), abs=1e-4)
+    # and never from test labels: the same training with every test label flipped
+    flipped = {**data, "test": [{**t, "label": 1 - t["label"]} for t in data["test"]]}
+    again = base.train("template_lm", flipped, PARAMS, tmp_path / "flipped")
+    assert json.loads((tmp_path / "flipped" / "thresholds.json").read_text()) == json.loads(
+        (tmp_path / "lm" / "thresholds.json").read_text()
+    )
+    assert again.manifest.extra["export_parity_max_abs_diff"] <= 1e-4
+
+
+def test_fine_tuning_keeps_the_rows_pretraining_learned_and_starts_new_ones_at_their_mean(
+    tmp_path,
+):
+    import torch
+
+    base.train("template_lm", _data(60), {**PARAMS, "max_epochs": 2}, tmp_path / "pre")
+    pretrained = json.loads((tmp_path / "pre" / "vocabulary.json").read_text())
+    grown = extend_vocabulary(VOCAB, ["openstack spawn <*>", "openstack delete <*>"])
+    model, seen = load_pretrained(tmp_path / "pre", len(grown))
+    weight = model.get_input_embeddings().weight.detach()
+    from transformers import GPT2LMHeadModel
+
+    old = GPT2LMHeadModel.from_pretrained(tmp_path / "pre" / "model").get_input_embeddings()
+    old = old.weight.detach()
+    trained = pretrained["trained_tokens"]
+    assert torch.equal(weight[trained], old[trained])
+    mean = old[trained].mean(dim=0)
+    for token in (len(VOCAB), len(VOCAB) + 1, T["template 9 <NUM>"]):
+        assert torch.allclose(weight[token], mean)
+    assert weight.shape[0] == len(grown) and set(trained) == seen
+
+    tuned = base.train(
+        "template_lm",
+        {**_data(60, seed=1), "vocabulary": grown, "init": str(tmp_path / "pre")},
+        {**PARAMS, "max_epochs": 2},
+        tmp_path / "tuned",
+    )
+    assert tuned.manifest.extra["init"] == str(tmp_path / "pre")
+
+
+def test_too_little_data_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(TrainingDataError, match="0 normal dev sessions"):
+        base.train("template_lm", {**_data(), "dev": []}, PARAMS, tmp_path / "x")
+
+
+def test_a_killed_training_resumes_and_ends_as_if_uninterrupted(tmp_path):
+    data = _data(800)
+    params = {**PARAMS, "batch_size": 4, "checkpoint_every": 20, "max_epochs": 3, "patience": 9}
+    spec = write_spec(tmp_path / "spec", "template_lm", data, params, tmp_path / "killed")
+    command = [sys.executable, "-m", "logfit_dagster.core.models.run", str(spec)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any((p / "state.json").exists() for p in checkpoints.glob("step-*")):
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert base.read_manifest(tmp_path / "killed").extra["resumed_from_step"] > 0
+    straight = base.train("template_lm", data, params, tmp_path / "straight")
+    a = base.load(tmp_path / "killed").score(data["dev"][:20])["mean_nll"]
+    b = base.load(tmp_path / "straight").score(data["dev"][:20])["mean_nll"]
+    assert straight.manifest.extra["resumed_from_step"] == 0
+    assert np.abs(a - b).max() < 1e-4

@@ -1,0 +1,118 @@
+"""The template_lm assets on two synthetic sources: one vocabulary, a model pretrained on the
+HDFS-kind source, the OpenStack-kind source fine-tuned from it and trained from scratch, both
+scored per session with thresholds from normal dev sessions, tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+pytest.importorskip("transformers")
+
+from logfit_dagster.assets import datasets, ingest, labels, models, reports  # noqa: E402
+from logfit_dagster.assets.models import line_transformer, template_lm  # noqa: E402
+from logfit_dagster.partitions import LOG_SOURCE  # noqa: E402
+from logfit_dagster.resources.labelers import RuleLabelerResource  # noqa: E402
+from logfit_dagster.resources.sources import LogSources  # noqa: E402
+from logfit_dagster.resources.storage import ParquetIOManager  # noqa: E402
+from logfit_dagster.resources.tracking import ExperimentTracker  # noqa: E402
+from logfit_dagster.resources.trainer import InProcessTrainer  # noqa: E402
+
+ASSETS = dg.load_assets_from_modules(
+    [ingest, datasets, labels, models, line_transformer, template_lm, reports]
+)
+SMALL = {
+    "layers": 1,
+    "width": 32,
+    "heads": 2,
+    "context": 16,
+    "max_epochs": 3,
+    "learning_rate": 3e-3,
+}
+
+
+def _resources():
+    return {
+        "io_manager": ParquetIOManager(),
+        "sources": LogSources(),
+        "labeler": RuleLabelerResource(),
+        "tracker": ExperimentTracker(),
+        "trainer": InProcessTrainer(),
+    }
+
+
+def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
+    import mlflow
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: p_hdfs, origin: synthetic, kind: hdfs, lines: 4000, seed: 31}\n"
+        "  - {name: p_nova, origin: synthetic, kind: openstack, lines: 4000, seed: 32}\n"
+    )
+    data = workdir / "data"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["p_hdfs", "p_nova"])
+        for source in ("p_hdfs", "p_nova"):
+            assert dg.materialize(
+                ASSETS,
+                selection=[
+                    "raw_logs",
+                    "parsed_logs",
+                    "log_templates",
+                    "sessions",
+                    "ground_truth_labels",
+                    "dataset_splits",
+                ],
+                partition_key=source,
+                instance=instance,
+                resources=_resources(),
+            ).success
+        shared = dg.materialize(
+            ASSETS,
+            selection=["template_vocabulary", "template_lm_pretrained"],
+            instance=instance,
+            resources=_resources(),
+            run_config={"ops": {"template_lm_pretrained": {"config": SMALL}}},
+        )
+        assert shared.success
+        meta = {
+            e.asset_key.to_user_string(): e.materialization.metadata
+            for e in shared.get_asset_materialization_events()
+        }
+        assert meta["template_lm_pretrained"]["source"].value == "p_hdfs"
+        vocabulary = json.loads((data / "models" / "template_vocabulary.json").read_text())
+        assert vocabulary["tokens"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+        runs = {}
+        for scratch in (False, True):
+            result = dg.materialize(
+                ASSETS,
+                selection=["template_lm"],
+                partition_key="p_nova",
+                instance=instance,
+                resources=_resources(),
+                run_config={"ops": {"template_lm": {"config": {**SMALL, "from_scratch": scratch}}}},
+            )
+            assert result.success
+            runs[scratch] = next(iter(result.get_asset_materialization_events())).materialization
+        tuned, scratch = runs[False].metadata, runs[True].metadata
+        assert "fine-tuned" in tuned["mode"].value and "scratch" in scratch["mode"].value
+        assert "methods" in tuned and "score_distributions" in tuned
+        frame = pd.read_parquet(data / "assets" / "template_lm" / "p_nova.parquet")
+        assert set(frame["method"]) == {"max_nll", "mean_nll", "perplexity", "topg_misses"}
+        assert frame["label"].isin([0, 1]).all() and frame["flagged"].dtype == bool
+
+        # a second vocabulary run keeps every id
+        again = dg.materialize(
+            ASSETS, selection=["template_vocabulary"], instance=instance, resources=_resources()
+        )
+        assert again.success
+        assert json.loads((data / "models" / "template_vocabulary.json").read_text()) == vocabulary
+
+    client = mlflow.MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
+    versions = client.search_model_versions("name='logfit-template-lm-p_nova'")
+    assert len(versions) == 2
+    assert client.get_metric_history(versions[0].run_id, "train_loss")
