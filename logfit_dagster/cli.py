@@ -103,7 +103,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             continue
         succeeded.append(name)
         rows.append(_summary_row(name, meta, time.perf_counter() - t0, name in skipped))
-    line_model, transformer = {}, {}
+    line_model, transformer, template_models, pretrained = {}, {}, {}, {}
     if args.job == "source_lineage_job" and succeeded:
         ok, line_model = run("line_model_job", None, "line_model_job")
         transformer = line_model.get("line_transformer_model", {})
@@ -111,6 +111,11 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if ok and line_champion_path().exists():
             for name in succeeded:
                 run("scoring_job", name, f"{name} scoring")
+        ok, pretrained = run("template_models_job", None, "template_models_job")
+        if ok:
+            for name in succeeded:
+                _, meta = run("template_lm_job", name, f"{name} template model")
+                template_models[name] = meta.get("template_lm", {})
     _print_table(rows)
     assets_dir = data_dir() / "assets"
     print(
@@ -132,11 +137,31 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             f"{transformer.get('train_seconds', float('nan')):.0f} s on {transformer.get('device')}; "
             f"line champion: {line_champion_path()}"
         )
+    if template_models:
+        source = pretrained.get("template_lm_pretrained", {}).get("source", "?")
+        print(f"template_lm (pretrained on {source}, fine-tuned per source), test F1:")
+        for name, meta in template_models.items():
+            print(f"  {name}: {_template_summary(meta)}")
     if skipped:
         print(f"up to date, not run: {', '.join(skipped)} (--force recomputes)")
     print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
     print("open the UI with: logfit dev")
     return 1 if failed else 0
+
+
+def _template_summary(meta: dict) -> str:
+    if meta.get("skipped"):
+        return f"no model: {meta['skipped']}"
+    if "test_anomalous" not in meta:
+        return "trained; no labelled test sessions to score"
+    methods = ", ".join(
+        f"{m} {meta.get(f'test_{m}_f1', float('nan')):.3f}"
+        for m in ("max_nll", "mean_nll", "topg_misses")
+    )
+    return (
+        f"{methods} (on {meta['test_anomalous']:.0f} anomalous of {meta['test_sessions']:.0f} "
+        f"test sessions; thresholds from normal dev sessions)"
+    )
 
 
 class _Executor:

@@ -274,6 +274,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         model, pretrained_tokens = load_pretrained(Path(data["init"]), len(vocabulary))
     else:
         model, pretrained_tokens = build_model(len(vocabulary), p), set()
+    model.loss_type = "ForCausalLM"  # GPT-2's config names none; this is its loss
     device = pick_device(p.device)
     model = model.to(device)
     mixed, precision = autocast(device, "auto")
