@@ -156,7 +156,7 @@ def run_all():
                         "epochs": _value(meta, "epochs_run"),
                         "dev_top1": _value(meta, "dev_top1"),
                         "test_top1": _value(meta, "test_top1"),
-                        "test_coverage": _value(meta, "test_coverage"),
+                        "test_template_coverage": _value(meta, "test_template_coverage"),
                         "skipped": _value(meta, "skipped"),
                     }
                 )

@@ -311,9 +311,9 @@ def template_lm(
 def recommendations(summary: dict, metrics: dict) -> list[str]:
     """What to look at when something is off, in words."""
     notes = []
-    if summary.get("test_coverage", 1.0) < 0.95:
+    if summary.get("template_coverage", 1.0) < 0.95:
         notes.append(
-            f"{1 - summary['test_coverage']:.0%} of test templates were never seen in training: "
+            f"{1 - summary['template_coverage']:.0%} of test templates were never seen in training: "
             "Drain3's similarity threshold may split templates, or the training split misses "
             "whole workflows"
         )

@@ -352,7 +352,12 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         (folder / "evaluation.json").write_text(json.dumps(evaluation))
         for method, m in evaluation["methods"].items():
             metrics.update({f"test_{method}_{k}": v for k, v in m.items()})
-        metrics.update({f"test_{k}": v for k, v in evaluation["summary"].items()})
+        metrics.update(
+            {
+                k if k.startswith("dev_") else f"test_{k}": v
+                for k, v in evaluation["summary"].items()
+            }
+        )
     manifest = Manifest(
         family=FAMILY,
         format_version=FORMAT_VERSION,
@@ -523,8 +528,9 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
             "anomalous": int(y.sum()),
             "flagged_by_unseen_rule": int((scores["unseen_rate"] > scorer.p.unseen_rate).sum()),
             **{f"top{k}": v for k, v in scorer.top_k_accuracy(normal).items()},
-            "dev_coverage": coverage(dev),
-            "test_coverage": coverage(tokens),
+            # the share of template occurrences the model saw in training
+            "template_coverage": coverage(tokens),
+            "dev_template_coverage": coverage(dev),
         },
         "scores": {
             "session_id": [t["session_id"] for t in test],
