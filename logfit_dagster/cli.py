@@ -116,6 +116,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             for name in succeeded:
                 _, meta = run("template_lm_job", name, f"{name} template model")
                 template_models[name] = meta.get("template_lm", {})
+            run("overview_job", None, "overview_job")  # every model family side by side
     _print_table(rows)
     assets_dir = data_dir() / "assets"
     print(

@@ -3,7 +3,7 @@
 Partitioned jobs run one log source per run; the line classifier and the overview read every
 source and run unpartitioned. ``logfit materialize`` runs ``source_lineage_job`` per source,
 then ``line_model_job``, then ``scoring_job`` per source, then ``template_models_job`` and
-``template_lm_job`` per source.
+``template_lm_job`` per source, and ``overview_job`` last.
 """
 
 import dagster as dg
@@ -96,6 +96,12 @@ template_lm_job = dg.define_asset_job(
     description="One source's next-template model, fine-tuned from the pretrained one.",
 )
 
+overview_job = dg.define_asset_job(
+    "overview_job",
+    selection=dg.AssetSelection.assets("metrics_overview"),
+    description="Every source's session models and every line family side by side.",
+)
+
 ALL_JOBS = [
     ingest_job,
     labels_job,
@@ -107,6 +113,7 @@ ALL_JOBS = [
     scoring_job,
     template_models_job,
     template_lm_job,
+    overview_job,
 ]
 
 # The asset selection of each job, by name (what ``logfit materialize`` checks for staleness).

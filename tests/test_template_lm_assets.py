@@ -105,6 +105,19 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
         assert set(frame["method"]) == {"max_nll", "mean_nll", "perplexity", "topg_misses"}
         assert frame["label"].isin([0, 1]).all() and frame["flagged"].dtype == bool
 
+        # the overview shows the template model's methods beside the count-vector models
+        overview = dg.materialize(
+            ASSETS,
+            selection=["session_model", "metrics_report"],
+            partition_key="p_nova",
+            instance=instance,
+            resources=_resources(),
+        )
+        assert overview.success
+        table = _overview(instance)
+        nova = table[table["source"] == "p_nova"]
+        assert {"template_lm scratch: topg_misses", "logistic_regression"} <= set(nova["model"])
+
         # a second vocabulary run keeps every id
         again = dg.materialize(
             ASSETS, selection=["template_vocabulary"], instance=instance, resources=_resources()
@@ -116,3 +129,31 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
     versions = client.search_model_versions("name='logfit-template-lm-p_nova'")
     assert len(versions) == 2
     assert client.get_metric_history(versions[0].run_id, "train_loss")
+
+
+def _overview(instance) -> pd.DataFrame:
+    """metrics_overview over what is stored, its line-model input from the rule labels."""
+    from logfit_dagster.paths import data_dir
+
+    for source in ("p_hdfs", "p_nova"):
+        assert dg.materialize(
+            ASSETS,
+            selection=["llm_labels"],
+            partition_key=source,
+            instance=instance,
+            resources=_resources(),
+        ).success
+    assert dg.materialize(
+        ASSETS,
+        selection=["labeled_lines", "look_skip_model", "metrics_overview"],
+        instance=instance,
+        resources=_resources(),
+        run_config={
+            "ops": {
+                "look_skip_model": {
+                    "config": {"C": [1.0], "char_max_features": [5000], "word_max_features": [2000]}
+                }
+            }
+        },
+    ).success
+    return pd.read_parquet(data_dir() / "assets" / "metrics_overview" / "all.parquet")

@@ -110,16 +110,18 @@ def metrics_report(
     ins={
         "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
-    # read from its latest materialization when there is one: a source set too small for
-    # held-out evaluation trains no transformer, and the overview still shows the rest
-    deps=["line_transformer_model"],
+    # read from their latest materializations when there are some: a source set too small for
+    # held-out evaluation trains no transformer, a source without sessions no template model,
+    # and the overview still shows the rest
+    deps=["line_transformer_model", "template_lm"],
 )
 def metrics_overview(
     context: dg.AssetExecutionContext,
     metrics_report: dict[str, pd.DataFrame],
     look_skip_model: dict[str, pd.DataFrame],
 ) -> pd.DataFrame:
-    """Every source's session models and every line family's scores on held-out sources."""
+    """Every source's session models (count-vector classifiers and the next-template
+    transformer per scoring method) and every line family's scores on held-out sources."""
     frames = [f for f in metrics_report.values() if len(f)]
     sessions = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
@@ -127,8 +129,14 @@ def metrics_overview(
     lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
     lines = lines.rename(columns={"lines": "sessions"})
     transformer = _transformer_rows(context)
+    templates = _template_rows(context)
     overview = pd.concat(
-        [sessions.assign(unit="session"), lines.assign(unit="line"), transformer],
+        [
+            sessions.assign(unit="session"),
+            templates,
+            lines.assign(unit="line"),
+            transformer,
+        ],
         ignore_index=True,
     )[["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]]
     summary = look_skip_model["summary"].iloc[0]
@@ -178,4 +186,42 @@ def _transformer_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
                         "sessions": m["lines"],
                     }
                 )
+    return pd.DataFrame(rows)
+
+
+def _template_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    """Each source's latest template_lm: test precision, recall and F1 per scoring method."""
+    from pathlib import Path
+
+    from logfit_dagster.core.scores import confusion_counts, rates
+    from logfit_dagster.partitions import LOG_SOURCE
+
+    rows = []
+    for source in context.instance.get_dynamic_partitions(LOG_SOURCE):
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("template_lm"), asset_partitions=[source]),
+            limit=1,
+        ).records
+        if not records:
+            continue
+        materialization = records[0].asset_materialization
+        path = materialization.metadata.get("path")
+        if path is None or not Path(path.value).is_file():
+            continue
+        mode = materialization.metadata.get("mode")
+        label = "fine-tuned" if mode is not None and "fine-tuned" in mode.value else "scratch"
+        scores = pd.read_parquet(path.value)
+        for method, group in scores.groupby("method", sort=True):
+            y = group["label"].astype(int).to_numpy()
+            pred = group["flagged"].astype(int).to_numpy()
+            tp, fp, fn, tn = confusion_counts(y, pred)
+            rows.append(
+                {
+                    "unit": "session",
+                    "source": source,
+                    "model": f"template_lm {label}: {method}",
+                    **rates(tp, fp, fn, tn),
+                    "sessions": len(group),
+                }
+            )
     return pd.DataFrame(rows)
