@@ -82,7 +82,7 @@ def row_weight(weight: np.ndarray, how: str) -> np.ndarray:
 
 
 VARIANTS = {
-    "today: word 1-3 + char 3-6 + 17 hand, rows x lines": {
+    "full: word 1-3 + char 3-6 + 17 hand, rows x lines (the former default)": {
         "word": True,
         "char": ("char", 3, 6),
         "hand": True,
@@ -96,16 +96,16 @@ VARIANTS = {
         "text": "message",
         "weight": "lines",
     },
-    "today without the hand features": {"word": True, "char": ("char", 3, 6), "weight": "lines"},
-    "today without the word n-grams": {"char": ("char", 3, 6), "hand": True, "weight": "lines"},
-    "today, char 3-6 on the message": {
+    "full without the hand features": {"word": True, "char": ("char", 3, 6), "weight": "lines"},
+    "full without the word n-grams": {"char": ("char", 3, 6), "hand": True, "weight": "lines"},
+    "full, char 3-6 on the message": {
         "word": True,
         "char": ("char", 3, 6),
         "hand": True,
         "text": "message",
         "weight": "lines",
     },
-    "today, rows x sqrt(lines)": {
+    "full, rows x sqrt(lines) (the default)": {
         "word": True,
         "char": ("char", 3, 6),
         "hand": True,

@@ -100,7 +100,7 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
             runs[scratch] = next(iter(result.get_asset_materialization_events())).materialization
         tuned, scratch = runs[False].metadata, runs[True].metadata
         assert "fine-tuned" in tuned["mode"].value and "scratch" in scratch["mode"].value
-        assert "methods" in tuned and "score_distributions" in tuned
+        assert {"methods", "score_distributions", "loss_by_position"} <= set(tuned)
         frame = pd.read_parquet(data / "assets" / "template_lm" / "p_nova.parquet")
         assert set(frame["method"]) == {"max_nll", "mean_nll", "perplexity", "topg_misses"}
         assert frame["label"].isin([0, 1]).all() and frame["flagged"].dtype == bool

@@ -102,6 +102,18 @@ def score_distributions(scores: dict, thresholds: dict, title: str) -> Figure:
     return figure
 
 
+def loss_by_position(losses: list[float], title: str) -> Figure:
+    """Mean next-template NLL by position in the session."""
+    figure, axis = plt.subplots(figsize=(5, 3), dpi=100)
+    axis.plot(range(len(losses)), losses, marker=".")
+    axis.set_xlabel("position in the session")
+    axis.set_ylabel("mean NLL (normal test sessions)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

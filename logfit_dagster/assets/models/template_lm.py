@@ -277,6 +277,7 @@ def template_lm(
                 }
             )
     frame = pd.DataFrame(rows, columns=TEMPLATE_SCORE_COLUMNS)
+    figures = _figures(evaluation, thresholds, source)
     metadata = {
         "mode": "from scratch" if config.from_scratch else "fine-tuned from the pretrained model",
         **finite(result.metrics),
@@ -286,11 +287,8 @@ def template_lm(
     if evaluation:
         table = pd.DataFrame(evaluation["methods"]).T.rename_axis("method").reset_index()
         metadata["methods"] = dg.MetadataValue.md(table.round(4).to_markdown(index=False))
-        figure = plots.score_distributions(scores, thresholds, f"{source}: test sessions")
-        metadata["score_distributions"] = dg.MetadataValue.md(
-            plots.markdown_image(figure, "scores of normal and anomalous test sessions")
-        )
-        plots.close(figure)
+        for name, figure in figures.items():
+            metadata[name] = dg.MetadataValue.md(plots.markdown_image(figure, name))
         notes = recommendations(evaluation["summary"], result.metrics)
         if notes:
             metadata["recommendations"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
@@ -302,8 +300,10 @@ def template_lm(
         artifact_folder=folder,
         step_metrics=_histories(folder),
         json_artifacts={"evaluation.json": {k: v for k, v in evaluation.items() if k != "scores"}},
+        figures=figures,
         tags={"asset": "template_lm", "family": "template_lm", "source": source},
     )
+    plots.close(*figures.values())
     metadata["registered_version"] = str(record.version)
     return dg.Output(frame, metadata=metadata)
 
@@ -329,6 +329,22 @@ def recommendations(summary: dict, metrics: dict) -> list[str]:
             f"only {summary.get('anomalous', 0)} anomalous test sessions: recall rests on few cases"
         )
     return notes
+
+
+def _figures(evaluation: dict, thresholds: dict, source: str) -> dict:
+    """The score distributions and the loss by position, for MLflow."""
+    from logfit_dagster.core import plots
+
+    if not evaluation:
+        return {}
+    return {
+        "score_distributions": plots.score_distributions(
+            evaluation["scores"], thresholds, f"{source}: test sessions"
+        ),
+        "loss_by_position": plots.loss_by_position(
+            evaluation["loss_by_position"], f"{source}: loss by position"
+        ),
+    }
 
 
 def _templates(log_templates: pd.DataFrame) -> dict[int, str]:

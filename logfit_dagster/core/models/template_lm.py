@@ -220,7 +220,9 @@ def load_pretrained(folder: Path, vocab_size: int):
     trained on keep their weights; every other row is set to their mean."""
     import torch
     from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no weight-loading bars in a step's log
     folder = Path(folder)
     seen = json.loads((folder / "vocabulary.json").read_text())["trained_tokens"]
     model = GPT2LMHeadModel.from_pretrained(folder / "model").float()
@@ -421,7 +423,9 @@ class TemplateScorer:
         cls, folder: Path, manifest: Manifest | None = None, device: str = "auto"
     ) -> TemplateScorer:
         from transformers import GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # no weight-loading bars in a step's log
         folder = Path(folder)
         stored = json.loads((folder / "vocabulary.json").read_text())
         p = TemplateLMParams.from_dict(json.loads((folder / "params.json").read_text()))
@@ -494,6 +498,17 @@ class TemplateScorer:
         unseen = scores["unseen_rate"] > self.p.unseen_rate
         return {m: (scores[m] > self.thresholds[m]) | unseen for m in METHODS}
 
+    def loss_by_position(self, sessions: list[list[int]]) -> list[float]:
+        """Mean next-template NLL at each position of a session (0: the first template), up
+        to the longest session: where in a session the model is unsure."""
+        nll, _, _ = self._token_stats(sessions)
+        width = max((len(x) for x in nll), default=0)
+        sums, counts = np.zeros(width), np.zeros(width)
+        for values in nll:
+            sums[: len(values)] += values
+            counts[: len(values)] += 1
+        return [float(v) for v in sums / np.maximum(counts, 1)]
+
     def top_k_accuracy(self, sessions: list[list[int]], ks=(1, 3, 5, 10)) -> dict[int, float]:
         _, _, ranks = self._token_stats(sessions)
         flat = np.array([r for rs in ranks for r in rs])
@@ -523,6 +538,7 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
 
     return {
         "methods": methods,
+        "loss_by_position": scorer.loss_by_position(normal),
         "summary": {
             "sessions": len(test),
             "anomalous": int(y.sum()),
