@@ -118,6 +118,14 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
         nova = table[table["source"] == "p_nova"]
         assert {"template_lm scratch: topg_misses", "logistic_regression"} <= set(nova["model"])
 
+        # logfit sessions scores the file's sessions with the newest model: the test
+        # sessions get the asset's scores
+        scored = _cli_sessions(workdir, data)
+        stored = frame[frame["method"] == "topg_misses"].set_index("session_id")
+        mine = scored.set_index("session_id").loc[stored.index]
+        assert (abs(mine["topg_misses"] - stored["score"]) < 1e-6).all()
+        assert (mine["topg_misses_flagged"] == stored["flagged"]).all()
+
         # a second vocabulary run keeps every id
         again = dg.materialize(
             ASSETS, selection=["template_vocabulary"], instance=instance, resources=_resources()
@@ -157,3 +165,29 @@ def _overview(instance) -> pd.DataFrame:
         },
     ).success
     return pd.read_parquet(data_dir() / "assets" / "metrics_overview" / "all.parquet")
+
+
+def _cli_sessions(workdir, data) -> pd.DataFrame:
+    import subprocess
+    import sys
+
+    log_file = next((data / "sources" / "p_nova").rglob("*.log"))
+    out = workdir / "sessions.parquet"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "logfit_dagster.cli",
+            "sessions",
+            str(log_file),
+            "--source",
+            "p_nova",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "flagged by topg_misses" in done.stderr
+    return pd.read_parquet(out)
