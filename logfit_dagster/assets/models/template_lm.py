@@ -95,7 +95,9 @@ class TemplateLMConfig(dg.Config):
     max_epochs: int = Field(default=20, description="At most this many epochs.")
     patience: int = Field(default=2, description="Epochs without a dev-loss gain before stopping.")
     learning_rate: float = Field(default=3e-4, description="AdamW peak learning rate.")
-    checkpoint_every: int = Field(default=200, description="Steps between checkpoints.")
+    checkpoint_every_samples: int = Field(
+        default=6400, description="Windows seen between checkpoints (a killed run resumes there)."
+    )
     seed: int = Field(default=0, description="Seed of initialisation and data order.")
     top_g: int = Field(
         default=9, description="DeepLog: a miss is a true next template outside the top g."

@@ -74,7 +74,8 @@ class TemplateLMParams:
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
     warmup: float = 0.05
-    checkpoint_every: int = 200
+    checkpoint_every: int = 200  # steps; see checkpoint_every_samples
+    checkpoint_every_samples: int = 0  # windows seen between checkpoints (0: use the steps)
     seed: int = 0
     device: str = "auto"
     top_g: int = 9
@@ -256,7 +257,9 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         params: :class:`TemplateLMParams` fields.
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no weight-writing bars in a step's log
     progress = progress or no_progress
     p = TemplateLMParams.from_dict(params)
     folder = Path(folder)
@@ -307,7 +310,11 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             betas=(0.9, 0.98),
             warmup=p.warmup,
             schedule="cosine",
-            checkpoint_every=p.checkpoint_every,
+            checkpoint_every=(
+                max(1, math.ceil(p.checkpoint_every_samples / p.batch_size))
+                if p.checkpoint_every_samples
+                else p.checkpoint_every
+            ),
             seed=p.seed,
             metric="neg_dev_loss",
         ),
