@@ -116,7 +116,11 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             for name in succeeded:
                 _, meta = run("template_lm_job", name, f"{name} template model")
                 template_models[name] = meta.get("template_lm", {})
-            run("overview_job", None, "overview_job")  # every model family side by side
+            ran = [n for n in succeeded if f"{n} template model" not in skipped]
+            if ran:  # the overview read the template models before they were retrained
+                ok, _, reason = executor.run("overview_job", None, None)
+                if not ok:
+                    failed.append(("overview_job", reason))
     _print_table(rows)
     assets_dir = data_dir() / "assets"
     print(
