@@ -19,7 +19,7 @@ from logfit_dagster.resources.labelers import RuleLabelerResource  # noqa: E402
 from logfit_dagster.resources.sources import LogSources  # noqa: E402
 from logfit_dagster.resources.storage import ParquetIOManager  # noqa: E402
 from logfit_dagster.resources.tracking import ExperimentTracker  # noqa: E402
-from logfit_dagster.resources.trainer import InProcessTrainer  # noqa: E402
+from logfit_dagster.resources.trainer import InProcessTrainer, PipesTrainer  # noqa: E402
 
 ASSETS = dg.load_assets_from_modules(
     [ingest, datasets, labels, models, line_transformer, template_lm, reports]
@@ -70,11 +70,11 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
                 instance=instance,
                 resources=_resources(),
             ).success
-        shared = dg.materialize(
+        shared = dg.materialize(  # pretraining in a Pipes subprocess, fine-tuning in process
             ASSETS,
             selection=["template_vocabulary", "template_lm_pretrained"],
             instance=instance,
-            resources=_resources(),
+            resources={**_resources(), "trainer": PipesTrainer()},
             run_config={"ops": {"template_lm_pretrained": {"config": SMALL}}},
         )
         assert shared.success

@@ -16,6 +16,7 @@ under the data folder, and resumes from its newest checkpoint when a run is retr
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from logfit_dagster.core.errors import TrainingDataError
 from logfit_dagster.core.models.base import (
     Throttle,
     TrainResult,
@@ -32,7 +34,7 @@ from logfit_dagster.core.models.base import (
     read_manifest,
     train,
 )
-from logfit_dagster.core.models.run import write_spec
+from logfit_dagster.core.models.run import ERROR_FILE, write_spec
 
 RUN_MODULE = "logfit_dagster.core.models.run"
 
@@ -94,9 +96,16 @@ class PipesTrainer(Trainer):
     def train(self, context, family: str, data, params: dict, folder: Path) -> TrainResult:
         started = time.perf_counter()
         spec = write_spec(Path(folder) / "spec", family, data, params, folder, self.device)
-        invocation = dg.PipesSubprocessClient(
-            env={**os.environ, **self.env}, forward_termination=True
-        ).run(context=context, command=self.command(spec), extras={"family": family})
+        client = dg.PipesSubprocessClient(env={**os.environ, **self.env}, forward_termination=True)
+        try:
+            invocation = client.run(
+                context=context, command=self.command(spec), extras={"family": family}
+            )
+        except Exception as exc:
+            error = _training_error(Path(folder))
+            if error is None:
+                raise
+            raise error from exc
         for message in invocation.get_custom_messages():
             context.log.info(f"{family}: training process reported {message}")
         return self._finish(context, family, folder, started)
@@ -158,15 +167,30 @@ class K8sTrainer(Trainer):
 
         started = time.perf_counter()
         spec = write_spec(Path(folder) / "spec", family, data, params, folder, self.device)
-        PipesK8sClient().run(
-            context=context,
-            image=self.image,
-            namespace=self.namespace,
-            command=self.command_for(spec),
-            env={"LOGFIT_DATA_DIR": self.data_path},
-            base_pod_spec=self.pod_spec(),
-        )
+        try:
+            PipesK8sClient().run(
+                context=context,
+                image=self.image,
+                namespace=self.namespace,
+                command=self.command_for(spec),
+                env={"LOGFIT_DATA_DIR": self.data_path},
+                base_pod_spec=self.pod_spec(),
+            )
+        except Exception as exc:
+            error = _training_error(Path(folder))
+            if error is None:
+                raise
+            raise error from exc
         return self._finish(context, family, folder, started)
+
+
+def _training_error(folder: Path) -> TrainingDataError | None:
+    """The training process's word that its data could not train a model, as the error the
+    in-process trainer raises (so an asset treats both alike), or None after any other failure."""
+    path = folder / ERROR_FILE
+    if not path.is_file():
+        return None
+    return TrainingDataError(json.loads(path.read_text())["message"])
 
 
 TRAINERS = ("in_process", "pipes", "k8s")

@@ -171,7 +171,7 @@ def template_lm_pretrained(
     sources: LogSources,
     trainer: Trainer,
     tracker: ExperimentTracker,
-) -> pd.DataFrame:
+):
     """A next-template transformer trained on the normal sessions of one source (default: the
     HDFS-kind one), the starting point of every source's template_lm."""
     from logfit_dagster.core.models.template_lm import prepare_sequences
@@ -195,24 +195,25 @@ def template_lm_pretrained(
         step_metrics=_histories(folder),
         tags={"asset": "template_lm_pretrained", "family": "template_lm", "source": source},
     )
-    context.add_output_metadata(
-        {
+    # an Output, not a bare frame: a step that ran a Pipes session must return one
+    return dg.Output(
+        pd.DataFrame(
+            [
+                {
+                    "source": source,
+                    "path": str(folder),
+                    "version": record.version,
+                    "run_id": record.run_id,
+                }
+            ]
+        ),
+        metadata={
             "source": source,
             **finite(result.metrics),
             "model_folder": dg.MetadataValue.path(str(folder)),
             "registered_version": str(record.version),
             "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
-        }
-    )
-    return pd.DataFrame(
-        [
-            {
-                "source": source,
-                "path": str(folder),
-                "version": record.version,
-                "run_id": record.run_id,
-            }
-        ]
+        },
     )
 
 

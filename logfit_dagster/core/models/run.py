@@ -7,7 +7,8 @@ device and the data files. Launched by Dagster Pipes (the ``trainer`` resource's
 Kubernetes modes), progress goes to the step's log and the final metrics come back as a custom
 message; launched by hand (a GPU machine with torch and transformers but no Dagster), progress
 is printed to stderr. Killed and started again with the same spec, a family that checkpoints
-continues where it stopped.
+continues where it stopped. Data that cannot train a model (one class, too few sessions) ends
+the process with code 3 and ``training_error.json`` in the output folder, saying why.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from logfit_dagster.core.errors import LogfitError
 from logfit_dagster.core.models.base import Throttle, format_progress, train
+
+#: written into the output folder when the data cannot train a model: what and why
+ERROR_FILE = "training_error.json"
 
 
 def _write_part(value, path: Path) -> dict:
@@ -85,14 +90,21 @@ def run_spec(path: Path, report=None, log=None, every: float = 5.0) -> dict:
     def progress(step: int, total: int, **metrics) -> None:
         log(f"{spec['family']}: {format_progress(step, total, **metrics)}")
 
-    result = train(
-        spec["family"],
-        data,
-        spec["params"],
-        Path(spec["output"]),
-        Throttle(progress, seconds=every),
-        device=spec.get("device"),
-    )
+    error = Path(spec["output"]) / ERROR_FILE
+    error.unlink(missing_ok=True)
+    try:
+        result = train(
+            spec["family"],
+            data,
+            spec["params"],
+            Path(spec["output"]),
+            Throttle(progress, seconds=every),
+            device=spec.get("device"),
+        )
+    except LogfitError as exc:  # bad data: said in a file the launcher reads, then raised
+        error.parent.mkdir(parents=True, exist_ok=True)
+        error.write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+        raise
     outcome = {
         "family": spec["family"],
         "folder": str(result.folder),
@@ -119,20 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         from dagster_pipes import open_dagster_pipes
 
         with open_dagster_pipes() as pipes:
-            run_spec(
-                Path(argv[0]),
-                report=lambda outcome: pipes.report_custom_message(
-                    json.loads(json.dumps(outcome, default=float))
-                ),
-                log=pipes.log.info,
-            )
+            try:
+                run_spec(
+                    Path(argv[0]),
+                    report=lambda outcome: pipes.report_custom_message(
+                        json.loads(json.dumps(outcome, default=float))
+                    ),
+                    log=pipes.log.info,
+                )
+            except LogfitError as exc:
+                pipes.log.warning(f"not trained: {exc}")
+                return 3
         return 0
     # launched by hand (a machine with torch but no Dagster): progress on stderr, one line
     # rewritten in place on a terminal, plain lines otherwise
     terminal = sys.stderr.isatty()
-    outcome = run_spec(
-        Path(argv[0]), log=_terminal_line if terminal else None, every=0.5 if terminal else 5.0
-    )
+    try:
+        outcome = run_spec(
+            Path(argv[0]), log=_terminal_line if terminal else None, every=0.5 if terminal else 5.0
+        )
+    except LogfitError as exc:
+        print(f"not trained: {exc}", file=sys.stderr)
+        return 3
     if terminal:
         sys.stderr.write("\n")
     print(json.dumps(outcome, default=float))
