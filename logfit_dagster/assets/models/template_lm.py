@@ -152,6 +152,8 @@ def _train_source(
 @dg.asset(
     group_name="models",
     code_version="1",
+    # new data anywhere re-plans it, and the same data and params reuse the finished folder
+    automation_condition=on_new_data(),
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
