@@ -32,5 +32,6 @@ def test_one_label_is_refused_with_the_reason_in_either_mode(tmp_path, trainer):
             return dg.Output(str(exc))
         return dg.Output("trained")
 
-    result = dg.materialize([probe], resources={"trainer": trainer})
-    assert "one label: nothing to learn" in result.output_for_node("probe")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([probe], instance=instance, resources={"trainer": trainer})
+        assert "one label: nothing to learn" in result.output_for_node("probe")
