@@ -169,7 +169,7 @@ def test_the_trainer_config_builds_a_gpu_training_pod(monkeypatch):
     assert (container.command or container.args) == [
         "python",
         "-m",
-        "logfit_dagster.core.models.run",
+        "logfit_dagster.training_process",
         spec,
     ]
     assert container.resources.limits["nvidia.com/gpu"] == "1"

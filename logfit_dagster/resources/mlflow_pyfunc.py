@@ -1,26 +1,35 @@
 """The MLflow ``pyfunc`` flavour of a logfit artifact folder: ``mlflow.pyfunc.load_model(uri)``
 gives a model whose ``predict`` scores lines (line families) with logfit's own loader.
 
-Logged as code (MLflow's models-from-code), not as a pickled object: this file is the model's
-definition, and the folder is its one artifact."""
+Logged as code (MLflow's models-from-code), not as a pickled object: MLflow executes this file
+(under a module name of its own) when it logs or loads the model, and the folder is the model's
+one artifact. Imported as part of logfit, the file defines nothing heavy and registers nothing.
+"""
 
 from __future__ import annotations
 
-import mlflow.pyfunc
-import numpy as np
+
+def logfit_model():
+    """The ``PythonModel`` that loads the ``artifact`` folder and scores lines with it."""
+    import mlflow.pyfunc
+
+    class LogfitModel(mlflow.pyfunc.PythonModel):
+        """``predict`` takes lines and returns their LOOK probabilities."""
+
+        def load_context(self, context) -> None:
+            from logfit_dagster.core.models.base import load
+
+            self.scorer = load(context.artifacts["artifact"])
+
+        def predict(self, context, model_input: list[str], params=None) -> list[float]:
+            import numpy as np
+
+            return np.asarray(self.scorer.score([str(x) for x in model_input])).tolist()
+
+    return LogfitModel()
 
 
-class LogfitModel(mlflow.pyfunc.PythonModel):
-    """Loads the folder logged as the ``artifact`` artifact; ``predict`` takes lines and
-    returns their LOOK probabilities."""
+if __name__ != "logfit_dagster.resources.mlflow_pyfunc":  # executed by MLflow as model code
+    import mlflow.models
 
-    def load_context(self, context) -> None:
-        from logfit_dagster.core.models.base import load
-
-        self.scorer = load(context.artifacts["artifact"])
-
-    def predict(self, context, model_input: list[str], params=None) -> list[float]:
-        return np.asarray(self.scorer.score([str(x) for x in model_input])).tolist()
-
-
-mlflow.models.set_model(LogfitModel())
+    mlflow.models.set_model(logfit_model())

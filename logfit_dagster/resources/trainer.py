@@ -2,7 +2,7 @@
 
 - :class:`InProcessTrainer` (default): in the step's own process; ``device: auto`` picks cuda,
   then mps, then cpu, with bf16 autocast on GPUs that support it.
-- :class:`PipesTrainer`: ``python -m logfit_dagster.core.models.run SPEC`` in a subprocess
+- :class:`PipesTrainer`: ``python -m logfit_dagster.training_process SPEC`` in a subprocess
   through Dagster Pipes; its progress streams into the step's log and its metrics come back.
   It keeps CUDA out of step processes forked from the multiprocess executor's server (CUDA cannot
   be initialised in a forked child), and a crash of the training process fails the step cleanly.
@@ -36,7 +36,8 @@ from logfit_dagster.core.models.base import (
 )
 from logfit_dagster.core.models.run import ERROR_FILE, write_spec
 
-RUN_MODULE = "logfit_dagster.core.models.run"
+#: the process side of Pipes; ``logfit_dagster.core.models.run`` is the same training by hand
+RUN_MODULE = "logfit_dagster.training_process"
 
 
 class Trainer(dg.ConfigurableResource):

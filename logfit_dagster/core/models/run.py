@@ -1,20 +1,19 @@
-"""Train a model family from a spec file, in a process of its own.
+"""Train a model family from a spec file, in a process of its own, with only torch,
+transformers and numpy installed (a bare GPU machine):
 
     python -m logfit_dagster.core.models.run SPEC.json
 
 The spec (written by :func:`write_spec`) names the family, its params, the artifact folder, the
-device and the data files. Launched by Dagster Pipes (the ``trainer`` resource's subprocess and
-Kubernetes modes), progress goes to the step's log and the final metrics come back as a custom
-message; launched by hand (a GPU machine with torch and transformers but no Dagster), progress
-is printed to stderr. Killed and started again with the same spec, a family that checkpoints
-continues where it stopped. Data that cannot train a model (one class, too few sessions) ends
-the process with code 3 and ``training_error.json`` in the output folder, saying why.
+device and the data files. Progress goes to stderr and the outcome to stdout as JSON. Killed and
+started again with the same spec, a family that checkpoints continues where it stopped. Data
+that cannot train a model (one class, too few sessions) ends the process with code 3 and
+``training_error.json`` in the output folder, saying why. The ``trainer`` resource launches the
+same training through Dagster Pipes with :mod:`logfit_dagster.training_process`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -127,24 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m logfit_dagster.core.models.run SPEC.json", file=sys.stderr)
         return 2
-    if os.environ.get("DAGSTER_PIPES_CONTEXT"):  # launched by Dagster Pipes
-        from dagster_pipes import open_dagster_pipes
-
-        with open_dagster_pipes() as pipes:
-            try:
-                run_spec(
-                    Path(argv[0]),
-                    report=lambda outcome: pipes.report_custom_message(
-                        json.loads(json.dumps(outcome, default=float))
-                    ),
-                    log=pipes.log.info,
-                )
-            except LogfitError as exc:
-                pipes.log.warning(f"not trained: {exc}")
-                return 3
-        return 0
-    # launched by hand (a machine with torch but no Dagster): progress on stderr, one line
-    # rewritten in place on a terminal, plain lines otherwise
+    # progress on stderr: one line rewritten in place on a terminal, plain lines otherwise
     terminal = sys.stderr.isatty()
     try:
         outcome = run_spec(
