@@ -39,7 +39,7 @@ from logfit_dagster.core.line_features import (
     normalize_column,
     shape_column,
 )
-from logfit_dagster.core.scores import confusion_counts, rates
+from logfit_dagster.core.scores import weighted_f1
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 WORD_NGRAMS = (1, 3)
@@ -142,15 +142,15 @@ def training_rows(lines: pd.DataFrame) -> pd.DataFrame:
 def weighted_scores(
     y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold: float = 0.5
 ) -> dict:
-    pred = (proba >= threshold).astype(int)
-    tp, fp, fn, tn = confusion_counts(y, pred, weight)
+    scores = weighted_f1(y, proba, weight, threshold)
+    confusion = {k: int(scores.pop(k)) for k in ("tp", "fp", "fn", "tn")}
     return {
-        **rates(tp, fp, fn, tn, empty=0.0),
+        **scores,
         "average_precision": float(average_precision_score(y, proba, sample_weight=weight))
         if 0 < y.sum() < len(y)
         else math.nan,
-        "lines": int(tp + fp + fn + tn),
-        "confusion": {"tp": int(tp), "fp": int(fp), "fn": int(fn), "tn": int(tn)},
+        "lines": int(scores["lines"]),
+        "confusion": confusion,
     }
 
 

@@ -382,14 +382,8 @@ def _export(
             p.text,
             p.cascade_blend,
         )
-        pooled = evaluate_rows(scorer, data["test"])
-        by_source: dict[str, list[dict]] = {}
-        for row in data["test"]:
-            by_source.setdefault(str(row.get("source", "")), []).append(row)
-        evaluation = {
-            "pooled": pooled,
-            "per_source": {s: evaluate_rows(scorer, rs) for s, rs in sorted(by_source.items())},
-        }
+        evaluation = evaluate_rows(scorer, data["test"])
+        pooled = evaluation["pooled"]
         (folder / "evaluation.json").write_text(json.dumps(evaluation))
         for name, scores in pooled.items():
             if isinstance(scores, dict):
@@ -462,7 +456,7 @@ class TransformerLineScorer:
     ):
         if blend not in ("mean", "transformer"):
             raise ValueError(f"cascade_blend {blend!r}: use mean or transformer")
-        self.encoder, self.tfidf, self.text, self.blend = encoder, tfidf, text, blend
+        self.encoder, self.tfidf, self.text, self.cascade_blend = encoder, tfidf, text, blend
         self.threshold, self.cascade_low = float(threshold), float(cascade_low)
         self.batch_size = batch_size
         self.manifest = manifest
@@ -501,32 +495,35 @@ class TransformerLineScorer:
     def shapes_scored(self) -> int:
         return len(self._cache) if self.tfidf is None else self.tfidf.shapes_scored
 
-    def route(self, shapes: list[str]) -> np.ndarray:
-        """Which shapes the encoder scores: all without a cascade, else the TF-IDF band."""
-        if self.tfidf is None:
-            return np.ones(len(shapes), dtype=bool)
-        return self.tfidf.score_shapes(shapes) >= self.cascade_low
+    def blend(
+        self, tfidf: np.ndarray | None, encoded: np.ndarray, routed: np.ndarray
+    ) -> np.ndarray:
+        """The cascade's probability: in the band the mean of both stages (or the encoder's
+        alone, ``cascade_blend``), elsewhere the TF-IDF stage's."""
+        if tfidf is None:
+            return encoded
+        mixed = (tfidf + encoded) / 2 if self.cascade_blend == "mean" else encoded
+        return np.where(routed, mixed, tfidf)
 
-    def score_shapes(self, shapes: list[str]) -> np.ndarray:
-        """LOOK probability per shape: the encoder's where routed, the TF-IDF's elsewhere."""
-        out = (
-            self.tfidf.score_shapes(shapes).copy()
-            if self.tfidf is not None
-            else np.zeros(len(shapes))
-        )
-        routed = self.route(shapes)
-        todo = [s for s in dict.fromkeys(np.asarray(shapes, dtype=object)[routed].tolist())]
-        todo = [s for s in todo if s not in self._cache]
+    def _score(self, shapes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each shape's probability and whether it reached the encoder (each shape encoded
+        once over the scorer's life)."""
+        tfidf = self.tfidf.score_shapes(shapes) if self.tfidf is not None else None
+        routed = np.ones(len(shapes), dtype=bool) if tfidf is None else tfidf >= self.cascade_low
+        wanted = np.asarray(shapes, dtype=object)[routed].tolist()
+        todo = [s for s in dict.fromkeys(wanted) if s not in self._cache]
         if todo:
             proba = self.encoder.probabilities(
                 [model_text(s, self.text) for s in todo], self.batch_size
             )
             self._cache.update(zip(todo, proba.tolist(), strict=True))
-        for i in np.flatnonzero(routed):
-            encoded = self._cache[shapes[i]]
-            blended = self.tfidf is not None and self.blend == "mean"
-            out[i] = (out[i] + encoded) / 2 if blended else encoded
-        return out
+        encoded = np.zeros(len(shapes))
+        encoded[routed] = [self._cache[s] for s in wanted]
+        return self.blend(tfidf, encoded, routed), routed
+
+    def score_shapes(self, shapes: list[str]) -> np.ndarray:
+        """LOOK probability per shape (see :meth:`blend`)."""
+        return self._score(shapes)[0]
 
     def score_lines(self, lines) -> np.ndarray:
         """LOOK probability of every line (a list or an Arrow array), each shape once."""
@@ -537,9 +534,7 @@ class TransformerLineScorer:
         if isinstance(lines, list):
             lines = pa.array(lines, pa.string())
         shapes, index = shape_column(lines)
-        shape_list = shapes.to_pylist()
-        proba = self.score_shapes(shape_list)
-        routed = self.route(shape_list)
+        proba, routed = self._score(shapes.to_pylist())
         self.lines_scored += len(index)
         self.routed_lines += int(routed[index].sum())
         return proba[index]
@@ -553,20 +548,30 @@ def load(folder: Path, manifest: Manifest) -> TransformerLineScorer:
 
 def evaluate_rows(scorer: TransformerLineScorer, rows: list[dict]) -> dict:
     """Line-weighted LOOK scores of the cascade, the encoder alone and the TF-IDF stage on
-    rows (``shape``, ``y``, ``weight``), at each one's own threshold, and the routed share."""
+    rows (``shape``, ``y``, ``weight``, ``source``), each at its own threshold, with the share
+    of lines routed to the encoder: pooled and per source. Every row is encoded once."""
     shapes = [r["shape"] for r in rows]
     y = np.array([int(r["y"]) for r in rows])
     w = np.array([float(r.get("weight", 1)) for r in rows])
-    cascade = scorer.score_shapes(shapes)
-    routed = scorer.route(shapes)
-    encoder_only = scorer.encoder.probabilities(
+    source = np.array([str(r.get("source", "")) for r in rows])
+    encoded = scorer.encoder.probabilities(
         [model_text(s, scorer.text) for s in shapes], scorer.batch_size
     )
-    out = {
-        "cascade": weighted_f1(y, cascade, w, scorer.threshold),
-        "transformer": weighted_f1(y, encoder_only, w, scorer.threshold),
-        "routed_share": float(w[routed].sum() / w.sum()) if w.sum() else 0.0,
+    tfidf = scorer.tfidf.score_shapes(shapes) if scorer.tfidf is not None else None
+    routed = np.ones(len(rows), dtype=bool) if tfidf is None else tfidf >= scorer.cascade_low
+    cascade = scorer.blend(tfidf, encoded, routed)
+
+    def scores(mask: np.ndarray) -> dict:
+        out = {
+            "cascade": weighted_f1(y[mask], cascade[mask], w[mask], scorer.threshold),
+            "transformer": weighted_f1(y[mask], encoded[mask], w[mask], scorer.threshold),
+            "routed_share": float(w[mask & routed].sum() / w[mask].sum()) if w[mask].sum() else 0.0,
+        }
+        if tfidf is not None:
+            out["tfidf"] = weighted_f1(y[mask], tfidf[mask], w[mask], scorer.tfidf.threshold)
+        return out
+
+    return {
+        "pooled": scores(np.ones(len(rows), dtype=bool)),
+        "per_source": {s: scores(source == s) for s in sorted(set(source))},
     }
-    if scorer.tfidf is not None:
-        out["tfidf"] = weighted_f1(y, scorer.tfidf.score_shapes(shapes), w, scorer.tfidf.threshold)
-    return out

@@ -19,7 +19,7 @@ import pandas as pd
 
 from logfit_dagster.core.errors import ModelFileError
 from logfit_dagster.core.models.base import Manifest, Progress, TrainResult, write_manifest
-from logfit_dagster.core.session_model import SessionTraining, as_text, train_session_models
+from logfit_dagster.core.session_model import SessionTraining, scores, train_session_models
 
 FAMILY = "session_counts"
 FORMAT_VERSION = 1
@@ -133,11 +133,8 @@ class SessionScorer:
         self._pipeline = best.pipeline
 
     def score(self, sequences: list[list[int]]) -> np.ndarray:
-        model = self._pipeline.named_steps["model"]
-        text = as_text(pd.Series(sequences))
-        if hasattr(model, "predict_proba"):
-            return self._pipeline.predict_proba(text)[:, 1]
-        return -self._pipeline.score_samples(text)
+        """Anomaly score of each template-id sequence (higher is more anomalous)."""
+        return scores(self._pipeline, pd.Series(sequences))
 
 
 def load(folder: Path, manifest: Manifest) -> SessionScorer:

@@ -325,7 +325,8 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     )
     trained = sorted({t for s in train_sessions for t in s} | pretrained_tokens)
     scorer = TemplateScorer(model, vocabulary, set(trained), p, device)
-    dev_scores = scorer.score(dev_sessions)
+    dev_stats = scorer.token_stats(dev_sessions)
+    dev_scores = scorer.score(dev_stats)
     thresholds = {m: float(np.percentile(dev_scores[m], p.percentile)) for m in METHODS}
     scorer.thresholds = thresholds
     for part in ("model",):
@@ -353,7 +354,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         "epochs_run": len(loop.epochs),
         "steps": loop.step,
         "train_windows": len(train_windows),
-        **{f"dev_top{k}": v for k, v in scorer.top_k_accuracy(dev_sessions).items()},
+        **{f"dev_top{k}": v for k, v in scorer.top_k_accuracy(dev_stats).items()},
     }
     evaluation = {}
     if data.get("test"):
@@ -417,6 +418,20 @@ def _mean_loss(model, windows_: list[list[int]], batch_size: int, device: str, m
 # -- scoring -------------------------------------------------------------------------------------
 
 
+@dataclass
+class TokenStats:
+    """Per session: each predicted token's NLL, its rank among the model's choices, whether it
+    fell outside the top g, and the share of templates never seen in training."""
+
+    nll: list[list[float]]
+    miss: list[list[bool]]
+    ranks: list[list[int]]
+    unseen: list[float]
+
+    def take(self, indices) -> TokenStats:
+        return TokenStats(*([part[i] for i in indices] for part in vars(self).values()))
+
+
 class TemplateScorer:
     """Per-session anomaly scores of token sequences, and the calibrated flags."""
 
@@ -447,8 +462,8 @@ class TemplateScorer:
         """Tokens never seen in training become the unknown token."""
         return [t if t in self.trained else UNK for t in tokens]
 
-    def _token_stats(self, sessions: list[list[int]]):
-        """Per session: the NLL of each predicted token and whether it fell outside the top g."""
+    def token_stats(self, sessions: list[list[int]]) -> TokenStats:
+        """One pass of the model over the sessions: what every score is computed from."""
         import torch
 
         p = self.p
@@ -483,20 +498,22 @@ class TemplateScorer:
                     r = rank[j][k].cpu().tolist()[skip:]
                     ranks[i].extend(r)
                     miss[i].extend(x >= p.top_g for x in r)
-        return nll, miss, ranks
+        unseen = [sum(t not in self.trained for t in s) / len(s) if s else 0.0 for s in sessions]
+        return TokenStats(nll, miss, ranks, unseen)
 
-    def score(self, sessions: list[list[int]]) -> dict[str, np.ndarray]:
+    def _stats(self, sessions: list[list[int]] | TokenStats) -> TokenStats:
+        return sessions if isinstance(sessions, TokenStats) else self.token_stats(sessions)
+
+    def score(self, sessions: list[list[int]] | TokenStats) -> dict[str, np.ndarray]:
         """Each method's score per session, and the unseen-template rate."""
-        nll, miss, _ = self._token_stats(sessions)
-        mean = np.array([np.mean(x) if x else np.nan for x in nll])
+        stats = self._stats(sessions)
+        mean = np.array([np.mean(x) if x else np.nan for x in stats.nll])
         return {
-            "max_nll": np.array([max(x) if x else np.nan for x in nll]),
+            "max_nll": np.array([max(x) if x else np.nan for x in stats.nll]),
             "mean_nll": mean,
             "perplexity": np.exp(mean),
-            "topg_misses": np.array([float(sum(x)) for x in miss]),
-            "unseen_rate": np.array(
-                [sum(t not in self.trained for t in s) / len(s) if s else 0.0 for s in sessions]
-            ),
+            "topg_misses": np.array([float(sum(x)) for x in stats.miss]),
+            "unseen_rate": np.array(stats.unseen),
         }
 
     def flags(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -505,10 +522,10 @@ class TemplateScorer:
         unseen = scores["unseen_rate"] > self.p.unseen_rate
         return {m: (scores[m] > self.thresholds[m]) | unseen for m in METHODS}
 
-    def loss_by_position(self, sessions: list[list[int]]) -> list[float]:
+    def loss_by_position(self, sessions: list[list[int]] | TokenStats) -> list[float]:
         """Mean next-template NLL at each position of a session (0: the first template), up
         to the longest session: where in a session the model is unsure."""
-        nll, _, _ = self._token_stats(sessions)
+        nll = self._stats(sessions).nll
         width = max((len(x) for x in nll), default=0)
         sums, counts = np.zeros(width), np.zeros(width)
         for values in nll:
@@ -516,9 +533,11 @@ class TemplateScorer:
             counts[: len(values)] += 1
         return [float(v) for v in sums / np.maximum(counts, 1)]
 
-    def top_k_accuracy(self, sessions: list[list[int]], ks=(1, 3, 5, 10)) -> dict[int, float]:
-        _, _, ranks = self._token_stats(sessions)
-        flat = np.array([r for rs in ranks for r in rs])
+    def top_k_accuracy(
+        self, sessions: list[list[int]] | TokenStats, ks=(1, 3, 5, 10)
+    ) -> dict[int, float]:
+        """The share of next templates among the model's first k choices."""
+        flat = np.array([r for rs in self._stats(sessions).ranks for r in rs])
         return {k: float((flat < k).mean()) if len(flat) else math.nan for k in ks}
 
 
@@ -527,7 +546,8 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
     top-k accuracy on normal test sessions, and template coverage."""
     tokens = [t["tokens"] for t in test]
     y = np.array([int(t["label"]) for t in test])
-    scores = scorer.score(tokens)
+    stats = scorer.token_stats(tokens)
+    scores = scorer.score(stats)
     flags = scorer.flags(scores)
     methods = {}
     for method, pred in flags.items():
@@ -537,7 +557,7 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
             "false_positive_rate": fp / (fp + tn) if fp + tn else math.nan,
             "threshold": scorer.thresholds[method],
         }
-    normal = [s for s, label in zip(tokens, y, strict=True) if label == 0]
+    normal = stats.take(np.flatnonzero(y == 0))
 
     def coverage(sessions: list[list[int]]) -> float:
         seen = [t in scorer.trained for s in sessions for t in s]
