@@ -321,8 +321,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def latest_template_model(source: str) -> Path | None:
-    """The newest finished template model of a source under data/models/template_lm/."""
-    root = data_dir() / "models" / "template_lm" / source
+    """The newest finished template model of a source (fine-tuned or from scratch)."""
+    from logfit_dagster.assets.models._shared import family_folder
+
+    root = family_folder("template_lm", source)
     manifests = sorted(root.glob("*/*/manifest.json"), key=lambda p: p.stat().st_mtime)
     return manifests[-1].parent if manifests else None
 
