@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, preview
+from logfit_dagster.assets._common import bad_input_fails_partition, on_new_data, preview
 from logfit_dagster.core.errors import LogfitError
 from logfit_dagster.core.labeling.base import label_source
 from logfit_dagster.core.labeling.prompt import (
@@ -70,10 +70,17 @@ def llm_labels(
     config: LabelConfig,
     raw_logs: pa.Table,
     labeler: LabelerResource,
+    sources: LogSources,
 ):
-    """One LOOK/SKIP label per line, from the configured labeler, windows already paid for reused."""
+    """One LOOK/SKIP label per line, from the configured labeler, windows already paid for reused.
+
+    A sequence source (pre-parsed sessions) has no log lines: nothing is sent, and its label set
+    is empty.
+    """
     source = context.partition_key
-    lines = raw_logs.column("raw").to_pylist()
+    with bad_input_fails_partition():
+        sequences = sources.get(source).is_sequences
+    lines = [] if sequences else raw_logs.column("raw").to_pylist()
     prompt = PromptSpec(system=config.system_prompt, version=config.prompt_version)
     secrets = labeler.secrets()
     try:
@@ -94,7 +101,11 @@ def llm_labels(
         raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
     except Exception as exc:  # an API or network failure: retried by the retry policy
         raise dg.Failure(description=f"{type(exc).__name__}: {scrub(str(exc), secrets)}") from None
-    frame["line_number"] = raw_logs.column("line_number").to_pandas().to_numpy()
+    frame["line_number"] = (
+        raw_logs.column("line_number").to_pandas().to_numpy()[: len(frame)]
+        if len(frame)
+        else pd.Series(dtype="int64")
+    )
     counts = frame["label"].value_counts()
     sent_nothing = stats.requests == 0
     metadata = {
@@ -121,7 +132,10 @@ def llm_labels(
         ),
         "repaired_replies": stats.repairs,
         "reply_problems": dg.MetadataValue.json([scrub(p, secrets) for p in stats.problems[:20]]),
-        "note": "every window came from the cache: nothing was sent, nothing paid"
+        "note": "a sequence source: its rows are event ids of pre-parsed sessions, not log "
+        "lines; nothing to label"
+        if sequences
+        else "every window came from the cache: nothing was sent, nothing paid"
         if sent_nothing
         else f"{stats.windows - stats.cache_hits} window(s) sent",
         "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
@@ -244,7 +258,11 @@ def labeled_lines(
     """The latest labelled lines of every source, ``source`` kept as the group key: the training
     set of the line classifier. Unlabeled lines are left out and counted."""
     frames, per_source, left_out = [], {}, 0
+    known = sources.all_sources()
+    removed = sorted(set(llm_labels) - set(known))
     for source, frame in sorted(llm_labels.items()):
+        if source not in known:
+            continue  # removed from the registry: its labels no longer train anything
         labelled = frame[frame["label"].notna()]
         left_out += len(frame) - len(labelled)
         per_source[source] = {
@@ -254,8 +272,11 @@ def labeled_lines(
             else None,
             "labeler": str(frame["labeler"].iloc[0]) if len(frame) else "",
         }
-        frames.append(labelled.assign(source=source))
-    missing = sorted(set(sources.registered()) - set(llm_labels))
+        if len(labelled):
+            frames.append(labelled.assign(source=source))
+    missing = sorted(
+        name for name, spec in known.items() if name not in llm_labels and not spec.is_sequences
+    )
     columns = [
         "source",
         "line_number",
@@ -277,6 +298,7 @@ def labeled_lines(
         "unlabeled_lines_left_out": left_out,
         "per_source": dg.MetadataValue.json(per_source),
         "registered_sources_without_labels": dg.MetadataValue.json(missing),
+        "removed_sources_left_out": dg.MetadataValue.json(removed),
     }
     if missing:
         context.log.warning(

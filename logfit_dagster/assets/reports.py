@@ -190,7 +190,9 @@ def _transformer_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
 
 
 def _template_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
-    """Each source's latest template_lm: test precision, recall and F1 per scoring method."""
+    """Each source's latest template_lm: test precision, recall and F1 per scoring method, and
+    those of the same model trained from scratch where it was trained for comparison."""
+    import json
     from pathlib import Path
 
     from logfit_dagster.core.scores import confusion_counts, rates
@@ -224,4 +226,19 @@ def _template_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
                     "sessions": len(group),
                 }
             )
+        # the same model from scratch, trained beside the fine-tuned one: the pretraining gain
+        scratch = materialization.metadata.get("scratch_model_folder")
+        evaluation = Path(scratch.value) / "evaluation.json" if scratch is not None else None
+        if evaluation is not None and evaluation.is_file():
+            stored = json.loads(evaluation.read_text())
+            for method, m in sorted(stored["methods"].items()):
+                rows.append(
+                    {
+                        "unit": "session",
+                        "source": source,
+                        "model": f"template_lm scratch: {method}",
+                        **{k: m[k] for k in ("precision", "recall", "f1", "accuracy") if k in m},
+                        "sessions": stored["summary"]["sessions"],
+                    }
+                )
     return pd.DataFrame(rows)

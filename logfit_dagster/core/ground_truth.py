@@ -7,6 +7,8 @@ Providers:
     alert_field:   BGL/Thunderbird: a header field that is ``-`` for normal lines and an alert
                    category otherwise.
     instance_list: a file of anomalous OpenStack instance ids, one per line.
+    sequence_labels: pre-parsed sessions (origin ``sequences``): the label each session's
+                   file gave it (a ``Label`` column or the source's file-name rules).
     none:          no labels; nothing is made up.
 
 Labels are 1 (anomalous), 0 (normal) or missing (unknown).
@@ -156,6 +158,30 @@ def collect_ground_truth(
             sessions,
             "alert_field",
             f"field {spec.field!r}: {spec.normal_value!r} = normal, else alert",
+        )
+    if spec.provider == "sequence_labels":
+        if "session" not in parsed or "label" not in parsed:
+            raise LogInputError(
+                "ground_truth provider 'sequence_labels' needs the parsed events of origin "
+                "'sequences' (columns 'session' and 'label')"
+            )
+        first = parsed.drop_duplicates("session")
+        sessions = pd.DataFrame(
+            {
+                "session_id": first["session"].astype("string").to_numpy(),
+                "label": first["label"].astype("Int8").to_numpy(),
+                "detail": first["source_file"].map(lambda f: Path(str(f)).name).to_numpy()
+                if "source_file" in first
+                else "",
+            }
+        )
+        lines = line_labels_from_sessions(sessions.dropna(subset=["label"]), keys)
+        return GroundTruth(
+            lines,
+            sessions.reset_index(drop=True),
+            "sequence_labels",
+            "session labels from the sequence files (a Label column or the source's file-name "
+            "rules); an event takes the label of its session",
         )
     if spec.provider in ("hdfs_blocks", "instance_list"):
         if spec.provider == "hdfs_blocks":

@@ -3,17 +3,21 @@
 Every entry becomes a partition of the ``log_source`` partitions. An entry::
 
     - name: synth_hdfs          # the partition key: letters, digits, ``_ . -``
-      origin: synthetic          # synthetic | loghub | files
+      origin: synthetic          # synthetic | loghub | files | sequences
       kind: hdfs                 # synthetic only: hdfs | openstack | bgl | javaapp
       lines: 20000               # synthetic only
       seed: 7                    # synthetic only
       system: HDFS               # loghub only: one of the 16 Loghub systems
-      path: /var/log/app/*.log   # files only: a file or a glob
+      path: /var/log/app/*.log   # files and sequences: a file or a glob, or a list of them
+      layout: ait                # sequences only: ait | deeplog | csv (see core/sequences.py)
+      templates: templates.csv   # sequences only, optional: the text of each event id
+      labels: {"*abnormal*": anomalous, "*normal*": normal}   # sequences: file-name rules
       format: HDFS               # a Loghub system, generic, or '<Date> <Time> ... <Content>'
       multiline: false           # non-matching lines continue the previous record
       session: {by: block_id}    # block_id | instance_id | regex | window | time_window
+                                 # (sequences: always 'sequence', one session per file line)
       ground_truth: {provider: synthetic}   # synthetic | hdfs_blocks | alert_field
-                                             # | instance_list | none
+                                             # | instance_list | sequence_labels | none
 """
 
 from __future__ import annotations
@@ -28,9 +32,16 @@ from logfit_dagster.core.formats import GENERIC_FORMAT, get_line_format
 from logfit_dagster.core.loghub import LOGHUB_SYSTEMS
 from logfit_dagster.core.synthetic import FORMAT_OF_KIND, SYNTHETIC_KINDS
 
-ORIGINS = ("synthetic", "loghub", "files")
-SESSION_KINDS = ("block_id", "instance_id", "regex", "window", "time_window")
-GROUND_TRUTH_PROVIDERS = ("synthetic", "hdfs_blocks", "alert_field", "instance_list", "none")
+ORIGINS = ("synthetic", "loghub", "files", "sequences")
+SESSION_KINDS = ("block_id", "instance_id", "regex", "window", "time_window", "sequence")
+GROUND_TRUTH_PROVIDERS = (
+    "synthetic",
+    "hdfs_blocks",
+    "alert_field",
+    "instance_list",
+    "sequence_labels",
+    "none",
+)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -92,10 +103,19 @@ class SourceSpec:
     seed: int = 0
     system: str = ""
     path: str = ""
+    patterns: tuple[str, ...] = ()
+    layout: str = ""
+    templates: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_ground_truth(self) -> bool:
         return self.ground_truth.provider != "none"
+
+    @property
+    def is_sequences(self) -> bool:
+        """Its rows are events of pre-parsed sessions, not log lines (nothing to label)."""
+        return self.origin == "sequences"
 
 
 _ENTRY_KEYS = {
@@ -110,6 +130,9 @@ _ENTRY_KEYS = {
     "seed",
     "system",
     "path",
+    "layout",
+    "templates",
+    "labels",
     "description",
 }
 
@@ -135,10 +158,17 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
     if origin not in ORIGINS:
         raise RegistryError(f"{where}: field 'origin' must be one of {ORIGINS}, got {origin!r}")
 
+    raw_path = entry.get("path") or ""
+    if isinstance(raw_path, list) and raw_path and all(isinstance(p, str) for p in raw_path):
+        patterns = tuple(raw_path)
+    elif isinstance(raw_path, str):
+        patterns = (raw_path,) if raw_path else ()
+    else:
+        raise RegistryError(f"{where}: field 'path' must be a file or glob, or a list of them")
     kind, system, path = (
         str(entry.get("kind", "")),
         str(entry.get("system", "")),
-        str(entry.get("path", "")),
+        ", ".join(patterns),
     )
     session_default: dict[str, Any] = {"by": "window", "size": 100}
     truth_default: dict[str, Any] = {"provider": "none"}
@@ -166,8 +196,12 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         truth_default = _LOGHUB_GROUND_TRUTH.get(system, truth_default)
     else:
         if not path:
-            raise RegistryError(f"{where}: origin 'files' needs field 'path' (a file or a glob)")
+            raise RegistryError(f"{where}: origin {origin!r} needs field 'path' (a file or a glob)")
         fmt = fmt or GENERIC_FORMAT
+    layout, labels = _sequence_fields(entry, origin, where)
+    if origin == "sequences":
+        session_default = {"by": "sequence"}
+        truth_default = {"provider": "sequence_labels"}
     multiline = bool(entry.get("multiline", kind == "javaapp"))
     try:
         get_line_format(str(fmt), multiline)
@@ -189,6 +223,10 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
             raise RegistryError(f"{where}: session.pattern is not a valid regex: {exc}") from None
         if not session.pattern:
             raise RegistryError(f"{where}: session.by 'regex' needs session.pattern")
+    if (session.by == "sequence") != (origin == "sequences"):
+        raise RegistryError(
+            f"{where}: session.by 'sequence' is the one and only session kind of origin 'sequences'"
+        )
     if session.by == "window" and session.size < 1:
         raise RegistryError(f"{where}: session.size must be at least 1")
     if session.by == "time_window" and session.seconds < 1:
@@ -205,6 +243,16 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
     if truth.provider in ("hdfs_blocks", "instance_list") and not truth.path:
         raise RegistryError(
             f"{where}: ground_truth provider {truth.provider!r} needs ground_truth.path"
+        )
+    if truth.provider == "sequence_labels" and origin != "sequences":
+        raise RegistryError(
+            f"{where}: ground_truth provider 'sequence_labels' is only for origin 'sequences' "
+            "(its labels come from the sequence files)"
+        )
+    if origin == "sequences" and truth.provider not in ("sequence_labels", "hdfs_blocks", "none"):
+        raise RegistryError(
+            f"{where}: origin 'sequences' takes ground_truth provider 'sequence_labels', "
+            f"'hdfs_blocks' or 'none', got {truth.provider!r}"
         )
     if truth.provider == "synthetic" and origin != "synthetic":
         raise RegistryError(
@@ -231,7 +279,36 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         seed=seed,
         system=system,
         path=path,
+        patterns=patterns,
+        layout=layout,
+        templates=str(entry.get("templates") or ""),
+        labels=labels,
     )
+
+
+def _sequence_fields(entry: dict, origin: str, where: str) -> tuple[str, tuple]:
+    """Check the fields of origin 'sequences': ``layout``, ``templates`` and ``labels``."""
+    from logfit_dagster.core.sequences import LABEL_WORDS, LAYOUTS
+
+    given = [k for k in ("layout", "templates", "labels") if entry.get(k)]
+    if origin != "sequences":
+        if given:
+            raise RegistryError(f"{where}: field(s) {given} are only for origin 'sequences'")
+        return "", ()
+    layout = str(entry.get("layout", ""))
+    if layout not in LAYOUTS:
+        raise RegistryError(f"{where}: field 'layout' must be one of {LAYOUTS}, got {layout!r}")
+    rules = entry.get("labels") or {}
+    if not isinstance(rules, dict):
+        raise RegistryError(
+            f"{where}: field 'labels' maps file-name patterns to 'normal' or 'anomalous'"
+        )
+    for pattern, word in rules.items():
+        if str(word).lower() not in LABEL_WORDS:
+            raise RegistryError(
+                f"{where}: labels[{pattern!r}] must be 'normal' or 'anomalous', got {word!r}"
+            )
+    return layout, tuple((str(k), str(v).lower()) for k, v in rules.items())
 
 
 def _sub_spec(cls, values: dict, where: str):

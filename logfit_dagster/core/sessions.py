@@ -69,6 +69,18 @@ def session_keys(parsed: pd.DataFrame, spec: SessionSpec, format_name: str) -> p
         # findall gives tuples for patterns with groups inside groups; keep the first group.
         pairs["session_id"] = pairs["session_id"].map(lambda v: v[0] if isinstance(v, tuple) else v)
         return pairs.drop_duplicates().reset_index(drop=True)
+    if spec.by == "sequence":
+        if "session" not in parsed:
+            raise LogfitError(
+                "session kind 'sequence' needs the 'session' column that origin 'sequences' "
+                "writes; other origins group lines by block_id, instance_id, regex or window"
+            )
+        return pd.DataFrame(
+            {
+                "line_number": parsed["line_number"].to_numpy(),
+                "session_id": parsed["session"].astype("string").to_numpy(),
+            }
+        )
     if spec.by == "window":
         index = (parsed["line_number"].to_numpy() - 1) // spec.size
         ids = [f"w{int(i):07d}" for i in index]

@@ -119,6 +119,15 @@ class LogSources(dg.ConfigurableResource):
         """The data version of a source's raw lines: its registry entry and its files' bytes."""
         return source_fingerprint(json.dumps(asdict(spec), sort_keys=True, default=str), files)
 
+    def resolve(self, path: str) -> Path:
+        """A path from the registry: ``~`` expanded, relative ones from the registry's folder."""
+        expanded = Path(os.path.expanduser(path))
+        return expanded if expanded.is_absolute() else self.registry_file().parent / expanded
+
+    def templates_file(self, spec: SourceSpec) -> Path | None:
+        """The templates file of a sequence source, when it names one."""
+        return self.resolve(spec.templates) if spec.templates else None
+
     def files(self, spec: SourceSpec) -> list[Path]:
         """The files that hold a source's lines, generating or downloading them if needed."""
         if spec.origin == "synthetic":
@@ -130,19 +139,19 @@ class LogSources(dg.ConfigurableResource):
                 or DEFAULT_LOGHUB_BASE_URL
             )
             return [fetch_loghub_sample(spec.system, self.root() / "loghub", base)]
-        pattern = os.path.expanduser(spec.path)
-        if not os.path.isabs(pattern):
-            pattern = str(self.registry_file().parent / pattern)
-        matches = sorted(
-            Path(p)
-            for p in glob.glob(pattern)
-            if Path(p).is_file()
-            and Path(p).name != "source.yaml"
-            and not Path(p).name.startswith(".")
-        )
-        if not matches:
-            raise LogInputError(f"source {spec.name!r}: no file matches {pattern}")
-        return matches
+        found: list[Path] = []
+        for pattern in [str(self.resolve(p)) for p in spec.patterns or (spec.path,)]:
+            matches = sorted(
+                Path(p)
+                for p in glob.glob(pattern)
+                if Path(p).is_file()
+                and Path(p).name != "source.yaml"
+                and not Path(p).name.startswith(".")
+            )
+            if not matches:
+                raise LogInputError(f"source {spec.name!r}: no file matches {pattern}")
+            found += [m for m in matches if m not in found]
+        return found
 
     def _ensure_synthetic(self, spec: SourceSpec) -> Path:
         folder = self.source_dir(spec.name)

@@ -4,6 +4,7 @@ calibrated on normal sessions."""
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -126,6 +127,14 @@ class FineTuneConfig(TemplateLMConfig):
         description="Train from random weights instead of the pretrained model (to measure "
         "what pretraining gains).",
     )
+    compare_with_scratch: bool = Field(
+        default=True,
+        description="When fine-tuning, also train the same model from random weights on the "
+        "same data, and report both side by side: the gain from pretraining, measured.",
+    )
+
+    def params(self) -> dict:
+        return self.model_dump(exclude={"source", "from_scratch", "compare_with_scratch"})
 
 
 def _pretraining_source(config: PretrainConfig, sources: LogSources, available: set[str]) -> str:
@@ -258,6 +267,12 @@ def template_lm(
         data.update(source=source, init=init)
         mode = "scratch" if config.from_scratch else "finetuned"
         folder, result = _train_source(context, trainer, f"{source}/{mode}", data, config.params())
+        baseline = None
+        if init is not None and config.compare_with_scratch:
+            context.log.info("training the same model from scratch, to measure the gain")
+            baseline = _train_source(
+                context, trainer, f"{source}/scratch", {**data, "init": None}, config.params()
+            )
     except TrainingDataError as exc:
         context.log.warning(f"no template_lm for {source}: {exc}")
         return dg.Output(
@@ -297,11 +312,21 @@ def template_lm(
         notes = recommendations(evaluation["summary"], result.metrics)
         if notes:
             metadata["recommendations"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
+    gain_metrics: dict = {}
+    if baseline is not None and evaluation:
+        scratch_folder, scratch_result = baseline
+        scratch_eval = json.loads((scratch_folder / "evaluation.json").read_text())
+        gain, gain_metrics = pretraining_gain(
+            evaluation, result.metrics, scratch_eval, scratch_result.metrics
+        )
+        metadata["pretraining_gain"] = dg.MetadataValue.md(gain.round(4).to_markdown(index=False))
+        metadata["scratch_model_folder"] = dg.MetadataValue.path(str(scratch_folder))
+        metadata.update(finite({k: v for k, v in gain_metrics.items() if k.startswith("gain_")}))
     record = tracker.log_training(
         run_name=f"template_lm/{source}",
         model_name=template_lm_name(source),
         params={**config.params(), "source": source, "from_scratch": config.from_scratch},
-        metrics=result.metrics,
+        metrics={**result.metrics, **gain_metrics},
         artifact_folder=folder,
         step_metrics=_histories(folder),
         json_artifacts={"evaluation.json": {k: v for k, v in evaluation.items() if k != "scores"}},
@@ -311,6 +336,34 @@ def template_lm(
     plots.close(*figures.values())
     metadata["registered_version"] = str(record.version)
     return dg.Output(frame, metadata=metadata)
+
+
+def pretraining_gain(
+    tuned_eval: dict, tuned_metrics: dict, scratch_eval: dict, scratch_metrics: dict
+) -> tuple[pd.DataFrame, dict]:
+    """The fine-tuned model beside the same model trained from scratch on the same data: test
+    F1 and FPR per method, dev loss and epochs; the gain is fine-tuned minus scratch."""
+    rows, flat = [], {}
+    for method, tuned in tuned_eval["methods"].items():
+        scratch = scratch_eval["methods"].get(method, {})
+        for measure in ("f1", "false_positive_rate"):
+            a, b = tuned.get(measure, math.nan), scratch.get(measure, math.nan)
+            rows.append(
+                {
+                    "measure": f"{method} {measure}",
+                    "fine-tuned": a,
+                    "from scratch": b,
+                    "gain": a - b,
+                }
+            )
+            flat[f"scratch_{method}_{measure}"] = b
+            flat[f"gain_{method}_{measure}"] = a - b
+    for key in sorted(set(tuned_metrics) & set(scratch_metrics)):
+        if key in ("dev_loss", "best_epoch", "epochs_run", "dev_top1", "dev_top5"):
+            a, b = float(tuned_metrics[key]), float(scratch_metrics[key])
+            rows.append({"measure": key, "fine-tuned": a, "from scratch": b, "gain": a - b})
+            flat[f"scratch_{key}"] = b
+    return pd.DataFrame(rows), flat
 
 
 def recommendations(summary: dict, metrics: dict) -> list[str]:
