@@ -4,7 +4,9 @@ session classifiers on the same splits.
 Sources (a registry of its own in a temporary data folder): synthetic HDFS (60,000 lines) and
 OpenStack (30,000 lines), and real HDFS_v1 lines from ../shared/data/hdfs: the 110 whole blocks
 sampled across HDFS_v1, and the first 20,000 lines (blocks cut where the excerpt ends), labelled
-by the list of every anomalous HDFS_v1 block. Each source: ingest, sessions, the default 80/10/10
+by the list of every anomalous HDFS_v1 block; and the Hadoop_1 container sequences of the AIT
+log data sets (origin ``sequences``: 978 containers of 55 applications, 811 of them in failed
+applications). Each source: ingest, sessions, the default 80/10/10
 split, the session classifiers; the template model is pretrained on the synthetic HDFS source and
 fine-tuned on every source, and also trained from scratch on each, with the asset's defaults.
 Thresholds come from normal dev sessions only (never from test labels).
@@ -45,6 +47,15 @@ def registry(data: Path) -> str:
             f"session: {{by: block_id}}, ground_truth: {{provider: hdfs_blocks, "
             f"path: '{labels}', unlisted: normal}}}}"
         )
+    ait = data / "hadoop" / "sequences_ait"
+    sets = ", ".join(
+        f"'{ait / n}'" for n in ("hadoop_train", "hadoop_test_normal", "hadoop_test_abnormal")
+    )
+    lines.append(
+        f"  - {{name: hadoop_sequences, origin: sequences, layout: ait, path: [{sets}], "
+        f"templates: '{ait / 'Hadoop_templates.csv'}', labels: {{'*abnormal*': anomalous, "
+        "'*normal*': normal, '*train*': normal}}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -132,8 +143,11 @@ def run_all():
         runs.append(
             {"run": "pretraining (synth_hdfs)", "seconds": round(time.perf_counter() - started, 1)}
         )
+        data_dir = Path(os.environ["LOGFIT_DATA_DIR"])
         for name in names:
-            for scratch in (False, True):
+            splits = pd.read_parquet(data_dir / "assets" / "dataset_splits" / f"{name}.parquet")
+            train = int(((splits["split"] == "train") & (splits["label"] == 0)).sum())
+            for scratch in (True, False):
                 started = time.perf_counter()
                 result = dg.materialize(
                     assets,
@@ -141,17 +155,26 @@ def run_all():
                     partition_key=name,
                     instance=instance,
                     resources=resources,
-                    run_config={"ops": {"template_lm": {"config": {"from_scratch": scratch}}}},
+                    run_config={
+                        "ops": {
+                            "template_lm": {
+                                "config": {"from_scratch": scratch, "compare_with_scratch": False}
+                            }
+                        }
+                    },
                 )
                 assert result.success, name
                 meta = next(
                     iter(result.get_asset_materialization_events())
                 ).materialization.metadata
                 mode = "scratch" if scratch else "fine-tuned"
+                seconds = time.perf_counter() - started
                 runs.append(
                     {
                         "run": f"{name} {mode}",
-                        "seconds": round(time.perf_counter() - started, 1),
+                        "seconds": round(seconds, 1),
+                        "normal_train_sessions": train,
+                        "seconds_per_1000_sessions": round(1000 * seconds / max(train, 1), 1),
                         "train_windows": _value(meta, "train_windows"),
                         "epochs": _value(meta, "epochs_run"),
                         "dev_top1": _value(meta, "dev_top1"),

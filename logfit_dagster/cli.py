@@ -69,6 +69,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     rows, failed, skipped = [], [], []
     started = time.perf_counter()
     raw_key = dg.AssetKey("raw_logs")
+    labeled_key = dg.AssetKey("labeled_lines")
 
     def plan(job_name: str, partition: str | None) -> list | None:
         """The assets to run: None for all, [] for nothing."""
@@ -82,7 +83,20 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 spec, sources.files(spec)
             ):
                 return None
-        return fresh.out_of_date(keys, partition)
+        stale = fresh.out_of_date(keys, partition)
+        if labeled_key in keys and labeled_key not in stale and _label_sources_moved(fresh):
+            stale = fresh.out_of_date(keys, partition, also=[labeled_key])
+        return stale
+
+    def _label_sources_moved(fresh: Freshness) -> bool:
+        """Whether the registry's sources with labels differ from those labeled_lines read."""
+        read = fresh.latest_metadata(labeled_key, None).get("label_sources")
+        labelled = {
+            name
+            for name in sources.all_sources()
+            if fresh.latest_metadata(dg.AssetKey("llm_labels"), name)
+        }
+        return read is not None and set(read) != labelled
 
     def run(job_name: str, partition: str | None, label: str) -> tuple[bool, dict]:
         selection = plan(job_name, partition)

@@ -42,15 +42,34 @@ class Freshness:
         return sorted(selection.resolve(self._graph), key=lambda k: k.to_user_string())
 
     def out_of_date(
-        self, keys: list[dg.AssetKey], partition: str | None = None
+        self,
+        keys: list[dg.AssetKey],
+        partition: str | None = None,
+        also: list[dg.AssetKey] = (),
     ) -> list[dg.AssetKey]:
-        """The keys that are missing or stale (for one partition of partitioned assets)."""
-        return [
+        """The keys that are missing or stale (for one partition of partitioned assets), and
+        every key of ``keys`` downstream of one of them.
+
+        Dagster calls an asset stale only once its inputs have moved: before a run, the
+        downstream of an asset about to be recomputed still reads FRESH (the line model, when a
+        new source's labels are about to change its training set). Those run too, as do the
+        keys in ``also`` (known out of date for reasons Dagster does not track).
+        """
+        wanted = set(keys)
+        stale = {
             key
             for key in keys
-            if self._resolver.get_status(key, partition if self._partitioned(key) else None)
+            if key in also
+            or self._resolver.get_status(key, partition if self._partitioned(key) else None)
             != StaleStatus.FRESH
-        ]
+        }
+        frontier = list(stale)
+        while frontier:
+            for child in self._graph.get(frontier.pop()).child_keys:
+                if child in wanted and child not in stale:
+                    stale.add(child)
+                    frontier.append(child)
+        return [key for key in keys if key in stale]
 
     def _partitioned(self, key: dg.AssetKey) -> bool:
         return self._graph.get(key).partitions_def is not None

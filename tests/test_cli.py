@@ -86,3 +86,23 @@ def test_logfit_materialize_refuses_unknown_source(workdir):
         timeout=120,
     )
     assert result.returncode == 2 and "unknown source(s): nope" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_line_model_follows_the_registry(workdir):
+    """A source added to the registry joins the line model's training set on its first
+    materialize; a source removed from it leaves the set on the next, without --force."""
+
+    def sources_in(result) -> str:
+        line = next(x for x in result.stdout.splitlines() if x.startswith("look_skip_model:"))
+        return line.split(" over ")[1].split(" sources")[0]
+
+    assert sources_in(_materialize(workdir)) == "2"
+    registry = workdir / "sources.yaml"
+    before = registry.read_text()
+    registry.write_text(
+        before + "  - {name: tiny_java, origin: synthetic, kind: javaapp, lines: 600, seed: 13}\n"
+    )
+    assert sources_in(_materialize(workdir, "tiny_java")) == "3"
+    registry.write_text(before)
+    assert sources_in(_materialize(workdir, "tiny_hdfs")) == "2"

@@ -299,6 +299,9 @@ def labeled_lines(
         "per_source": dg.MetadataValue.json(per_source),
         "registered_sources_without_labels": dg.MetadataValue.json(missing),
         "removed_sources_left_out": dg.MetadataValue.json(removed),
+        # which sources' labels were read: logfit materialize re-runs this asset (and the line
+        # model below it) when that set changes, a source added or removed
+        "label_sources": dg.MetadataValue.json(sorted(s for s in llm_labels if s in known)),
     }
     if missing:
         context.log.warning(

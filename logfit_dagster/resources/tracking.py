@@ -175,6 +175,16 @@ class ExperimentTracker(dg.ConfigurableResource):
             run = client.get_run(version.run_id)
             return str(version.version), dict(run.data.metrics)
 
+    def champion_tag(self, model_name: str, tag: str) -> str | None:
+        """A tag of the champion's run (None when there is no champion or no such tag)."""
+        with self._session() as mlflow:
+            client = mlflow.MlflowClient(self.uri(), self.uri())
+            try:
+                version = client.get_model_version_by_alias(model_name, CHAMPION)
+            except mlflow.exceptions.MlflowException:
+                return None
+            return client.get_run(version.run_id).data.tags.get(tag)
+
     def promote(self, model_name: str, version: str) -> None:
         with self._session() as mlflow:
             mlflow.MlflowClient(self.uri(), self.uri()).set_registered_model_alias(

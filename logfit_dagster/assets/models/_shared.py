@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -55,22 +56,43 @@ def finite(metrics: dict) -> dict:
     }
 
 
+TRAINING_DATA_TAG = "training_data"
+
+
 def gate(
-    new_f1: float, champion: tuple[str, dict] | None, metric: str, margin: float
+    new_f1: float,
+    champion: tuple[str, dict] | None,
+    metric: str,
+    margin: float,
+    data: str = "",
+    champion_data: str | None = None,
 ) -> tuple[bool, dict]:
-    """Passes when there is no champion, or the new F1 is not below the champion's by more
-    than ``margin``."""
+    """Passes when there is no champion, when the training data changed since the champion's
+    (``data`` against ``champion_data``: scores on other data are not comparable, and the model
+    follows its data), or when the new F1 is not below the champion's by more than ``margin``."""
     if champion is None:
         return True, {"champion_version": "none", "new_f1": dg.MetadataValue.float(new_f1)}
     version, metrics = champion
     old = float(metrics.get(metric, float("nan")))
-    passed = not math.isfinite(old) or new_f1 >= old - margin
-    return passed, {
+    moved = bool(data) and champion_data is not None and champion_data != data
+    passed = moved or not math.isfinite(old) or new_f1 >= old - margin
+    metadata = {
         "champion_version": version,
         "champion_f1": dg.MetadataValue.float(old),
         "new_f1": dg.MetadataValue.float(new_f1),
         "margin": dg.MetadataValue.float(margin),
     }
+    if moved:
+        metadata["note"] = (
+            "the training data changed since the champion was trained: its score is on other "
+            "data, so the new model replaces it"
+        )
+    return passed, metadata
+
+
+def data_key(*parts) -> str:
+    """A short, stable key of what a model was trained and scored on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def promote_line_model(

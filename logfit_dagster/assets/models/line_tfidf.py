@@ -11,8 +11,10 @@ from pydantic import Field
 
 from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
 from logfit_dagster.assets.models._shared import (
+    TRAINING_DATA_TAG,
     TRAINING_POOL,
     champion_model_path,
+    data_key,
     family_folder,
     finite,
     gate,
@@ -113,11 +115,20 @@ def look_skip_model(
         artifact_folder=folder,
         figures={"pr_curve": curve},
         json_artifacts={"look_skip_model.json": export, "grid.json": grid.to_dict("records")},
-        tags={"asset": "look_skip_model", "family": "line_tfidf"},
+        tags={
+            "asset": "look_skip_model",
+            "family": "line_tfidf",
+            TRAINING_DATA_TAG: data_key(sorted(sources)),
+        },
     )
     plots.close(curve)
     passed, gate_metadata = gate(
-        cv["f1"], tracker.champion(LINE_MODEL_NAME), "cv_f1", config.champion_margin
+        cv["f1"],
+        tracker.champion(LINE_MODEL_NAME),
+        "cv_f1",
+        config.champion_margin,
+        data=data_key(sorted(sources)),
+        champion_data=tracker.champion_tag(LINE_MODEL_NAME, TRAINING_DATA_TAG),
     )
     summary = pd.DataFrame(
         [

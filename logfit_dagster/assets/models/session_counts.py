@@ -6,7 +6,9 @@ from pydantic import Field
 
 from logfit_dagster.assets._common import on_new_data, training_op_tags
 from logfit_dagster.assets.models._shared import (
+    TRAINING_DATA_TAG,
     TRAINING_POOL,
+    data_key,
     family_folder,
     finite,
     gate,
@@ -92,6 +94,9 @@ def session_model(
         return
     training = read_training(folder)
     name = session_model_name(source)
+    split_key = data_key(
+        dataset_splits[["session_id", "split", "label"]].astype(str).values.tolist()
+    )
     records = {}
     for result in training.results:
         figure = (
@@ -124,7 +129,12 @@ def session_model(
             sk_model=result.pipeline,
             artifact_folder=folder,
             figures={"pr_curve": figure} if figure is not None else {},
-            tags={"asset": "session_model", "source": source, "family": "session_counts"},
+            tags={
+                "asset": "session_model",
+                "source": source,
+                "family": "session_counts",
+                TRAINING_DATA_TAG: split_key,
+            },
         )
         if figure is not None:
             plots.close(figure)
@@ -156,7 +166,12 @@ def session_model(
     yield dg.Output(frame, metadata=metadata)
     if training.supervised:
         passed, gate_metadata = gate(
-            best.test["f1"], tracker.champion(name), "test_f1", config.champion_margin
+            best.test["f1"],
+            tracker.champion(name),
+            "test_f1",
+            config.champion_margin,
+            data=split_key,
+            champion_data=tracker.champion_tag(name, TRAINING_DATA_TAG),
         )
         yield dg.AssetCheckResult(
             check_name="session_champion_gate", passed=passed, metadata=gate_metadata
