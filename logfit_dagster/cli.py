@@ -395,10 +395,70 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    """Serve the UI, the daemon and the code location with ``dagster dev``, and stop all of
+    them on SIGTERM or SIGINT (Ctrl-C), even when started in the background."""
+    import shutil
+    import signal
+    import subprocess
+
     home = _ensure_dagster_home()
-    print(f"DAGSTER_HOME={home}")
-    os.execvp("dagster", ["dagster", "dev", *args.rest])
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    command = [
+        shutil.which("dagster") or "dagster",
+        "dev",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        *rest,
+    ]
+    print(f"DAGSTER_HOME={home}\nthe UI: http://{args.host}:{args.port}", flush=True)
+
+    def default_interrupt() -> None:
+        # A shell starts background jobs with SIGINT ignored, and a child inherits that:
+        # dagster dev could then not be stopped gracefully. It gets the default back.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    server = subprocess.Popen(command, start_new_session=True, preexec_fn=default_interrupt)
+    stopping = []
+
+    def stop(signum, frame) -> None:
+        stopping.append(signum)
+        if len(stopping) == 1:
+            _stop_process_group(server, grace=DEV_SHUTDOWN_GRACE_SECONDS)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = server.wait()
+    if not stopping:
+        return code
     return 0
+
+
+DEV_SHUTDOWN_GRACE_SECONDS = 20
+
+
+def _stop_process_group(server, grace: float) -> None:
+    """dagster dev's graceful stop (SIGINT), then SIGTERM, then SIGKILL to its whole group:
+    the webserver, the daemon and the code servers go with it."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig) if sig != signal.SIGINT else server.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            server.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone: make sure nothing of its group is left behind
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,9 +512,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--output", help="write every session scored to a .parquet or .jsonl file")
     t.set_defaults(func=cmd_sessions)
     d = sub.add_parser(
-        "dev", help="open the Dagster UI (dagster dev) with the instance under data/"
+        "dev",
+        help="open the Dagster UI (dagster dev) with the instance under data/",
+        add_help=False,  # -h is the host, as in dagster dev
+        description="Serve the Dagster UI, the daemon and the code location; SIGTERM or Ctrl-C "
+        "stops all of them. Arguments after -- go to dagster dev unchanged.",
     )
-    d.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to dagster dev")
+    d.add_argument("--help", action="help", help="show this help and exit")
+    d.add_argument("-h", "--host", default="127.0.0.1", help="host to serve on (127.0.0.1)")
+    d.add_argument("-p", "--port", type=int, default=3000, help="port to serve on (3000)")
+    d.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="after --: more arguments for dagster dev"
+    )
     d.set_defaults(func=cmd_dev)
     args = parser.parse_args(argv)
     # Dagster marks data versions and backfill policies as beta; a CLI user cannot act on that.

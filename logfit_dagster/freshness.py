@@ -7,7 +7,7 @@ a source is unchanged when the fingerprint of its files now equals the one recor
 
 Dagster computes stale status for the UI ("Materialize changed and missing") with
 ``CachingStaleStatusResolver``; it is not a public API, so this module is the one place that
-touches it (pinned with dagster < 1.14).
+touches it (dagster is pinned to one release in pyproject.toml).
 """
 
 from __future__ import annotations

@@ -8,8 +8,6 @@ then ``line_model_job``, then ``scoring_job`` per source, then ``template_models
 
 import dagster as dg
 
-from logfit_dagster.partitions import log_source_partitions
-
 ingest_selection = dg.AssetSelection.groups("ingest", "datasets")
 labels_selection = dg.AssetSelection.assets("llm_labels", "label_quality")
 source_models_selection = dg.AssetSelection.assets(
@@ -31,42 +29,36 @@ template_models_selection = dg.AssetSelection.assets(
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=ingest_selection,
-    partitions_def=log_source_partitions,
     description="Raw logs to train/dev/test splits for one log source.",
 )
 
 labels_job = dg.define_asset_job(
     "labels_job",
     selection=labels_selection,
-    partitions_def=log_source_partitions,
     description="LOOK/SKIP labels of one log source and their agreement with ground truth.",
 )
 
 source_models_job = dg.define_asset_job(
     "source_models_job",
     selection=source_models_selection,
-    partitions_def=log_source_partitions,
     description="Session classifiers of one source, their champion and the metrics report.",
 )
 
 reports_job = dg.define_asset_job(
     "reports_job",
     selection=dg.AssetSelection.assets("metrics_report"),
-    partitions_def=log_source_partitions,
     description="The metrics report of one source from its stored session models.",
 )
 
 source_lineage_job = dg.define_asset_job(
     "source_lineage_job",
     selection=ingest_selection | labels_selection | source_models_selection,
-    partitions_def=log_source_partitions,
     description="Everything of one log source: ingest, datasets, labels, session models, report.",
 )
 
 nightly_job = dg.define_asset_job(
     "nightly_job",
     selection=ingest_selection | labels_selection,
-    partitions_def=log_source_partitions,
     description="Ingest and label one log source (the nightly schedule runs it per source).",
 )
 
@@ -79,7 +71,6 @@ line_model_job = dg.define_asset_job(
 scoring_job = dg.define_asset_job(
     "scoring_job",
     selection=scoring_selection,
-    partitions_def=log_source_partitions,
     description="One source's lines scored by the champion LOOK/SKIP classifier.",
 )
 
@@ -92,7 +83,6 @@ template_models_job = dg.define_asset_job(
 template_lm_job = dg.define_asset_job(
     "template_lm_job",
     selection=dg.AssetSelection.assets("template_lm"),
-    partitions_def=log_source_partitions,
     description="One source's next-template model, fine-tuned from the pretrained one.",
 )
 

@@ -106,3 +106,50 @@ def test_the_line_model_follows_the_registry(workdir):
     assert sources_in(_materialize(workdir, "tiny_java")) == "3"
     registry.write_text(before)
     assert sources_in(_materialize(workdir, "tiny_hdfs")) == "2"
+
+
+@pytest.mark.slow
+def test_logfit_dev_takes_host_and_port_and_stops_everything_on_sigterm(workdir):
+    """Started as a shell starts a background job (SIGINT ignored), ``logfit dev`` serves on the
+    port it was given, and one SIGTERM to it stops every process it started."""
+    import signal
+    import time
+    import urllib.request
+
+    import psutil
+
+    from tests.processes import free_port, stop
+
+    port = free_port()
+    env = {**os.environ}
+    env.pop("DAGSTER_HOME", None)
+    log = open(workdir / "dev.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logfit_dagster.cli", "dev", "-h", "127.0.0.1", "--port", str(port)]
+        + ["--", "-m", "logfit_dagster.definitions"],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (workdir / "dev.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, (workdir / "dev.log").read_text()[-3000:]
+                time.sleep(1)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 3  # dagster dev, its webserver, its daemon (and code servers)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        stop(proc)
+        log.close()

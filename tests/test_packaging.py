@@ -45,3 +45,16 @@ def test_every_imported_package_is_a_declared_dependency():
         if not dists & declared:
             missing.append(f"{module} (from {sorted(dists)})")
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_the_dagster_family_is_one_release_whatever_the_extras():
+    """dagster-celery and dagster-k8s pin dagster exactly: every member is pinned to the same
+    release, so that installing an extra never moves dagster."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    family = [r for r in requirements if r.startswith("dagster")]
+    assert family and all("==" in r for r in family), family
+    patches = {r.split("==")[1].split(".")[-1] for r in family}
+    assert len(patches) == 1, family

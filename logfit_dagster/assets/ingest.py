@@ -1,5 +1,7 @@
 """Ingest: raw log lines, parsed and templated lines, and the template vocabulary."""
 
+import warnings
+
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -14,6 +16,10 @@ from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 
 MAX_PARSE_FAILURE_RATE = 0.05
+
+# raw_logs's data version is its source's fingerprint, the root of "unchanged input, nothing to
+# recompute"; Dagster marks the parameter beta and would warn on every materialization.
+warnings.filterwarnings("ignore", message="Parameter `data_version` of initializer `Output")
 
 
 @dg.asset(

@@ -96,7 +96,7 @@ def compile_log_format(log_format: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _compile(log_format: str) -> tuple[str, str, tuple[str, ...]]:
-    """The exact (lazy) pattern, a faster equivalent for most lines, and the field names.
+    r"""The exact (lazy) pattern, a faster equivalent for most lines, and the field names.
 
     Loghub's fields are lazy ``.*?`` groups. Where a field is followed by a literal character
     ``c``, the lazy group's first choice is "everything up to the first ``c``", which RE2 matches

@@ -1,6 +1,7 @@
 """Every line of a source scored by the line champion, whichever family it is."""
 
 import time
+import warnings
 
 import dagster as dg
 import numpy as np
@@ -11,6 +12,10 @@ from logfit_dagster.assets._common import on_new_data, preview
 from logfit_dagster.assets.models._shared import line_champion_path
 from logfit_dagster.core.errors import ModelFileError
 from logfit_dagster.partitions import log_source_partitions
+
+# A single-run backfill is what this asset needs; Dagster marks the parameter beta and would
+# say so on every load of the definitions, to every user, who can do nothing about it.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`")
 
 
 @dg.asset(
