@@ -39,11 +39,11 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     home = _ensure_dagster_home()
     import dagster as dg
 
-    from logfit_dagster.assets.models import line_champion_path
     from logfit_dagster.definitions import defs
     from logfit_dagster.freshness import Freshness
     from logfit_dagster.jobs import JOB_SELECTIONS
     from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.progress import RunProgress
     from logfit_dagster.resources.sources import LogSources
 
     instance = dg.DagsterInstance.get()
@@ -103,11 +103,30 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         if selection == []:
             skipped.append(label)
             return True, _latest_metadata(instance, defs, job_name, partition)
+        steps = len(selection) if selection is not None else len(job_assets(job_name))
+        progress.begin(label, steps)
         ok, meta, reason = executor.run(job_name, partition, selection)
         if not ok:
             failed.append((label, reason))
-            print(f"[{label}] FAILED: {reason}", file=sys.stderr)
+            progress.note(f"[{label}] FAILED: {reason}")
         return ok, {**_latest_metadata(instance, defs, job_name, partition), **meta}
+
+    def job_assets(job_name: str) -> list:
+        return Freshness(instance, defs).job_assets(JOB_SELECTIONS[job_name])
+
+    with RunProgress(instance) as progress:
+        line_model, transformer, template_models, pretrained, _ = _run_everything(
+            args, names, run, rows, skipped, executor, failed
+        )
+    _print_summary(
+        rows, line_model, transformer, template_models, pretrained, skipped, home, started
+    )
+    return 1 if failed else 0
+
+
+def _run_everything(args, names, run, rows, skipped, executor, failed):
+    """Each source's job, then the shared models, the scoring and the template models."""
+    from logfit_dagster.assets.models import line_champion_path
 
     succeeded = []
     for name in names:
@@ -135,6 +154,14 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 ok, _, reason = executor.run("overview_job", None, None)
                 if not ok:
                     failed.append(("overview_job", reason))
+    return line_model, transformer, template_models, pretrained, succeeded
+
+
+def _print_summary(
+    rows, line_model, transformer, template_models, pretrained, skipped, home, started
+):
+    from logfit_dagster.assets.models import line_champion_path
+
     _print_table(rows)
     assets_dir = data_dir() / "assets"
     print(
@@ -165,7 +192,6 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         print(f"up to date, not run: {', '.join(skipped)} (--force recomputes)")
     print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
     print("open the UI with: logfit dev")
-    return 1 if failed else 0
 
 
 def _template_summary(meta: dict) -> str:

@@ -7,7 +7,10 @@ The default store is local under data/ (``sqlite:///data/mlflow/mlflow.db``, art
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -21,6 +24,8 @@ from pydantic import Field
 
 from logfit_dagster.core.models.base import copy_model_files
 from logfit_dagster.paths import data_dir
+
+logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 
@@ -69,18 +74,17 @@ class ExperimentTracker(dg.ConfigurableResource):
         prior_registry = os.environ.get("MLFLOW_REGISTRY_URI")
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        # MLflow prints its registry chatter ("Successfully registered model ...", "Created
+        # version ...") to stderr: it goes to this module's logger instead, out of the way of
+        # a step's log and of logfit materialize's progress.
+        chatter = io.StringIO()
         try:
-            if mlflow.get_experiment_by_name(self.experiment) is None:
-                location = (
-                    (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
-                )
-                try:
-                    mlflow.create_experiment(self.experiment, artifact_location=location)
-                except mlflow.exceptions.MlflowException:
-                    pass  # created meanwhile by a concurrent step
-            mlflow.set_experiment(self.experiment)
-            yield mlflow
+            with contextlib.redirect_stderr(chatter):
+                yield from self._within(mlflow, local)
         finally:
+            for line in chatter.getvalue().splitlines():
+                if line.strip():
+                    logger.info(line)
             mlflow.set_tracking_uri(prior_tracking)
             mlflow.set_registry_uri(prior_registry)
             # set_*_uri(None) leaves the variables it wrote: without this, the next store of
@@ -91,6 +95,17 @@ class ExperimentTracker(dg.ConfigurableResource):
             ):
                 if prior is None:
                     os.environ.pop(name, None)
+
+    def _within(self, mlflow, local: bool) -> Iterator:
+        """The experiment, created on first use (under data/ for the local store)."""
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            location = (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
+            try:
+                mlflow.create_experiment(self.experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                pass  # created meanwhile by a concurrent step
+        mlflow.set_experiment(self.experiment)
+        yield mlflow
 
     def log_training(
         self,

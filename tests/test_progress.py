@@ -1,0 +1,47 @@
+"""The live view of logfit materialize: the steps of the run now executing, as they happen."""
+
+import io
+import time
+
+import dagster as dg
+
+from logfit_dagster.progress import RunProgress
+
+
+@dg.asset
+def first(context: dg.AssetExecutionContext) -> int:
+    context.log.info("first: step 3/10 (30%) loss 1.2 eta 0m07s")
+    time.sleep(1.2)  # long enough for the view to see the step running
+    return 1
+
+
+@dg.asset
+def second(first: int) -> int:
+    return first + 1
+
+
+def _run(tty: bool) -> str:
+    stream = io.StringIO()
+    with dg.instance_for_test() as instance:
+        with RunProgress(instance, stream=stream, tty=tty, poll_seconds=0.1) as progress:
+            progress.begin("demo", 2)
+            assert dg.materialize([first, second], instance=instance).success
+    return stream.getvalue()
+
+
+def test_plain_lines_when_not_a_terminal():
+    text = _run(tty=False)
+    lines = text.splitlines()
+    assert lines[0].endswith("demo: 2 asset(s) to run")
+    assert any(line.endswith("demo: first done (1/2)") for line in lines)
+    assert any(line.endswith("demo: second done (2/2)") for line in lines)
+    assert any("first: step 3/10 (30%) loss 1.2 eta 0m07s" in line for line in lines)
+    assert "\r" not in text
+
+
+def test_one_line_rewritten_in_place_on_a_terminal():
+    text = _run(tty=True)
+    frames = [f for f in text.split("\r") if f.strip()]
+    assert any("demo: 0/2 steps · first · first: step 3/10" in f for f in frames)
+    assert "\n" not in text  # nothing scrolls: the line is cleared at the end
+    assert text.endswith("\r")
