@@ -163,6 +163,9 @@ def _print_summary(
     from logfit_dagster.assets.models import line_champion_path
 
     _print_table(rows)
+    for row in rows:
+        if row["_note"]:
+            print(row["_note"])
     assets_dir = data_dir() / "assets"
     print(
         f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)"
@@ -286,18 +289,32 @@ def _summary_row(name: str, meta: dict, seconds: float, unchanged: bool) -> dict
         if truth.get("has_ground_truth")
         else "no labels",
         "LOOK lines": meta.get("llm_labels", {}).get("look_lines", "-"),
-        "session F1 (test)": f"{session['test_f1']:.3f}"
-        if "test_f1" in session
-        else ("skipped" if "skipped" in session else "-"),
+        "session F1 (test)": _session_f1(session),
         "seconds": "unchanged" if unchanged else f"{seconds:.1f}",
+        # printed under the table, not in it
+        "_note": f"no session model for {name}: {session['skipped']}"
+        if "skipped" in session
+        else "",
     }
+
+
+def _session_f1(session: dict) -> str:
+    """The best session model's test F1 and the anomalous test sessions it rests on."""
+    if "test_f1" not in session:
+        return "no model (below)" if "skipped" in session else "-"
+    if "test_anomalous" not in session:
+        return f"{session['test_f1']:.3f}"
+    return (
+        f"{session['test_f1']:.3f} ({session['test_anomalous']} of "
+        f"{session['test_sessions']} anomalous)"
+    )
 
 
 def _print_table(rows: list[dict]) -> None:
     if not rows:
         print("no source was materialized")
         return
-    headers = list(rows[0])
+    headers = [h for h in rows[0] if not h.startswith("_")]
     widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
     print("  ".join(h.ljust(widths[h]) for h in headers))
     print("  ".join("-" * widths[h] for h in headers))

@@ -58,6 +58,22 @@ _HDFS_ANOMALIES = (
     "delete_missing",
     "redundant_add",
     "orphan_block",
+    # Two kinds that event counts cannot see: the same events in the wrong order, and an event
+    # never logged before (absent from every training session, so no count feature has it).
+    "out_of_order",
+    "unseen_event",
+)
+
+# Events each of which appears in at most a few blocks: an "unseen_event" block shows one.
+_RARE_HDFS_EVENTS = (
+    "Checksum mismatch on {block} reported by /{node}, replica quarantined",
+    "Lease recovery for {block} started by an unknown client",
+    "Generation stamp of {block} is newer than the namenode's record",
+    "Block {block} scheduled for balancing but its pool is gone",
+    "Replica of {block} found on a decommissioned volume /{node}",
+    "Clock skew of more than a minute while committing {block}",
+    "Short-circuit read of {block} refused: descriptor leaked",
+    "Heartbeat from /{node} lists {block} twice",
 )
 
 
@@ -165,6 +181,20 @@ def _hdfs_block(rng: random.Random, start: float, seq: list[int], anomaly: str |
             "dfs.FSNamesystem",
             f"BLOCK* NameSystem.addStoredBlock: addStoredBlock request received for {block} on "
             f"{rng.choice(nodes)}:50010 size {size} But it does not belong to any file.",
+            anomaly,
+        )
+    if anomaly == "out_of_order":
+        # the allocation logged after the block's data arrived: every event is a normal one
+        first = events.pop(0)
+        events.append(_Event(t + rng.random(), first.seq, first.text, 1, anomaly))
+        t += 1.0
+    if anomaly == "unseen_event":
+        emit(
+            rng.random() * 30,
+            rng.randint(100, 400),
+            "WARN",
+            "dfs.DataNode",
+            rng.choice(_RARE_HDFS_EVENTS).format(block=block, node=rng.choice(nodes)),
             anomaly,
         )
     if rng.random() < 0.3:

@@ -160,6 +160,9 @@ def session_model(
         "model_folder": dg.MetadataValue.path(str(folder)),
         "models": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
         **{f"test_{k}": v for k, v in finite(best.test).items()},
+        # what the test figures rest on
+        "test_sessions": int((frame["model"] == best.kind).sum()),
+        "test_anomalous": int(((frame["model"] == best.kind) & (frame["label"] == 1)).sum()),
     }
     if training.note:
         metadata["note"] = training.note

@@ -129,8 +129,9 @@ class FineTuneConfig(TemplateLMConfig):
     )
     compare_with_scratch: bool = Field(
         default=True,
-        description="When fine-tuning, also train the same model from random weights on the "
-        "same data, and report both side by side: the gain from pretraining, measured.",
+        description="When fine-tuning a source other than the pretraining one, also train the "
+        "same model from random weights on the same data, and report both side by side: the "
+        "gain from pretraining, measured.",
     )
 
     def params(self) -> dict:
@@ -268,7 +269,10 @@ def template_lm(
         mode = "scratch" if config.from_scratch else "finetuned"
         folder, result = _train_source(context, trainer, f"{source}/{mode}", data, config.params())
         baseline = None
-        if init is not None and config.compare_with_scratch:
+        # the twin shows what pretraining on another source gains; on the pretraining source
+        # itself there is nothing to transfer
+        pretrained_on = str(template_lm_pretrained["source"].iloc[0])
+        if init is not None and config.compare_with_scratch and pretrained_on != source:
             context.log.info("training the same model from scratch, to measure the gain")
             baseline = _train_source(
                 context, trainer, f"{source}/scratch", {**data, "init": None}, config.params()
