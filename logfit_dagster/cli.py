@@ -39,6 +39,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     home = _ensure_dagster_home()
     import dagster as dg
 
+    from logfit_dagster.core.errors import LogfitError
     from logfit_dagster.definitions import defs
     from logfit_dagster.freshness import Freshness
     from logfit_dagster.jobs import JOB_SELECTIONS
@@ -78,10 +79,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         fresh = Freshness(instance, defs)
         keys = fresh.job_assets(JOB_SELECTIONS[job_name])
         if raw_key in keys:
-            spec = sources.get(partition)
-            if fresh.recorded_version(raw_key, partition) != sources.fingerprint(
-                spec, sources.files(spec)
-            ):
+            try:
+                spec = sources.get(partition)
+                current = sources.fingerprint(spec, sources.files(spec))
+            except LogfitError:
+                return None  # run it: the run fails for this source alone, naming what is wrong
+            if fresh.recorded_version(raw_key, partition) != current:
                 return None
         stale = fresh.out_of_date(keys, partition)
         if labeled_key in keys and labeled_key not in stale and _label_sources_moved(fresh):
@@ -115,11 +118,11 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         return Freshness(instance, defs).job_assets(JOB_SELECTIONS[job_name])
 
     with RunProgress(instance) as progress:
-        line_model, transformer, template_models, pretrained, _ = _run_everything(
+        line_model, transformer, template_models, pretrained, labeled = _run_everything(
             args, names, run, rows, skipped, executor, failed
         )
     _print_summary(
-        rows, line_model, transformer, template_models, pretrained, skipped, home, started
+        rows, line_model, transformer, template_models, pretrained, labeled, skipped, home, started
     )
     return 1 if failed else 0
 
@@ -136,10 +139,11 @@ def _run_everything(args, names, run, rows, skipped, executor, failed):
             continue
         succeeded.append(name)
         rows.append(_summary_row(name, meta, time.perf_counter() - t0, name in skipped))
-    line_model, transformer, template_models, pretrained = {}, {}, {}, {}
+    line_model, transformer, template_models, pretrained, labeled = {}, {}, {}, {}, {}
     if args.job == "source_lineage_job" and succeeded:
         ok, line_model = run("line_model_job", None, "line_model_job")
         transformer = line_model.get("line_transformer_model", {})
+        labeled = line_model.get("labeled_lines", {})
         line_model = line_model.get("look_skip_model", {})
         if ok and line_champion_path().exists():
             for name in succeeded:
@@ -154,11 +158,11 @@ def _run_everything(args, names, run, rows, skipped, executor, failed):
                 ok, _, reason = executor.run("overview_job", None, None)
                 if not ok:
                     failed.append(("overview_job", reason))
-    return line_model, transformer, template_models, pretrained, succeeded
+    return line_model, transformer, template_models, pretrained, labeled
 
 
 def _print_summary(
-    rows, line_model, transformer, template_models, pretrained, skipped, home, started
+    rows, line_model, transformer, template_models, pretrained, labeled, skipped, home, started
 ):
     from logfit_dagster.assets.models import line_champion_path
 
@@ -175,6 +179,12 @@ def _print_summary(
             f"look_skip_model: leave-sources-out LOOK F1 {line_model.get('cv_f1', float('nan')):.3f} "
             f"over {line_model.get('sources')} sources; champion model: "
             f"{data_dir() / 'models' / 'look_skip_champion.json'} (logfit classify FILE)"
+        )
+    elif labeled:
+        print(
+            f"look_skip_model: not trained: labelled lines from {labeled.get('sources')} "
+            f"source(s), {labeled.get('look_lines')} LOOK of {labeled.get('lines')}; training "
+            "and leave-sources-out scoring need two sources with both LOOK and SKIP lines"
         )
     if transformer.get("skipped"):
         print(f"line_transformer_model: not trained: {transformer['skipped']}")
@@ -361,6 +371,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    source = Path(args.file)
+    if args.file == "-" or (source.exists() and not source.is_file()):
+        print(
+            f"logfit: {args.file} is not a regular file: classify reads a file (plain or .gz) "
+            "twice, once to find its distinct shapes; write the stream to a file first",
+            file=sys.stderr,
+        )
+        return 2
     scorer = load_line_scorer(model)
     stats = classify_file(
         Path(args.file),
@@ -504,6 +522,19 @@ def _stop_process_group(server, grace: float) -> None:
         return
 
 
+def _probability(text: str) -> float:
+    """A threshold on a probability: a finite number strictly between 0 and 1."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logfit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -537,7 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--model", help="model JSON (default: data/models/look_skip_champion.json)")
     c.add_argument("--output", help="write every line scored to a .parquet or .jsonl file")
     c.add_argument(
-        "--threshold", type=float, default=None, help="LOOK threshold (default: the model's)"
+        "--threshold",
+        type=_probability,
+        default=None,
+        help="LOOK threshold, between 0 and 1 (default: the model's)",
     )
     c.set_defaults(func=cmd_classify)
     t = sub.add_parser(

@@ -153,3 +153,52 @@ def test_logfit_dev_takes_host_and_port_and_stops_everything_on_sigterm(workdir)
     finally:
         stop(proc)
         log.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["classify", "-"], "- is not a regular file"),
+        (["classify", "/dev/stdin"], "/dev/stdin is not a regular file"),
+        (["classify", "x.log", "--threshold", "5"], "5 is not between 0 and 1"),
+        (["classify", "x.log", "--threshold", "nan"], "nan is not between 0 and 1"),
+    ],
+)
+def test_classify_refuses_what_it_cannot_read_or_mean(workdir, argv, words):
+    (workdir / "data" / "models").mkdir(parents=True)
+    (workdir / "data" / "models" / "look_skip_champion.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "-m", "logfit_dagster.cli", *argv],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2 and words in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
+    """A source whose files are missing fails its own run, named; the only good source runs the
+    whole lineage, and the line model says why one source trains nothing."""
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
+        "  - {name: broken, origin: files, path: missing/*.log}\n"
+    )
+    env = {**os.environ}
+    env.pop("DAGSTER_HOME", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "[broken] FAILED" in result.stderr and "no file matches" in result.stderr
+    assert _row(result, "tiny_bgl")[1] == "800"
+    assert "look_skip_model: not trained: labelled lines from 1 source(s)" in result.stdout
+    assert (workdir / "data" / "assets" / "dataset_splits" / "tiny_bgl.parquet").exists()

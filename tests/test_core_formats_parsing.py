@@ -120,3 +120,12 @@ def test_every_loghub_sample_parses_without_failures(shared_data):
 )
 def test_masking_replaces_variable_parts(text, masked):
     assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize("fmt", ["[<Level>] <Content>", "<Date> (<Level> <Content>"])
+def test_a_format_that_is_no_regex_fails_in_the_registry_naming_the_field(fmt):
+    from logfit_dagster.core.errors import RegistryError
+    from logfit_dagster.core.registry import parse_source
+
+    with pytest.raises(RegistryError, match=r"field 'format': log format .* valid regular"):
+        parse_source({"name": "app", "origin": "files", "path": "x.log", "format": fmt}, "test")

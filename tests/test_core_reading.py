@@ -66,3 +66,19 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         write_parquet_atomic("not a table", target)  # type: ignore[arg-type]
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_a_truncated_or_fake_gzip_is_named(tmp_path):
+    import gzip
+
+    from logfit_dagster.core.errors import LogInputError
+    from logfit_dagster.core.reading import iter_line_batches
+
+    whole = gzip.compress(b"one line\n" * 5000)
+    truncated = tmp_path / "cut.log.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    fake = tmp_path / "fake.log.gz"
+    fake.write_bytes(b"this is plain text, not gzip\n")
+    for path in (truncated, fake):
+        with pytest.raises(LogInputError, match=rf"{path.name}: cannot be read as gzip"):
+            list(iter_line_batches(path))

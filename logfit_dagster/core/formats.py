@@ -143,6 +143,30 @@ def _fast_group(following: str) -> str:
     return ".*?"
 
 
+def _check_compiles(spec: str, fields: tuple[str, ...], *patterns: str) -> None:
+    """A format's patterns compile in Python's engine and in RE2 (what parses the lines), with
+    a group for every field, so a bad format fails when the registry is read, not after
+    raw_logs was written."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    advice = "a literal [ ] ( ) around a field is written \\[ \\] \\( \\)"
+    for pattern in patterns:
+        try:
+            groups = set(re.compile(pattern).groupindex)
+            pc.extract_regex(pa.array([""], pa.string()), pattern=pattern)
+        except (re.error, pa.ArrowInvalid) as exc:
+            raise ValueError(
+                f"log format {spec!r} does not make a valid regular expression ({exc}); {advice}"
+            ) from None
+        lost = [f for f in fields if f not in groups]
+        if lost:
+            raise ValueError(
+                f"log format {spec!r} does not make a valid regular expression: field(s) "
+                f"{lost} fall inside a bracket and capture nothing; {advice}"
+            )
+
+
 def get_line_format(spec: str, multiline: bool = False) -> LineFormat:
     """Resolve a format by Loghub system name, ``generic``, or a literal ``<Field>`` string."""
     if spec == GENERIC_FORMAT:
@@ -162,6 +186,7 @@ def get_line_format(spec: str, multiline: bool = False) -> LineFormat:
         )
     if "<" in spec and ">" in spec:
         pattern, fast, fields = _compile(spec)
+        _check_compiles(spec, fields, pattern, fast)
         return LineFormat("custom", spec, pattern, fields, multiline, fast, None)
     raise ValueError(
         f"unknown line format {spec!r}: use one of {sorted(known)}, 'generic', "

@@ -6,6 +6,7 @@ import codecs
 import gzip
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,19 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def _read(handle, path: Path, size: int) -> bytes:
+    """A block of bytes; a truncated or fake gzip file is named, not a bare EOFError."""
+    try:
+        return handle.read(size)
+    except (EOFError, OSError, zlib.error) as exc:
+        if path.suffix != ".gz":
+            raise LogInputError(f"{path}: cannot be read: {exc}") from None
+        raise LogInputError(
+            f"{path}: cannot be read as gzip ({type(exc).__name__}: {exc or 'truncated'}); "
+            "is it complete, and gzip at all?"
+        ) from None
+
+
 def iter_line_batches(path: Path, batch_bytes: int = 32 << 20) -> Iterator[LineBatch]:
     """Stream a log file in batches of whole lines.
 
@@ -56,7 +70,7 @@ def iter_line_batches(path: Path, batch_bytes: int = 32 << 20) -> Iterator[LineB
     carry = b""
     with _open(path) as handle:
         while True:
-            block = handle.read(batch_bytes)
+            block = _read(handle, path, batch_bytes)
             if not block:
                 break
             block = carry + block
