@@ -480,7 +480,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # dagster dev could then not be stopped gracefully. It gets the default back.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    server = subprocess.Popen(command, start_new_session=True, preexec_fn=default_interrupt)
+    # dagster dev says on every start that `dg dev` supersedes it; logfit dev is the command
+    # here, so that line only confuses
+    quiet = "ignore:Function `dev_command` is superseded"
+    env = {**os.environ}
+    env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), quiet) if w)
+    server = subprocess.Popen(
+        command, start_new_session=True, preexec_fn=default_interrupt, env=env
+    )
     stopping = []
 
     def stop(signum, frame) -> None:

@@ -62,3 +62,58 @@ def test_models_wait_for_new_data_not_for_new_materializations(workdir):
             defs=defs, instance=instance, asset_selection=selection, cursor=same.cursor
         )
         assert _requested(changed, SESSION_MODEL) == {"tiny_hdfs"}
+
+
+def test_the_line_model_follows_a_new_source_under_automation(workdir):
+    """A source registered and labelled later: the automation requests labeled_lines and, in
+    the same tick, look_skip_model below it (what the UI's sensor submits)."""
+    from logfit_dagster.jobs import labels_job
+
+    labeled, model = dg.AssetKey("labeled_lines"), dg.AssetKey("look_skip_model")
+    selection = dg.AssetSelection.assets(labeled, model)
+
+    def ingest_and_label(instance, source: str) -> None:
+        _ingest(instance, source)
+        assert (
+            defs.resolve_job_def(labels_job.name)
+            .execute_in_process(partition_key=source, instance=instance)
+            .success
+        )
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs", "tiny_bgl"])
+        for source in ("tiny_hdfs", "tiny_bgl"):
+            ingest_and_label(instance, source)
+        line_job = defs.resolve_job_def("line_model_job")
+        assert line_job.execute_in_process(
+            asset_selection=[labeled, model],
+            instance=instance,
+            run_config={
+                "ops": {
+                    "look_skip_model": {
+                        "config": {
+                            "C": [1.0],
+                            "char_max_features": [2000],
+                            "word_max_features": [1000],
+                        }
+                    }
+                }
+            },
+        ).success
+        stock = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection
+        )
+
+        registry = workdir / "sources.yaml"
+        registry.write_text(
+            registry.read_text()
+            + "  - {name: tiny_java, origin: synthetic, kind: javaapp, lines: 600, seed: 13}\n"
+        )
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_java"])
+        ingest_and_label(instance, "tiny_java")
+        first = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=stock.cursor
+        )
+        # one request for both: the line model follows its training set in the same run
+        assert first.get_num_requested(labeled) == 1
+        assert first.get_num_requested(model) == 1

@@ -148,6 +148,7 @@ def test_logfit_dev_takes_host_and_port_and_stops_everything_on_sigterm(workdir)
         assert len(started) >= 3  # dagster dev, its webserver, its daemon (and code servers)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        assert "superseded" not in (workdir / "dev.log").read_text()
         _, alive = psutil.wait_procs(started, timeout=10)
         assert not alive, [p.cmdline() for p in alive]
     finally:

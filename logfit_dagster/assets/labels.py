@@ -1,5 +1,7 @@
 """LOOK/SKIP label sets: per-source labels from an LLM or rules, their quality, the training set."""
 
+import hashlib
+
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -306,7 +308,13 @@ def labeled_lines(
         context.log.warning(
             f"no labels yet for {', '.join(missing)}: materialize llm_labels for them"
         )
-    yield dg.Output(result, metadata=metadata)
+    # the data version is the training set's content: a new source's labels (or a removed
+    # source) move it and the line model is requested again; an identical set requests nothing
+    content = pd.util.hash_pandas_object(
+        result[["source", "raw", "label"]].astype("string"), index=False
+    )
+    version = hashlib.sha256(content.to_numpy().tobytes()).hexdigest()[:24]
+    yield dg.Output(result, metadata=metadata, data_version=dg.DataVersion(version))
     # a warning, not a stop: with one source (or one class) the line model says itself why it
     # trained nothing, and the rest of the lineage stands
     yield dg.AssetCheckResult(
