@@ -20,10 +20,24 @@ def _ensure_dagster_home() -> Path:
         os.environ["DAGSTER_HOME"] = home
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
-    if not config.exists():
-        # An empty instance config means Dagster's defaults: SQLite storage under this folder.
-        config.write_text("telemetry:\n  enabled: false\n")
+    # SQLite storage under this folder (Dagster's default), no telemetry, and run monitoring:
+    # under `logfit dev` the daemon fails a run whose worker died. (Runs of `logfit
+    # materialize` itself are failed by the next command: see logfit_dagster/runs.py.)
+    if not config.exists() or config.read_text() == _OLD_INSTANCE_CONFIG:
+        config.write_text(INSTANCE_CONFIG)
     return Path(home)
+
+
+_OLD_INSTANCE_CONFIG = "telemetry:\n  enabled: false\n"
+INSTANCE_CONFIG = (
+    "telemetry:\n"
+    "  enabled: false\n"
+    "run_monitoring:\n"
+    "  enabled: true\n"
+    "  start_timeout_seconds: 180\n"
+    "  cancel_timeout_seconds: 180\n"
+    "  poll_interval_seconds: 30\n"
+)
 
 
 def _metadata_value(value):
@@ -46,11 +60,19 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.progress import RunProgress
     from logfit_dagster.resources.sources import LogSources
+    from logfit_dagster.runs import fail_orphaned_runs
 
     instance = dg.DagsterInstance.get()
+    for run_id in fail_orphaned_runs(instance):
+        print(f"run {run_id} was left STARTED by a killed command: marked failed", file=sys.stderr)
     sources = LogSources()
     all_sources = sources.all_sources()
-    names = args.sources or list(all_sources)
+    problems = sources.problems()
+    # an invalid registry entry fails that source alone: it is named, the others run
+    invalid = [n for n in (args.sources or list(problems)) if n in problems]
+    for name in invalid:
+        print(f"[{name}] FAILED: {problems[name]}", file=sys.stderr)
+    names = [n for n in args.sources or list(all_sources) if n not in problems]
     unknown = [n for n in names if n not in all_sources]
     if unknown:
         print(
@@ -67,7 +89,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         instance.add_dynamic_partitions(LOG_SOURCE, new)
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     executor = _Executor(args.executor, defs, instance, log_config)
-    rows, failed, skipped = [], [], []
+    rows, failed, skipped = [], [(n, problems[n]) for n in invalid], []
     started = time.perf_counter()
     raw_key = dg.AssetKey("raw_logs")
     labeled_key = dg.AssetKey("labeled_lines")
@@ -231,6 +253,8 @@ class _Executor:
     def run(self, job_name: str, partition: str | None, selection: list | None):
         import dagster as dg
 
+        from logfit_dagster.runs import process_tags
+
         if self.kind == "in_process":
             result = self.defs.resolve_job_def(job_name).execute_in_process(
                 partition_key=partition,
@@ -238,6 +262,7 @@ class _Executor:
                 raise_on_error=False,
                 run_config=self.run_config,
                 asset_selection=selection,
+                tags=process_tags(),  # a later command fails it if this process is killed
             )
             return self._outcome(result)
         from dagster._core.definitions.reconstruct import ReconstructableRepository

@@ -9,6 +9,7 @@ import dagster as dg
 
 from logfit_dagster.jobs import line_model_job, nightly_job
 from logfit_dagster.partitions import LOG_SOURCE
+from logfit_dagster.runs import fail_orphaned_runs
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.NOT_STARTED,
@@ -38,6 +39,8 @@ def nightly_ingest_and_label(context: dg.ScheduleEvaluationContext):
     sources = sorted(context.instance.get_dynamic_partitions(LOG_SOURCE))
     if not sources:
         return dg.SkipReason("no log_source partition yet: the registry sensor adds them")
+    for run_id in fail_orphaned_runs(context.instance):
+        context.log.warning(f"run {run_id}: its process is gone; marked failed")
     requests, busy = [], []
     for source in sources:
         if _in_flight(context.instance, nightly_job.name, source):

@@ -21,8 +21,11 @@ from logfit_dagster.resources.sources import LogSources
 def log_source_registry_sensor(context: dg.SensorEvaluationContext, sources: LogSources):
     try:
         names = sorted(sources.registered())
+        problems = sources.problems()
     except RegistryError as exc:
         return dg.SkipReason(f"registry not readable: {exc}")
+    for problem in problems.values():  # the valid entries still get their partitions
+        context.log.warning(f"invalid registry entry, left out: {problem}")
     existing = set(context.instance.get_dynamic_partitions(LOG_SOURCE))
     new = [name for name in names if name not in existing]
     if not new:

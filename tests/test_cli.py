@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from datetime import UTC
 
 import dagster as dg
 import pandas as pd
@@ -181,12 +182,14 @@ def test_classify_refuses_what_it_cannot_read_or_mean(workdir, argv, words):
 
 @pytest.mark.slow
 def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
-    """A source whose files are missing fails its own run, named; the only good source runs the
-    whole lineage, and the line model says why one source trains nothing."""
+    """A source whose files are missing fails its own run, named, and so does an invalid
+    registry entry; the only good source runs the whole lineage, and the line model says why
+    one source trains nothing."""
     (workdir / "sources.yaml").write_text(
         "sources:\n"
         "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
         "  - {name: broken, origin: files, path: missing/*.log}\n"
+        "  - {name: badfmt, origin: files, path: x.log, format: '[<Level>] <Content>'}\n"
     )
     env = {**os.environ}
     env.pop("DAGSTER_HOME", None)
@@ -200,6 +203,55 @@ def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "[broken] FAILED" in result.stderr and "no file matches" in result.stderr
+    assert "[badfmt] FAILED" in result.stderr and "field 'format'" in result.stderr
     assert _row(result, "tiny_bgl")[1] == "800"
     assert "look_skip_model: not trained: labelled lines from 1 source(s)" in result.stdout
     assert (workdir / "data" / "assets" / "dataset_splits" / "tiny_bgl.parquet").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_materialize_leaves_no_run_started(workdir):
+    """kill -9 of `logfit materialize` mid-run: the next command (or the nightly schedule)
+    marks the run FAILURE, and the schedule requests the source again."""
+    import signal
+    import time
+    from datetime import datetime
+
+    from logfit_dagster.runs import fail_orphaned_runs
+    from logfit_dagster.schedules import nightly_ingest_and_label
+
+    env = {**os.environ}
+    env.pop("DAGSTER_HOME", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize", "tiny_hdfs"]
+        + ["--job", "nightly_job"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    home = str(workdir / "data" / "dagster_home")
+    started = dg.DagsterRunStatus.STARTED
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert proc.poll() is None, "the command ended before it could be killed"
+            assert time.monotonic() < deadline, "no run started"
+            if (workdir / "data" / "dagster_home" / "dagster.yaml").exists():
+                with dg.DagsterInstance.from_config(home) as instance:
+                    if instance.get_runs(filters=dg.RunsFilter(statuses=[started])):
+                        break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with dg.DagsterInstance.from_config(home) as instance:
+        [run] = instance.get_runs(filters=dg.RunsFilter(statuses=[started]))
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.now(UTC)
+        )
+        requests = nightly_ingest_and_label(context)  # fails the orphan, then requests
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert [r.partition_key for r in requests] == ["tiny_hdfs"]
+        assert fail_orphaned_runs(instance) == []

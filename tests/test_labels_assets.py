@@ -176,3 +176,13 @@ def test_bad_recorded_file_names_file_and_line(tmp_path):
     )
     with pytest.raises(LabelerError, match=r"bad.jsonl:2: field 'line_number' is missing"):
         RecordedLabelerResource(paths=[str(path)]).build()
+
+
+def test_the_note_says_a_resumed_batch_was_paid_for():
+    from logfit_dagster.assets.labels import label_note
+    from logfit_dagster.core.labeling.base import LabelStats
+
+    assert "nothing paid" in label_note(LabelStats(windows=4, cache_hits=4))
+    resumed = label_note(LabelStats(windows=4, cache_hits=0, batches_resumed=1))
+    assert "nothing paid" not in resumed and "1 batch(es) that an earlier run submitted" in resumed
+    assert label_note(LabelStats(windows=4, cache_hits=1, requests=3)) == "3 window(s) sent"

@@ -69,3 +69,22 @@ def test_enable_loghub_appends_once(tmp_path):
     assert add_loghub_entries(path, ["HDFS", "BGL"]) == ["loghub_HDFS", "loghub_BGL"]
     assert add_loghub_entries(path, ["BGL"]) == []
     assert set(load_registry(path)) == {"a", "loghub_HDFS", "loghub_BGL"}
+
+
+def test_one_invalid_entry_never_hides_the_others(workdir):
+    from logfit_dagster.resources.sources import LogSources
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: good, origin: synthetic, kind: hdfs, lines: 100}\n"
+        "  - {name: ../evil, origin: synthetic, kind: hdfs}\n"
+        "  - {name: badregex, origin: files, path: x.log, session: {by: regex, pattern: '(('}}\n"
+    )
+    sources = LogSources()
+    assert list(sources.registered()) == ["good"]
+    problems = sources.problems()
+    assert set(problems) == {"sources[1]", "badregex"}
+    assert "not a safe file name" in problems["sources[1]"]
+    assert sources.get("good").lines == 100
+    with pytest.raises(RegistryError, match="session.pattern is not a valid regex"):
+        sources.get("badregex")

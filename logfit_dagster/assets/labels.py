@@ -109,7 +109,6 @@ def llm_labels(
         else pd.Series(dtype="int64")
     )
     counts = frame["label"].value_counts()
-    sent_nothing = stats.requests == 0
     metadata = {
         "labeler": built.name,
         "model": built.model,
@@ -134,12 +133,7 @@ def llm_labels(
         ),
         "repaired_replies": stats.repairs,
         "reply_problems": dg.MetadataValue.json([scrub(p, secrets) for p in stats.problems[:20]]),
-        "note": "a sequence source: its rows are event ids of pre-parsed sessions, not log "
-        "lines; nothing to label"
-        if sequences
-        else "every window came from the cache: nothing was sent, nothing paid"
-        if sent_nothing
-        else f"{stats.windows - stats.cache_hits} window(s) sent",
+        "note": label_note(stats, sequences),
         "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
     }
     if stats.unlabeled_lines:
@@ -159,6 +153,23 @@ def llm_labels(
             "unlabeled_lines": stats.unlabeled_lines,
         },
     )
+
+
+def label_note(stats, sequences: bool = False) -> str:
+    """What a labeling run sent and paid, in words that match its numbers."""
+    if sequences:
+        return (
+            "a sequence source: its rows are event ids of pre-parsed sessions, not log lines; "
+            "nothing to label"
+        )
+    if stats.requests == 0 and not stats.batches_resumed:
+        return "every window came from the cache: nothing was sent, nothing paid"
+    if stats.requests == 0:
+        return (
+            f"{stats.batches_resumed} batch(es) that an earlier run submitted were collected "
+            "(paid once, by that submission; the estimated cost is theirs)"
+        )
+    return f"{stats.windows - stats.cache_hits} window(s) sent"
 
 
 class QualityConfig(dg.Config):

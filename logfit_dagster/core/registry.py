@@ -334,6 +334,23 @@ def load_registry(path: Path) -> dict[str, SourceSpec]:
     Raises:
         RegistryError: naming the file and the entry for any malformed entry or duplicate name.
     """
+    sources, problems = read_registry(path)
+    if problems:
+        raise RegistryError(next(iter(problems.values())))
+    return sources
+
+
+def read_registry(path: Path) -> tuple[dict[str, SourceSpec], dict[str, str]]:
+    """Read the registry file, keeping the valid entries when some are not.
+
+    Returns:
+        The valid sources by name, and for each invalid entry its error (keyed by the entry's
+        name where it has a usable one, else ``sources[i]``): one bad entry never hides the
+        others.
+
+    Raises:
+        RegistryError: when the file itself is missing or is not a registry at all.
+    """
     import yaml
 
     path = Path(path)
@@ -349,14 +366,23 @@ def load_registry(path: Path) -> dict[str, SourceSpec]:
     if not isinstance(entries, list):
         raise RegistryError(f"{path}: 'sources' must be a list of entries")
     sources: dict[str, SourceSpec] = {}
+    problems: dict[str, str] = {}
     for index, entry in enumerate(entries):
-        spec = parse_source(entry, f"{path}: sources[{index}]")
-        if spec.name in sources:
-            raise RegistryError(
+        name = entry.get("name") if isinstance(entry, dict) else None
+        key = name if isinstance(name, str) and _SAFE_NAME.match(name) else f"sources[{index}]"
+        try:
+            spec = parse_source(entry, f"{path}: sources[{index}]")
+        except RegistryError as exc:
+            problems[key] = str(exc)
+            continue
+        if spec.name in sources or spec.name in problems:
+            problems[spec.name] = (
                 f"{path}: sources[{index}]: source name {spec.name!r} appears twice"
             )
+            sources.pop(spec.name, None)
+            continue
         sources[spec.name] = spec
-    return sources
+    return sources, problems
 
 
 def loghub_entry(system: str) -> str:

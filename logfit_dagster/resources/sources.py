@@ -17,8 +17,8 @@ from logfit_dagster.core.loghub import DEFAULT_LOGHUB_BASE_URL, fetch_loghub_sam
 from logfit_dagster.core.registry import (
     SourceSpec,
     check_source_name,
-    load_registry,
     parse_source,
+    read_registry,
 )
 from logfit_dagster.core.synthetic import generate
 from logfit_dagster.paths import data_dir, registry_path
@@ -56,9 +56,15 @@ class LogSources(dg.ConfigurableResource):
         return self.root() / INCOMING
 
     def registered(self) -> dict[str, SourceSpec]:
-        """The sources of the registry file."""
+        """The valid sources of the registry file (an invalid entry never hides the others:
+        see :meth:`problems`)."""
         path = self.registry_file()
-        return load_registry(path) if path.exists() else {}
+        return read_registry(path)[0] if path.exists() else {}
+
+    def problems(self) -> dict[str, str]:
+        """The registry's invalid entries, by name (or ``sources[i]``), each with its error."""
+        path = self.registry_file()
+        return read_registry(path)[1] if path.exists() else {}
 
     def incoming_sources(self) -> dict[str, SourceSpec]:
         """Sources dropped as folders under data/incoming/."""
@@ -98,6 +104,8 @@ class LogSources(dg.ConfigurableResource):
         """
         check_source_name(name)
         sources = self.all_sources()
+        if name not in sources and name in self.problems():
+            raise RegistryError(self.problems()[name])
         if name not in sources:
             raise RegistryError(
                 f"log source {name!r} is not in the registry {self.registry_file()} nor under "

@@ -97,14 +97,22 @@ class ExperimentTracker(dg.ConfigurableResource):
                     os.environ.pop(name, None)
 
     def _within(self, mlflow, local: bool) -> Iterator:
-        """The experiment, created on first use (under data/ for the local store)."""
-        if mlflow.get_experiment_by_name(self.experiment) is None:
-            location = (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
-            try:
-                mlflow.create_experiment(self.experiment, artifact_location=location)
-            except mlflow.exceptions.MlflowException:
-                pass  # created meanwhile by a concurrent step
-        mlflow.set_experiment(self.experiment)
+        """The experiment, created on first use (under data/ for the local store).
+
+        The first use of a SQLite store creates its schema; two processes doing that at once
+        (two ``logfit materialize`` on a fresh data folder) break it, so the local store is
+        opened under a file lock.
+        """
+        with _store_lock(local):
+            if mlflow.get_experiment_by_name(self.experiment) is None:
+                location = (
+                    (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
+                )
+                try:
+                    mlflow.create_experiment(self.experiment, artifact_location=location)
+                except mlflow.exceptions.MlflowException:
+                    pass  # created meanwhile by a concurrent step
+            mlflow.set_experiment(self.experiment)
         yield mlflow
 
     def log_training(
@@ -205,6 +213,24 @@ class ExperimentTracker(dg.ConfigurableResource):
             mlflow.MlflowClient(self.uri(), self.uri()).set_registered_model_alias(
                 model_name, CHAMPION, version
             )
+
+
+@contextmanager
+def _store_lock(local: bool) -> Iterator[None]:
+    """An exclusive lock on the local MLflow store's folder (nothing for a remote store)."""
+    if not local:
+        yield
+        return
+    import fcntl
+
+    folder = data_dir() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".open.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _log_folder(mlflow, folder: Path, artifact_path: str) -> None:
