@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 
 #: Bumped whenever shapes, normalization or the handcrafted features change; stored in exports.
 FEATURE_VERSION = "line-features-1"
+# A line's shape is taken from this many characters at most (see shape_column).
+MAX_SHAPE_CHARS = 4096
 
 SHAPE_MASKS: tuple[tuple[str, str], ...] = (
     (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<uuid>"),
@@ -135,10 +137,15 @@ def _map_digits(array: pa.StringArray) -> pa.StringArray:
 
 
 def shape_column(lines: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """The distinct shapes of ``lines`` and, for each line, the index of its shape."""
+    """The distinct shapes of ``lines`` and, for each line, the index of its shape.
+
+    A shape is taken from a line's first :data:`MAX_SHAPE_CHARS` characters: what a classifier
+    needs is there, and a pathological line (a 50 MB dump on one line) costs no more than that.
+    """
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks() if lines.num_chunks != 1 else lines.chunk(0)
-    lines = pc.fill_null(lines.cast(pa.large_string()), "").cast(pa.string())
+    lines = pc.fill_null(lines.cast(pa.large_string()), "")
+    lines = pc.utf8_slice_codeunits(lines, 0, MAX_SHAPE_CHARS).cast(pa.string())
     encoded = pc.dictionary_encode(_map_digits(lines))
     distinct = encoded.dictionary
     for pattern, token in SHAPE_MASKS:
@@ -153,6 +160,7 @@ def shape_column(lines: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
 
 def shape_of(line: str) -> str:
     """The shape of one line (the column-wise path gives the same)."""
+    line = line[:MAX_SHAPE_CHARS]
     for pattern, token in SHAPE_MASKS:
         line = re.sub(pattern, token, line)
     return line

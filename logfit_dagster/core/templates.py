@@ -22,6 +22,9 @@ import pyarrow.compute as pc
 
 from logfit_dagster.core.masking import DEFAULT_MASKS, MaskRule, mask_column
 
+# Characters of a line's content that template mining reads (see TemplateMiner.mine).
+MAX_TEMPLATE_CHARS = 4096
+
 
 @dataclass(frozen=True)
 class ParserProfile:
@@ -176,7 +179,12 @@ class TemplateMiner:
             A ``MiningResult`` whose ``templates`` holds the final template of every cluster any
             line of this call landed in.
         """
-        masked = mask_column(pc.fill_null(content, ""), self.profile.masks)
+        # a template is mined from a line's first MAX_TEMPLATE_CHARS characters: a pathological
+        # line (megabytes on one line) costs no more than that; the content itself stays whole
+        content = pc.utf8_slice_codeunits(pc.fill_null(content, ""), 0, MAX_TEMPLATE_CHARS)
+        masked = pc.utf8_slice_codeunits(
+            mask_column(content, self.profile.masks), 0, MAX_TEMPLATE_CHARS
+        )
         encoded = pc.dictionary_encode(masked)
         distinct = encoded.dictionary.to_pylist()
         before = self.drain.clusters_counter

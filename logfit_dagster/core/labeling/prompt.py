@@ -95,10 +95,21 @@ def cut_windows(source: str, lines: list[str], size: int) -> list[Window]:
     ]
 
 
+# A line longer than this is shown to the model cut, saying how much was left out: a 50 MB
+# line would otherwise be a 50 MB request (and its bill).
+MAX_PROMPT_LINE_CHARS = 2000
+
+
+def _cut(line: str) -> str:
+    if len(line) <= MAX_PROMPT_LINE_CHARS:
+        return line
+    return f"{line[:MAX_PROMPT_LINE_CHARS]} … [{len(line) - MAX_PROMPT_LINE_CHARS} more characters]"
+
+
 def render_window(window: Window, only: list[int] | None = None) -> str:
     """The user message for a window; ``only`` restricts it to some lines (a follow-up ask)."""
     numbers = only or list(range(1, len(window.lines) + 1))
-    body = "\n".join(f"{i}: {window.lines[i - 1]}" for i in numbers)
+    body = "\n".join(f"{i}: {_cut(window.lines[i - 1])}" for i in numbers)
     head = f"System: {window.source}\nLines {window.start}-{window.end} (of {window.total}):"
     if only:
         head += (
