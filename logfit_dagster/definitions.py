@@ -5,7 +5,7 @@ import os
 
 import dagster as dg
 
-from logfit_dagster.assets import datasets, ingest, labels, models, reports
+from logfit_dagster.assets import datasets, ingest, labels, llm_sessions, models, reports
 from logfit_dagster.executors import executor_from_env
 from logfit_dagster.jobs import ALL_JOBS
 from logfit_dagster.resources.labelers import default_labeler
@@ -22,6 +22,7 @@ defs = dg.Definitions(
             ingest,
             datasets,
             labels,
+            llm_sessions,
             models,
             *(importlib.import_module(name) for name in models.TRAINER_FAMILIES),
             reports,

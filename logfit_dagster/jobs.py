@@ -50,10 +50,16 @@ reports_job = dg.define_asset_job(
     description="The metrics report of one source from its stored session models.",
 )
 
+llm_examples_selection = dg.AssetSelection.assets("llm_session_examples")
+
 source_lineage_job = dg.define_asset_job(
     "source_lineage_job",
-    selection=ingest_selection | labels_selection | source_models_selection,
-    description="Everything of one log source: ingest, datasets, labels, session models, report.",
+    selection=ingest_selection
+    | labels_selection
+    | source_models_selection
+    | llm_examples_selection,
+    description="Everything of one log source: ingest, datasets, labels, session models, "
+    "report, and the chat examples of its sessions.",
 )
 
 nightly_job = dg.define_asset_job(

@@ -1,0 +1,375 @@
+"""LLMs that judge a whole session: the prompts, the examples, and the reward every route shares.
+
+A session (an HDFS block, an OpenStack instance, a window) is shown to the model as its lines,
+``<LEVEL> <COMPONENT>: <CONTENT>`` one per line; the model answers with JSON,
+``{"label": "anomalous" | "normal", "reason": "..."}``. The same prompt feeds supervised
+fine-tuning (the answer as the assistant turn), reinforcement fine-tuning (the prompt alone,
+the label for the grader) and evaluation.
+
+:func:`reward` scores a completion against a label. It is written with the standard library
+only, so that :func:`python_grader` can hand its source to OpenAI's reinforcement fine-tuning
+as a ``python`` grader, and the local GRPO trainer can call it directly: both routes optimise
+the same thing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from logfit_dagster.core.reading import atomic_path
+
+PROMPT_VERSION = "sessions-1"
+LABELS = ("anomalous", "normal")
+SYSTEM_PROMPT = (
+    "You are an SRE reviewing the logs of one session of a system (a storage block, a virtual "
+    "machine's lifecycle, a window of a service's log). Each line is "
+    "'<LEVEL> <COMPONENT>: <CONTENT>'. Decide whether the session is anomalous: a failure, an "
+    "error path, a missing or out-of-order step, an event a healthy session never shows. "
+    'Answer with JSON only: {"label": "anomalous" or "normal", "reason": "<at most 30 words>"}.'
+)
+ANSWER_SCHEMA = {
+    "name": "session_label",
+    "strict": True,
+    "schema": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "enum": list(LABELS)},
+            "reason": {"type": "string"},
+        },
+        "required": ["label", "reason"],
+        "additionalProperties": False,
+    },
+}
+# A rough count for budgets: log lines with ids and numbers run about 3 characters a token.
+CHARS_PER_TOKEN = 3.0
+MAX_LINE_CHARS = 500
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token estimate (no tokenizer needed): about 3 characters a token."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def session_prompt(text: str, token_budget: int) -> tuple[str, int]:
+    """A session's lines as the user turn, cut to ``token_budget`` estimated tokens.
+
+    A long session keeps its head and its tail (where lifecycles start and fail) and says how
+    many lines were left out between them; a long line is cut at :data:`MAX_LINE_CHARS`.
+
+    Returns:
+        The text and the number of lines left out.
+    """
+    lines = [
+        line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …"
+        for line in text.split("\n")
+    ]
+    whole = "\n".join(lines)
+    if estimate_tokens(whole) <= token_budget:
+        return whole, 0
+    budget_chars = int(token_budget * CHARS_PER_TOKEN) - 60  # room for the marker line
+    head, tail, used = [], [], 0
+    low, high = 0, len(lines) - 1
+    take_head = True
+    while low <= high:
+        line = lines[low] if take_head else lines[high]
+        if used + len(line) + 1 > budget_chars:
+            break
+        used += len(line) + 1
+        if take_head:
+            head.append(line)
+            low += 1
+        else:
+            tail.append(line)
+            high -= 1
+        take_head = not take_head
+    left_out = high - low + 1
+    marker = f"[... {left_out} lines left out ...]"
+    return "\n".join([*head, marker, *reversed(tail)]), left_out
+
+
+def messages_for(text: str, token_budget: int) -> tuple[list[dict], int]:
+    """The chat messages of a session (system, then the session as the user turn)."""
+    body, left_out = session_prompt(text, token_budget)
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": body},
+    ], left_out
+
+
+def answer_for(label: int) -> str:
+    """The reference answer of a labelled session, as the model should write it."""
+    word = LABELS[0] if int(label) == 1 else LABELS[1]
+    reason = (
+        "the session shows an error path or a step a healthy session does not"
+        if word == "anomalous"
+        else "every step is one a healthy session shows, in order"
+    )
+    return json.dumps({"label": word, "reason": reason})
+
+
+@dataclass(frozen=True)
+class ExampleParams:
+    """How examples are made."""
+
+    token_budget: int = 2000
+    normal_per_anomalous: float = 0.0  # training sets only; 0 keeps every normal session
+    seed: int = 0
+    prompt_version: str = PROMPT_VERSION
+
+
+def build_examples(
+    sessions: pd.DataFrame, labels: pd.DataFrame, splits: pd.DataFrame, params: ExampleParams
+) -> tuple[pd.DataFrame, dict]:
+    """One example per labelled session: its messages, label and split.
+
+    Training sessions may be rebalanced (at most ``normal_per_anomalous`` normal sessions per
+    anomalous one, drawn with ``seed``); dev and test sessions never are. Unlabelled sessions
+    are left out and counted.
+
+    Returns:
+        Columns ``session_id``, ``split``, ``label`` (0/1), ``answer``, ``messages`` (JSON),
+        ``prompt_version``, ``est_tokens``, ``lines``, ``lines_left_out``; and counts.
+    """
+    frame = (
+        sessions[["session_id", "text", "n_lines"]]
+        .merge(splits[["session_id", "split"]], on="session_id", how="inner")
+        .merge(labels[["session_id", "label"]], on="session_id", how="left")
+    )
+    unlabelled = int(frame["label"].isna().sum())
+    frame = frame[frame["label"].notna()].copy()
+    frame["label"] = frame["label"].astype(int)
+    dropped = 0
+    if params.normal_per_anomalous > 0:
+        train = frame["split"] == "train"
+        anomalous = int((train & (frame["label"] == 1)).sum())
+        normal_ids = frame.loc[train & (frame["label"] == 0), "session_id"].tolist()
+        keep = int(params.normal_per_anomalous * anomalous)
+        if anomalous and keep < len(normal_ids):
+            kept = set(random.Random(params.seed).sample(normal_ids, keep))
+            drop = train & (frame["label"] == 0) & ~frame["session_id"].isin(kept)
+            dropped = int(drop.sum())
+            frame = frame[~drop]
+    rows = []
+    for row in frame.itertuples(index=False):
+        messages, left_out = messages_for(str(row.text), params.token_budget)
+        rows.append(
+            {
+                "session_id": str(row.session_id),
+                "split": row.split,
+                "label": int(row.label),
+                "answer": answer_for(row.label),
+                "messages": json.dumps(messages, ensure_ascii=False),
+                "prompt_version": params.prompt_version,
+                "est_tokens": sum(estimate_tokens(m["content"]) for m in messages),
+                "lines": int(row.n_lines),
+                "lines_left_out": left_out,
+            }
+        )
+    examples = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+    stats = {
+        "unlabelled_sessions_left_out": unlabelled,
+        "normal_train_sessions_dropped_by_rebalancing": dropped,
+        "sessions_cut_to_budget": int((examples["lines_left_out"] > 0).sum()),
+    }
+    return examples, stats
+
+
+EXAMPLE_COLUMNS = [
+    "session_id",
+    "split",
+    "label",
+    "answer",
+    "messages",
+    "prompt_version",
+    "est_tokens",
+    "lines",
+    "lines_left_out",
+]
+# split -> the JSONL files it feeds
+FILES = {
+    "sft_train.jsonl": "train",
+    "sft_valid.jsonl": "dev",
+    "rft_train.jsonl": "train",
+    "rft_valid.jsonl": "dev",
+    "test.jsonl": "test",
+}
+
+
+def write_jsonl(examples: pd.DataFrame, folder: Path) -> dict[str, int]:
+    """The OpenAI fine-tuning layouts, each file written whole or not at all.
+
+    - ``sft_*``: ``{"messages": [system, user, assistant]}`` (chat supervised fine-tuning);
+    - ``rft_*`` and ``test``: ``{"messages": [system, user], "label", "session_id"}``: the
+      conversation ends on the user turn and the grader reads ``label`` (``item.label``).
+
+    Returns:
+        Rows per file.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, split in FILES.items():
+        part = examples[examples["split"] == split]
+        with atomic_path(folder / name) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            for row in part.itertuples(index=False):
+                messages = json.loads(row.messages)
+                word = LABELS[0] if row.label == 1 else LABELS[1]
+                if name.startswith("sft"):
+                    record = {"messages": [*messages, {"role": "assistant", "content": row.answer}]}
+                else:
+                    record = {"messages": messages, "label": word, "session_id": row.session_id}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        counts[name] = len(part)
+    return counts
+
+
+def leaked_test_sessions(folder: Path, test_ids: set[str]) -> list[str]:
+    """Session ids of the test split that a training or validation file holds (must be none).
+
+    SFT files carry no session id: their user turns are compared with the test prompts'.
+    """
+    folder = Path(folder)
+    test_prompts = set()
+    for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines():
+        test_prompts.add(json.loads(line)["messages"][-1]["content"])
+    leaked = []
+    for name in FILES:
+        if name == "test.jsonl":
+            continue
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            sid = record.get("session_id")
+            user = next(m["content"] for m in record["messages"] if m["role"] == "user")
+            if (sid is not None and sid in test_ids) or (sid is None and user in test_prompts):
+                leaked.append(sid or f"{name}: a prompt identical to a test session's")
+    return leaked
+
+
+# ---- the reward: standard library only, its source is the OpenAI python grader ----
+
+REWARD_WEIGHTS = {
+    "correct": 1.0,  # the right label in valid JSON matching the schema
+    "format_only": 0.2,  # valid JSON, the wrong label
+    "label_only": 0.3,  # the right label, the format broken (prose, extra keys, fences)
+    "long_output": 0.5,  # multiplier: more than 600 characters (prose around the answer)
+    "repetition": 0.5,  # multiplier: the same line or 4-word run at least 3 times
+}
+
+
+def reward(completion, label, weights=None):
+    """Score a completion against a session's label (``"anomalous"`` or ``"normal"``), 0 to 1.
+
+    Full credit for the right label in JSON matching the schema (``label`` and ``reason``,
+    nothing else); partial credit for valid JSON with the wrong label, or for the right label
+    in a broken format (exactly one of the two words, as a word); nothing for an empty answer.
+    Degenerate output (long prose, repetition) multiplies the score down.
+    """
+    import json as _json
+    import re as _re
+
+    w = dict(REWARD_WEIGHTS_DEFAULT)
+    w.update(weights or {})
+    text = (completion or "").strip()
+    if not text:
+        return 0.0
+    body = _re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
+    parsed = None
+    try:
+        parsed = _json.loads(body)
+    except ValueError:
+        parsed = None
+    valid = (
+        isinstance(parsed, dict)
+        and set(parsed) == {"label", "reason"}
+        and parsed["label"] in ("anomalous", "normal")
+        and isinstance(parsed["reason"], str)
+        and body == text
+    )
+    if valid:
+        score = w["correct"] if parsed["label"] == label else w["format_only"]
+    else:
+        words = set(_re.findall(r"\b(anomalous|normal)\b", text.lower()))
+        score = w["label_only"] if words == {label} else 0.0
+    if len(text) > 600:
+        score *= w["long_output"]
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    tokens = text.split()[:400]
+    runs = [" ".join(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
+    repeated = any(lines.count(x) >= 3 for x in set(lines)) or any(
+        runs.count(r) >= 3 for r in set(runs)
+    )
+    if repeated:
+        score *= w["repetition"]
+    return float(score)
+
+
+REWARD_WEIGHTS_DEFAULT = REWARD_WEIGHTS
+
+
+def python_grader(weights: dict | None = None, name: str = "session_label") -> dict:
+    """An OpenAI ``python`` grader whose source is :func:`reward` itself.
+
+    The grader reads the completion from ``sample["output_text"]`` and the label from
+    ``item["label"]`` (the ``label`` field of every RFT line).
+    """
+    merged = {**REWARD_WEIGHTS, **(weights or {})}
+    source = (
+        f"REWARD_WEIGHTS_DEFAULT = {json.dumps(merged)}\n\n\n"
+        + inspect.getsource(reward)
+        + "\n\ndef grade(sample, item):\n"
+        + '    return reward(sample.get("output_text") or "", item["label"])\n'
+    )
+    return {"type": "python", "name": name, "source": source}
+
+
+def multi_grader(weights: dict | None = None, name: str = "session_label") -> dict:
+    """A ``multi`` grader of ``string_check``s, where python graders are not available.
+
+    It gives the ``correct`` weight to the right label and the ``format_only`` weight to a
+    wrong but valid one; it cannot see a broken format's label or degenerate output, which
+    :func:`reward` also scores.
+    """
+    w = {**REWARD_WEIGHTS, **(weights or {})}
+
+    def check(grader_name: str, reference: str) -> dict:
+        return {
+            "type": "string_check",
+            "name": grader_name,
+            "input": "{{ sample.output_json.label }}",
+            "reference": reference,
+            "operation": "eq",
+        }
+
+    return {
+        "type": "multi",
+        "name": name,
+        "graders": {
+            "right": check("right", "{{ item.label }}"),
+            "is_anomalous": check("is_anomalous", "anomalous"),
+            "is_normal": check("is_normal", "normal"),
+        },
+        "calculate_output": (
+            f"{w['correct']} * right + {w['format_only']} * (1 - right) * "
+            "(is_anomalous + is_normal)"
+        ),
+    }
+
+
+def parse_answer(text: str) -> str | None:
+    """The label of an answer in the schema, or None (never guessed from prose)."""
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", (text or "").strip())
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(parsed, dict) and parsed.get("label") in LABELS:
+        return str(parsed["label"])
+    return None

@@ -1,0 +1,160 @@
+"""Session prompts, examples in the OpenAI fine-tuning layouts, and the one reward every
+route optimises (pinned on hand-written completions)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from logfit_dagster.core import llm_sessions as ls
+
+RIGHT = '{"label": "anomalous", "reason": "the block was deleted before it was written"}'
+
+
+@pytest.mark.parametrize(
+    ("completion", "label", "expected"),
+    [
+        (RIGHT, "anomalous", 1.0),  # right label, valid schema
+        (RIGHT, "normal", 0.2),  # valid schema, wrong label
+        ('{"label": "normal", "reason": "ok"}', "normal", 1.0),
+        ("```json\n" + RIGHT + "\n```", "anomalous", 0.3),  # right label, fenced
+        ('{"label": "anomalous"}', "anomalous", 0.3),  # missing reason: broken schema
+        ('{"label": "anomalous", "reason": "x", "score": 1}', "anomalous", 0.3),  # extra key
+        ("The session is anomalous.", "anomalous", 0.3),  # prose, right word
+        ("The session is anomalous.", "normal", 0.0),  # prose, wrong word
+        ("anomalous or normal, hard to say", "anomalous", 0.0),  # both words: no guess
+        ("abnormal", "normal", 0.0),  # 'normal' inside another word does not count
+        ("", "normal", 0.0),
+        ("   ", "anomalous", 0.0),
+        ("anomalous " + "x" * 700, "anomalous", 0.15),  # long prose: 0.3 x 0.5
+        ("\n".join(["the session is anomalous"] * 3), "anomalous", 0.15),  # repeated line
+    ],
+)
+def test_reward_values(completion, label, expected):
+    assert ls.reward(completion, label) == pytest.approx(expected)
+
+
+def test_weights_come_from_config():
+    assert ls.reward(RIGHT, "normal", {"format_only": 0.0}) == 0.0
+
+
+def test_the_python_grader_is_the_reward_itself():
+    grader = ls.python_grader({"format_only": 0.1})
+    assert grader["type"] == "python"
+    namespace: dict = {}
+    exec(grader["source"], namespace)  # the grader runs alone: no logfit import
+    for completion in (RIGHT, "The session is anomalous.", '{"label": "normal", "reason": ""}'):
+        for label in ls.LABELS:
+            assert namespace["grade"]({"output_text": completion}, {"label": label}) == (
+                ls.reward(completion, label, {"format_only": 0.1})
+            )
+    multi = ls.multi_grader()
+    assert multi["type"] == "multi" and set(multi["graders"]) == {
+        "right",
+        "is_anomalous",
+        "is_normal",
+    }
+
+
+def test_a_long_session_keeps_head_and_tail_and_says_what_was_left_out():
+    lines = [f"INFO dfs.DataNode: step {i:04d} of a long block's life" for i in range(400)]
+    text, left_out = ls.session_prompt("\n".join(lines), token_budget=300)
+    assert ls.estimate_tokens(text) <= 300
+    assert text.startswith(lines[0]) and text.endswith(lines[-1])
+    assert f"[... {left_out} lines left out ...]" in text and left_out > 300
+    short, none = ls.session_prompt("\n".join(lines[:3]), token_budget=300)
+    assert none == 0 and short == "\n".join(lines[:3])
+
+
+def _data(n_normal=40, n_anomalous=6):
+    ids = [f"s{i}" for i in range(n_normal + n_anomalous)]
+    sessions = pd.DataFrame(
+        {
+            "session_id": ids,
+            "text": [f"INFO app: step {i}\nINFO app: done" for i in range(len(ids))],
+            "n_lines": 2,
+        }
+    )
+    labels = pd.DataFrame({"session_id": ids, "label": [0] * n_normal + [1] * n_anomalous})
+    split = ["train"] * 30 + ["dev"] * 5 + ["test"] * 5 + ["train"] * 4 + ["test"] * 2
+    splits = pd.DataFrame({"session_id": ids, "split": split})
+    return sessions, labels, splits
+
+
+def test_examples_rebalance_training_only_and_never_leak_test_sessions(tmp_path):
+    sessions, labels, splits = _data()
+    examples, stats = ls.build_examples(
+        sessions, labels, splits, ls.ExampleParams(normal_per_anomalous=2, seed=1)
+    )
+    train = examples[examples["split"] == "train"]
+    assert (train["label"] == 1).sum() == 4 and (train["label"] == 0).sum() == 8
+    assert stats["normal_train_sessions_dropped_by_rebalancing"] == 22
+    assert (examples["split"] == "test").sum() == 7  # test is never rebalanced
+    counts = ls.write_jsonl(examples, tmp_path)
+    assert counts == {
+        "sft_train.jsonl": 12,
+        "sft_valid.jsonl": 5,
+        "rft_train.jsonl": 12,
+        "rft_valid.jsonl": 5,
+        "test.jsonl": 7,
+    }
+    sft = json.loads((tmp_path / "sft_train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in sft["messages"]] == ["system", "user", "assistant"]
+    assert ls.parse_answer(sft["messages"][-1]["content"]) in ls.LABELS
+    rft = json.loads((tmp_path / "rft_train.jsonl").read_text().splitlines()[0])
+    assert rft["messages"][-1]["role"] == "user" and rft["label"] in ls.LABELS
+    test_ids = set(splits.loc[splits["split"] == "test", "session_id"])
+    assert ls.leaked_test_sessions(tmp_path, test_ids) == []
+
+    # a test session written into a training file is caught
+    with open(tmp_path / "rft_train.jsonl", "a") as handle:
+        handle.write(
+            json.dumps({"messages": rft["messages"], "label": "normal", "session_id": "s45"}) + "\n"
+        )
+    assert ls.leaked_test_sessions(tmp_path, test_ids) == ["s45"]
+
+
+def test_parse_answer_never_guesses():
+    assert ls.parse_answer(RIGHT) == "anomalous"
+    assert ls.parse_answer("```json\n" + RIGHT + "\n```") == "anomalous"
+    assert ls.parse_answer("it is anomalous") is None
+    assert ls.parse_answer('{"label": "maybe"}') is None
+
+
+def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
+    import dagster as dg
+
+    from logfit_dagster.assets import datasets, ingest, llm_sessions
+    from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.sources import LogSources
+    from logfit_dagster.resources.storage import ParquetIOManager
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
+        result = dg.materialize(
+            dg.load_assets_from_modules([ingest, datasets, llm_sessions]),
+            selection=[
+                "raw_logs",
+                "parsed_logs",
+                "sessions",
+                "ground_truth_labels",
+                "dataset_splits",
+                "llm_session_examples",
+            ],
+            partition_key="tiny_hdfs",
+            instance=instance,
+            resources={"io_manager": ParquetIOManager(), "sources": LogSources()},
+            run_config={"ops": {"llm_session_examples": {"config": {"normal_per_anomalous": 3}}}},
+        )
+        assert result.success
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks["no_test_session_in_training_files"]
+        examples = result.output_for_node("llm_session_examples")
+        splits = result.output_for_node("dataset_splits")
+    folder = workdir / "data" / "llm" / "tiny_hdfs" / ls.PROMPT_VERSION
+    lines = (folder / "test.jsonl").read_text().splitlines()
+    assert len(lines) == (splits["split"] == "test").sum()  # test is whole
+    train = examples[examples["split"] == "train"]
+    assert (train["label"] == 0).sum() <= 3 * (train["label"] == 1).sum()
+    user = json.loads(lines[0])["messages"][1]["content"]
+    assert user.splitlines()[0].startswith("INFO dfs.")  # <LEVEL> <COMPONENT>: <CONTENT>
