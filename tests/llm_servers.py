@@ -4,7 +4,8 @@ completions protocols, with a deterministic "model" and injectable faults.
 The model labels a line LOOK when it mentions an error, a failure, an exception or a warning,
 else SKIP, so tests know every right answer. ``fault(custom_id_or_key, attempt)`` returns the
 fault to inject for a request (None for a good answer): ``expired``, ``errored``, ``malformed``,
-``missing_line``, ``absolute_numbers``, ``fenced``, ``429``, ``500``.
+``missing_line``, ``absolute_numbers``, ``fenced``, ``429``, ``500``; for a session judged
+whole (structured output ``session_label``): ``prose`` (the label in a sentence).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOOK_WORDS = re.compile(r"(?i)error|fail|exception|warn")
 NUMBERED = re.compile(r"^(\d+): (.*)$", re.MULTILINE)
+# A session is judged anomalous when a line says one of these.
+SESSION_WORDS = re.compile(r"(?i)exception|error|fail|warn|corrupt|unexpected")
 
 
 def expected_label(line: str) -> str:
@@ -295,8 +298,15 @@ class FakeOpenAI(FakeLLMServer):
                     {"retry-after-ms": "10"},
                 )
                 return
-            entries, out_tokens = answer(user, fault)
-            text = json.dumps({"labels": entries})
+            schema = (body.get("response_format") or {}).get("json_schema") or {}
+            if schema.get("name") == "session_label":  # a whole session to judge
+                word = "anomalous" if SESSION_WORDS.search(user) else "normal"
+                text, out_tokens = json.dumps({"label": word, "reason": "fake"}), 9
+                if fault == "prose":
+                    text = f"I think this session is {word}."
+            else:
+                entries, out_tokens = answer(user, fault)
+                text = json.dumps({"labels": entries})
             if fault == "malformed":
                 text = text[: len(text) // 2]
             self.send_json(

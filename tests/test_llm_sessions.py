@@ -128,6 +128,7 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.resources.storage import ParquetIOManager
+    from logfit_dagster.resources.tracking import ExperimentTracker
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
@@ -143,7 +144,11 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
             ],
             partition_key="tiny_hdfs",
             instance=instance,
-            resources={"io_manager": ParquetIOManager(), "sources": LogSources()},
+            resources={
+                "io_manager": ParquetIOManager(),
+                "sources": LogSources(),
+                "tracker": ExperimentTracker(),
+            },
             run_config={"ops": {"llm_session_examples": {"config": {"normal_per_anomalous": 3}}}},
         )
         assert result.success
@@ -158,3 +163,90 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
     assert (train["label"] == 0).sum() <= 3 * (train["label"] == 1).sum()
     user = json.loads(lines[0])["messages"][1]["content"]
     assert user.splitlines()[0].startswith("INFO dfs.")  # <LEVEL> <COMPONENT>: <CONTENT>
+
+
+def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, monkeypatch):
+    """The asset against a server on 127.0.0.1 through the real openai SDK: 429 and 5xx
+    retried, a prose answer counted unparseable (never guessed), and a re-run pays nothing."""
+    import dagster as dg
+
+    from logfit_dagster.assets import datasets, ingest, llm_sessions
+    from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.sources import LogSources
+    from logfit_dagster.resources.storage import ParquetIOManager
+    from logfit_dagster.resources.tracking import ExperimentTracker
+    from tests.llm_servers import FakeOpenAI
+
+    assets = dg.load_assets_from_modules([ingest, datasets, llm_sessions])
+    resources = {
+        "io_manager": ParquetIOManager(),
+        "sources": LogSources(),
+        "tracker": ExperimentTracker(),
+    }
+    with FakeOpenAI() as server, dg.instance_for_test() as instance:
+        monkeypatch.setenv("JUDGE_KEY", server.api_key)
+        seen: dict[str, int] = {}
+
+        def fault(key, attempt):
+            seen.setdefault(key, len(seen))
+            order = seen[key]
+            if order == 0 and attempt == 0:
+                return "429"
+            if order == 1 and attempt == 0:
+                return "500"
+            return "prose" if order == 2 else None
+
+        server.fault = fault
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
+        config = {
+            "model": "gpt-4o-mini",
+            "base_url": f"{server.url}/v1",
+            "api_key_env": "JUDGE_KEY",
+            "max_concurrency": 2,
+        }
+
+        def run():
+            return dg.materialize(
+                assets,
+                selection=[
+                    "raw_logs",
+                    "parsed_logs",
+                    "sessions",
+                    "ground_truth_labels",
+                    "dataset_splits",
+                    "llm_session_examples",
+                    "llm_session_eval",
+                ],
+                partition_key="tiny_hdfs",
+                instance=instance,
+                resources=resources,
+                run_config={"ops": {"llm_session_eval": {"config": config}}},
+            )
+
+        first = run()
+        assert first.success
+        frame = first.output_for_node("llm_session_eval")
+        meta = {
+            e.asset_key.to_user_string(): e.materialization.metadata
+            for e in first.get_asset_materialization_events()
+        }["llm_session_eval"]
+        tests = len(frame)
+        assert meta["asked"].value == tests and meta["unparseable"].value == 1
+        assert meta["answered"].value == tests - 1 and frame["predicted"].isna().sum() == 1
+        assert server.calls == tests + 2  # two retries by the SDK, nothing else
+        body = server.bodies[0]
+        assert body["response_format"]["json_schema"]["name"] == "session_label"
+        assert body["messages"][0]["role"] == "system"
+        calls = server.calls
+
+        again = run()  # the same sessions: every answer from the cache
+        assert again.success and server.calls == calls
+        meta = {
+            e.asset_key.to_user_string(): e.materialization.metadata
+            for e in again.get_asset_materialization_events()
+        }["llm_session_eval"]
+        assert meta["asked"].value == 0 and meta["cached_answers"].value == tests
+        assert "nothing paid" in meta["note"].value
+    assert server.api_key not in (workdir / "data" / "mlflow" / "mlflow.db").read_bytes().decode(
+        "latin-1"
+    )

@@ -284,7 +284,9 @@ def test_materialize_one_source_from_the_asset_graph_in_chromium(server):
             row = metadata.get_by_role("row").filter(has=page.get_by_text("lines", exact=True))
             assert "800" in row.inner_text()
             assert "tiny_bgl.parquet" in metadata.inner_text()
-            page.get_by_text(re.compile(r"^(\d+|a|an|a few) (second|minute)s? ago$")).first.wait_for()
+            page.get_by_text(
+                re.compile(r"^(\d+|a|an|a few) (second|minute)s? ago$")
+            ).first.wait_for()
             page.screenshot(path=str(shots / "ui_raw_logs_materialized.png"), full_page=True)
         finally:
             browser.close()

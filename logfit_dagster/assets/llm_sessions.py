@@ -15,6 +15,7 @@ from logfit_dagster.core.llm_sessions import (
 )
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
+from logfit_dagster.resources.tracking import ExperimentTracker
 
 
 def examples_folder(source: str, prompt_version: str):
@@ -111,4 +112,122 @@ def llm_session_examples(
         check_name="no_test_session_in_training_files",
         passed=not leaked,
         metadata={"leaked": dg.MetadataValue.json(leaked[:20]), "test_sessions": len(test_ids)},
+    )
+
+
+class SessionEvalConfig(dg.Config):
+    """Which chat model judges the test sessions, and what it may cost."""
+
+    model: str = Field(default="gpt-4o-mini", description="The model name the server knows.")
+    base_url: str = Field(
+        default="",
+        description="An OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama: "
+        "http://host:port/v1); empty: $LOGFIT_LLM_EVAL_URL, else OpenAI.",
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="The environment variable holding the API key (never the key itself).",
+    )
+    max_concurrency: int = Field(default=4, description="Sessions asked at once.")
+    max_retries: int = Field(default=5, description="Retries of a 429 or 5xx reply, with backoff.")
+    structured_output: bool = Field(
+        default=True, description="Ask for the JSON schema (servers without it: false)."
+    )
+    max_cost_usd: float = Field(
+        default=2.0, description="Largest estimated cost of one run; above it nothing is sent."
+    )
+    prices: dict[str, list[float]] = Field(
+        default_factory=dict, description="USD per million input and output tokens, by model."
+    )
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="llm",
+    code_version="1",
+    kinds={"openai", "mlflow"},
+    pool="llm_api",
+)
+def llm_session_eval(
+    context: dg.AssetExecutionContext,
+    config: SessionEvalConfig,
+    llm_session_examples: pd.DataFrame,
+    tracker: ExperimentTracker,
+):
+    """A chat model's verdict on every test session, scored against the labels: precision,
+    recall, F1, the confusion matrix, unparseable answers (counted, never guessed), tokens and
+    cost. Answers are cached by model, prompt version and session: a re-run pays nothing."""
+    import os
+
+    from logfit_dagster.core.errors import LogfitError
+    from logfit_dagster.core.llm_eval import AnswerCache, SessionJudge, evaluate_sessions
+    from logfit_dagster.resources.labelers import scrub
+
+    source = context.partition_key
+    key = os.environ.get(config.api_key_env, "")
+    test = llm_session_examples[llm_session_examples["split"] == "test"].reset_index(drop=True)
+    try:
+        judge = SessionJudge(
+            api_key=key,
+            model=config.model,
+            base_url=config.base_url or os.environ.get("LOGFIT_LLM_EVAL_URL") or None,
+            max_concurrency=config.max_concurrency,
+            max_retries=config.max_retries,
+            structured_output=config.structured_output,
+        )
+        try:
+            frame, metrics, stats = evaluate_sessions(
+                test,
+                judge,
+                AnswerCache(data_dir() / "llm" / "answers.sqlite"),
+                max_cost_usd=config.max_cost_usd,
+                prices={k: tuple(v) for k, v in config.prices.items()},
+                log=context.log.info,
+            )
+        finally:
+            judge.close()
+    except LogfitError as exc:
+        raise dg.Failure(description=scrub(str(exc), [key]), allow_retries=False) from None
+    if stats.failed:
+        context.log.warning(
+            f"{stats.failed} session(s) got no answer (they stay unanswered, never guessed; "
+            f"the next run asks again): {scrub('; '.join(stats.problems[:5]), [key])}"
+        )
+    cost = stats.cost_usd
+    tracker.log_training(
+        run_name=f"llm_session_eval/{source}/{config.model}",
+        model_name="",
+        params={"source": source, "model": config.model, "base_url": config.base_url or "default"},
+        metrics={
+            **metrics,
+            "input_tokens": stats.input_tokens,
+            "output_tokens": stats.output_tokens,
+        },
+        tags={"asset": "llm_session_eval", "family": "llm_judge", "source": source},
+    )
+    return dg.Output(
+        frame,
+        metadata={
+            "model": config.model,
+            **{
+                k: dg.MetadataValue.float(float(v))
+                for k, v in metrics.items()
+                if k in ("precision", "recall", "f1", "accuracy")
+            },
+            **{k: int(metrics[k]) for k in ("tp", "fp", "fn", "tn", "answered", "unanswered")},
+            "test_sessions": stats.sessions,
+            "test_anomalous": int((test["label"] == 1).sum()),
+            "cached_answers": stats.cached,
+            "asked": stats.asked,
+            "failed": stats.failed,
+            "unparseable": stats.unparseable,
+            "input_tokens": stats.input_tokens,
+            "output_tokens": stats.output_tokens,
+            "cost_usd": dg.MetadataValue.float(
+                round(cost, 6) if cost is not None else float("nan")
+            ),
+            "note": "every answer came from the cache: nothing was sent, nothing paid"
+            if stats.asked == 0
+            else f"{stats.asked} session(s) asked",
+        },
     )

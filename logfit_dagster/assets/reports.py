@@ -113,7 +113,7 @@ def metrics_report(
     # read from their latest materializations when there are some: a source set too small for
     # held-out evaluation trains no transformer, a source without sessions no template model,
     # and the overview still shows the rest
-    deps=["line_transformer_model", "template_lm"],
+    deps=["line_transformer_model", "template_lm", "llm_session_eval"],
 )
 def metrics_overview(
     context: dg.AssetExecutionContext,
@@ -130,10 +130,12 @@ def metrics_overview(
     lines = lines.rename(columns={"lines": "sessions"})
     transformer = _transformer_rows(context)
     templates = _template_rows(context)
+    judges = _llm_judge_rows(context)
     overview = pd.concat(
         [
             sessions.assign(unit="session"),
             templates,
+            judges,
             lines.assign(unit="line"),
             transformer,
         ],
@@ -187,6 +189,36 @@ def _transformer_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def _llm_judge_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    """Each source's latest llm_session_eval: a chat model's verdicts on the same test split."""
+    from logfit_dagster.partitions import LOG_SOURCE
+
+    rows = []
+    for source in context.instance.get_dynamic_partitions(LOG_SOURCE):
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("llm_session_eval"), asset_partitions=[source]
+            ),
+            limit=1,
+        ).records
+        if not records:
+            continue
+        meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+        rows.append(
+            {
+                "unit": "session",
+                "source": source,
+                "model": f"llm judge: {meta.get('model')} ({meta.get('unanswered', 0)} unanswered)",
+                **{k: meta.get(k) for k in ("precision", "recall", "f1", "accuracy")},
+                "sessions": meta.get("test_sessions"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"],
+    )
 
 
 def _template_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
