@@ -65,7 +65,11 @@ class FakeLLMServer:
 
             def do_POST(self):
                 length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if (self.headers.get("content-type") or "").startswith("multipart/form-data"):
+                    body = {"_multipart": raw, "_content_type": self.headers["content-type"]}
+                else:
+                    body = json.loads(raw or b"{}")
                 owner.handle(self, "POST", body)
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
@@ -335,3 +339,183 @@ class FakeOpenAI(FakeLLMServer):
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+
+class FakeOpenAIFineTuning(FakeOpenAI):
+    """The files and fine-tuning jobs protocol besides chat completions.
+
+    A job moves one state per retrieve: validating_files, queued, then ``running_polls``
+    retrieves of running (each logs a metrics event with the reward), then succeeded (or
+    ``outcome``: failed, cancelled). ``jobs_created`` counts what was paid for.
+    """
+
+    def __init__(self, running_polls: int = 3, outcome: str = "succeeded", **kwargs):
+        super().__init__(**kwargs)
+        self.running_polls = running_polls
+        self.outcome = outcome
+        self.files: dict[str, bytes] = {}
+        self.jobs: dict[str, dict] = {}
+        self.events: dict[str, list[dict]] = {}
+        self.retrieves: collections.Counter = collections.Counter()
+        self.jobs_created = 0
+
+    def _event(self, job_id: str, message: str, kind: str = "message", data=None) -> None:
+        events = self.events.setdefault(job_id, [])
+        events.append(
+            {
+                "object": "fine_tuning.job.event",
+                "id": f"ftevent-{job_id}-{len(events) + 1}",
+                "created_at": len(events) + 1,
+                "level": "info",
+                "message": message,
+                "type": kind,
+                "data": data,
+            }
+        )
+
+    def handle(self, handler, method: str, body) -> None:
+        path = handler.path.split("?")[0]
+        if not path.startswith(("/v1/files", "/v1/fine_tuning/jobs")):
+            super().handle(handler, method, body)
+            return
+        if handler.headers.get("authorization") != f"Bearer {self.api_key}":
+            self.send_json(handler, 401, {"error": {"message": "bad key"}})
+            return
+        with self.lock:
+            if method == "POST" and path == "/v1/files":
+                import email.parser
+
+                message = email.parser.BytesParser().parsebytes(
+                    b"Content-Type: "
+                    + body["_content_type"].encode()
+                    + b"\r\n\r\n"
+                    + body["_multipart"]
+                )
+                parts = {
+                    p.get_param("name", header="content-disposition"): p
+                    for p in message.get_payload()
+                }
+                content = parts["file"].get_payload(decode=True)
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = content
+                self.send_json(
+                    handler,
+                    200,
+                    {
+                        "id": file_id,
+                        "object": "file",
+                        "bytes": len(content),
+                        "created_at": 0,
+                        "filename": parts["file"].get_filename(),
+                        "purpose": "fine-tune",
+                        "status": "processed",
+                    },
+                )
+                return
+            if method == "POST" and path == "/v1/fine_tuning/jobs":
+                missing = [
+                    f
+                    for f in (body.get("training_file"), body.get("validation_file"))
+                    if f not in self.files
+                ]
+                method_ = body.get("method") or {}
+                if (
+                    missing
+                    or method_.get("type") != "reinforcement"
+                    or not method_.get("reinforcement", {}).get("grader")
+                ):
+                    self.send_json(handler, 400, {"error": {"message": f"bad job: {missing}"}})
+                    return
+                self.jobs_created += 1
+                job_id = f"ftjob-{self.jobs_created}"
+                self.jobs[job_id] = {
+                    "id": job_id,
+                    "object": "fine_tuning.job",
+                    "created_at": 0,
+                    "model": body["model"],
+                    "status": "validating_files",
+                    "fine_tuned_model": None,
+                    "training_file": body["training_file"],
+                    "validation_file": body["validation_file"],
+                    "hyperparameters": {},
+                    "organization_id": "org-test",
+                    "result_files": [],
+                    "seed": body.get("seed", 0),
+                    "trained_tokens": None,
+                    "error": None,
+                    "finished_at": None,
+                    "method": method_,
+                }
+                self._event(job_id, "Validating training file")
+                self.send_json(handler, 200, self.jobs[job_id])
+                return
+            parts = path.split("/")  # ['', 'v1', 'fine_tuning', 'jobs', id, ...]
+            job = self.jobs.get(parts[4]) if len(parts) > 4 else None
+            if job is None:
+                self.send_json(handler, 404, {"error": {"message": path}})
+                return
+            job_id = job["id"]
+            if len(parts) == 5 and method == "GET":
+                self._advance(job)
+                self.send_json(handler, 200, job)
+            elif parts[5] == "events":
+                after = dict(
+                    p.split("=", 1)
+                    for p in (handler.path.split("?", 1) + [""])[1].split("&")
+                    if "=" in p
+                ).get("after")
+                events = self.events.get(job_id, [])
+                ids = [e["id"] for e in events]
+                start = ids.index(after) + 1 if after in ids else 0
+                page = list(reversed(events[start:]))  # newest first, as OpenAI lists them
+                self.send_json(handler, 200, {"object": "list", "data": page, "has_more": False})
+            elif parts[5] == "checkpoints":
+                data = (
+                    [
+                        {
+                            "id": f"ftckpt-{job_id}-{step}",
+                            "object": "fine_tuning.job.checkpoint",
+                            "created_at": step,
+                            "fine_tuned_model_checkpoint": f"ft:{job['model']}:logfit:ckpt-step-{step}",
+                            "fine_tuning_job_id": job_id,
+                            "metrics": {},
+                            "step_number": step,
+                        }
+                        for step in range(1, self.running_polls + 1)
+                    ]
+                    if job["status"] == "succeeded"
+                    else []
+                )
+                self.send_json(handler, 200, {"object": "list", "data": data, "has_more": False})
+            elif parts[5] == "cancel" and method == "POST":
+                job["status"] = "cancelled"
+                self.send_json(handler, 200, job)
+            else:
+                self.send_json(handler, 404, {"error": {"message": path}})
+
+    def _advance(self, job: dict) -> None:
+        job_id = job["id"]
+        self.retrieves[job_id] += 1
+        n = self.retrieves[job_id]
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return
+        if n == 1:
+            job["status"] = "queued"
+        elif n - 1 <= self.running_polls:
+            job["status"] = "running"
+            step = n - 1
+            self._event(
+                job_id,
+                f"Step {step}/{self.running_polls}",
+                "metrics",
+                {"step": step, "train_reward_mean": 0.2 * step, "valid_reward_mean": 0.15 * step},
+            )
+        elif self.outcome == "succeeded":
+            job["status"] = "succeeded"
+            job["fine_tuned_model"] = f"ft:{job['model']}:logfit::{job_id}"
+            job["trained_tokens"] = 12345
+            self._event(job_id, "The job has successfully completed")
+        else:
+            job["status"] = self.outcome
+            job["error"] = {"code": "invalid_grader", "message": "grader raised", "param": None}
+            self._event(job_id, f"The job {self.outcome}", data=None)

@@ -231,3 +231,161 @@ def llm_session_eval(
             else f"{stats.asked} session(s) asked",
         },
     )
+
+
+class RFTConfig(dg.Config):
+    """OpenAI reinforcement fine-tuning of a model that judges sessions."""
+
+    base_model: str = Field(default="o4-mini-2025-04-16", description="The model to fine-tune.")
+    n_epochs: str = Field(default="auto", description="Epochs, or 'auto'.")
+    batch_size: str = Field(default="auto", description="Examples per batch, or 'auto'.")
+    learning_rate_multiplier: str = Field(default="auto", description="A number, or 'auto'.")
+    reasoning_effort: str = Field(default="low", description="low, medium, high or default.")
+    eval_interval: str = Field(default="auto", description="Steps between evals, or 'auto'.")
+    eval_samples: str = Field(default="auto", description="Samples per eval, or 'auto'.")
+    grader: str = Field(
+        default="python",
+        description="'python': the reward function itself; 'multi': its string_check form.",
+    )
+    base_url: str = Field(default="", description="The API (empty: OpenAI).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="The key's variable.")
+    max_cost_usd: float = Field(
+        default=50.0, description="Refuse to start a job estimated above this."
+    )
+    usd_per_million_training_tokens: float = Field(
+        default=0.0,
+        description="For the cost estimate: set it from your price sheet (0: no estimate, "
+        "and the cap is not applied).",
+    )
+    poll_seconds: float = Field(default=10.0, description="First wait between polls (doubles).")
+    max_poll_seconds: float = Field(default=300.0, description="Longest wait between polls.")
+
+
+def _number(value: str):
+    if value == "auto":
+        return value
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="llm",
+    code_version="1",
+    kinds={"openai", "mlflow"},
+    pool="llm_api",
+)
+def rft_job(
+    context: dg.AssetExecutionContext,
+    config: RFTConfig,
+    llm_session_examples: pd.DataFrame,
+    tracker: ExperimentTracker,
+):
+    """The source's sessions judged by a model fine-tuned with OpenAI's reinforcement
+    fine-tuning, the grader being the reward every route shares. The job id is journaled before
+    anything waits on it: a run that dies is followed up by the next, never started twice.
+    Evaluate the model with llm_session_eval (``model``: this asset's ``fine_tuned_model``)."""
+    import os
+
+    import openai
+
+    from logfit_dagster.core.errors import LogfitError
+    from logfit_dagster.core.llm_sessions import multi_grader
+    from logfit_dagster.core.openai_rft import Journal, RFTParams, run_rft
+    from logfit_dagster.resources.labelers import scrub
+
+    source = context.partition_key
+    prompt_version = str(llm_session_examples["prompt_version"].iloc[0])
+    folder = examples_folder(source, prompt_version)
+    key = os.environ.get(config.api_key_env, "")
+    if not key:
+        raise dg.Failure(
+            description=f"rft_job needs an API key in ${config.api_key_env}", allow_retries=False
+        )
+    params = RFTParams(
+        base_model=config.base_model,
+        n_epochs=_number(config.n_epochs),
+        batch_size=_number(config.batch_size),
+        learning_rate_multiplier=_number(config.learning_rate_multiplier),
+        reasoning_effort=config.reasoning_effort,
+        eval_interval=_number(config.eval_interval),
+        eval_samples=_number(config.eval_samples),
+        suffix=f"logfit-{source}"[:40],
+    )
+    grader = python_grader() if config.grader == "python" else multi_grader()
+    client = openai.OpenAI(api_key=key, base_url=config.base_url or None, max_retries=5)
+    step = [0]
+
+    def on_metrics(data: dict) -> None:
+        step[0] = int(data.get("step", step[0] + 1))
+
+    try:
+        result = run_rft(
+            client,
+            folder / "rft_train.jsonl",
+            folder / "rft_valid.jsonl",
+            grader,
+            params,
+            Journal(folder / "rft_journal.json"),
+            max_cost_usd=config.max_cost_usd if config.usd_per_million_training_tokens else None,
+            usd_per_million_training_tokens=config.usd_per_million_training_tokens or None,
+            poll_seconds=config.poll_seconds,
+            max_poll_seconds=config.max_poll_seconds,
+            log=lambda line: context.log.info(scrub(line, [key])),
+            on_metrics=on_metrics,
+        )
+    except LogfitError as exc:
+        raise dg.Failure(description=scrub(str(exc), [key]), allow_retries=False) from None
+    finally:
+        client.close()
+    history = [
+        {"step": int(m.get("step", i + 1)), **{k: v for k, v in m.items() if k != "step"}}
+        for i, m in enumerate(result.metrics)
+    ]
+    final = history[-1] if history else {}
+    tracker.log_training(
+        run_name=f"rft_job/{source}",
+        model_name="",
+        params={
+            "source": source,
+            "grader": config.grader,
+            **{k: str(v) for k, v in params.__dict__.items()},
+        },
+        metrics={k: v for k, v in final.items() if isinstance(v, int | float)},
+        step_metrics=[{k: v for k, v in h.items() if isinstance(v, int | float)} for h in history],
+        json_artifacts={"rft_job.json": {**result.__dict__}},
+        tags={
+            "asset": "rft_job",
+            "family": "llm_rft",
+            "source": source,
+            "fine_tuned_model": str(result.fine_tuned_model),
+            "job_id": result.job_id,
+        },
+    )
+    frame = pd.DataFrame(
+        [
+            {
+                "source": source,
+                "job_id": result.job_id,
+                "fine_tuned_model": result.fine_tuned_model,
+                "base_model": params.base_model,
+                "prompt_version": prompt_version,
+            }
+        ]
+    )
+    return dg.Output(
+        frame,
+        metadata={
+            "job_id": result.job_id,
+            "fine_tuned_model": str(result.fine_tuned_model),
+            "followed_an_earlier_run": result.resumed,
+            "checkpoints": dg.MetadataValue.json(result.checkpoints),
+            "trained_tokens": int(result.trained_tokens or 0),
+            "reward_steps": len(history),
+            **{
+                f"final_{k}": dg.MetadataValue.float(float(v))
+                for k, v in final.items()
+                if k != "step" and isinstance(v, int | float)
+            },
+        },
+    )
