@@ -113,7 +113,13 @@ def metrics_report(
     # read from their latest materializations when there are some: a source set too small for
     # held-out evaluation trains no transformer, a source without sessions no template model,
     # and the overview still shows the rest
-    deps=["line_transformer_model", "template_lm", "llm_session_eval"],
+    deps=[
+        "line_transformer_model",
+        "template_lm",
+        "llm_session_eval",
+        "sft_adapter",
+        "grpo_adapter",
+    ],
 )
 def metrics_overview(
     context: dg.AssetExecutionContext,
@@ -192,7 +198,8 @@ def _transformer_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
 
 
 def _llm_judge_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
-    """Each source's latest llm_session_eval: a chat model's verdicts on the same test split."""
+    """Each source's latest llm_session_eval (a chat model's verdicts) and LoRA adapters (SFT,
+    GRPO), on the same test split."""
     from logfit_dagster.partitions import LOG_SOURCE
 
     rows = []
@@ -203,18 +210,37 @@ def _llm_judge_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
             ),
             limit=1,
         ).records
-        if not records:
-            continue
-        meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-        rows.append(
-            {
-                "unit": "session",
-                "source": source,
-                "model": f"llm judge: {meta.get('model')} ({meta.get('unanswered', 0)} unanswered)",
-                **{k: meta.get(k) for k in ("precision", "recall", "f1", "accuracy")},
-                "sessions": meta.get("test_sessions"),
-            }
-        )
+        if records:
+            meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+            rows.append(
+                {
+                    "unit": "session",
+                    "source": source,
+                    "model": f"llm judge: {meta.get('model')} "
+                    f"({meta.get('unanswered', 0)} unanswered)",
+                    **{k: meta.get(k) for k in ("precision", "recall", "f1", "accuracy")},
+                    "sessions": meta.get("test_sessions"),
+                }
+            )
+        for stage in ("sft", "grpo"):  # the LoRA adapters, judged by greedy generation
+            found = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey(f"{stage}_adapter"), asset_partitions=[source]
+                ),
+                limit=1,
+            ).records
+            if not found:
+                continue
+            m = {k: v.value for k, v in found[0].asset_materialization.metadata.items()}
+            rows.append(
+                {
+                    "unit": "session",
+                    "source": source,
+                    "model": f"llm_lora {stage} ({m.get('test_unparseable', 0):.0f} unparseable)",
+                    **{k: m.get(f"test_{k}") for k in ("precision", "recall", "f1", "accuracy")},
+                    "sessions": m.get("test_sessions"),
+                }
+            )
     return pd.DataFrame(
         rows,
         columns=["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"],

@@ -44,4 +44,5 @@ __all__ = [
 TRAINER_FAMILIES = (
     "logfit_dagster.assets.models.line_transformer",
     "logfit_dagster.assets.models.template_lm",
+    "logfit_dagster.assets.models.llm_lora",
 )

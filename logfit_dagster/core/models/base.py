@@ -41,6 +41,7 @@ FAMILIES = {
     "line_transformer": "logfit_dagster.core.models.line_transformer",
     "session_counts": "logfit_dagster.core.models.session_counts",
     "template_lm": "logfit_dagster.core.models.template_lm",
+    "llm_lora": "logfit_dagster.core.models.llm_lora",
 }
 
 #: families that score lines (``logfit classify``, ``scored_lines``)

@@ -1,0 +1,486 @@
+"""Model family ``llm_lora``: a chat model taught to judge sessions with LoRA adapters, by
+supervised fine-tuning (TRL ``SFTTrainer``, loss on the answer only) and then GRPO (TRL
+``GRPOTrainer``) with the reward every route shares (``core/llm_sessions.reward``).
+
+The folder holds the adapter (PEFT), optionally the merged model, the tokenizer, the evaluation
+of dev and test sessions by greedy generation (parsed with the same parser as
+``llm_session_eval``: an unparseable answer is counted, never guessed), and for GRPO a sample of
+completions with their rewards (``completions.jsonl``). Checkpoints go to ``checkpoints/``; a
+killed run resumes from the newest.
+
+Needs ``trl`` and ``peft`` (the ``llm-train`` extra) and a base model: a local folder (or a hub
+id where the hub is reachable) of a causal LM whose tokenizer has a chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from logfit_dagster.core.errors import ModelFileError, TrainingDataError
+from logfit_dagster.core.llm_sessions import LABELS, PROMPT_VERSION, parse_answer, reward
+from logfit_dagster.core.models.base import (
+    Manifest,
+    Progress,
+    TrainResult,
+    finished_model,
+    no_progress,
+    write_manifest,
+)
+from logfit_dagster.core.scores import confusion_counts, rates
+
+FAMILY = "llm_lora"
+FORMAT_VERSION = 1
+RUNTIME_PARAMS = ("device", "reward_workers")
+COMPLETION_SAMPLE = 200  # completions kept in completions.jsonl
+# The prompts the adapter was trained on: a model for other prompts is refused on load.
+FEATURE_VERSION = f"chat-{PROMPT_VERSION}"
+
+
+def feature_version(manifest: Manifest) -> str:
+    return FEATURE_VERSION
+
+
+@dataclass
+class LoraParams:
+    """What a run trains: the stage, the base model, LoRA and the trainer's settings."""
+
+    stage: str = "sft"  # sft | grpo
+    base_model: str = ""  # a local folder, or a hub id where the hub is reachable
+    init_adapter: str = ""  # grpo: the SFT adapter folder to start from ("" = the base model)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    learning_rate: float = 2e-4
+    max_steps: int = 60
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    max_length: int = 1024
+    eval_every: int = 20
+    patience: int = 2  # sft: evaluations without a dev-loss gain before stopping
+    save_steps: int = 20
+    # grpo
+    num_generations: int = 4
+    max_completion_length: int = 64
+    beta: float = 0.04
+    temperature: float = 1.0
+    reward_weights: dict = field(default_factory=dict)
+    reward_workers: int = 0  # a process pool of this size computes rewards (0: in process)
+    # both
+    merge: bool = False
+    eval_max_new_tokens: int = 64
+    eval_limit: int = 200  # dev and test sessions judged at most (greedy generation)
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LoraParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise TrainingDataError(f"unknown llm_lora param(s) {sorted(unknown)}")
+        return cls(**values)
+
+
+def _require_libraries():
+    try:
+        import peft  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as exc:
+        raise TrainingDataError(
+            f"llm_lora needs trl and peft ({exc.name} is missing): pip install -e '.[llm-train]'"
+        ) from None
+
+
+def load_base(base_model: str, device: str):
+    """The base causal LM and its tokenizer, from a folder (or a hub id)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not base_model:
+        raise TrainingDataError(
+            "no base model: set base_model to a local folder of a causal LM whose tokenizer has "
+            "a chat template (e.g. a saved Qwen2.5-0.5B-Instruct), or to a hub id where the hub "
+            "is reachable; no instruct model with trainable weights ships on PyPI"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model = AutoModelForCausalLM.from_pretrained(base_model)
+    except OSError as exc:
+        raise TrainingDataError(f"base model {base_model!r} cannot be loaded: {exc}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise TrainingDataError(f"base model {base_model!r}: its tokenizer has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _prompt_tokens(tokenizer, messages: list[dict]) -> int:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def _fits(tokenizer, rows: list[dict], budget: int) -> tuple[list[dict], int]:
+    """The rows whose prompt fits ``budget`` tokens, and how many did not (never cut)."""
+    kept = [r for r in rows if _prompt_tokens(tokenizer, r["messages"]) <= budget]
+    return kept, len(rows) - len(kept)
+
+
+class _Recorder:
+    """The reward function GRPO calls: the shared reward, in a process pool if asked, with a
+    sample of completions and their rewards kept for ``completions.jsonl``."""
+
+    __name__ = "session_reward"
+
+    def __init__(self, weights: dict, workers: int, seed: int):
+        self.weights = weights
+        self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self.rng = random.Random(seed)
+        self.sample: list[dict] = []
+        self.seen = 0
+
+    def __call__(self, completions, label, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        weights = [self.weights] * len(texts)
+        if self.pool is not None:
+            rewards = list(self.pool.map(reward, texts, label, weights))
+        else:
+            rewards = [reward(t, lab, w) for t, lab, w in zip(texts, label, weights, strict=True)]
+        for text, lab, value in zip(texts, label, rewards, strict=True):
+            self.seen += 1  # reservoir sample: every completion equally likely to be kept
+            record = {"label": lab, "completion": text, "reward": value}
+            if len(self.sample) < COMPLETION_SAMPLE:
+                self.sample.append(record)
+            elif self.rng.random() < COMPLETION_SAMPLE / self.seen:
+                self.sample[self.rng.randrange(COMPLETION_SAMPLE)] = record
+        return [float(r) for r in rewards]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _progress_callback(progress: Progress, total: int):
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numbers = {
+                k.replace("/", "_"): round(float(v), 5)
+                for k, v in (logs or {}).items()
+                if isinstance(v, int | float) and math.isfinite(float(v))
+            }
+            progress(state.global_step, total, **numbers)
+
+    return Report()
+
+
+def _latest_checkpoint(folder: Path) -> str | None:
+    found = sorted(
+        (p for p in (folder / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    return str(found[-1]) if found else None
+
+
+def judge(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) -> list[str]:
+    """Greedy answers of the model to each row's messages."""
+    import torch
+
+    answers = []
+    model.eval()
+    for row in rows:
+        ids = tokenizer.apply_chat_template(
+            row["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(device)
+        with torch.no_grad():
+            out = model.generate(
+                **ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answers.append(
+            tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+    return answers
+
+
+def evaluate(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) -> dict:
+    """Precision, recall and F1 of the answered sessions, and how many answers were
+    unparseable (counted, never guessed), with every answer."""
+    answers = judge(model, tokenizer, rows, max_new_tokens, device)
+    predicted = [parse_answer(a) for a in answers]
+    pairs = [
+        (int(r["label"] == LABELS[0]), int(p == LABELS[0]))
+        for r, p in zip(rows, predicted, strict=True)
+        if p is not None
+    ]
+    y = [a for a, _ in pairs]
+    pred = [b for _, b in pairs]
+    import numpy as np
+
+    tp, fp, fn, tn = confusion_counts(np.array(y, dtype=int), np.array(pred, dtype=int))
+    return {
+        **rates(tp, fp, fn, tn, empty=0.0),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "sessions": len(rows),
+        "unparseable": sum(p is None for p in predicted),
+        "mean_reward": float(
+            np.mean([reward(a, r["label"]) for a, r in zip(answers, rows, strict=True)])
+        )
+        if rows
+        else math.nan,
+        "answers": [
+            {"session_id": r.get("session_id"), "label": r["label"], "answer": a}
+            for r, a in zip(rows, answers, strict=True)
+        ],
+    }
+
+
+def train(data: dict, params: dict, folder: Path, progress: Progress | None = None) -> TrainResult:
+    """Train a LoRA adapter (``stage`` sft or grpo) and judge the dev and test sessions.
+
+    Args:
+        data: ``train``, ``dev``, ``test``: rows of ``messages`` (system and user),
+            ``label`` (``anomalous``/``normal``), ``answer`` (the reference answer, for SFT)
+            and ``session_id``; ``source``.
+        params: :class:`LoraParams` fields.
+    """
+    _require_libraries()
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import EarlyStoppingCallback, set_seed
+
+    progress = progress or no_progress
+    p = LoraParams.from_dict(params)
+    if p.stage not in ("sft", "grpo"):
+        raise TrainingDataError(f"llm_lora stage must be 'sft' or 'grpo', got {p.stage!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    finished = finished_model(folder, asdict(p), RUNTIME_PARAMS)
+    if finished is not None:
+        return finished
+    if not data.get("train") or not data.get("dev"):
+        raise TrainingDataError("llm_lora needs training and dev sessions")
+    set_seed(p.seed)
+    device = _device(p.device)
+    model, tokenizer = load_base(p.base_model, device)
+    budget = p.max_length - (p.max_completion_length if p.stage == "grpo" else 64)
+    train_rows, too_long = _fits(tokenizer, data["train"], budget)
+    dev_rows, dev_too_long = _fits(tokenizer, data["dev"], budget)
+    if not train_rows:
+        raise TrainingDataError(
+            f"every training prompt is longer than {budget} tokens: raise max_length, or lower "
+            "the examples' token_budget"
+        )
+    cpu = device == "cpu"
+    common = {
+        "output_dir": str(folder / "checkpoints"),
+        "max_steps": p.max_steps,
+        "learning_rate": p.learning_rate,
+        "gradient_accumulation_steps": p.gradient_accumulation,
+        "logging_steps": 1,
+        "save_steps": p.save_steps,
+        "save_total_limit": 2,
+        "seed": p.seed,
+        "report_to": "none",
+        "bf16": not cpu and torch.cuda.is_bf16_supported(),
+        "gradient_checkpointing": False,
+        "use_cpu": cpu,
+        "disable_tqdm": True,
+    }
+    lora = LoraConfig(
+        r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout,
+        target_modules=p.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    if p.init_adapter:
+        model = PeftModel.from_pretrained(model, p.init_adapter, is_trainable=True)
+        lora = None
+    recorder = None
+    callbacks = [_progress_callback(progress, p.max_steps)]
+    if p.stage == "sft":
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        def pairs(rows):
+            return Dataset.from_list(
+                [
+                    {
+                        "prompt": r["messages"],
+                        "completion": [{"role": "assistant", "content": r["answer"]}],
+                    }
+                    for r in rows
+                ]
+            )
+
+        config = SFTConfig(
+            **common,
+            per_device_train_batch_size=p.batch_size,
+            per_device_eval_batch_size=p.batch_size,
+            max_length=p.max_length,
+            completion_only_loss=True,  # the prompt is masked: loss on the answer alone
+            eval_strategy="steps",
+            eval_steps=p.eval_every,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+        )
+        if p.save_steps % p.eval_every:
+            raise TrainingDataError("save_steps must be a multiple of eval_every (best model)")
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=pairs(train_rows),
+            eval_dataset=pairs(dev_rows),
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=p.patience)],
+        )
+    else:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        recorder = _Recorder(p.reward_weights, p.reward_workers, p.seed)
+        config = GRPOConfig(
+            **common,
+            per_device_train_batch_size=p.num_generations,
+            num_generations=p.num_generations,
+            max_completion_length=p.max_completion_length,
+            beta=p.beta,
+            temperature=p.temperature,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=recorder,
+            args=config,
+            train_dataset=Dataset.from_list(
+                [{"prompt": r["messages"], "label": r["label"]} for r in train_rows]
+            ),
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=callbacks,
+        )
+    resume = _latest_checkpoint(folder)  # a killed run continues where it saved last
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if recorder is not None:
+            recorder.close()
+    history = [dict(h) for h in trainer.state.log_history]
+    tuned = trainer.model
+    tuned.save_pretrained(folder / "adapter")
+    tokenizer.save_pretrained(folder / "adapter")
+    if p.merge:
+        merged = tuned.merge_and_unload() if hasattr(tuned, "merge_and_unload") else tuned
+        merged.save_pretrained(folder / "merged")
+        tokenizer.save_pretrained(folder / "merged")
+    (folder / "history.json").write_text(json.dumps(history, default=str))
+    if recorder is not None:
+        with open(folder / "completions.jsonl", "w", encoding="utf-8") as out:
+            for record in recorder.sample:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    evaluation = {
+        split: evaluate(tuned, tokenizer, rows[: p.eval_limit], p.eval_max_new_tokens, device)
+        for split, rows in (("dev", dev_rows), ("test", data.get("test") or []))
+    }
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    metrics = {
+        "train_loss": float(output.training_loss),
+        "steps": int(trainer.state.global_step),
+        "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
+        "prompts_too_long": too_long,
+        "dev_prompts_too_long": dev_too_long,
+        **{
+            f"{split}_{k}": v
+            for split, e in evaluation.items()
+            for k, v in e.items()
+            if k != "answers"
+        },
+    }
+    if p.stage == "grpo":
+        rewards = [h["reward"] for h in history if "reward" in h]
+        zero = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
+        lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
+        metrics.update(
+            {
+                "reward_first": rewards[0] if rewards else math.nan,
+                "reward_last": rewards[-1] if rewards else math.nan,
+                "share_groups_zero_reward_std": float(sum(zero) / len(zero)) if zero else math.nan,
+                "completion_mean_length": float(sum(lengths) / len(lengths))
+                if lengths
+                else math.nan,
+            }
+        )
+    else:
+        losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+        metrics["best_dev_loss"] = min(losses) if losses else math.nan
+    manifest = Manifest(
+        family=FAMILY,
+        format_version=FORMAT_VERSION,
+        feature_version=FEATURE_VERSION,
+        params=asdict(p),
+        metrics=metrics,
+        data={
+            "source": data.get("source"),
+            "train_rows": len(train_rows),
+            "dev_rows": len(dev_rows),
+            "test_rows": len(data.get("test") or []),
+        },
+    )
+    import shutil
+
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return TrainResult(folder, write_manifest(folder, manifest))
+
+
+class SessionJudgeModel:
+    """A base model with its adapter, answering sessions by greedy generation."""
+
+    def __init__(self, model, tokenizer, params: LoraParams, device: str):
+        self.model, self.tokenizer, self.params, self.device = model, tokenizer, params, device
+
+    def judge(self, rows: list[dict]) -> list[str]:
+        return judge(self.model, self.tokenizer, rows, self.params.eval_max_new_tokens, self.device)
+
+    def score(self, texts: list[str], token_budget: int = 2000) -> list[str | None]:
+        """The label of each session text (its lines), or None where the answer is not the
+        schema: what the MLflow pyfunc's ``predict`` returns."""
+        from logfit_dagster.core.llm_sessions import messages_for
+
+        rows = [{"messages": messages_for(t, token_budget)[0]} for t in texts]
+        return [parse_answer(a) for a in self.judge(rows)]
+
+
+def load(folder: Path, manifest: Manifest) -> SessionJudgeModel:
+    """The adapter of a finished folder on its base model."""
+    _require_libraries()
+    from peft import PeftModel
+
+    p = LoraParams.from_dict(manifest.params)
+    device = _device("auto")
+    model, tokenizer = load_base(p.base_model, device)
+    adapter = Path(folder) / "adapter"
+    if not adapter.is_dir():
+        raise ModelFileError(f"{folder}: no adapter folder")
+    return SessionJudgeModel(PeftModel.from_pretrained(model, adapter), tokenizer, p, device)

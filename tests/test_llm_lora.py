@@ -1,0 +1,259 @@
+"""The llm_lora family on a tiny random chat model built in the test: SFT with LoRA (loss on
+the answer only), then GRPO from the SFT adapter with the shared reward; adapters saved and
+reloaded; dev and test sessions judged by greedy generation."""
+
+import json
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from logfit_dagster.core.llm_sessions import answer_for, messages_for  # noqa: E402
+from logfit_dagster.core.models import base  # noqa: E402
+from tests.tiny_models import tiny_chat_lm  # noqa: E402
+
+
+def _rows(n: int, start: int = 0) -> list[dict]:
+    rows = []
+    for i in range(start, start + n):
+        anomalous = i % 3 == 0
+        text = "INFO dfs.DataNode: Receiving block blk_1\n" + (
+            "ERROR dfs.DataNode: exception while serving" if anomalous else "INFO dfs.DataNode: ok"
+        )
+        messages, _ = messages_for(text, 500)
+        rows.append(
+            {
+                "session_id": f"s{i}",
+                "messages": messages,
+                "label": "anomalous" if anomalous else "normal",
+                "answer": answer_for(int(anomalous)),
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(tiny_chat_lm(tmp_path_factory.mktemp("tiny-chat")))
+
+
+def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
+    data = {"train": _rows(8), "dev": _rows(3, 100), "test": _rows(3, 200), "source": "t"}
+    common = {
+        "base_model": tiny,
+        "max_steps": 2,
+        "batch_size": 2,
+        "eval_every": 1,
+        "save_steps": 1,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "eval_max_new_tokens": 8,
+        "device": "cpu",
+    }
+    steps = []
+    sft = base.train(
+        "llm_lora",
+        data,
+        {**common, "stage": "sft"},
+        tmp_path / "sft",
+        progress=lambda step, total, **m: steps.append((step, m)),
+    )
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").is_file()
+    assert sft.metrics["steps"] == 2 and sft.metrics["prompts_too_long"] == 0
+    assert sft.metrics["test_sessions"] == 3
+    assert steps and any("loss" in m for _, m in steps)
+    evaluation = json.loads((tmp_path / "sft" / "evaluation.json").read_text())
+    assert len(evaluation["test"]["answers"]) == 3
+    # an answer is parsed or counted unparseable, never guessed
+    assert (
+        evaluation["test"]["unparseable"]
+        + evaluation["test"]["tp"]
+        + evaluation["test"]["fp"]
+        + evaluation["test"]["fn"]
+        + evaluation["test"]["tn"]
+        == 3
+    )
+
+    grpo = base.train(
+        "llm_lora",
+        data,
+        {
+            **common,
+            "stage": "grpo",
+            "init_adapter": str(tmp_path / "sft" / "adapter"),
+            "num_generations": 2,
+            "max_completion_length": 8,
+            "learning_rate": 1e-4,
+        },
+        tmp_path / "grpo",
+    )
+    assert grpo.metrics["steps"] == 2
+    completions = [
+        json.loads(x) for x in (tmp_path / "grpo" / "completions.jsonl").read_text().splitlines()
+    ]
+    assert completions and all(0.0 <= c["reward"] <= 1.0 for c in completions)
+    assert "share_groups_zero_reward_std" in grpo.metrics
+
+    judge = base.load(tmp_path / "grpo", families=("llm_lora",))
+    answers = judge.judge(data["test"][:1])
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+    # the same data and params: the finished folder, not a second training
+    again = base.train("llm_lora", data, {**common, "stage": "sft"}, tmp_path / "sft")
+    assert again.manifest.created_at == sft.manifest.created_at
+
+
+def test_without_a_base_model_the_error_says_what_to_set(tmp_path):
+    from logfit_dagster.core.errors import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match="no base model: set base_model"):
+        base.train("llm_lora", {"train": _rows(2), "dev": _rows(1)}, {}, tmp_path / "x")
+
+
+def test_sft_and_grpo_adapters_of_a_source(workdir, tiny):
+    import dagster as dg
+
+    from logfit_dagster.assets import datasets, ingest, llm_sessions
+    from logfit_dagster.assets.models import llm_lora
+    from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.sources import LogSources
+    from logfit_dagster.resources.storage import ParquetIOManager
+    from logfit_dagster.resources.tracking import ExperimentTracker
+    from logfit_dagster.resources.trainer import InProcessTrainer
+
+    small = {
+        "base_model": tiny,
+        "max_steps": 2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "eval_limit": 2,
+        "eval_max_new_tokens": 8,
+        "save_steps": 1,
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
+        result = dg.materialize(
+            dg.load_assets_from_modules([ingest, datasets, llm_sessions, llm_lora]),
+            selection=[
+                "raw_logs",
+                "parsed_logs",
+                "sessions",
+                "ground_truth_labels",
+                "dataset_splits",
+                "llm_session_examples",
+                "sft_adapter",
+                "grpo_adapter",
+            ],
+            partition_key="tiny_hdfs",
+            instance=instance,
+            resources={
+                "io_manager": ParquetIOManager(),
+                "sources": LogSources(),
+                "tracker": ExperimentTracker(),
+                "trainer": InProcessTrainer(),
+            },
+            run_config={
+                "ops": {
+                    "llm_session_examples": {
+                        "config": {"token_budget": 120, "normal_per_anomalous": 1}
+                    },
+                    "sft_adapter": {"config": {**small, "batch_size": 2, "eval_every": 1}},
+                    "grpo_adapter": {
+                        "config": {
+                            **small,
+                            "num_generations": 2,
+                            "max_completion_length": 8,
+                            "reward_workers": 0,
+                        }
+                    },
+                },
+            },
+        )
+        assert result.success
+        grpo = result.output_for_node("grpo_adapter")
+    folder = workdir / "data" / "models" / "llm_lora" / "tiny_hdfs"
+    assert (folder / "grpo").is_dir() and (folder / "sft").is_dir()
+    assert grpo["stage"].iloc[0] == "grpo" and grpo["version"].iloc[0] == "1"
+    assert list((folder / "grpo").rglob("completions.jsonl"))
+
+
+KILLABLE = """
+import sys
+from logfit_dagster.core.models import base
+from tests.test_llm_lora import _rows
+tiny, folder = sys.argv[1:]
+data = {"train": _rows(8), "dev": _rows(3, 100), "test": [], "source": "t"}
+base.train("llm_lora", data, {"base_model": tiny, "max_steps": 40, "batch_size": 2,
+    "eval_every": 1, "save_steps": 1, "lora_r": 4, "lora_alpha": 8, "patience": 100,
+    "device": "cpu", "stage": "sft"}, folder)
+"""
+
+
+def test_a_killed_sft_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import PROJECT_ROOT
+
+    folder = tmp_path / "sft"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, tiny, str(folder)],
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not (folder / "checkpoints" / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = base.train(
+        "llm_lora",
+        {"train": _rows(8), "dev": _rows(3, 100), "test": [], "source": "t"},
+        {
+            "base_model": tiny,
+            "max_steps": 40,
+            "batch_size": 2,
+            "eval_every": 1,
+            "save_steps": 1,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "patience": 100,
+            "device": "cpu",
+            "stage": "sft",
+        },
+        folder,
+    )
+    assert result.metrics["resumed_from_step"] >= 3 and result.metrics["steps"] == 40
+
+
+@pytest.mark.gpu
+def test_sft_and_grpo_on_a_gpu(tiny, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    data = {"train": _rows(8), "dev": _rows(3, 100), "test": _rows(3, 200), "source": "t"}
+    common = {"base_model": tiny, "max_steps": 2, "batch_size": 2, "eval_every": 1}
+    common.update({"save_steps": 1, "eval_max_new_tokens": 8, "device": "cuda"})
+    sft = base.train("llm_lora", data, {**common, "stage": "sft"}, tmp_path / "sft")
+    grpo = base.train(
+        "llm_lora",
+        data,
+        {
+            **common,
+            "stage": "grpo",
+            "init_adapter": str(tmp_path / "sft" / "adapter"),
+            "num_generations": 2,
+            "max_completion_length": 8,
+        },
+        tmp_path / "grpo",
+    )
+    assert sft.metrics["steps"] == 2 and grpo.metrics["steps"] == 2
