@@ -430,6 +430,9 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             peft_config=lora,
             callbacks=callbacks,
         )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress goes to the callback, not to stdout
     resume = _latest_checkpoint(folder)  # a killed run continues where it saved last
     try:
         output = trainer.train(resume_from_checkpoint=resume)
