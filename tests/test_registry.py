@@ -1,9 +1,16 @@
 """The source registry: defaults per origin, unsafe names and bad entries refused with names."""
 
+import re
+
 import pytest
 
 from logfit_dagster.core.errors import RegistryError
-from logfit_dagster.core.registry import add_loghub_entries, check_source_name, load_registry
+from logfit_dagster.core.registry import (
+    add_loghub_entries,
+    check_source_name,
+    load_registry,
+    parse_source,
+)
 
 
 def _write(tmp_path, body):
@@ -88,3 +95,27 @@ def test_one_invalid_entry_never_hides_the_others(workdir):
     assert sources.get("good").lines == 100
     with pytest.raises(RegistryError, match="session.pattern is not a valid regex"):
         sources.get("badregex")
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        ({"lines": 2.9}, "field 'lines' must be a whole number, got 2.9"),
+        ({"session": {"by": "window", "size": 2.9}}, "session.size must be a whole number"),
+        ({"multiline": "no"}, "field 'multiline' must be true or false, got 'no'"),
+        ({"session": "block_id"}, "field 'session' must be a mapping such as {by: block_id}"),
+        ({"ground_truth": "none"}, "field 'ground_truth' must be a mapping"),
+        ({"seed": True}, "field 'seed' must be a whole number"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_not_cast(entry, words):
+    base = {"name": "s", "origin": "synthetic", "kind": "hdfs"}
+    with pytest.raises(RegistryError, match=re.escape(words)):
+        parse_source({**base, **entry}, "sources.yaml: sources[0]")
+
+
+def test_whole_numbers_written_as_floats_or_strings_are_kept():
+    spec = parse_source(
+        {"name": "s", "origin": "synthetic", "kind": "hdfs", "lines": 300.0, "seed": "7"}, "t"
+    )
+    assert (spec.lines, spec.seed) == (300, 7)

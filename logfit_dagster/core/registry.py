@@ -202,7 +202,16 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
     if origin == "sequences":
         session_default = {"by": "sequence"}
         truth_default = {"provider": "sequence_labels"}
-    multiline = bool(entry.get("multiline", kind == "javaapp"))
+    multiline = _strict(
+        entry.get("multiline", kind == "javaapp"), bool, f"{where}: field 'multiline'"
+    )
+    for key in ("session", "ground_truth"):
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            raise RegistryError(
+                f"{where}: field {key!r} must be a mapping such as "
+                + ("{by: block_id}" if key == "session" else "{provider: none}")
+                + f", got {entry[key]!r}"
+            )
     try:
         get_line_format(str(fmt), multiline)
     except ValueError as exc:
@@ -258,13 +267,10 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         raise RegistryError(
             f"{where}: ground_truth provider 'synthetic' is only for synthetic sources"
         )
-    try:
-        lines, seed = (
-            int(entry.get("lines", 20000 if origin == "synthetic" else 0)),
-            int(entry.get("seed", 0)),
-        )
-    except (TypeError, ValueError):
-        raise RegistryError(f"{where}: fields 'lines' and 'seed' must be integers") from None
+    lines = _strict(
+        entry.get("lines", 20000 if origin == "synthetic" else 0), int, f"{where}: field 'lines'"
+    )
+    seed = _strict(entry.get("seed", 0), int, f"{where}: field 'seed'")
     if origin == "synthetic" and lines < 1:
         raise RegistryError(f"{where}: field 'lines' must be at least 1")
     return SourceSpec(
@@ -318,14 +324,37 @@ def _sub_spec(cls, values: dict, where: str):
         raise RegistryError(
             f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
-    try:
-        converted = {
-            key: type(getattr(cls(), key))(value) if value is not None else getattr(cls(), key)
-            for key, value in values.items()
-        }
-    except (TypeError, ValueError) as exc:
-        raise RegistryError(f"{where}: {exc}") from None
+    converted = {
+        key: _strict(value, type(getattr(cls(), key)), f"{where}.{key}")
+        if value is not None
+        else getattr(cls(), key)
+        for key, value in values.items()
+    }
     return cls(**converted)
+
+
+def _strict(value, kind: type, where: str):
+    """``value`` as ``kind`` when it is one, never by a lossy cast: ``2.9`` is not an integer,
+    the string ``'no'`` is not a boolean (write ``false``), a list is not a string."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise RegistryError(f"{where} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise RegistryError(f"{where} must be a whole number, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise RegistryError(f"{where} must be a whole number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise RegistryError(f"{where} must be a string, got {value!r}")
+    return kind(value)
 
 
 def load_registry(path: Path) -> dict[str, SourceSpec]:
