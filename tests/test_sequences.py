@@ -29,20 +29,36 @@ def _sessions(table: pa.Table) -> dict:
     }
 
 
-def test_deeplog_layout_takes_labels_from_file_name_rules_and_templates_by_number():
-    table, stats = _read(
-        [SEQUENCES / name for name in ("hdfs_train", "hdfs_test_normal", "hdfs_test_abnormal")],
-        "deeplog",
-        read_templates(SEQUENCES / "HDFS_templates.csv"),
-        [("*abnormal*", "anomalous"), ("*normal*", "normal"), ("*train*", "normal")],
-    )
+DEEPLOG_FILES = ("hdfs_train", "hdfs_test_normal", "hdfs_test_abnormal")
+DEEPLOG_RULES = [("*abnormal*", "anomalous"), ("*normal*", "normal"), ("*train*", "normal")]
+
+
+def test_deeplog_layout_takes_labels_from_file_name_rules():
+    table, stats = _read([SEQUENCES / n for n in DEEPLOG_FILES], "deeplog", None, DEEPLOG_RULES)
     sessions = _sessions(table)
     assert stats["sessions"] == 7 and stats["anomalous_sessions"] == 2
     assert sessions["hdfs_train:2"] == ([5, 22, 5, 5, 11, 9, 11, 9, 11, 9, 26, 26, 26], 0)
     assert sessions["hdfs_test_abnormal:1"][1] == 1
-    # event 5 of the file is E5 of the templates file
-    first = table.to_pandas().iloc[0]
-    assert first["template"] == "Receiving block <*> src: <*> dest: <*>"
+    assert table.column("template")[0].as_py() == "s event 5"  # no templates file: no text
+
+
+def test_a_templates_csv_names_events_by_number(tmp_path):
+    templates = tmp_path / "templates.csv"
+    templates.write_text(
+        "EventId,EventTemplate\nE5,open <*>\nE22,allocate <*>\nE11,close <*>\nE9,write <*>\n"
+    )
+    table, stats = _read([SEQUENCES / "anomaly_sequences.csv"], "csv", read_templates(templates))
+    assert table.column("template")[0].as_py() == "open <*>"  # event 5 is E5
+    assert stats["templates_named"] == stats["event_types"] == 4
+
+
+def test_the_deeplog_fixtures_with_loghubs_hdfs_templates(shared_data):
+    path = shared_data / "loghub-2k" / "HDFS" / "HDFS_templates.csv"
+    templates = read_templates(path)
+    table, stats = _read(
+        [SEQUENCES / n for n in DEEPLOG_FILES], "deeplog", templates, DEEPLOG_RULES
+    )
+    assert table.column("template")[0].as_py() == templates["E5"]
     assert stats["templates_named"] == stats["event_types"]
 
 

@@ -303,10 +303,10 @@ def expand_sequences(
     stats = {
         "sessions": len(session_ids),
         "events": n,
-        "event_types": len(tokens),
+        "event_types": len({_canonical(t) for t in tokens}),  # 5 and E5 are one event
         "anomalous_sessions": sum(1 for v in session_labels if v == 1),
         "normal_sessions": sum(1 for v in session_labels if v == 0),
         "unlabelled_sessions": sum(1 for v in session_labels if v is None),
-        "templates_named": sum(1 for t in tokens if _canonical(t) in vocabulary),
+        "templates_named": len({_canonical(t) for t in tokens} & set(vocabulary)),
     }
     return table, stats
