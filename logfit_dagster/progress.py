@@ -8,6 +8,7 @@ few seconds) otherwise. Nothing here changes what runs.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -154,14 +155,7 @@ class RunProgress:
             + (f" · {self._current}" if self._current else "")
             + (f" · {self._training}" if self._training else "")
         )
-        columns = 120
-        try:
-            import shutil
-
-            columns = shutil.get_terminal_size((120, 20)).columns
-        except OSError:
-            pass
-        text = text[: max(columns - 1, 20)]
+        text = text[: max(shutil.get_terminal_size((120, 20)).columns - 1, 20)]
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
         self._width = len(text)

@@ -5,6 +5,7 @@ import pandas as pd
 from pydantic import Field
 
 from logfit_dagster.assets._common import on_new_data, preview
+from logfit_dagster.assets.labels import LLM_API_POOL
 from logfit_dagster.core.llm_sessions import (
     PROMPT_VERSION,
     ExampleParams,
@@ -146,7 +147,7 @@ class SessionEvalConfig(dg.Config):
     group_name="llm",
     code_version="1",
     kinds={"openai", "mlflow"},
-    pool="llm_api",
+    pool=LLM_API_POOL,
 )
 def llm_session_eval(
     context: dg.AssetExecutionContext,
@@ -273,7 +274,7 @@ def _number(value: str):
     group_name="llm",
     code_version="1",
     kinds={"openai", "mlflow"},
-    pool="llm_api",
+    pool=LLM_API_POOL,
 )
 def rft_job(
     context: dg.AssetExecutionContext,

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from logfit_dagster.core.errors import BudgetExceededError, LabelerError
+from logfit_dagster.core.errors import BudgetExceededError
 from logfit_dagster.core.labeling.base import price_of
+from logfit_dagster.core.labeling.openai_chat import chat, openai_client
 from logfit_dagster.core.llm_sessions import ANSWER_SCHEMA, LABELS, parse_answer
 from logfit_dagster.core.scores import confusion_counts, rates
 
@@ -95,50 +96,29 @@ class SessionJudge:
         structured_output: bool = True,
         timeout_s: float = 120.0,
     ):
-        import openai
-
-        if not api_key:
-            raise LabelerError(
-                "the session judge needs an API key: set the variable named in the config "
-                "(any non-empty value for a local server that checks none)"
-            )
+        self.client = openai_client(
+            api_key,
+            base_url,
+            max_retries,
+            timeout_s,
+            "the session judge",
+            "the variable named in the config",
+        )
         self.model = model
         self.max_concurrency = max(1, max_concurrency)
         self.structured_output = structured_output
-        self.client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout_s
-        )
 
     def close(self) -> None:
         self.client.close()
 
     def ask(self, messages: list[dict]) -> Answer:
-        import openai
-
-        kwargs: dict = {}
-        if self.structured_output:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": ANSWER_SCHEMA}
-        try:
-            completion = self.client.chat.completions.create(
-                model=self.model, temperature=0, messages=messages, **kwargs
-            )
-        except (
-            openai.AuthenticationError,
-            openai.PermissionDeniedError,
-            openai.NotFoundError,
-        ) as exc:
-            raise LabelerError(f"{self.model} was refused: HTTP {exc.status_code}") from None
-        except openai.APIStatusError as exc:
-            return Answer(error=f"HTTP {exc.status_code} after retries")
-        except openai.APIConnectionError as exc:
-            return Answer(error=f"connection failed: {type(exc).__name__}")
-        usage = completion.usage
-        choice = completion.choices[0] if completion.choices else None
-        return Answer(
-            text=(choice.message.content if choice and choice.message else None) or "",
-            input_tokens=(usage.prompt_tokens if usage else 0) or 0,
-            output_tokens=(usage.completion_tokens if usage else 0) or 0,
+        response_format = (
+            {"type": "json_schema", "json_schema": ANSWER_SCHEMA}
+            if self.structured_output
+            else None
         )
+        reply = chat(self.client, self.model, messages, response_format)
+        return Answer(reply.text, reply.input_tokens, reply.output_tokens, reply.error)
 
 
 @dataclass

@@ -311,6 +311,8 @@ def reward(completion, label, weights=None):
     return float(score)
 
 
+# reward() reads its defaults under this name: python_grader() defines it in the grader's
+# source, where REWARD_WEIGHTS (with the config's overrides) is written out as a literal
 REWARD_WEIGHTS_DEFAULT = REWARD_WEIGHTS
 
 

@@ -55,16 +55,18 @@ class LogSources(dg.ConfigurableResource):
     def incoming_dir(self) -> Path:
         return self.root() / INCOMING
 
+    def _read(self) -> tuple[dict[str, SourceSpec], dict[str, str]]:
+        path = self.registry_file()
+        return read_registry(path) if path.exists() else ({}, {})
+
     def registered(self) -> dict[str, SourceSpec]:
         """The valid sources of the registry file (an invalid entry never hides the others:
         see :meth:`problems`)."""
-        path = self.registry_file()
-        return read_registry(path)[0] if path.exists() else {}
+        return self._read()[0]
 
     def problems(self) -> dict[str, str]:
         """The registry's invalid entries, by name (or ``sources[i]``), each with its error."""
-        path = self.registry_file()
-        return read_registry(path)[1] if path.exists() else {}
+        return self._read()[1]
 
     def incoming_sources(self) -> dict[str, SourceSpec]:
         """Sources dropped as folders under data/incoming/."""
@@ -90,7 +92,10 @@ class LogSources(dg.ConfigurableResource):
 
     def all_sources(self) -> dict[str, SourceSpec]:
         """Registry sources, then incoming folders not named in the registry."""
-        sources = self.registered()
+        return self._all(self.registered())
+
+    def _all(self, registered: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
+        sources = dict(registered)
         for name, spec in self.incoming_sources().items():
             sources.setdefault(name, spec)
         return sources
@@ -103,9 +108,10 @@ class LogSources(dg.ConfigurableResource):
                 its partition and history stay, but new runs are refused.
         """
         check_source_name(name)
-        sources = self.all_sources()
-        if name not in sources and name in self.problems():
-            raise RegistryError(self.problems()[name])
+        registered, problems = self._read()  # the registry read once
+        sources = self._all(registered)
+        if name not in sources and name in problems:
+            raise RegistryError(problems[name])
         if name not in sources:
             raise RegistryError(
                 f"log source {name!r} is not in the registry {self.registry_file()} nor under "

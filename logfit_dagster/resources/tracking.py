@@ -187,26 +187,25 @@ class ExperimentTracker(dg.ConfigurableResource):
                 version = str(info.registered_model_version)
         return TrainingRecord(run.info.run_id, model_name, version, self.uri())
 
-    def champion(self, model_name: str) -> tuple[str, dict] | None:
-        """The champion's version and its run's metrics, or None when there is no champion."""
+    def _champion_run(self, model_name: str):
+        """The champion's version and its run, or None when there is no champion."""
         with self._session() as mlflow:
             client = mlflow.MlflowClient(self.uri(), self.uri())
             try:
                 version = client.get_model_version_by_alias(model_name, CHAMPION)
             except mlflow.exceptions.MlflowException:
                 return None
-            run = client.get_run(version.run_id)
-            return str(version.version), dict(run.data.metrics)
+            return version, client.get_run(version.run_id)
+
+    def champion(self, model_name: str) -> tuple[str, dict] | None:
+        """The champion's version and its run's metrics, or None when there is no champion."""
+        found = self._champion_run(model_name)
+        return None if found is None else (str(found[0].version), dict(found[1].data.metrics))
 
     def champion_tag(self, model_name: str, tag: str) -> str | None:
         """A tag of the champion's run (None when there is no champion or no such tag)."""
-        with self._session() as mlflow:
-            client = mlflow.MlflowClient(self.uri(), self.uri())
-            try:
-                version = client.get_model_version_by_alias(model_name, CHAMPION)
-            except mlflow.exceptions.MlflowException:
-                return None
-            return client.get_run(version.run_id).data.tags.get(tag)
+        found = self._champion_run(model_name)
+        return None if found is None else found[1].data.tags.get(tag)
 
     def promote(self, model_name: str, version: str) -> None:
         with self._session() as mlflow:

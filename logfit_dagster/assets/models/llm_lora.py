@@ -79,6 +79,17 @@ class GRPOConfig(LoraConfig):
     )
 
 
+# both stages: per source, in the training pool, on the trainer resource
+adapter_asset = dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="llm",
+    code_version="1",
+    kinds={"pytorch", "mlflow"},
+    pool=TRAINING_POOL,
+    op_tags=training_op_tags(),
+)
+
+
 def _rows(examples: pd.DataFrame, split: str) -> list[dict]:
     part = examples[examples["split"] == split]
     return [
@@ -145,14 +156,7 @@ def _record(context, tracker, stage, folder, result, params, started) -> dg.Outp
     )
 
 
-@dg.asset(
-    partitions_def=log_source_partitions,
-    group_name="llm",
-    code_version="1",
-    kinds={"pytorch", "mlflow"},
-    pool=TRAINING_POOL,
-    op_tags=training_op_tags(),
-)
+@adapter_asset
 def sft_adapter(
     context: dg.AssetExecutionContext,
     config: SFTConfig,
@@ -169,14 +173,7 @@ def sft_adapter(
     return _record(context, tracker, "sft", folder, result, params, started)
 
 
-@dg.asset(
-    partitions_def=log_source_partitions,
-    group_name="llm",
-    code_version="1",
-    kinds={"pytorch", "mlflow"},
-    pool=TRAINING_POOL,
-    op_tags=training_op_tags(),
-)
+@adapter_asset
 def grpo_adapter(
     context: dg.AssetExecutionContext,
     config: GRPOConfig,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 
 import openai
 
@@ -17,6 +18,65 @@ from logfit_dagster.core.labeling.base import DirectLabeler, Reply, Request
 from logfit_dagster.core.labeling.prompt import REPLY_SCHEMA, PromptSpec, render_window
 
 JSON_ONLY = '\n\nReply with a JSON object {"labels": [...]} holding that array, and nothing else.'
+
+
+@dataclass
+class ChatReply:
+    """One chat completion's text and tokens, or the error that left it unanswered."""
+
+    text: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str = ""
+
+
+def openai_client(
+    api_key: str, base_url: str | None, max_retries: int, timeout_s: float, who: str, variable: str
+):
+    """An ``openai`` client whose SDK retries 429 and 5xx with backoff; no key is an error
+    naming ``variable``, where the key belongs."""
+    if not api_key:
+        raise LabelerError(
+            f"{who} needs an API key: set {variable} (any non-empty value for a local server "
+            "that checks none)"
+        )
+    return openai.OpenAI(
+        api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout_s
+    )
+
+
+def chat(
+    client, model: str, messages: list[dict], response_format: dict | None, who: str = ""
+) -> ChatReply:
+    """One chat completion at temperature 0; ``who`` names the caller in a refusal.
+
+    Raises:
+        LabelerError: when the server refuses the key, the permission or the model (a retry
+            cannot help); a 429 or 5xx left after the SDK's retries, or a dropped connection,
+            is an unanswered reply instead (the next run asks again).
+    """
+    kwargs = {"response_format": response_format} if response_format else {}
+    try:
+        completion = client.chat.completions.create(
+            model=model, temperature=0, messages=messages, **kwargs
+        )
+    except (
+        openai.AuthenticationError,
+        openai.PermissionDeniedError,
+        openai.NotFoundError,
+    ) as exc:
+        raise LabelerError(f"{who or model} was refused: HTTP {exc.status_code}") from None
+    except openai.APIStatusError as exc:
+        return ChatReply(error=f"HTTP {exc.status_code} after retries")
+    except openai.APIConnectionError as exc:
+        return ChatReply(error=f"connection failed: {type(exc).__name__}")
+    usage = completion.usage
+    choice = completion.choices[0] if completion.choices else None
+    return ChatReply(
+        text=(choice.message.content if choice and choice.message else None) or "",
+        input_tokens=(usage.prompt_tokens if usage else 0) or 0,
+        output_tokens=(usage.completion_tokens if usage else 0) or 0,
+    )
 
 
 class OpenAILabeler(DirectLabeler):
@@ -34,59 +94,46 @@ class OpenAILabeler(DirectLabeler):
         structured_output: bool = True,
         timeout_s: float = 120.0,
     ):
-        if not api_key:
-            raise LabelerError(
-                "OpenAILabeler needs an API key: set the OPENAI_API_KEY environment variable "
-                "(any non-empty value for a local server that checks none)"
-            )
+        self.client = openai_client(
+            api_key,
+            base_url,
+            max_retries,
+            timeout_s,
+            "OpenAILabeler",
+            "the OPENAI_API_KEY environment variable",
+        )
         self.model = model
         self.max_concurrency = max(1, max_concurrency)
         self.structured_output = structured_output
-        self.client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout_s
-        )
 
     def close(self) -> None:
         self.client.close()
 
     def _ask(self, request: Request, prompt: PromptSpec) -> Reply:
         user = render_window(request.window, request.asked if request.followup else None)
-        kwargs: dict = {}
         system = prompt.system
+        response_format = None
         if self.structured_output:
-            kwargs["response_format"] = {
+            response_format = {
                 "type": "json_schema",
                 "json_schema": {"name": "look_skip_labels", "strict": True, "schema": REPLY_SCHEMA},
             }
         else:
             system += JSON_ONLY
-        try:
-            completion = self.client.chat.completions.create(
-                model=self.model,
-                temperature=0,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                **kwargs,
-            )
-        except (
-            openai.AuthenticationError,
-            openai.PermissionDeniedError,
-            openai.NotFoundError,
-        ) as exc:
-            raise LabelerError(
-                f"{self.name} ({self.model}) was refused: HTTP {exc.status_code}"
-            ) from None
-        except openai.APIStatusError as exc:
-            return Reply(request.custom_id, error=f"HTTP {exc.status_code} after retries")
-        except openai.APIConnectionError as exc:
-            return Reply(request.custom_id, error=f"connection failed: {type(exc).__name__}")
-        usage = completion.usage
-        choice = completion.choices[0] if completion.choices else None
-        content = choice.message.content if choice and choice.message else None
+        reply = chat(
+            self.client,
+            self.model,
+            [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            response_format,
+            who=f"{self.name} ({self.model})",
+        )
+        if reply.error:
+            return Reply(request.custom_id, error=reply.error)
         return Reply(
             request.custom_id,
-            content or "",
-            input_tokens=(usage.prompt_tokens if usage else 0) or 0,
-            output_tokens=(usage.completion_tokens if usage else 0) or 0,
+            reply.text,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
         )
 
     def label(self, requests: list[Request], prompt: PromptSpec) -> Iterator[Reply]:

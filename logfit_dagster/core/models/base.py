@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +53,14 @@ Progress = Callable[..., None]
 
 def no_progress(step: int, total: int, **metrics) -> None:
     return None
+
+
+def params_from_dict(cls, values: dict, family: str, error: type[Exception] = ValueError):
+    """A family's params dataclass from a dict; unknown names are refused, never ignored."""
+    unknown = set(values) - {f.name for f in fields(cls)}
+    if unknown:
+        raise error(f"unknown {family} params {sorted(unknown)}")
+    return cls(**values)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from logfit_dagster.core.models.base import (
     TrainResult,
     finished_model,
     no_progress,
+    params_from_dict,
     write_manifest,
 )
 from logfit_dagster.core.models.encoder import Encoder
@@ -124,11 +125,7 @@ class TransformerParams:
 
     @classmethod
     def from_dict(cls, params: dict) -> TransformerParams:
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown line_transformer params {sorted(unknown)}")
-        return cls(**params)
+        return params_from_dict(cls, params, "line_transformer")
 
 
 def feature_version(manifest: Manifest) -> str:

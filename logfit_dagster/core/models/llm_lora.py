@@ -18,7 +18,7 @@ import json
 import math
 import random
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from logfit_dagster.core.errors import ModelFileError, TrainingDataError
@@ -29,6 +29,7 @@ from logfit_dagster.core.models.base import (
     TrainResult,
     finished_model,
     no_progress,
+    params_from_dict,
     write_manifest,
 )
 from logfit_dagster.core.scores import confusion_counts, rates
@@ -80,11 +81,7 @@ class LoraParams:
 
     @classmethod
     def from_dict(cls, values: dict) -> LoraParams:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise TrainingDataError(f"unknown llm_lora param(s) {sorted(unknown)}")
-        return cls(**values)
+        return params_from_dict(cls, values, "llm_lora", TrainingDataError)
 
 
 def _require_libraries():

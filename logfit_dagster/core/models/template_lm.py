@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from logfit_dagster.core.models.base import (
     TrainResult,
     finished_model,
     no_progress,
+    params_from_dict,
     write_manifest,
 )
 from logfit_dagster.core.models.torch_loop import (
@@ -85,10 +86,7 @@ class TemplateLMParams:
 
     @classmethod
     def from_dict(cls, params: dict) -> TemplateLMParams:
-        unknown = set(params) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown template_lm params {sorted(unknown)}")
-        return cls(**params)
+        return params_from_dict(cls, params, "template_lm")
 
 
 def feature_version(manifest: Manifest) -> str:
