@@ -4,7 +4,8 @@ completions protocols, with a deterministic "model" and injectable faults.
 The model labels a line LOOK when it mentions an error, a failure, an exception or a warning,
 else SKIP, so tests know every right answer. ``fault(custom_id_or_key, attempt)`` returns the
 fault to inject for a request (None for a good answer): ``expired``, ``errored``, ``malformed``,
-``missing_line``, ``absolute_numbers``, ``fenced``, ``429``, ``500``; for a session judged
+``missing_line``, ``absolute_numbers``, ``fenced``, ``flipped`` (every label the wrong
+way round), ``429``, ``500``; for a session judged
 whole (structured output ``session_label``): ``prose`` (the label in a sentence).
 """
 
@@ -31,8 +32,14 @@ def expected_label(line: str) -> str:
 def answer(user_text: str, fault: str | None) -> tuple[object, int]:
     """The model's labels for a rendered window, and the output tokens they cost."""
     numbered = [(int(n), text) for n, text in NUMBERED.findall(user_text)]
+    only = re.search(r"^Label only lines ([\d, ]+),", user_text, re.MULTILINE)
+    if only:  # the other lines are context: answer as told
+        wanted = {int(n) for n in only.group(1).split(",")}
+        numbered = [(n, text) for n, text in numbered if n in wanted]
     start = int(re.search(r"Lines (\d+)-", user_text).group(1))
     entries = [{"line": n, "label": expected_label(text), "reason": "fake"} for n, text in numbered]
+    if fault == "flipped":
+        entries = [{**e, "label": "SKIP" if e["label"] == "LOOK" else "LOOK"} for e in entries]
     if fault == "missing_line" and entries:
         entries = entries[:-1]
     if fault == "absolute_numbers":

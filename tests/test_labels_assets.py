@@ -69,6 +69,35 @@ def test_rule_labels_quality_and_a_rerun_that_sends_nothing(workdir):
     assert list(frame.columns[:5]) == ["line_number", "raw", "label", "reason", "window_key"]
 
 
+def test_the_distinct_plan_through_claude_batches_reports_what_it_propagated(
+    workdir, monkeypatch
+):
+    plan = {"ops": {"llm_labels": {"config": {"plan": "distinct"}}}}
+    with FakeAnthropic() as server, dg.instance_for_test() as instance:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
+        claude = AnthropicLabelerResource(
+            api_key=dg.EnvVar("ANTHROPIC_API_KEY"), base_url=server.url, poll_interval_s=0.01
+        )
+        result = materialize(instance, "tiny_hdfs", claude, UPSTREAM + LABEL_ASSETS, plan)
+        assert result.success
+        first = metadata(result, "llm_labels")
+        assert first["plan"] == "distinct" and first["unlabeled_lines"] == 0
+        assert first["direct_lines"] + first["propagated_lines"] == first["lines"] == 1500
+        # one line asked per shape, a few requests for 1,500 lines (30 windows of 50)
+        assert first["direct_lines"] == first["shapes"] and first["requests"] <= 3
+        assert "took their shape's answer" in first["note"]
+        quality = metadata(result, "label_quality")
+        assert set(quality["by_label_source"]) == {"direct", "propagated"}
+        assert quality["by_label_source"]["propagated"]["lines"] == first["propagated_lines"]
+        again = materialize(instance, "tiny_hdfs", claude, ["llm_labels"], plan)
+        second = metadata(again, "llm_labels")
+        assert second["requests"] == 0 and second["shapes_answered_before"] == first["shapes"]
+        assert "was answered before" in second["note"]
+    frame = pd.read_parquet(workdir / "data" / "assets" / "llm_labels" / "tiny_hdfs.parquet")
+    assert frame["label"].tolist() == [expected_label(x) for x in frame["raw"]]
+    assert set(frame["label_source"]) == {"direct", "propagated"}
+
+
 def test_claude_batches_through_an_env_var_key(workdir, monkeypatch):
     with FakeAnthropic(api_key="sk-ant-test-1") as server, dg.instance_for_test() as instance:
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-1")

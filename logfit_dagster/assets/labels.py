@@ -1,6 +1,7 @@
 """LOOK/SKIP label sets: per-source labels from an LLM or rules, their quality, the training set."""
 
 import hashlib
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -27,7 +28,22 @@ MIN_LABEL_COVERAGE = 0.95
 class LabelConfig(dg.Config):
     """What the labeler is asked and what a run may spend."""
 
-    window_size: int = Field(default=50, description="Consecutive lines per request.")
+    plan: Literal["windows", "distinct"] = Field(
+        default="windows",
+        description="windows: every line is sent, window_size consecutive lines a request. "
+        "distinct: one line per line shape not answered yet (for any source, by this labeler, "
+        "model and prompt version) is sent among its neighbours, and every other line of the "
+        "shape takes its answer (label_source 'propagated').",
+    )
+    shape_samples: int = Field(
+        default=1,
+        description="distinct plan: answers wanted per shape, each from another place; shapes "
+        "answered two ways are flagged and their propagated lines left unlabelled.",
+    )
+    context_lines: int = Field(
+        default=3, description="distinct plan: lines shown on either side of a line asked."
+    )
+    window_size: int = Field(default=50, description="Lines per request.")
     model: str = Field(default="", description="Model override; empty means the labeler's own.")
     prompt_version: str = Field(
         default=DEFAULT_PROMPT_VERSION,
@@ -94,6 +110,9 @@ def llm_labels(
             cache=labeler.cache(),
             prompt=prompt,
             window_size=config.window_size,
+            plan=config.plan,
+            shape_samples=config.shape_samples,
+            context_lines=config.context_lines,
             max_cost_usd=config.max_cost_usd,
             prices={k: tuple(v) for k, v in config.prices.items()},
             batch_discount=config.batch_discount,
@@ -113,6 +132,7 @@ def llm_labels(
         "labeler": built.name,
         "model": built.model,
         "prompt_version": prompt.version,
+        "plan": stats.plan,
         "window_size": config.window_size,
         "lines": stats.lines,
         "look_lines": int(counts.get("LOOK", 0)),
@@ -131,11 +151,29 @@ def llm_labels(
         "estimated_cost_usd": dg.MetadataValue.float(
             round(stats.estimated_cost_usd, 6) if stats.price_known else float("nan")
         ),
+        **(
+            {
+                "shapes": stats.shapes,
+                "shapes_answered_before": stats.shapes_answered_before,
+                "direct_lines": stats.direct_lines,
+                "propagated_lines": stats.propagated_lines,
+                "conflicted_shapes": stats.conflicted_shapes,
+                "conflicted_lines": stats.conflicted_lines,
+            }
+            if stats.plan == "distinct"
+            else {}
+        ),
         "repaired_replies": stats.repairs,
         "reply_problems": dg.MetadataValue.json([scrub(p, secrets) for p in stats.problems[:20]]),
         "note": label_note(stats, sequences),
         "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
     }
+    if stats.conflicted_shapes:
+        context.log.warning(
+            f"{stats.conflicted_shapes} line shape(s) of {source} were answered two ways: both "
+            f"answers are kept in the reason, and their {stats.conflicted_lines} line(s) are "
+            "flagged (shape_conflict); lines not asked themselves stay unlabelled"
+        )
     if stats.unlabeled_lines:
         context.log.warning(
             f"{stats.unlabeled_lines} line(s) of {source} have no usable label; they stay "
@@ -162,14 +200,26 @@ def label_note(stats, sequences: bool = False) -> str:
             "a sequence source: its rows are event ids of pre-parsed sessions, not log lines; "
             "nothing to label"
         )
+    what = "window" if stats.plan == "windows" else "request"
     if stats.requests == 0 and not stats.batches_resumed:
+        if stats.plan == "distinct":
+            return (
+                f"every one of the {stats.shapes} line shape(s) was answered before: "
+                "nothing was sent, nothing paid"
+            )
         return "every window came from the cache: nothing was sent, nothing paid"
     if stats.requests == 0:
         return (
             f"{stats.batches_resumed} batch(es) that an earlier run submitted were collected "
             "(paid once, by that submission; the estimated cost is theirs)"
         )
-    return f"{stats.windows - stats.cache_hits} window(s) sent"
+    sent = f"{stats.windows - stats.cache_hits} {what}(s) sent"
+    if stats.plan == "distinct":
+        sent += (
+            f" for {stats.shapes - stats.shapes_answered_before} new line shape(s) of "
+            f"{stats.shapes}; {stats.propagated_lines} line(s) took their shape's answer"
+        )
+    return sent
 
 
 class QualityConfig(dg.Config):
@@ -203,10 +253,29 @@ def label_quality(
     truth = ground_truth_labels["lines"][["line_number", "label"]].rename(
         columns={"label": "truth"}
     )
-    joined = llm_labels[["line_number", "label"]].merge(truth, on="line_number", how="left")
+    labels = llm_labels.assign(
+        # label sets written before the distinct plan: every label answered for its own line
+        label_source=llm_labels["label_source"]
+        if "label_source" in llm_labels
+        else llm_labels["label"].notna().map({True: "direct", False: None})
+    )
+    joined = labels[["line_number", "label", "label_source"]].merge(
+        truth, on="line_number", how="left"
+    )
     has_truth = bool(joined["truth"].notna().any())
     stats = agreement(look_as_int(joined["label"]), joined["truth"].astype("Float64"))
     confusion = stats.pop("confusion")
+    # how the lines that took their shape's answer fare against those asked themselves
+    by_source = {}
+    for kind in ("direct", "propagated"):
+        part = joined[joined["label_source"] == kind]
+        if len(part):
+            found = agreement(look_as_int(part["label"]), part["truth"].astype("Float64"))
+            by_source[kind] = {
+                "lines": len(part),
+                "compared": found["compared"],
+                **{m: finite_or_none(found[m]) for m in ("precision", "recall", "f1")},
+            }
     row = {
         "source": context.partition_key,
         "has_ground_truth": has_truth,
@@ -214,11 +283,17 @@ def label_quality(
         "model": str(llm_labels["model"].iloc[0]) if len(llm_labels) else "",
         **stats,
         **confusion,
+        **{
+            f"{kind}_{name}": value
+            for kind, found in by_source.items()
+            for name, value in found.items()
+        },
     }
     metadata = {
         "has_ground_truth": has_truth,
         "compared_lines": stats["compared"],
         "lines_left_out": stats["left_out"],
+        "by_label_source": dg.MetadataValue.json(by_source),
     }
     if has_truth:
         metadata.update(

@@ -11,7 +11,7 @@ import anthropic
 
 from logfit_dagster.core.errors import LabelerError
 from logfit_dagster.core.labeling.base import BatchLabeler, Reply, Request
-from logfit_dagster.core.labeling.prompt import REPLY_SCHEMA, PromptSpec, render_window
+from logfit_dagster.core.labeling.prompt import REPLY_SCHEMA, PromptSpec
 
 # Limits of one Message Batch.
 MAX_BATCH_REQUESTS = 100_000
@@ -84,9 +84,7 @@ class AnthropicBatchLabeler(BatchLabeler):
                 "messages": [
                     {
                         "role": "user",
-                        "content": render_window(
-                            request.window, request.asked if request.followup else None
-                        ),
+                        "content": request.user_message(),
                     }
                 ],
             },

@@ -15,11 +15,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from logfit_dagster.core.errors import BudgetExceededError
-from logfit_dagster.core.labeling.cache import CachedWindow, LabelCache, cache_key
-from logfit_dagster.core.labeling.prompt import PromptSpec, Window, cut_windows, parse_reply
+from logfit_dagster.core.labeling.cache import CachedWindow, LabelCache, ShapeAnswer, cache_key
+from logfit_dagster.core.labeling.prompt import (
+    PromptSpec,
+    Window,
+    cut_windows,
+    parse_reply,
+    render_window,
+)
 
 # USD per million input and output tokens, before any batch discount.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -40,23 +47,49 @@ OUTPUT_TOKENS_PER_LINE = 30
 
 @dataclass
 class Request:
-    """One ask: some lines (``asked``, window numbering) of one window."""
+    """One ask: some lines (``asked``, window numbering) of one window.
 
-    custom_id: str
+    ``context``: the whole window is shown and only ``asked`` are to be labelled (the
+    ``distinct`` plan); ``shapes`` maps each asked line to its ``[shape hash, shape, line
+    hash]``, so that the answers are recorded per shape too.
+    """
+
+    ident: str
     key: str
     window: Window
     asked: list[int]
-    followup: bool
+    followup: bool = False
+    context: bool = False
+    shapes: dict[int, list[str]] | None = None
+
+    @property
+    def custom_id(self) -> str:
+        return ("f-" if self.followup else "w-") + self.ident
+
+    def again(self, missing: list[int]) -> Request:
+        """The follow-up ask for the lines a reply left out."""
+        return Request(self.ident, self.key, self.window, missing, True, self.context, self.shapes)
+
+    def user_message(self) -> str:
+        only = self.asked if self.followup or self.context else None
+        return render_window(self.window, only, self.context)
 
     def meta(self) -> dict:
         """What the batch journal keeps to apply a reply without the window's text."""
-        return {
+        meta = {
             "key": self.key,
             "asked": self.asked,
             "start": self.window.start,
             "n": len(self.window.lines),
             "followup": self.followup,
+            "content_hash": self.window.content_hash,
         }
+        if self.window.numbers:
+            meta["numbers"] = list(self.window.numbers)
+        if self.shapes is not None:
+            meta["source"] = self.window.source
+            meta["shapes"] = {str(i): v for i, v in self.shapes.items()}
+        return meta
 
 
 @dataclass
@@ -130,6 +163,16 @@ class LabelStats:
     problems: list[str] = field(default_factory=list)
     unlabeled_lines: int = 0
     lines: int = 0
+    plan: str = "windows"
+    # the distinct plan: shapes in the source, those with an answer from an earlier run (of
+    # any source), lines labelled by their own answer or by their shape's, and shapes whose
+    # answers disagree (their other lines left unlabelled)
+    shapes: int = 0
+    shapes_answered_before: int = 0
+    direct_lines: int = 0
+    propagated_lines: int = 0
+    conflicted_shapes: int = 0
+    conflicted_lines: int = 0
 
 
 def price_of(
@@ -154,9 +197,8 @@ def estimate_cost(
     """Estimated input tokens, output tokens and USD of sending ``requests``."""
     tin = tout = 0
     for request in requests:
-        chars = len(prompt.system) + sum(
-            len(request.window.lines[i - 1]) + 6 for i in request.asked
-        )
+        shown = range(1, len(request.window.lines) + 1) if request.context else request.asked
+        chars = len(prompt.system) + sum(len(request.window.lines[i - 1]) + 6 for i in shown)
         tin += int(chars / CHARS_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS
         tout += OUTPUT_TOKENS_PER_LINE * len(request.asked)
     price = price_of(labeler.model, prices)
@@ -180,9 +222,53 @@ class _Run:
             price_known=not labeler.paid or price_of(labeler.model, prices) is not None
         )
 
-    def key(self, window: Window) -> str:
-        return cache_key(
-            self.labeler.name, self.labeler.model, self.prompt.version, window.content_hash
+    def key(self, window: Window, asked: str = "") -> str:
+        """The cache key of a window (and of the lines asked in it, when not all of them)."""
+        content = f"{window.content_hash}/{asked}" if asked else window.content_hash
+        return cache_key(self.labeler.name, self.labeler.model, self.prompt.version, content)
+
+    def shape_answers(self, shape_hashes: list[str]) -> dict[str, list[ShapeAnswer]]:
+        return self.cache.shape_answers(
+            self.labeler.name, self.labeler.model, self.prompt.version, shape_hashes
+        )
+
+    def final(self, entry: CachedWindow) -> bool:
+        return entry.final or not self.labeler.asks_again
+
+    def ask(self, asks: list[Request], source: str, max_cost_usd: float | None) -> None:
+        """Send what the cache lacks: first asks, then once more for lines a reply left out."""
+        cached = self.cache.get_many([a.key for a in asks])
+        self.stats.cache_hits = sum(
+            1 for a in asks if a.key in cached and self.final(cached[a.key])
+        )
+        asks = _unique(asks)
+        first = [a for a in asks if a.key not in cached]
+        followups = [
+            a.again(cached[a.key].missing)
+            for a in asks
+            if a.key in cached and not self.final(cached[a.key])
+        ]
+        pending = first + followups
+        labeler = self.labeler
+        if labeler.paid and max_cost_usd is not None and pending:
+            tin, tout, cost = estimate_cost(
+                pending, self.prompt, labeler, self.prices, self.batch_discount
+            )
+            if cost is not None and cost > max_cost_usd:
+                raise BudgetExceededError(
+                    f"labeling {len(pending)} window(s) of {source} with {labeler.name} "
+                    f"({labeler.model}) would cost about ${cost:.2f} (~{tin:,} input and "
+                    f"~{tout:,} output tokens), over the limit of ${max_cost_usd:.2f} per run; "
+                    "nothing was submitted. Raise max_cost_usd to go ahead."
+                )
+        self.send(first)
+        fresh = self.cache.get_many([a.key for a in asks])
+        self.send(
+            [
+                a.again(fresh[a.key].missing)
+                for a in asks
+                if a.key in fresh and not self.final(fresh[a.key])
+            ]
         )
 
     def apply(self, meta: dict, reply: Reply) -> None:
@@ -209,7 +295,7 @@ class _Run:
                 return  # not cached: the next run asks again
             parsed_labels, missing = {}, asked
         else:
-            shape = Window("", meta["start"], ("",) * meta["n"], 0)
+            shape = Window("", meta["start"], ("",) * meta["n"], 0, tuple(meta.get("numbers", ())))
             parsed = parse_reply(reply.payload, shape, asked)
             stats.repairs += len(parsed.repairs)
             stats.problems.extend(f"{reply.custom_id}: {p}" for p in parsed.problems)
@@ -235,6 +321,30 @@ class _Run:
             prompt_version=self.prompt.version,
             content_hash=meta.get("content_hash", ""),
             window=entry,
+        )
+        if meta.get("shapes") and (entry.final or not self.labeler.asks_again):
+            self.record_shapes(meta, entry)
+
+    def record_shapes(self, meta: dict, entry: CachedWindow) -> None:
+        """What a finished request said about each shape it asked (nothing, where it said
+        nothing: the shape is then not asked again, like a window's missing line)."""
+        answers = []
+        for line, (shape_hash, shape, line_hash, source_line) in meta["shapes"].items():
+            label, reason = entry.labels.get(int(line), (None, None))
+            answers.append(
+                ShapeAnswer(
+                    shape_hash,
+                    meta["key"],
+                    shape,
+                    label,
+                    reason,
+                    meta["source"],
+                    source_line,
+                    line_hash,
+                )
+            )
+        self.cache.put_shape_answers(
+            self.labeler.name, self.labeler.model, self.prompt.version, meta["key"], answers
         )
 
     def resume_open_batches(self) -> None:
@@ -262,7 +372,7 @@ class _Run:
         if isinstance(labeler, DirectLabeler):
             by_id = {r.custom_id: r for r in requests}
             for reply in labeler.label(requests, self.prompt):
-                self.apply(_meta(by_id[reply.custom_id]), reply)
+                self.apply(by_id[reply.custom_id].meta(), reply)
             return
         todo = requests
         for round_ in range(labeler.max_resubmits + 1):
@@ -275,7 +385,7 @@ class _Run:
                     labeler.name,
                     labeler.model,
                     self.prompt.version,
-                    {r.custom_id: _meta(r) for r in chunk},
+                    {r.custom_id: r.meta() for r in chunk},
                 )
                 self.stats.batches_submitted += 1
                 self.log.info(f"submitted batch {batch_id} with {len(chunk)} request(s)")
@@ -288,7 +398,7 @@ class _Run:
                     if reply.error and reply.retryable:
                         failed.append((request, reply))
                     else:
-                        self.apply(_meta(request), reply)
+                        self.apply(request.meta(), reply)
                 for custom_id in by_id.keys() - seen:
                     failed.append(
                         (by_id[custom_id], Reply(custom_id, error="no result", retryable=True))
@@ -301,11 +411,10 @@ class _Run:
                 self.log.warning(f"resubmitting {len(failed)} request(s) that did not succeed")
                 todo = [request for request, _ in failed]
         for request, reply in failed:
-            self.apply(_meta(request), reply)
+            self.apply(request.meta(), reply)
 
 
-def _meta(request: Request) -> dict:
-    return {**request.meta(), "content_hash": request.window.content_hash}
+PLANS = ("windows", "distinct")
 
 
 def label_source(
@@ -316,65 +425,67 @@ def label_source(
     cache: LabelCache,
     prompt: PromptSpec | None = None,
     window_size: int = 50,
+    plan: str = "windows",
+    shape_samples: int = 1,
+    context_lines: int = 3,
     max_cost_usd: float | None = None,
     prices: dict | None = None,
     batch_discount: float = 0.5,
     log: logging.Logger | None = None,
 ) -> tuple[pd.DataFrame, LabelStats]:
-    """Label every line of ``source``, paying only for windows the cache does not have.
+    """Label every line of ``source``, paying only for what the cache does not have.
+
+    ``plan``: ``windows`` sends every line, ``window_size`` consecutive lines a request;
+    ``distinct`` sends one line per line shape not yet answered (for any source, with this
+    labeler, model and prompt version), ``shape_samples`` times in different places, each
+    shown with ``context_lines`` real neighbours on either side, at most ``window_size`` lines
+    a request, and gives every other line of the shape that answer
+    (:mod:`logfit_dagster.core.labeling.distinct`).
 
     Returns one row per line (``label`` is missing where no usable answer came) and the stats.
     Raises :class:`BudgetExceededError` before sending anything when the estimated cost of
     what is left to ask exceeds ``max_cost_usd``.
     """
+    from logfit_dagster.core.labeling import distinct
+
+    if plan not in PLANS:
+        raise ValueError(f"plan must be one of {', '.join(PLANS)}, got {plan!r}")
+    if shape_samples < 1:
+        raise ValueError(f"shape_samples must be at least 1, got {shape_samples}")
     prompt = prompt or PromptSpec()
     log = log or logging.getLogger(__name__)
     run = _Run(labeler, prompt, cache, prices, batch_discount, log)
-    windows = cut_windows(source, lines, window_size)
-    keys = [run.key(w) for w in windows]
-    run.stats.windows = len(windows)
     run.stats.lines = len(lines)
-
+    run.stats.plan = plan
     try:
         run.resume_open_batches()
-        cached = cache.get_many(keys)
-
-        def final(entry: CachedWindow) -> bool:
-            return entry.final or not labeler.asks_again
-
-        run.stats.cache_hits = sum(1 for k in keys if k in cached and final(cached[k]))
-        first = [
-            Request(f"w-{w.content_hash}", k, w, list(range(1, len(w.lines) + 1)), False)
-            for w, k in zip(windows, keys, strict=True)
-            if k not in cached
-        ]
-        followups = [
-            Request(f"f-{w.content_hash}", k, w, cached[k].missing, True)
-            for w, k in zip(windows, keys, strict=True)
-            if k in cached and not final(cached[k])
-        ]
-        pending = _unique(first + followups)
-        if labeler.paid and max_cost_usd is not None and pending:
-            tin, tout, cost = estimate_cost(pending, prompt, labeler, prices, batch_discount)
-            if cost is not None and cost > max_cost_usd:
-                raise BudgetExceededError(
-                    f"labeling {len(pending)} window(s) of {source} with {labeler.name} "
-                    f"({labeler.model}) would cost about ${cost:.2f} (~{tin:,} input and "
-                    f"~{tout:,} output tokens), over the limit of ${max_cost_usd:.2f} per run; "
-                    "nothing was submitted. Raise max_cost_usd to go ahead."
-                )
-        run.send(_unique(first))
-        fresh = cache.get_many(keys)
-        followups = [
-            Request(f"f-{w.content_hash}", k, w, fresh[k].missing, True)
-            for w, k in zip(windows, keys, strict=True)
-            if k in fresh and not final(fresh[k])
-        ]
-        run.send(_unique(followups))
+        if plan == "windows":
+            windows = cut_windows(source, lines, window_size)
+            asks = [
+                Request(w.content_hash, run.key(w), w, list(range(1, len(w.lines) + 1)))
+                for w in windows
+            ]
+        else:
+            shaped = distinct.ShapedLines(source, lines)
+            known = run.shape_answers(shaped.hashes)
+            run.stats.shapes = len(shaped.hashes)
+            run.stats.shapes_answered_before = len(known)
+            asks = distinct.plan_requests(
+                shaped, known, window_size, shape_samples, context_lines, run.key
+            )
+        run.stats.windows = len(asks)
+        run.ask(asks, source, max_cost_usd)
     finally:
         labeler.close()
 
-    frame = _rows(windows, keys, cache.get_many(keys), labeler, prompt)
+    if plan == "windows":
+        keys = [a.key for a in asks]
+        frame = _rows(windows, keys, cache.get_many(keys), labeler, prompt)
+    else:
+        frame = distinct.rows(shaped, run.shape_answers(shaped.hashes), run.stats)
+        frame["labeler"] = labeler.name
+        frame["model"] = labeler.model
+        frame["prompt_version"] = prompt.version
     run.stats.unlabeled_lines = int(frame["label"].isna().sum())
     return frame, run.stats
 
@@ -407,6 +518,10 @@ def _rows(windows, keys, cached: dict[str, CachedWindow], labeler, prompt) -> pd
             "window_key": pd.array(window_keys, dtype="string"),
         }
     )
+    frame["label_source"] = pd.array(
+        np.where(frame["label"].isna(), None, "direct"), dtype="string"
+    )
+    frame["shape_conflict"] = False
     frame["labeler"] = labeler.name
     frame["model"] = labeler.model
     frame["prompt_version"] = prompt.version

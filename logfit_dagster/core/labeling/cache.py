@@ -1,7 +1,11 @@
 """The persistent label cache and batch journal, one SQLite file under data/.
 
 ``windows`` holds every window ever labelled, keyed by labeler, model, prompt version and the
-window's content hash, with the tokens it cost, so no window is paid for twice. ``batches``
+window's content hash, with the tokens it cost, so no window is paid for twice. ``shapes``
+holds, for the ``distinct`` labeling plan, every answer given for a line shape: one row per
+(shape, request), with the label (or none, when the request was answered without it), so a
+shape answered for one source is not asked again for any other with the same labeler, model and
+prompt version, and two answers that disagree are both kept. ``batches``
 holds every submitted batch with the requests in it, written before polling starts: a process
 killed while a batch is in flight leaves the batch id behind, and the next run collects it
 instead of submitting again.
@@ -32,6 +36,21 @@ CREATE TABLE IF NOT EXISTS windows (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shapes (
+    labeler TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    shape_hash TEXT NOT NULL,
+    request_key TEXT NOT NULL,     -- the window cache key of the request that asked it
+    shape TEXT NOT NULL,
+    label TEXT,                    -- LOOK | SKIP | NULL: asked, no usable answer
+    reason TEXT,
+    source TEXT NOT NULL,          -- where the line that was asked sits
+    line_number INTEGER NOT NULL,
+    line_hash TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (labeler, model, prompt_version, shape_hash, request_key)
 );
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
@@ -64,6 +83,20 @@ class CachedWindow:
     def final(self) -> bool:
         """Nothing more will be asked for this window."""
         return not self.missing or self.followed_up
+
+
+@dataclass(frozen=True)
+class ShapeAnswer:
+    """One request's answer for one line shape."""
+
+    shape_hash: str
+    request_key: str
+    shape: str
+    label: str | None
+    reason: str | None
+    source: str
+    line_number: int
+    line_hash: str
 
 
 class LabelCache:
@@ -133,6 +166,54 @@ class LabelCache:
                     time.time(),
                 ),
             )
+
+    # -- shape answers (the distinct plan) --------------------------------------------------
+
+    def put_shape_answers(
+        self, labeler: str, model: str, prompt_version: str, request_key: str, answers: list
+    ) -> None:
+        """Record what one request said about the shapes it asked: ``answers`` holds
+        :class:`ShapeAnswer` rows (label None where the reply left the line out)."""
+        now = time.time()
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO shapes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        labeler,
+                        model,
+                        prompt_version,
+                        a.shape_hash,
+                        request_key,
+                        a.shape,
+                        a.label,
+                        a.reason,
+                        a.source,
+                        a.line_number,
+                        a.line_hash,
+                        now,
+                    )
+                    for a in answers
+                ],
+            )
+
+    def shape_answers(
+        self, labeler: str, model: str, prompt_version: str, shape_hashes: list[str]
+    ) -> dict[str, list[ShapeAnswer]]:
+        """Every answer recorded for these shapes, oldest first."""
+        found: dict[str, list[ShapeAnswer]] = {}
+        with self._connect() as db:
+            for start in range(0, len(shape_hashes), 500):
+                chunk = shape_hashes[start : start + 500]
+                rows = db.execute(
+                    "SELECT shape_hash, request_key, shape, label, reason, source, line_number, "
+                    "line_hash FROM shapes WHERE labeler = ? AND model = ? AND prompt_version = ? "
+                    f"AND shape_hash IN ({','.join('?' * len(chunk))}) ORDER BY updated_at, rowid",
+                    [labeler, model, prompt_version, *chunk],
+                )
+                for row in rows:
+                    found.setdefault(row[0], []).append(ShapeAnswer(*row))
+        return found
 
     # -- the batch journal -------------------------------------------------------------------
 

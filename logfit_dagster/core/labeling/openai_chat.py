@@ -15,7 +15,7 @@ import openai
 
 from logfit_dagster.core.errors import LabelerError
 from logfit_dagster.core.labeling.base import DirectLabeler, Reply, Request
-from logfit_dagster.core.labeling.prompt import REPLY_SCHEMA, PromptSpec, render_window
+from logfit_dagster.core.labeling.prompt import REPLY_SCHEMA, PromptSpec
 
 JSON_ONLY = '\n\nReply with a JSON object {"labels": [...]} holding that array, and nothing else.'
 
@@ -110,7 +110,7 @@ class OpenAILabeler(DirectLabeler):
         self.client.close()
 
     def _ask(self, request: Request, prompt: PromptSpec) -> Reply:
-        user = render_window(request.window, request.asked if request.followup else None)
+        user = request.user_message()
         system = prompt.system
         response_format = None
         if self.structured_output:

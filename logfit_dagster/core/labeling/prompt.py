@@ -66,21 +66,44 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class Window:
-    """``lines`` of ``source`` starting at line ``start`` (1-based) of ``total`` lines."""
+    """``lines`` of ``source`` starting at line ``start`` (1-based) of ``total`` lines.
+
+    ``numbers``, when given, are the source line numbers of ``lines``: a window made of
+    excerpts from several places (the ``distinct`` plan), numbered 1.. across them.
+    """
 
     source: str
     start: int
     lines: tuple[str, ...]
     total: int
+    numbers: tuple[int, ...] = ()
 
     @property
     def end(self) -> int:
-        return self.start + len(self.lines) - 1
+        return self.numbers[-1] if self.numbers else self.start + len(self.lines) - 1
+
+    def source_line(self, i: int) -> int:
+        """The source line number of window line ``i`` (1-based)."""
+        return self.numbers[i - 1] if self.numbers else self.start + i - 1
+
+    def parts(self) -> list[tuple[int, int]]:
+        """Runs of consecutive source lines, as (first, last) window line numbers."""
+        runs: list[tuple[int, int]] = []
+        for i in range(1, len(self.lines) + 1):
+            if runs and self.source_line(i) == self.source_line(i - 1) + 1:
+                runs[-1] = (runs[-1][0], i)
+            else:
+                runs.append((i, i))
+        return runs
 
     @property
     def content_hash(self) -> str:
-        """Identifies the window by its source name and its lines, not by where they sit."""
-        payload = json.dumps([self.source, list(self.lines)], ensure_ascii=False)
+        """Identifies the window by its source name and its lines, not by where they sit
+        (an excerpt window by where its parts break, too)."""
+        content: list = [self.source, list(self.lines)]
+        if self.numbers:
+            content.append([last - first + 1 for first, last in self.parts()])
+        payload = json.dumps(content, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -106,17 +129,45 @@ def _cut(line: str) -> str:
     return f"{line[:MAX_PROMPT_LINE_CHARS]} … [{len(line) - MAX_PROMPT_LINE_CHARS} more characters]"
 
 
-def render_window(window: Window, only: list[int] | None = None) -> str:
-    """The user message for a window; ``only`` restricts it to some lines (a follow-up ask)."""
-    numbers = only or list(range(1, len(window.lines) + 1))
-    body = "\n".join(f"{i}: {_cut(window.lines[i - 1])}" for i in numbers)
-    head = f"System: {window.source}\nLines {window.start}-{window.end} (of {window.total}):"
-    if only:
+def render_window(window: Window, only: list[int] | None = None, context: bool = False) -> str:
+    """The user message for a window; ``only`` restricts the ask to some lines.
+
+    Without ``context`` only those lines are shown (a follow-up ask of the ``windows`` plan);
+    with it the whole window is shown and the model is told which lines to label (the
+    ``distinct`` plan asks one line per new shape, among its real neighbours). A window of
+    excerpts shows each part under the source lines it comes from.
+    """
+    shown = list(range(1, len(window.lines) + 1)) if context or not only else only
+    parts = window.parts() if context and window.numbers else [(shown[0], shown[-1])]
+    if len(parts) > 1:
+        head = (
+            f"System: {window.source}\n{len(parts)} excerpts of its {window.total} lines, "
+            f"numbered 1-{len(window.lines)} across them:"
+        )
+    else:
+        head = f"System: {window.source}\nLines {window.start}-{window.end} (of {window.total}):"
+    if only and context:
         head += (
-            f"\nLabel only the {len(numbers)} line(s) below, keeping their numbers; "
+            f"\nLabel only lines {', '.join(str(i) for i in only)}, keeping their numbers; "
+            "the other lines are shown for context and are already labelled."
+        )
+    elif only:
+        head += (
+            f"\nLabel only the {len(shown)} line(s) below, keeping their numbers; "
             "the other lines of this window are already labelled."
         )
-    return f"{head}\n\n{body}"
+    if len(parts) == 1:
+        return f"{head}\n\n" + "\n".join(_numbered(window, i) for i in shown)
+    blocks = [
+        f"Lines {window.source_line(first)}-{window.source_line(last)}:\n"
+        + "\n".join(_numbered(window, i) for i in range(first, last + 1))
+        for first, last in parts
+    ]
+    return f"{head}\n\n" + "\n\n".join(blocks)
+
+
+def _numbered(window: Window, i: int) -> str:
+    return f"{i}: {_cut(window.lines[i - 1])}"
 
 
 @dataclass
@@ -172,19 +223,20 @@ def parse_reply(payload, window: Window, asked: list[int] | None = None) -> Pars
     if len(entries) < len(value):
         reply.problems.append(f"{len(value) - len(entries)} entries are not objects")
     numbers = [_as_int(e.get("line")) for e in entries]
-    shift = _absolute_shift(numbers, asked, window)
-    if shift:
+    given = numbers
+    absolute = _absolute_numbers(numbers, asked, window)
+    if absolute:
         reply.repairs.append(f"line numbers given as source lines {window.start}-{window.end}")
+        numbers = [absolute[n] if n is not None else None for n in numbers]
     seen: dict[int, tuple[str, str]] = {}
     conflicted: set[int] = set()
-    for entry, number in zip(entries, numbers, strict=True):
+    for entry, number, said in zip(entries, numbers, given, strict=True):
         label = str(entry.get("label", "")).strip().upper()
         if number is None:
             reply.problems.append(f"entry without a line number: {entry!r:.80}")
             continue
-        number -= shift
         if number not in asked:
-            reply.problems.append(f"line {number + shift} is outside the lines asked")
+            reply.problems.append(f"line {said} is outside the lines asked")
             continue
         if label not in LABELS:
             reply.problems.append(f"line {number}: unknown label {entry.get('label')!r}")
@@ -212,12 +264,15 @@ def _as_int(value) -> int | None:
     return None
 
 
-def _absolute_shift(numbers: list[int | None], asked: list[int], window: Window) -> int:
-    """``start - 1`` when every number is a source line of the window and none a window line."""
+def _absolute_numbers(
+    numbers: list[int | None], asked: list[int], window: Window
+) -> dict[int, int] | None:
+    """Source line -> window line, when every number is a source line of an asked line and
+    none a window line: a model that numbered the lines as the source does."""
     valid = [n for n in numbers if n is not None]
-    if not valid or window.start == 1:
-        return 0
-    absolute = {a + window.start - 1 for a in asked}
+    absolute = {window.source_line(a): a for a in asked}
+    if not valid or all(k == v for k, v in absolute.items()):
+        return None
     if all(n in absolute for n in valid) and not any(n in asked for n in valid):
-        return window.start - 1
-    return 0
+        return absolute
+    return None
