@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
+from logfit_dagster.core.errors import LabelerError
 from logfit_dagster.core.labeling.base import label_source
 from logfit_dagster.core.labeling.cache import LabelCache
 from logfit_dagster.core.labeling.offline import RuleLabeler
@@ -184,3 +187,26 @@ def test_a_request_that_fails_is_asked_again_by_the_next_run(tmp_path):
             "svc", lines, anthropic_labeler(server), cache=cache, plan="distinct"
         )
         assert stats.requests == 1 and frame["label"].tolist() == [expected_label(x) for x in lines]
+
+
+def test_a_batch_left_in_flight_is_collected_and_its_shapes_recorded(tmp_path):
+    lines = service_log(600)
+    cache = LabelCache(tmp_path / "c.sqlite")
+    with FakeAnthropic() as server:
+        server.hold = True
+        with pytest.raises(LabelerError, match="has not ended"):
+            label_source(
+                "svc",
+                lines,
+                anthropic_labeler(server, max_wait_s=0.05),
+                cache=cache,
+                plan="distinct",
+            )
+        assert len(server.batches) == 1 and cache.batch_count() == 1
+        server.hold = False
+        frame, stats = label_source(
+            "svc", lines, anthropic_labeler(server), cache=cache, plan="distinct"
+        )
+    assert stats.batches_resumed == 1 and stats.requests == 0 and len(server.batches) == 1
+    assert frame["label"].tolist() == [expected_label(x) for x in lines]
+    assert stats.direct_lines == 5 and stats.propagated_lines == 595

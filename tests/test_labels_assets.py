@@ -69,9 +69,7 @@ def test_rule_labels_quality_and_a_rerun_that_sends_nothing(workdir):
     assert list(frame.columns[:5]) == ["line_number", "raw", "label", "reason", "window_key"]
 
 
-def test_the_distinct_plan_through_claude_batches_reports_what_it_propagated(
-    workdir, monkeypatch
-):
+def test_the_distinct_plan_through_claude_batches_reports_what_it_propagated(workdir, monkeypatch):
     plan = {"ops": {"llm_labels": {"config": {"plan": "distinct"}}}}
     with FakeAnthropic() as server, dg.instance_for_test() as instance:
         monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
