@@ -70,7 +70,7 @@ def ground_truth_labels(
             parsed_logs,
             _session_keys(sessions),
             synthetic_labels=sources.synthetic_labels_path(spec.name),
-            base_dir=sources.registry_file().parent,
+            base_dir=sources.ground_truth_dir(spec),
         )
     lines, groups = truth.lines, truth.sessions
     context.add_output_metadata(

@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 
 from logfit_dagster.assets._common import bad_input_fails_partition, preview
+from logfit_dagster.core.download import ProgressLog
 from logfit_dagster.core.formats import get_line_format
 from logfit_dagster.core.ingest import parse_and_mine, read_raw_logs, template_vocabulary
 from logfit_dagster.core.registry import SourceSpec
@@ -36,7 +37,7 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Outpu
     """
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
-        files = sources.files(spec)
+        files = sources.files(spec, progress=ProgressLog(context.log, spec.name))
         table, stats = read_raw_logs(files)
         templates = sources.templates_file(spec)
         fingerprint = sources.fingerprint(spec, files + ([templates] if templates else []))

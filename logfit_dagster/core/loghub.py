@@ -1,13 +1,24 @@
-"""The Loghub 2k samples: download from their public location, verify, cache."""
+"""Loghub's data sets: the 2k samples and the full logs, downloaded, verified and cached.
+
+The 2k samples come from the Loghub repository, checked against the checksums below. The full
+data sets come from Loghub's Zenodo record (``release: full`` in the registry): the record's
+own file list gives each archive's size and MD5; :func:`fetch_loghub_dataset` downloads an
+archive resumably, verifies it, unpacks it member by member and keeps the unpacked folder.
+A mirror that serves Zenodo's REST API layout can stand in for zenodo.org.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from logfit_dagster.core.download import download, unpack, zenodo_record
 from logfit_dagster.core.errors import ChecksumMismatchError, LogInputError
 from logfit_dagster.core.reading import atomic_path
 
@@ -89,3 +100,111 @@ def fetch_loghub_sample(
                 f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}{kept}"
             )
     return target
+
+
+# -- the full data sets ---------------------------------------------------------------------
+
+#: Loghub's Zenodo record and where it is served; LOGFIT_ZENODO_URL names a mirror.
+LOGHUB_ZENODO_RECORD = "8196385"
+DEFAULT_ZENODO_URL = "https://zenodo.org"
+
+
+@dataclass(frozen=True)
+class LoghubDataset:
+    """A full Loghub data set: its archive in the record, its size as Loghub states it, the
+    log files to read once unpacked (globs), and the line format."""
+
+    archive: str
+    lines: int
+    raw_size: str
+    format: str
+    logs: tuple[str, ...] = ("**/*.log",)
+
+
+LOGHUB_DATASETS: dict[str, LoghubDataset] = {
+    "HDFS_v1": LoghubDataset("HDFS_v1.zip", 11_175_629, "1.47 GiB", "HDFS", ("**/HDFS.log",)),
+    "HDFS_v2": LoghubDataset("HDFS_v2.zip", 71_118_073, "16.06 GiB", "HDFS"),
+    "Hadoop": LoghubDataset("Hadoop.zip", 394_308, "48.61 MiB", "Hadoop"),
+    "Spark": LoghubDataset("Spark.tar.gz", 33_236_604, "2.75 GiB", "Spark"),
+    "Zookeeper": LoghubDataset("Zookeeper.tar.gz", 74_380, "9.95 MiB", "Zookeeper"),
+    "OpenStack": LoghubDataset("OpenStack.tar.gz", 207_820, "58.61 MiB", "OpenStack"),
+    "BGL": LoghubDataset("BGL.zip", 4_747_963, "708.76 MiB", "BGL"),
+    "HPC": LoghubDataset("HPC.zip", 433_489, "32.00 MiB", "HPC"),
+    "Thunderbird": LoghubDataset("Thunderbird.tar.gz", 211_212_192, "29.60 GiB", "Thunderbird"),
+    "Windows": LoghubDataset("Windows.tar.gz", 114_608_388, "26.09 GiB", "Windows"),
+    "Linux": LoghubDataset("Linux.tar.gz", 25_567, "2.25 MiB", "Linux"),
+    "Mac": LoghubDataset("Mac.tar.gz", 117_283, "16.09 MiB", "Mac"),
+    "Android_v1": LoghubDataset("Android_v1.zip", 1_555_005, "183.37 MiB", "Android"),
+    "HealthApp": LoghubDataset("HealthApp.tar.gz", 253_395, "22.44 MiB", "HealthApp"),
+    "Apache": LoghubDataset("Apache.tar.gz", 56_481, "4.90 MiB", "Apache"),
+    "OpenSSH": LoghubDataset("SSH.tar.gz", 655_146, "70.02 MiB", "OpenSSH"),
+    "Proxifier": LoghubDataset("Proxifier.tar.gz", 21_329, "2.42 MiB", "Proxifier"),
+}
+
+UNPACKED_STAMP = ".logfit-unpacked.json"
+
+
+def fetch_loghub_dataset(
+    name: str,
+    cache_dir: Path,
+    base_url: str = DEFAULT_ZENODO_URL,
+    *,
+    record: str = LOGHUB_ZENODO_RECORD,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    keep_archive: bool = False,
+) -> Path:
+    """The unpacked folder of a full Loghub data set, downloading and unpacking it if needed.
+
+    A folder unpacked before (its stamp names the archive and checksum) is used without asking
+    the network. Otherwise the record's file list gives the archive's size and checksum; the
+    download resumes where an earlier one stopped, is verified, and is unpacked into
+    ``<cache_dir>/<name>`` (the archive is removed afterwards unless ``keep_archive``).
+    ``progress(stage, done, total)`` hears ``download`` and ``unpack`` bytes.
+    """
+    if name not in LOGHUB_DATASETS:
+        raise LogInputError(
+            f"unknown Loghub data set {name!r}; known: {', '.join(sorted(LOGHUB_DATASETS))}"
+        )
+    dataset = LOGHUB_DATASETS[name]
+    folder = Path(cache_dir) / name
+    stamp = folder / UNPACKED_STAMP
+    if stamp.is_file():
+        return folder
+    files = zenodo_record(base_url, record)
+    if dataset.archive not in files:
+        raise LogInputError(
+            f"the record {base_url.rstrip('/')}/api/records/{record} has no file "
+            f"{dataset.archive!r} (it has: {', '.join(sorted(files)) or 'none'})"
+        )
+    remote = files[dataset.archive]
+    archive = download(
+        remote,
+        Path(cache_dir) / "archives" / dataset.archive,
+        progress=(lambda done, total: progress("download", done, total)) if progress else None,
+    )
+    unpack(
+        archive,
+        folder,
+        progress=(lambda done, total: progress("unpack", done, total)) if progress else None,
+    )
+    stamp.write_text(
+        json.dumps({"archive": dataset.archive, "checksum": remote.checksum, "url": remote.url})
+    )
+    if not keep_archive:
+        archive.unlink()
+    return folder
+
+
+def loghub_dataset_files(name: str, folder: Path, patterns: tuple[str, ...] = ()) -> list[Path]:
+    """The log files of an unpacked data set: ``patterns`` (globs under ``folder``) or its own."""
+    found: list[Path] = []
+    for pattern in patterns or LOGHUB_DATASETS[name].logs:
+        found += [p for p in sorted(folder.glob(pattern)) if p.is_file() and p not in found]
+    if not found:
+        present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        raise LogInputError(
+            f"Loghub data set {name}: no file under {folder} matches "
+            f"{', '.join(patterns or LOGHUB_DATASETS[name].logs)}; it holds: "
+            f"{', '.join(present[:20]) or 'nothing'}"
+        )
+    return found

@@ -7,8 +7,11 @@ Every entry becomes a partition of the ``log_source`` partitions. An entry::
       kind: hdfs                 # synthetic only: hdfs | openstack | bgl | javaapp
       lines: 20000               # synthetic only
       seed: 7                    # synthetic only
-      system: HDFS               # loghub only: one of the 16 Loghub systems
-      path: /var/log/app/*.log   # files and sequences: a file or a glob, or a list of them
+      system: HDFS               # loghub only: one of the 16 Loghub systems (release 2k)
+                                 # or a full data set such as HDFS_v1, BGL (release full)
+      release: 2k                # loghub only: 2k (the samples) | full (Zenodo, downloaded)
+      path: /var/log/app/*.log   # files and sequences: a file or a glob, or a list of them;
+                                 # loghub full: globs under the unpacked data set
       layout: ait                # sequences only: ait | deeplog | csv (see core/sequences.py)
       templates: templates.csv   # sequences only, optional: the text of each event id
       labels: {"*abnormal*": anomalous, "*normal*": normal}   # sequences: file-name rules
@@ -29,7 +32,7 @@ from typing import Any
 
 from logfit_dagster.core.errors import RegistryError
 from logfit_dagster.core.formats import GENERIC_FORMAT, get_line_format
-from logfit_dagster.core.loghub import LOGHUB_SYSTEMS
+from logfit_dagster.core.loghub import LOGHUB_DATASETS, LOGHUB_SYSTEMS
 from logfit_dagster.core.synthetic import FORMAT_OF_KIND, SYNTHETIC_KINDS
 
 ORIGINS = ("synthetic", "loghub", "files", "sequences")
@@ -51,6 +54,18 @@ _LOGHUB_GROUND_TRUTH = {
     "BGL": {"provider": "alert_field"},
     "Thunderbird": {"provider": "alert_field"},
 }
+# The same for the full data sets; a ground-truth path is read under the unpacked folder.
+_FULL_SESSIONS = {
+    "HDFS_v1": {"by": "block_id"},
+    "HDFS_v2": {"by": "block_id"},
+    "OpenStack": {"by": "instance_id"},
+}
+_FULL_GROUND_TRUTH = {
+    "HDFS_v1": {"provider": "hdfs_blocks", "path": "preprocessed/anomaly_label.csv"},
+    "BGL": {"provider": "alert_field"},
+    "Thunderbird": {"provider": "alert_field"},
+}
+RELEASES = ("2k", "full")
 
 
 def check_source_name(name: str) -> str:
@@ -102,6 +117,7 @@ class SourceSpec:
     lines: int = 0
     seed: int = 0
     system: str = ""
+    release: str = "2k"
     path: str = ""
     patterns: tuple[str, ...] = ()
     layout: str = ""
@@ -129,6 +145,7 @@ _ENTRY_KEYS = {
     "lines",
     "seed",
     "system",
+    "release",
     "path",
     "layout",
     "templates",
@@ -170,6 +187,11 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         str(entry.get("system", "")),
         ", ".join(patterns),
     )
+    release = entry.get("release", "2k")
+    if "release" in entry and origin != "loghub":
+        raise RegistryError(f"{where}: field 'release' is for origin loghub only")
+    if release not in RELEASES:
+        raise RegistryError(f"{where}: field 'release' must be one of {RELEASES}, got {release!r}")
     session_default: dict[str, Any] = {"by": "window", "size": 100}
     truth_default: dict[str, Any] = {"provider": "none"}
     fmt = entry.get("format")
@@ -186,7 +208,18 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
             "bgl": {"by": "time_window", "seconds": 300},
             "javaapp": {"by": "window", "size": 50},
         }[kind]
+    elif origin == "loghub" and release == "full":
+        if system not in LOGHUB_DATASETS:
+            raise RegistryError(
+                f"{where}: field 'system' of release 'full' must be one of "
+                f"{tuple(sorted(LOGHUB_DATASETS))}, got {system!r}"
+            )
+        fmt = fmt or LOGHUB_DATASETS[system].format
+        session_default = _FULL_SESSIONS.get(system, session_default)
+        truth_default = _FULL_GROUND_TRUTH.get(system, truth_default)
     elif origin == "loghub":
+        if patterns:
+            raise RegistryError(f"{where}: field 'path' is for release 'full' of origin loghub")
         if system not in LOGHUB_SYSTEMS:
             raise RegistryError(
                 f"{where}: field 'system' must be one of {LOGHUB_SYSTEMS}, got {system!r}"
@@ -284,6 +317,7 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
         lines=lines,
         seed=seed,
         system=system,
+        release=release,
         path=path,
         patterns=patterns,
         layout=layout,
@@ -414,26 +448,33 @@ def read_registry(path: Path) -> tuple[dict[str, SourceSpec], dict[str, str]]:
     return sources, problems
 
 
-def loghub_entry(system: str) -> str:
-    """The registry line that enables one Loghub system."""
+def loghub_entry(system: str, full: bool = False) -> str:
+    """The registry line that enables one Loghub system (its 2k sample, or its full data set)."""
+    if full:
+        return (
+            f"  - {{name: loghub_full_{system}, origin: loghub, system: {system}, release: full}}\n"
+        )
     return f"  - {{name: loghub_{system}, origin: loghub, system: {system}}}\n"
 
 
-def add_loghub_entries(path: Path, systems: list[str]) -> list[str]:
+def add_loghub_entries(path: Path, systems: list[str], full: bool = False) -> list[str]:
     """Append entries for Loghub systems not yet registered; returns the names added."""
     path = Path(path)
     existing = load_registry(path) if path.exists() else {}
-    unknown = [s for s in systems if s not in LOGHUB_SYSTEMS]
+    known = tuple(sorted(LOGHUB_DATASETS)) if full else LOGHUB_SYSTEMS
+    unknown = [s for s in systems if s not in known]
     if unknown:
         raise RegistryError(
-            f"unknown Loghub system(s) {unknown}; known: {', '.join(LOGHUB_SYSTEMS)}"
+            f"unknown Loghub {'data set' if full else 'system'}(s) {unknown}; "
+            f"known: {', '.join(known)}"
         )
-    added = [s for s in systems if f"loghub_{s}" not in existing]
+    prefix = "loghub_full_" if full else "loghub_"
+    added = [s for s in systems if f"{prefix}{s}" not in existing]
     if added:
         text = path.read_text(encoding="utf-8") if path.exists() else "sources:\n"
         if not text.endswith("\n"):
             text += "\n"
-        text += "".join(loghub_entry(s) for s in added)
+        text += "".join(loghub_entry(s, full) for s in added)
         path.write_text(text, encoding="utf-8")
         load_registry(path)
-    return [f"loghub_{s}" for s in added]
+    return [f"{prefix}{s}" for s in added]

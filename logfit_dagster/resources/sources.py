@@ -13,7 +13,13 @@ from pydantic import Field
 
 from logfit_dagster.core.errors import LogInputError, RegistryError
 from logfit_dagster.core.ingest import source_fingerprint, write_synthetic
-from logfit_dagster.core.loghub import DEFAULT_LOGHUB_BASE_URL, fetch_loghub_sample
+from logfit_dagster.core.loghub import (
+    DEFAULT_LOGHUB_BASE_URL,
+    DEFAULT_ZENODO_URL,
+    fetch_loghub_dataset,
+    fetch_loghub_sample,
+    loghub_dataset_files,
+)
 from logfit_dagster.core.registry import (
     SourceSpec,
     check_source_name,
@@ -44,6 +50,12 @@ class LogSources(dg.ConfigurableResource):
         default="",
         description="Base URL of the Loghub repository (a mirror); empty means $LOGFIT_LOGHUB_URL "
         "or the public Loghub repository.",
+    )
+
+    zenodo_url: str = Field(
+        default="",
+        description="Where Loghub's full data sets are downloaded from (a mirror serving "
+        "Zenodo's REST API); empty means $LOGFIT_ZENODO_URL or https://zenodo.org.",
     )
 
     def root(self) -> Path:
@@ -142,10 +154,30 @@ class LogSources(dg.ConfigurableResource):
         """The templates file of a sequence source, when it names one."""
         return self.resolve(spec.templates) if spec.templates else None
 
-    def files(self, spec: SourceSpec) -> list[Path]:
-        """The files that hold a source's lines, generating or downloading them if needed."""
+    def loghub_dataset(self, spec: SourceSpec, progress=None) -> Path:
+        """The unpacked folder of a ``release: full`` Loghub source, downloaded if needed."""
+        base = self.zenodo_url or os.environ.get("LOGFIT_ZENODO_URL") or DEFAULT_ZENODO_URL
+        return fetch_loghub_dataset(
+            spec.system, self.root() / "loghub-full", base, progress=progress
+        )
+
+    def ground_truth_dir(self, spec: SourceSpec) -> Path:
+        """Where a source's relative ``ground_truth.path`` is read from: the unpacked data set
+        for a full Loghub source, the registry's folder otherwise."""
+        if spec.origin == "loghub" and spec.release == "full":
+            return self.loghub_dataset(spec)
+        return self.registry_file().parent
+
+    def files(self, spec: SourceSpec, progress=None) -> list[Path]:
+        """The files that hold a source's lines, generating or downloading them if needed.
+
+        ``progress(stage, done, total)`` hears a full Loghub data set's download and unpack.
+        """
         if spec.origin == "synthetic":
             return [self._ensure_synthetic(spec)]
+        if spec.origin == "loghub" and spec.release == "full":
+            folder = self.loghub_dataset(spec, progress)
+            return loghub_dataset_files(spec.system, folder, spec.patterns)
         if spec.origin == "loghub":
             base = (
                 self.loghub_base_url
