@@ -59,3 +59,15 @@ def test_templates_generalise_variable_tokens():
     )
     assert result.template_ids[0] == result.template_ids[1] != result.template_ids[2]
     assert result.templates[int(result.template_ids[0])] == "user <*> logged in"
+
+
+def test_numbers_joined_by_underscores_are_masked_and_words_with_digits_are_not():
+    from logfit_dagster.core.masking import mask_text
+
+    path = "/user/root/rand/_temporary/_task_200811092011_6387_m_000886_0/part-00886"
+    assert mask_text(path) == "/user/root/rand/_temporary/_task_<NUM>_<NUM>_m_<NUM>_<NUM>/part<NUM>"
+    assert mask_text("job_1445144423722_0020 done") == "job_<NUM>_<NUM> done"
+    assert mask_text("log4j HTTP2 sda1_x") == "log4j HTTP2 sda1_x"
+    # two task paths of one job differ only in their ids: one masked form
+    other = "/user/root/rand/_temporary/_task_200811092030_0001_m_000026_0/part-00026"
+    assert mask_text(path) == mask_text(other)

@@ -19,6 +19,9 @@ class MaskRule:
     name: str
     pattern: str
     token: str
+    #: Times the rule runs: a rule that consumes the separator after its match needs two
+    #: passes to catch every one of several matches joined by single separators.
+    passes: int = 1
 
 
 # Order matters: the specific forms go before the generic number rule that would eat them.
@@ -30,6 +33,9 @@ DEFAULT_MASKS: tuple[MaskRule, ...] = (
     ),
     MaskRule("block_id", r"blk_-?\d+", "<BLK>"),
     MaskRule("ip", r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b", "<IP>"),
+    # numbers joined by underscores (``_task_200811092011_6387_m_000886_0``): RE2 has no
+    # look-around and ``\b`` does not fire beside ``_``, so the separator is matched and kept
+    MaskRule("underscored_number", r"(_)-?\d+(_|\b)", r"\1<NUM>\2", passes=2),
     MaskRule("hex", r"\b0[xX][0-9a-fA-F]+\b|\b[0-9a-fA-F]{12,}\b", "<HEX>"),
     MaskRule("number", r"\b-?\d+(?:\.\d+)?\b", "<NUM>"),
 )
@@ -47,7 +53,10 @@ def mask_column(content: pa.Array | pa.ChunkedArray, rules: tuple[MaskRule, ...]
     """
     masked = content
     for rule in rules:
-        masked = pc.replace_substring_regex(masked, pattern=rule.pattern, replacement=rule.token)
+        for _ in range(rule.passes):
+            masked = pc.replace_substring_regex(
+                masked, pattern=rule.pattern, replacement=rule.token
+            )
     if isinstance(masked, pa.ChunkedArray):
         masked = masked.combine_chunks()
     return masked
