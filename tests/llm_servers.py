@@ -5,7 +5,7 @@ The model labels a line LOOK when it mentions an error, a failure, an exception 
 else SKIP, so tests know every right answer. ``fault(custom_id_or_key, attempt)`` returns the
 fault to inject for a request (None for a good answer): ``expired``, ``errored``, ``malformed``,
 ``missing_line``, ``absolute_numbers``, ``fenced``, ``flipped`` (every label the wrong
-way round), ``429``, ``500``; for a session judged
+way round), ``429``, ``500``, ``dies`` (the connection drops before an answer); for a session judged
 whole (structured output ``session_label``): ``prose`` (the label in a sentence).
 """
 
@@ -15,6 +15,7 @@ import collections
 import itertools
 import json
 import re
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -301,7 +302,11 @@ class FakeOpenAI(FakeLLMServer):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             threading.Event().wait(0.02)
-            if fault in ("429", "500"):
+            if fault == "dies":  # the server goes away mid-request: no answer at all
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault in ("429", "500", "502", "503"):
                 self.send_json(
                     handler,
                     int(fault),

@@ -304,6 +304,70 @@ def test_openai_retries_429_and_500_and_follows_up_bad_replies(tmp_path):
         assert server.calls == 9 and stats.requests == 7 and stats.followup_requests == 2
 
 
+def test_openai_under_429_bursts_5xx_a_dying_server_and_malformed_json(tmp_path):
+    """The faults the batch labeler is tested under, on the chat route: nothing guessed, every
+    failure counted, retried with backoff by the SDK, follow-ups for what a reply lacked."""
+    lines = make_lines(60)
+    first_lines = {w.start: f"Lines {w.start}-" for w in cut_windows("svc", lines, 10)}
+    plan = {
+        1: {0: "dies"},
+        11: {0: "429", 1: "429", 2: "429"},  # a burst
+        21: {0: "500", 1: "502"},
+        31: {0: "malformed"},
+        41: {0: "dies", 1: "500"},
+    }
+
+    def fault(key, attempt):
+        for start, faults in plan.items():
+            if first_lines[start] in key and "Label only" not in key:
+                return faults.get(attempt)
+        return None
+
+    with FakeOpenAI() as server:
+        server.fault = fault
+        frame, stats = label_source(
+            "svc",
+            lines,
+            openai_labeler(server),
+            cache=LabelCache(tmp_path / "c.sqlite"),
+            window_size=10,
+        )
+        assert_right(frame, lines)
+        # 6 windows, 1 + 3 + 1 + 1 retries by the SDK (the 502 too), 1 follow-up for the
+        # malformed reply
+        assert stats.requests == 7 and stats.followup_requests == 1
+        assert server.calls == 6 + 1 + 3 + 2 + 2 + 1
+        assert stats.failed_requests == 0 and stats.unlabeled_lines == 0
+
+
+def test_openai_a_server_that_stays_down_leaves_lines_unlabelled_and_counted(tmp_path):
+    lines = make_lines(20)
+    with FakeOpenAI() as server:
+        server.fault = lambda key, attempt: "dies" if "Lines 11-" in key else None
+        frame, stats = label_source(
+            "svc",
+            lines,
+            openai_labeler(server, max_retries=2),
+            cache=LabelCache(tmp_path / "c.sqlite"),
+            window_size=10,
+        )
+        assert stats.failed_requests == 1 and stats.unlabeled_lines == 10
+        assert frame["label"].iloc[:10].tolist() == [expected_label(x) for x in lines[:10]]
+        assert frame["label"].iloc[10:].isna().all()  # never guessed
+        # the failed window is not cached: the next run asks for it (and only it) again
+        server.fault = lambda key, attempt: None
+        calls = server.calls
+        frame, again = label_source(
+            "svc",
+            lines,
+            openai_labeler(server),
+            cache=LabelCache(tmp_path / "c.sqlite"),
+            window_size=10,
+        )
+        assert again.requests == 1 and server.calls == calls + 1
+        assert_right(frame, lines)
+
+
 def test_openai_wrong_key_fails_without_showing_it(tmp_path):
     with FakeOpenAI(api_key="right-key") as server:
         labeler = OpenAILabeler(api_key="sk-wrong-secret-123", base_url=f"{server.url}/v1")
