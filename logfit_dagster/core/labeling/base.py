@@ -2,10 +2,11 @@
 
 Two kinds of labeler: a :class:`BatchLabeler` submits many requests at once and collects them
 later (the Message Batches API); a :class:`DirectLabeler` answers requests as they are made
-(chat completions, recorded labels, rules). :func:`label_source` drives either: it cuts the
-source into windows, takes what the cache has, collects batches a killed run left in flight,
-checks the budget, asks for the rest, asks once more for lines a reply left out, and returns
-one row per line with what it cost.
+(chat completions, recorded labels, rules). :func:`label_source` drives either: it plans the
+requests (every line in windows, or one line per new shape: see ``distinct.py``), takes what
+the cache has, collects batches a killed run left in flight, checks the budget, asks for the
+rest, asks once more for lines a reply left out, and returns one row per line with what it
+cost.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Request:
 
     ``context``: the whole window is shown and only ``asked`` are to be labelled (the
     ``distinct`` plan); ``shapes`` maps each asked line to its ``[shape hash, shape, line
-    hash]``, so that the answers are recorded per shape too.
+    hash, source line number]``, so that the answers are recorded per shape too.
     """
 
     ident: str
@@ -60,7 +61,7 @@ class Request:
     asked: list[int]
     followup: bool = False
     context: bool = False
-    shapes: dict[int, list[str]] | None = None
+    shapes: dict[int, list] | None = None
 
     @property
     def custom_id(self) -> str:
