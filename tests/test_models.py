@@ -100,6 +100,14 @@ def test_json_export_reproduces_sklearn_on_held_out_lines(shared_data):
 
     again = np.array([shape_probability[shape_of(r)] for r in held_out["raw"]])
     assert np.abs(by_line - again).max() < 1e-6
+    # a bounded shape cache gives the same probabilities, in batches, and stays in its bound
+    bounded = LineScorer(json.loads(json.dumps(export_model(model))), max_cached=50)
+    raws = held_out["raw"].tolist()
+    batched = np.concatenate(
+        [bounded.score_lines(raws[i : i + 300]) for i in range(0, len(raws), 300)]
+    )
+    assert np.abs(batched - by_line).max() < 1e-12
+    assert bounded.shapes_cached <= 50 < len(set(rows["shape"])) <= bounded.shapes_scored
 
 
 def test_bad_model_files_are_named(tmp_path):

@@ -307,10 +307,16 @@ class _TfidfPart:
         return float(values @ self.coef[idx] / np.sqrt(values @ values))
 
 
+# Shapes whose probability a scorer keeps: a week of logs whose lines mostly have new shapes
+# (numbers in odd places) would otherwise grow the cache without end. Past the bound the
+# oldest half is dropped; a dropped shape seen again is scored again, with the same result.
+MAX_CACHED_SHAPES = 500_000
+
+
 class LineScorer:
     """Scores lines from an exported model: the same probabilities as the sklearn pipeline."""
 
-    def __init__(self, spec: dict, source: str = "<memory>"):
+    def __init__(self, spec: dict, source: str = "<memory>", max_cached: int = MAX_CACHED_SHAPES):
         if spec.get("format") != MODEL_FORMAT:
             raise ModelFileError(
                 f"{source}: not a logfit LOOK/SKIP model (format {spec.get('format')!r})"
@@ -335,6 +341,8 @@ class LineScorer:
         self.spec = spec
         self._token = re.compile(spec["word"]["token_pattern"])
         self._cache: dict[str, float] = {}
+        self.max_cached = max(1, max_cached)
+        self._scored = 0
 
     @classmethod
     def load(cls, path: Path) -> LineScorer:
@@ -373,17 +381,29 @@ class LineScorer:
 
     @property
     def shapes_scored(self) -> int:
-        """Distinct shapes this scorer has scored (each once)."""
+        """Shapes this scorer has computed (a shape dropped from the bounded cache and seen
+        again counts twice)."""
+        return self._scored
+
+    @property
+    def shapes_cached(self) -> int:
         return len(self._cache)
 
     def score_shapes(self, shapes: list[str]) -> np.ndarray:
-        """LOOK probability of each shape; shapes seen before come from a cache."""
-        todo = [s for s in dict.fromkeys(shapes) if s not in self._cache]
+        """LOOK probability of each shape; shapes seen before come from a bounded cache."""
+        distinct = list(dict.fromkeys(shapes))
+        todo = [s for s in distinct if s not in self._cache]
+        found = {s: self._cache[s] for s in distinct if s in self._cache}
         if todo:
             hand = handcrafted_matrix(todo)
             for shape, h in zip(todo, hand, strict=True):
-                self._cache[shape] = 1.0 / (1.0 + math.exp(-self._logit(shape, h)))
-        return np.fromiter((self._cache[s] for s in shapes), dtype=np.float64, count=len(shapes))
+                found[shape] = 1.0 / (1.0 + math.exp(-self._logit(shape, h)))
+            self._scored += len(todo)
+            self._cache.update((s, found[s]) for s in todo)
+            if len(self._cache) > self.max_cached:  # keep the newest half of the bound
+                newest = list(self._cache.items())[-max(1, self.max_cached // 2) :]
+                self._cache = dict(newest)
+        return np.fromiter((found[s] for s in shapes), dtype=np.float64, count=len(shapes))
 
     def score(self, lines: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
         """The model-family contract's name for :meth:`score_lines`."""
