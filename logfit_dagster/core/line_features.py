@@ -1,8 +1,9 @@
 """What the LOOK/SKIP line classifier sees of a line: its shape, its normalized words, 17 signals.
 
 A line's **shape** is the raw line with its identifiers and digits masked: UUIDs become
-``<uuid>``, hex strings (``0x...`` or 8+ hex digits) ``<hex>``, every digit run ``0``. Lines that
-differ only in timestamps, ids or counters share a shape, so a log of a million lines has only
+``<uuid>``, hex strings (``0x...``, or 6+ hex characters with a letter) ``<hex>``, every number
+``0`` whatever its length, and runs of blanks inside the line one space (padded columns).
+Lines that differ only in timestamps, ids or counters share a shape, so a log of a million lines has only
 thousands of shapes, and each is scored once. The character n-grams and the 17 handcrafted
 features are computed on the shape; the word n-grams on the **normalized** shape, in which IPs,
 numbers and paths are placeholders too.
@@ -22,14 +23,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 #: Bumped whenever shapes, normalization or the handcrafted features change; stored in exports.
-FEATURE_VERSION = "line-features-1"
+FEATURE_VERSION = "line-features-2"
 # A line's shape is taken from this many characters at most (see shape_column).
 MAX_SHAPE_CHARS = 4096
 
 SHAPE_MASKS: tuple[tuple[str, str], ...] = (
     (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<uuid>"),
-    (r"\b0[xX][0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b", "<hex>"),
+    (r"\b0[xX][0-9a-fA-F]+\b", "<hex>"),
+    # a number is 0 whatever its length: 7 and 8 digits must not make two shapes
+    (r"\b\d+\b", "0"),
+    # what is left of 6+ hex characters holds a letter: an id such as 9f4ef63 or a64f992
+    (r"\b[0-9a-fA-F]{6,}\b", "<hex>"),
     (r"\d+", "0"),
+    # columns padded to a width: a longer number must not shift the shape (leading blanks,
+    # the indentation of a stack trace, are kept)
+    (r"([^ \t])[ \t]{2,}", "\\1 "),
 )
 
 NORMALIZE_MASKS: tuple[tuple[str, str], ...] = (
@@ -38,24 +46,24 @@ NORMALIZE_MASKS: tuple[tuple[str, str], ...] = (
     (r"\b0(?:[.,:]0)*\b", " <num> "),
 )
 
-NEGATIVE_WORDS = re.compile(
+# The handcrafted features' patterns, run by RE2 over a column of shapes (see handcrafted_matrix).
+NEGATIVE_WORDS = (
     r"(?i)\b(?:unable|cannot|can't|could not|couldn't|timeout|timed out|denied|refused|"
     r"reject(?:ed)?|panic|oom|out of memory|killed|abort(?:ed)?|corrupt(?:ed)?|invalid|"
     r"unreachable|lost|crash(?:ed)?|segfault|deadlock|unexpected|illegal|broken|overflow|"
     r"exceeded|not found|no such|unavailable|disconnect(?:ed)?|mismatch|violation|"
     r"interrupt(?:ed)?|unknown|bad|error|errors|fail(?:s|ed|ure|ing)?|exception)\b"
 )
-LEVEL = re.compile(
-    r"(?i)\b(?:error|fatal|critical|crit|severe|warn|warning|exception|fail|failed|failure)\b"
-)
-STACK = re.compile(r"^\s+at [\w$.<>]+|Traceback|Caused by:|Exception in thread")
-PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-]+){2,}")
-REPEATED_PUNCT = re.compile(r"([!?.\-=*#~])\1{2,}")
-KEY_VALUE = re.compile(r"\b\w+\s*[=:]\s*[^\s,;]")
-STRUCT_PUNCT = re.compile(r"[{}\[\]()<>|;:=,]")
-ALLCAPS = re.compile(r"\b[A-Z][A-Z_]{1,}\b")
-EMPHASIS = re.compile(r"!+|\*{2,}|>{3,}")
-WORD = re.compile(r"\w+")
+LEVEL = r"(?i)\b(?:error|fatal|critical|crit|severe|warn|warning|exception|fail|failed|failure)\b"
+# letters, digits and underscore in any script: what Python's \w is
+WORD_CHAR = r"[\pL\pN_]"
+STACK = rf"^\s+at (?:{WORD_CHAR}|[$.<>])+|Traceback|Caused by:|Exception in thread"
+PATH = rf"(?:[A-Za-z]:)?(?:[/\\](?:{WORD_CHAR}|[.\-])+){{2,}}"
+REPEATED_PUNCT = r"!!!|\?\?\?|\.\.\.|---|===|\*\*\*|###|~~~"
+KEY_VALUE = rf"\b{WORD_CHAR}+\s*[=:]\s*[^\s,;]"
+STRUCT_PUNCT = r"[{}\[\]()<>|;:=,]"
+ALLCAPS = r"\b[A-Z][A-Z_]{1,}\b"
+EMPHASIS = r"!+|\*{2,}|>{3,}"
 
 HAND_FEATURES = (
     "has_level",
@@ -78,37 +86,74 @@ HAND_FEATURES = (
 )
 
 
-def handcrafted(shape: str) -> list[float]:
-    """The 17 handcrafted features of one shape, in ``HAND_FEATURES`` order."""
-    length = len(shape)
-    letters = sum(c.isalpha() for c in shape)
-    words = WORD.findall(shape)
-    n_negative = len(NEGATIVE_WORDS.findall(shape))
-    return [
-        float(bool(LEVEL.search(shape))),
-        float(bool(STACK.search(shape))),
-        float(n_negative > 0),
-        float(n_negative),
-        float(bool(PATH.search(shape))),
-        float(shape.count("<hex>") + shape.count("<uuid>")),
-        float(bool(REPEATED_PUNCT.search(shape))),
-        float(len(KEY_VALUE.findall(shape))),
-        sum(c.isupper() for c in shape) / letters if letters else 0.0,
-        shape.count("0") / length if length else 0.0,
-        float(len(STRUCT_PUNCT.findall(shape))),
-        float(len(words)),
-        float(len(ALLCAPS.findall(shape))),
-        len(set(words)) / len(words) if words else 0.0,
-        float(length - len(shape.lstrip())),
-        float(len(EMPHASIS.findall(shape))),
-        float(np.log1p(length)),
-    ]
+def handcrafted_matrix(shapes: list[str] | pa.Array) -> np.ndarray:
+    """The 17 handcrafted features of each shape, in ``HAND_FEATURES`` order, column-wise."""
+    column = shapes if isinstance(shapes, pa.Array) else pa.array(list(shapes), pa.string())
+    column = pc.fill_null(column, "")
+
+    def number(array) -> np.ndarray:
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    def count(pattern: str) -> np.ndarray:
+        # matches counted by replacing each with a NUL: pyarrow's count_substring_regex
+        # searches again from each match's end without what came before, so a ``\b`` there
+        # matches where it should not
+        marked = pc.replace_substring_regex(column, f"(?:{pattern})", "\x00")
+        return number(pc.count_substring(marked, "\x00")) - nuls
+
+    def has(pattern: str) -> np.ndarray:
+        return number(pc.match_substring_regex(column, pattern))
+
+    nuls = number(pc.count_substring(column, "\x00"))
+    length = number(pc.utf8_length(column))
+    letters = count(r"\pL")
+    words, distinct_words = _word_counts(column)
+    n_negative = count(NEGATIVE_WORDS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        features = [
+            has(LEVEL),
+            has(STACK),
+            (n_negative > 0).astype(np.float64),
+            n_negative,
+            has(PATH),
+            number(pc.count_substring(column, "<hex>"))
+            + number(pc.count_substring(column, "<uuid>")),
+            has(REPEATED_PUNCT),
+            count(KEY_VALUE),
+            np.where(letters > 0, count(r"\p{Lu}") / letters, 0.0),
+            np.where(length > 0, number(pc.count_substring(column, "0")) / length, 0.0),
+            count(STRUCT_PUNCT),
+            words,
+            count(ALLCAPS),
+            np.where(words > 0, distinct_words / words, 0.0),
+            length - number(pc.utf8_length(pc.utf8_ltrim_whitespace(column))),
+            count(EMPHASIS),
+            np.log1p(length),
+        ]
+    return np.column_stack(features).reshape(len(column), len(HAND_FEATURES))
 
 
-def handcrafted_matrix(shapes: list[str]) -> np.ndarray:
-    return np.array([handcrafted(s) for s in shapes], dtype=np.float64).reshape(
-        len(shapes), len(HAND_FEATURES)
+def _word_counts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Words, and distinct words, of each string."""
+    pieces = pc.split_pattern_regex(column, r"(?:[^\pL\pN_])+")
+    flat = pc.list_flatten(pieces)
+    rows = np.asarray(pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False))
+    keep = np.asarray(pc.greater(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False))
+    rows = rows[keep]
+    codes = np.asarray(
+        pc.dictionary_encode(flat.filter(pa.array(keep))).indices.to_numpy(zero_copy_only=False),
+        dtype=np.int64,
     )
+    n = len(column)
+    words = np.bincount(rows, minlength=n).astype(np.float64)
+    pairs = np.unique(rows.astype(np.int64) * (int(codes.max(initial=0)) + 1) + codes)
+    distinct = np.bincount(pairs // (int(codes.max(initial=0)) + 1), minlength=n)
+    return words, distinct.astype(np.float64)
+
+
+def handcrafted(shape: str) -> list[float]:
+    """The 17 handcrafted features of one shape (the column-wise path, for one)."""
+    return handcrafted_matrix([shape])[0].tolist()
 
 
 def normalize(shape: str) -> str:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sklearn.compose import ColumnTransformer
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import GroupKFold
@@ -35,7 +33,6 @@ from logfit_dagster.core.line_features import (
     FEATURE_VERSION,
     HAND_FEATURES,
     handcrafted_matrix,
-    normalize,
     normalize_column,
     shape_column,
 )
@@ -286,31 +283,44 @@ def export_model(pipeline: Pipeline, extra: dict | None = None) -> dict:
     }
 
 
-_WHITESPACE = re.compile(r"\s\s+")
-
-
 class _TfidfPart:
-    def __init__(self, spec: dict):
+    """One TF-IDF block of an exported model, scored for many texts at once."""
+
+    def __init__(self, spec: dict, **analyzer):
         self.vocabulary: dict[str, int] = spec["vocabulary"]
         self.idf = np.asarray(spec["idf"], dtype=np.float64)
         self.coef = np.asarray(spec["coef"], dtype=np.float64)
         self.min_n, self.max_n = spec["ngram_range"]
+        self.analyzer = analyzer
+        self._counter: CountVectorizer | None = None
 
-    def score(self, grams: list[str]) -> float:
-        """coef · l2-normalized sublinear tf-idf of the grams in the vocabulary."""
-        counts = Counter(g for g in grams if g in self.vocabulary)
-        if not counts:
-            return 0.0
-        idx = np.fromiter((self.vocabulary[g] for g in counts), dtype=np.int64, count=len(counts))
-        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
-        values = tf * self.idf[idx]
-        return float(values @ self.coef[idx] / np.sqrt(values @ values))
+    def score_many(self, texts: list[str]) -> np.ndarray:
+        """coef · l2-normalized sublinear tf-idf of each text, as one sparse product.
+
+        The counts come from scikit-learn's own analyzer over the model's vocabulary, so the
+        n-grams are the ones the training vectorizer saw; tf, idf and the norm follow
+        ``TfidfVectorizer(sublinear_tf=True)``. A text with no known n-gram scores 0.
+        """
+        if self._counter is None:
+            self._counter = CountVectorizer(
+                vocabulary=self.vocabulary,
+                ngram_range=(self.min_n, self.max_n),
+                dtype=np.float64,
+                **self.analyzer,
+            )
+        counts = self._counter.transform(texts).tocsr()
+        counts.data = (1.0 + np.log(counts.data)) * self.idf[counts.indices]
+        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+        dots = counts @ self.coef
+        return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
 # Shapes whose probability a scorer keeps: a week of logs whose lines mostly have new shapes
 # (numbers in odd places) would otherwise grow the cache without end. Past the bound the
 # oldest half is dropped; a dropped shape seen again is scored again, with the same result.
 MAX_CACHED_SHAPES = 500_000
+# New shapes are scored this many at a time (bounds the sparse matrices of one batch).
+SCORE_BATCH = 20_000
 
 
 class LineScorer:
@@ -327,8 +337,8 @@ class LineScorer:
                 f"{FEATURE_VERSION!r}: retrain look_skip_model"
             )
         try:
-            self.word = _TfidfPart(spec["word"])
-            self.char = _TfidfPart(spec["char"])
+            self.word = _TfidfPart(spec["word"], token_pattern=spec["word"]["token_pattern"])
+            self.char = _TfidfPart(spec["char"], analyzer="char")
             self.hand_mean = np.asarray(spec["hand"]["mean"], dtype=np.float64)
             self.hand_scale = np.asarray(spec["hand"]["scale"], dtype=np.float64)
             self.hand_coef = np.asarray(spec["hand"]["coef"], dtype=np.float64)
@@ -339,7 +349,6 @@ class LineScorer:
                 f"{source}: model file is incomplete or corrupt ({exc!r})"
             ) from None
         self.spec = spec
-        self._token = re.compile(spec["word"]["token_pattern"])
         self._cache: dict[str, float] = {}
         self.max_cached = max(1, max_cached)
         self._scored = 0
@@ -357,25 +366,14 @@ class LineScorer:
             raise ModelFileError(f"{path}: model file is corrupt (not a JSON object)")
         return cls(spec, str(path))
 
-    def _word_grams(self, text: str) -> list[str]:
-        tokens = self._token.findall(text.lower())
-        grams = list(tokens) if self.word.min_n == 1 else []
-        for n in range(max(2, self.word.min_n), min(self.word.max_n, len(tokens)) + 1):
-            grams.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-        return grams
-
-    def _char_grams(self, text: str) -> list[str]:
-        text = _WHITESPACE.sub(" ", text.lower())
-        grams = []
-        for n in range(self.char.min_n, min(self.char.max_n, len(text)) + 1):
-            grams.extend(text[i : i + n] for i in range(len(text) - n + 1))
-        return grams
-
-    def _logit(self, shape: str, hand: np.ndarray) -> float:
+    def _logits(self, shapes: list[str]) -> np.ndarray:
+        """The model's logit of each shape, in one batch of sparse products."""
+        normalized = normalize_column(pa.array(shapes, pa.string())).to_pylist()
+        hand = (handcrafted_matrix(shapes) - self.hand_mean) / self.hand_scale
         return (
-            self.word.score(self._word_grams(normalize(shape)))
-            + self.char.score(self._char_grams(shape))
-            + float(((hand - self.hand_mean) / self.hand_scale) @ self.hand_coef)
+            self.word.score_many(normalized)
+            + self.char.score_many(shapes)
+            + hand @ self.hand_coef
             + self.intercept
         )
 
@@ -394,10 +392,11 @@ class LineScorer:
         distinct = list(dict.fromkeys(shapes))
         todo = [s for s in distinct if s not in self._cache]
         found = {s: self._cache[s] for s in distinct if s in self._cache}
+        for start in range(0, len(todo), SCORE_BATCH):
+            batch = todo[start : start + SCORE_BATCH]
+            probability = 1.0 / (1.0 + np.exp(-self._logits(batch)))
+            found.update(zip(batch, probability.tolist(), strict=True))
         if todo:
-            hand = handcrafted_matrix(todo)
-            for shape, h in zip(todo, hand, strict=True):
-                found[shape] = 1.0 / (1.0 + math.exp(-self._logit(shape, h)))
             self._scored += len(todo)
             self._cache.update((s, found[s]) for s in todo)
             if len(self._cache) > self.max_cached:  # keep the newest half of the bound
