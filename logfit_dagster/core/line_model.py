@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from joblib import Parallel, delayed
+from scipy import sparse
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -27,6 +30,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import normalize as sk_normalize
 
 from logfit_dagster.core.errors import ModelFileError, TrainingDataError
 from logfit_dagster.core.line_features import (
@@ -167,10 +171,70 @@ def source_folds(rows: pd.DataFrame, max_folds: int = 5) -> list[tuple[np.ndarra
     return list(GroupKFold(n_splits=folds).split(rows, rows["y"], groups=rows["source"]))
 
 
+class _AnalyzedRows:
+    """Training rows analysed once for a whole model selection.
+
+    Every word and character n-gram of every row is counted once; each fold then takes its
+    vocabulary (the ``max_features`` most frequent n-grams of its training rows), idf and
+    feature scaling from its training rows only, as ``build_pipeline``'s vectorizers and scaler
+    fitted on them would: a fold costs column selections and one logistic regression, not a
+    re-analysis of every line.
+    """
+
+    def __init__(self, rows: pd.DataFrame):
+        self.word = CountVectorizer(
+            token_pattern=TOKEN_PATTERN, ngram_range=WORD_NGRAMS, dtype=np.float64
+        ).fit_transform(rows["normalized"])
+        self.char = CountVectorizer(
+            analyzer="char", ngram_range=CHAR_NGRAMS, dtype=np.float64
+        ).fit_transform(rows["shape"])
+        self.hand = rows[list(HAND_FEATURES)].to_numpy(dtype=np.float64)
+
+    @staticmethod
+    def _tfidf(counts, train, test, max_features):
+        seen = counts[train]
+        df = np.bincount(seen.indices, minlength=counts.shape[1])
+        kept = np.flatnonzero(df)
+        if max_features is not None and len(kept) > max_features:
+            frequency = np.asarray(seen.sum(axis=0)).ravel()[kept]
+            kept = np.sort(kept[np.argsort(-frequency, kind="stable")[:max_features]])
+        idf = np.log((1 + len(train)) / (1 + df[kept])) + 1.0
+
+        def weigh(matrix):
+            matrix = matrix[:, kept].tocsr()
+            matrix.data = (1.0 + np.log(matrix.data)) * idf[matrix.indices]
+            return sk_normalize(matrix, norm="l2", copy=False)
+
+        return weigh(seen), weigh(counts[test])
+
+    def split(self, train, test, params: LineModelParams):
+        word = self._tfidf(self.word, train, test, params.word_max_features)
+        char = self._tfidf(self.char, train, test, params.char_max_features)
+        scaler = StandardScaler().fit(self.hand[train])
+        return tuple(
+            sparse.hstack(
+                [word[i], char[i], sparse.csr_matrix(scaler.transform(self.hand[part]))]
+            ).tocsr()
+            for i, part in enumerate((train, test))
+        )
+
+
+def _fit_and_score(params: LineModelParams, x_train, y_train, weights, x_test) -> np.ndarray:
+    model = LogisticRegression(
+        C=params.C, class_weight=params.class_weight, solver="liblinear", max_iter=2000
+    )
+    model.fit(x_train, y_train, sample_weight=weights)
+    return model.predict_proba(x_test)[:, 1]
+
+
 def select_model(
-    rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int = 5
+    rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int = 5, n_jobs: int | None = None
 ) -> SelectionResult:
-    """Grid search scored by GroupKFold over sources; the out-of-fold scores of the best."""
+    """Grid search scored by GroupKFold over sources; the out-of-fold scores of the best.
+
+    The rows are analysed once (:class:`_AnalyzedRows`); the fits of every grid point and fold
+    run in ``n_jobs`` worker processes (default: every core).
+    """
     sources = rows["source"].nunique()
     if sources < 2:
         raise TrainingDataError(
@@ -184,21 +248,26 @@ def select_model(
     splits = source_folds(rows, max_folds)
     folds = len(splits)
     y, w = rows["y"].to_numpy(), rows["weight"].to_numpy().astype(float)
+    analyzed = _AnalyzedRows(rows)
+
+    def fold_jobs():
+        for params in grid:
+            for train, test in splits:
+                if len(np.unique(y[train])) < 2:
+                    yield delayed(np.full)(len(test), float(y[train][0]))
+                    continue
+                x_train, x_test = analyzed.split(train, test, params)
+                weights = fit_weights(w[train], params.row_weight)
+                yield delayed(_fit_and_score)(params, x_train, y[train], weights, x_test)
+
+    # processes, not threads: liblinear holds the GIL; each job gets its fold's matrices only
+    predictions = Parallel(n_jobs=n_jobs or os.cpu_count() or 1, max_nbytes=None)(fold_jobs())
     results = []
     best_score, best, best_oof = -1.0, grid[0], None
-    for params in grid:
+    for g, params in enumerate(grid):
         oof = np.zeros(len(rows))
-        for train, test in splits:
-            if rows["y"].iloc[train].nunique() < 2:
-                oof[test] = float(rows["y"].iloc[train].iloc[0])
-                continue
-            model = build_pipeline(params)
-            model.fit(
-                rows.iloc[train],
-                y[train],
-                clf__sample_weight=fit_weights(w[train], params.row_weight),
-            )
-            oof[test] = model.predict_proba(rows.iloc[test])[:, 1]
+        for f, (_, test) in enumerate(splits):
+            oof[test] = predictions[g * folds + f]
         scores = weighted_scores(y, oof, w)
         results.append(
             {
