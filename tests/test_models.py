@@ -323,3 +323,27 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["line_number"] for r in rows] == list(range(1, 801))
     assert np.allclose([r["probability"] for r in rows], lines["probability"], atol=1e-12)
+
+
+def test_handcrafted_features_are_computed_column_wise_and_the_same_in_any_batch():
+    from logfit_dagster.core.line_features import HAND_FEATURES, handcrafted_matrix
+
+    shapes = [
+        "ERROR disk 0 failed: /var/lib/data",
+        "\tat org.foo.Bar(Baz.java:0)",
+        "key=v a:b !!! <hex> <uuid> DISK_FULL",
+        "café crème x=0 Über",
+        "",
+    ]
+    m = handcrafted_matrix(shapes)
+    f = {name: m[:, j] for j, name in enumerate(HAND_FEATURES)}
+    assert f["has_level"].tolist() == [1, 0, 0, 0, 0]
+    assert f["has_stack"].tolist() == [0, 1, 0, 0, 0] and f["leading_ws"][1] == 1
+    assert f["n_negative"][0] == 2 and f["has_path"].tolist() == [1, 0, 0, 0, 0]
+    assert f["n_hex"][2] == 2 and f["has_repeated_punct"][2] == 1 and f["n_allcaps"][2] == 1
+    assert f["n_kv"][2] == 2 and f["word_count"][3] == 5  # café, crème, x, 0, Über
+    assert f["uppercase_ratio"][3] == 1 / 14 and np.all(m[4, :-1] == 0)
+    # an ASCII batch takes the ASCII patterns, a mixed one the Unicode ones: same numbers
+    ascii_rows = [0, 1, 2, 4]
+    alone = handcrafted_matrix([shapes[i] for i in ascii_rows])
+    assert np.array_equal(alone, m[ascii_rows])

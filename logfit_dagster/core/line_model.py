@@ -372,11 +372,11 @@ class _TfidfPart:
         """
         if self._counter is None:
             self._counter = CountVectorizer(
-                vocabulary=self.vocabulary,
-                ngram_range=(self.min_n, self.max_n),
-                dtype=np.float64,
-                **self.analyzer,
+                ngram_range=(self.min_n, self.max_n), dtype=np.float64, **self.analyzer
             )
+            # the exported vocabulary as the fitted one: no re-validation of 100k n-grams
+            self._counter.vocabulary_ = self.vocabulary
+            self._counter.fixed_vocabulary_ = True
         counts = self._counter.transform(texts).tocsr()
         counts.data = (1.0 + np.log(counts.data)) * self.idf[counts.indices]
         norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
