@@ -25,3 +25,40 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def as_unprivileged_user(function, *args):
+    """``function(*args)`` in a forked child running as ``nobody`` when this process is root
+    (root reads any file, so a permission test would prove nothing), else in this process.
+
+    The child shares the parent's loaded modules (nothing is imported after the switch) and
+    sends back the pickled result, or the exception it raised.
+    """
+    import pickle
+    import pwd
+
+    if os.geteuid() != 0:
+        return function(*args)
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            outcome = ("ok", function(*args))
+        except BaseException as exc:  # sent to the parent, raised there
+            outcome = ("error", exc)
+        with os.fdopen(write_end, "wb") as out:
+            pickle.dump(outcome, out)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as source:
+        data = source.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise value
+    return value

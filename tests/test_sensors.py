@@ -1,14 +1,16 @@
 """Sensors: registry sources become partitions; incoming folders add partitions and request runs."""
 
 import json
-import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from logfit_dagster.partitions import LOG_SOURCE
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
+from tests.processes import as_unprivileged_user
 
 
 def _evaluate(sensor, instance, cursor=None):
@@ -57,17 +59,40 @@ def test_grown_file_requests_a_run_unchanged_is_skipped(workdir):
     assert grown.dynamic_partitions_requests == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file_is_named_and_cursor_not_advanced(workdir):
-    incoming = workdir / "data" / "incoming" / "web"
-    incoming.mkdir(parents=True)
-    log = incoming / "access.log"
-    log.write_text("x\n")
-    log.chmod(0)
+def _unreadable_file_check():
+    """The sensor over an incoming folder holding an unreadable file; what it says."""
     with dg.instance_for_test() as instance:
         result = _evaluate(incoming_logs_sensor, instance)
-    assert "access.log is not readable" in result.skip_reason.skip_message
-    assert "web" not in json.loads(result.cursor)
+    return result.skip_reason.skip_message if result.skip_reason else None, result.cursor
+
+
+def test_unreadable_file_is_named_and_cursor_not_advanced(monkeypatch):
+    # a folder every user can enter (pytest's own temp folders are root's alone), checked as
+    # an unprivileged user: root reads any file, and the check would prove nothing
+    root = Path(tempfile.mkdtemp(prefix="logfit-unreadable-"))
+    try:
+        root.chmod(0o755)
+        incoming = root / "data" / "incoming" / "web"
+        incoming.mkdir(parents=True)
+        for folder in (root / "data", root / "data" / "incoming", incoming):
+            folder.chmod(0o777)
+        (root / "sources.yaml").write_text("sources: []\n")
+        (root / "sources.yaml").chmod(0o644)
+        monkeypatch.setenv("LOGFIT_DATA_DIR", str(root / "data"))
+        monkeypatch.setenv("LOGFIT_SOURCES", str(root / "sources.yaml"))
+        readable = incoming / "readable.log"
+        readable.write_text("x\n")
+        readable.chmod(0o644)
+        _unreadable_file_check()  # everything the check needs is imported by now
+        readable.unlink()
+        log = incoming / "access.log"
+        log.write_text("x\n")
+        log.chmod(0)
+        message, cursor = as_unprivileged_user(_unreadable_file_check)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert message is not None and "access.log is not readable" in message
+    assert "web" not in json.loads(cursor)
 
 
 def test_unsafe_folder_name_is_skipped_with_reason(workdir):
