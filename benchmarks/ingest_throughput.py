@@ -4,7 +4,13 @@ Measured on the real HDFS_20000.log and on a 1M-line synthetic HDFS source, besi
 drain3 ``TemplateMiner.add_log_message`` loop over the same lines' content. Each measurement runs
 in its own process so that its peak memory (max RSS) is its own.
 
-    python benchmarks/ingest_throughput.py   ->  benchmarks/results/ingest_throughput.{json,md}
+Then the path a Dagster run takes: ``logfit materialize <source> --job ingest_job`` (raw_logs,
+parsed_logs, log_templates, sessions, ground_truth_labels, dataset_splits) on synthetic HDFS
+sources of each size given (default 1M and 4M lines; the files are written before the clock
+starts), both cores, with the wall time and the peak RSS of the command's processes.
+
+    python benchmarks/ingest_throughput.py [--sizes 1000000 4000000]
+        ->  benchmarks/results/ingest_throughput.{json,md}
 """
 
 import json
@@ -90,9 +96,70 @@ def _measure(kind: str, path: Path) -> dict:
     return result
 
 
+def _assets_child(log: str, work: str) -> None:
+    """Run the ingest job of a files source over ``log``; print wall time and peak RSS."""
+    import resource
+
+    work_dir = Path(work)
+    registry = work_dir / "sources.yaml"
+    registry.write_text(
+        f"sources:\n  - {{name: big, origin: files, path: {log}, format: HDFS,"
+        " session: {by: block_id}}\n"
+    )
+    env = {
+        **__import__("os").environ,
+        "LOGFIT_DATA_DIR": str(work_dir / "data"),
+        "LOGFIT_SOURCES": str(registry),
+    }
+    start = time.perf_counter()
+    subprocess.run(
+        [str(Path(sys.executable).parent / "logfit"), "materialize", "big", "--job", "ingest_job"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
+
+
+def through_assets(sizes: list[int], work: Path) -> list[dict]:
+    from logfit_dagster.core.ingest import write_synthetic
+    from logfit_dagster.core.synthetic import generate
+
+    rows = []
+    for size in sizes:
+        log = work / f"synth_{size}.log"
+        write_synthetic(generate("hdfs", size, 1), log, work / f"labels_{size}.parquet")
+        run_dir = work / f"run_{size}"
+        run_dir.mkdir()
+        out = subprocess.run(
+            [sys.executable, __file__, "--assets-child", str(log), str(run_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(
+            {
+                "lines": size,
+                "seconds": round(result["seconds"], 1),
+                "lines/s": round(size / result["seconds"]),
+                "peak RSS MB": round(result["peak_rss_mb"]),
+            }
+        )
+        print(rows[-1], flush=True)
+        log.unlink()
+    return rows
+
+
 def main() -> None:
     from logfit_dagster.core.ingest import write_synthetic
     from logfit_dagster.core.synthetic import generate
+
+    sizes = [1_000_000, 4_000_000]
+    if "--sizes" in sys.argv:
+        sizes = [int(a) for a in sys.argv[sys.argv.index("--sizes") + 1 :]]
 
     data = shared_data()
     work = Path(tempfile.mkdtemp(prefix="logfit-bench-"))
@@ -120,19 +187,29 @@ def main() -> None:
         )
     import pandas as pd
 
+    assets = through_assets(sizes, work)
     markdown = (
         "# Ingest throughput, one core (taskset -c 0)\n\n"
         "logfit: read + header parse + mask + Drain3 on distinct forms + parquet write, "
         "streamed in 16 MB batches. bare: drain3 TemplateMiner.add_log_message per line "
         "(masking included, no parsing or writing).\n\n"
         + pd.DataFrame(rows).to_markdown(index=False)
+        + "\n\n## Through the assets: `logfit materialize big --job ingest_job`, both cores\n\n"
+        "A `files` source of synthetic HDFS lines, sessions by block id; wall time of the "
+        "command and the peak RSS of its largest process. Today the assets hold a source "
+        "whole in memory: RSS grows with the source.\n\n"
+        + pd.DataFrame(assets)
+        .assign(lines=lambda d: d["lines"].map("{:,}".format))
+        .to_markdown(index=False)
         + "\n"
     )
-    write_results("ingest_throughput", {"rows": rows}, markdown)
+    write_results("ingest_throughput", {"rows": rows, "through_assets": assets}, markdown)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--assets-child":
+        _assets_child(sys.argv[2], sys.argv[3])
     else:
         main()
