@@ -174,3 +174,41 @@ def test_core_never_imports_dagster(module):
 
     code = f"import sys, {module}; sys.exit('dagster' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_readers_load_only_the_columns_they_name(workdir):
+    """log_templates, ground_truth_labels and dataset_splits read two or three columns of
+    parsed_logs and sessions, not their text: the IO manager honours ``columns`` metadata."""
+    import pandas as pd
+
+    from logfit_dagster.assets._common import columns_of
+
+    seen = {}
+
+    @dg.asset(
+        partitions_def=ingest.log_source_partitions,
+        ins={
+            "sessions": columns_of("session_id", "first_line"),
+            "parsed_logs": columns_of("line_number", "template_id"),
+        },
+    )
+    def reader(sessions: pd.DataFrame, parsed_logs: pd.DataFrame) -> pd.DataFrame:
+        seen["sessions"], seen["parsed_logs"] = list(sessions.columns), list(parsed_logs.columns)
+        return sessions
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
+        result = dg.materialize(
+            [*ASSETS, reader],
+            selection=["raw_logs", "parsed_logs", "sessions", "reader"],
+            partition_key="tiny_hdfs",
+            instance=instance,
+            resources={"io_manager": ParquetIOManager(), "sources": LogSources()},
+        )
+    assert result.success
+    assert seen == {
+        "sessions": ["session_id", "first_line"],
+        "parsed_logs": ["line_number", "template_id"],
+    }
+    stored = pd.read_parquet(workdir / "data" / "assets" / "sessions" / "tiny_hdfs.parquet")
+    assert "text" in stored.columns  # the stored table is whole; only the read is narrow

@@ -83,3 +83,12 @@ def on_new_data() -> dg.AutomationCondition:
         )
         .with_label("on_new_data")
     )
+
+
+def columns_of(*columns: str, **asset_in) -> dg.AssetIn:
+    """An input read with only these columns (the IO manager honours ``columns`` metadata)."""
+    return dg.AssetIn(metadata={"columns": list(columns)}, **asset_in)
+
+
+#: what the session models read of ``sessions``: the template-id sequence of each session
+SESSION_SEQUENCES = ("session_id", "template_ids")

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import bad_input_fails_partition, preview
+from logfit_dagster.assets._common import bad_input_fails_partition, columns_of, preview
 from logfit_dagster.core.ground_truth import collect_ground_truth
 from logfit_dagster.core.sessions import build_sessions
 from logfit_dagster.core.splits import split_sessions
@@ -55,6 +55,7 @@ def _session_keys(frame: pd.DataFrame) -> pd.DataFrame:
     group_name="datasets",
     code_version="1",
     kinds={"parquet"},
+    ins={"sessions": columns_of("session_id", "line_numbers")},
 )
 def ground_truth_labels(
     context: dg.AssetExecutionContext,
@@ -108,6 +109,7 @@ class SplitConfig(dg.Config):
     group_name="datasets",
     code_version="1",
     kinds={"parquet"},
+    ins={"sessions": columns_of("session_id", "first_line")},
     check_specs=[
         dg.AssetCheckSpec(
             "sessions_in_one_split",

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from logfit_dagster.assets._common import bad_input_fails_partition, preview
+from logfit_dagster.assets._common import bad_input_fails_partition, columns_of, preview
 from logfit_dagster.core.download import ProgressLog
 from logfit_dagster.core.formats import get_line_format
 from logfit_dagster.core.ingest import parse_and_mine, read_raw_logs, template_vocabulary
@@ -161,6 +161,7 @@ def _sequence_events(spec: SourceSpec, raw_logs: pa.Table, sources: LogSources):
     group_name="ingest",
     code_version="1",
     kinds={"parquet"},
+    ins={"parsed_logs": columns_of("line_number", "template_id", "template")},
 )
 def log_templates(context: dg.AssetExecutionContext, parsed_logs: pd.DataFrame) -> pd.DataFrame:
     """The template vocabulary of a log source with each template's count and first and last line."""

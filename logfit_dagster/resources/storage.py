@@ -113,7 +113,6 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if context.has_asset_partitions and not context.has_partition_key:
             return self._load_partitions(context)
         target = self._path(context)
-        wants_arrow = _wants_arrow(context)
         if target.is_dir():
             return {p.stem: pd.read_parquet(p) for p in sorted(target.glob("*.parquet"))}
         path = target.with_suffix(".parquet")
@@ -122,7 +121,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 f"input {context.asset_key.to_user_string()} has no stored output at {path}: "
                 "materialize it first"
             )
-        return pq.read_table(path) if wants_arrow else pd.read_parquet(path)
+        return _read(path, context)
 
     def _load_partitions(self, context: dg.InputContext) -> dict:
         """Several partitions of an input (an unpartitioned reader, or a single-run backfill).
@@ -130,17 +129,26 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         Partitions never materialized are absent from the dict; the reading asset reports them.
         """
         root = self._root().joinpath(*context.asset_key.path)
-        wants_arrow = _wants_arrow(context)
         loaded = {}
         for partition in context.asset_partition_keys:
             path = root / f"{partition}.parquet"
             if path.exists():
-                loaded[partition] = pq.read_table(path) if wants_arrow else pd.read_parquet(path)
+                loaded[partition] = _read(path, context)
             elif (root / partition).is_dir():
                 loaded[partition] = {
                     p.stem: pd.read_parquet(p) for p in sorted((root / partition).glob("*.parquet"))
                 }
         return loaded
+
+
+def _read(path: Path, context: dg.InputContext):
+    """One stored table, as Arrow or pandas, with only the columns the input's ``columns``
+    metadata names (``dg.AssetIn(metadata={"columns": [...]})``): a reader that needs two
+    columns of a million-line table does not load its text."""
+    columns = (context.definition_metadata or {}).get("columns")
+    if _wants_arrow(context):
+        return pq.read_table(path, columns=columns)
+    return pd.read_parquet(path, columns=columns)
 
 
 def _wants_arrow(context: dg.InputContext) -> bool:

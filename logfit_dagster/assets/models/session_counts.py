@@ -4,7 +4,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, training_op_tags
+from logfit_dagster.assets._common import (
+    SESSION_SEQUENCES,
+    columns_of,
+    on_new_data,
+    training_op_tags,
+)
 from logfit_dagster.assets.models._shared import (
     TRAINING_DATA_TAG,
     TRAINING_POOL,
@@ -52,6 +57,7 @@ class SessionModelConfig(dg.Config):
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
+    ins={"sessions": columns_of(*SESSION_SEQUENCES)},
     check_specs=[
         dg.AssetCheckSpec(
             "session_champion_gate",

@@ -12,7 +12,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
+from logfit_dagster.assets._common import (
+    SESSION_SEQUENCES,
+    columns_of,
+    on_new_data,
+    preview,
+    training_op_tags,
+)
 from logfit_dagster.assets.models._shared import (
     TRAINING_POOL,
     family_folder,
@@ -168,7 +174,7 @@ def _train_source(
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
     ins={
-        "sessions": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        "sessions": columns_of(*SESSION_SEQUENCES, partition_mapping=dg.AllPartitionMapping()),
         "dataset_splits": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
         "log_templates": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
@@ -237,6 +243,7 @@ def template_lm_pretrained(
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
+    ins={"sessions": columns_of(*SESSION_SEQUENCES)},
 )
 def template_lm(
     context: dg.AssetExecutionContext,
