@@ -277,3 +277,20 @@ def test_the_embedded_default_base_model(tmp_path, monkeypatch):
     model, tokenizer = load_base("", "cpu")
     assert tokenizer.chat_template and sum(p.numel() for p in model.parameters()) > 100e6
     assert embedded_base_model() == folder  # converted once
+
+
+def test_a_checkpoint_left_half_written_is_passed_over(tmp_path):
+    from logfit_dagster.core.models.llm_lora import _latest_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    for step, files in (
+        (2, ["adapter_model.safetensors", "trainer_state.json"]),
+        (3, ["adapter_model.safetensors"]),
+    ):  # killed while saving step 3
+        folder = checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_text("{}")
+    (checkpoints / "checkpoint-x").mkdir()
+    assert _latest_checkpoint(tmp_path) == str(checkpoints / "checkpoint-2")
+    assert _latest_checkpoint(tmp_path / "nothing") is None

@@ -236,11 +236,22 @@ def _progress_callback(progress: Progress, total: int):
 
 
 def _latest_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint: a run killed while saving leaves a folder without its
+    trainer state (written last), which is passed over, never resumed from."""
     found = sorted(
-        (p for p in (folder / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+        (
+            p
+            for p in (folder / "checkpoints").glob("checkpoint-*")
+            if p.is_dir() and p.name.split("-")[-1].isdigit() and _complete(p)
+        ),
         key=lambda p: int(p.name.split("-")[-1]),
     )
     return str(found[-1]) if found else None
+
+
+def _complete(checkpoint: Path) -> bool:
+    weights = any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("*.bin"))
+    return weights and (checkpoint / "trainer_state.json").is_file()
 
 
 def judge(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) -> list[str]:
