@@ -93,6 +93,7 @@ def test_grown_file_continues_mining(workdir):
     assert parsed["template_id"].nunique() == 2 and parsed["level"].iloc[-1] == "ERROR"
 
 
+@pytest.mark.faults
 def test_empty_file_fails_the_partition_naming_it_and_keeps_good_output(workdir):
     logs = workdir / "mine"
     logs.mkdir()
@@ -121,6 +122,7 @@ def test_source_removed_from_registry_is_refused(workdir):
     assert "'gone_source' is not in the registry" in message
 
 
+@pytest.mark.faults
 def test_non_utf8_lines_are_counted_not_dropped(workdir):
     logs = workdir / "mine"
     logs.mkdir()

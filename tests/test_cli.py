@@ -166,6 +166,7 @@ def test_logfit_dev_takes_host_and_port_and_stops_everything_on_sigterm(workdir)
         (["classify", "x.log", "--threshold", "nan"], "nan is not between 0 and 1"),
     ],
 )
+@pytest.mark.faults
 def test_classify_refuses_what_it_cannot_read_or_mean(workdir, argv, words):
     (workdir / "data" / "models").mkdir(parents=True)
     (workdir / "data" / "models" / "look_skip_champion.json").write_text("{}")
@@ -180,6 +181,7 @@ def test_classify_refuses_what_it_cannot_read_or_mean(workdir, argv, words):
     assert result.returncode == 2 and words in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
     """A source whose files are missing fails its own run, named, and so does an invalid
@@ -209,6 +211,7 @@ def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
     assert (workdir / "data" / "assets" / "dataset_splits" / "tiny_bgl.parquet").exists()
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_a_killed_materialize_leaves_no_run_started(workdir):
     """kill -9 of `logfit materialize` mid-run: the next command (or the nightly schedule)

@@ -68,6 +68,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
 
 
+@pytest.mark.faults
 def test_a_truncated_or_fake_gzip_is_named(tmp_path):
     import gzip
 

@@ -106,6 +106,7 @@ def test_batches_label_everything_once_and_account_cost(tmp_path):
         assert set(frame["model"]) == {"claude-haiku-4-5"}
 
 
+@pytest.mark.faults
 def test_batches_survive_faults_without_paying_twice(tmp_path):
     lines = make_lines(60)
     windows = {w.start: f"w-{w.content_hash}" for w in cut_windows("svc", lines, 10)}
@@ -222,6 +223,7 @@ label_source("svc", make_lines(30), labeler, cache=LabelCache(sys.argv[3]), wind
 """
 
 
+@pytest.mark.faults
 def test_a_process_killed_in_flight_is_collected_by_the_next_run(tmp_path):
     cache_path = tmp_path / "c.sqlite"
     lines = make_lines(30)
@@ -279,6 +281,7 @@ def test_openai_structured_output_with_bounded_concurrency(tmp_path):
         )
 
 
+@pytest.mark.faults
 def test_openai_retries_429_and_500_and_follows_up_bad_replies(tmp_path):
     lines = make_lines(50)
     first_lines = {w.start: f"Lines {w.start}-" for w in cut_windows("svc", lines, 10)}
@@ -304,6 +307,7 @@ def test_openai_retries_429_and_500_and_follows_up_bad_replies(tmp_path):
         assert server.calls == 9 and stats.requests == 7 and stats.followup_requests == 2
 
 
+@pytest.mark.faults
 def test_openai_under_429_bursts_5xx_a_dying_server_and_malformed_json(tmp_path):
     """The faults the batch labeler is tested under, on the chat route: nothing guessed, every
     failure counted, retried with backoff by the SDK, follow-ups for what a reply lacked."""
@@ -340,6 +344,7 @@ def test_openai_under_429_bursts_5xx_a_dying_server_and_malformed_json(tmp_path)
         assert stats.failed_requests == 0 and stats.unlabeled_lines == 0
 
 
+@pytest.mark.faults
 def test_openai_a_server_that_stays_down_leaves_lines_unlabelled_and_counted(tmp_path):
     lines = make_lines(20)
     with FakeOpenAI() as server:

@@ -169,6 +169,7 @@ def test_a_shape_answered_two_ways_is_kept_both_ways_and_its_lines_flagged(tmp_p
     assert frame["label"].tolist() == [expected_label(x) for x in lines]
 
 
+@pytest.mark.faults
 def test_a_request_that_fails_is_asked_again_by_the_next_run(tmp_path):
     lines = service_log(400)
     cache = LabelCache(tmp_path / "c.sqlite")
@@ -189,6 +190,7 @@ def test_a_request_that_fails_is_asked_again_by_the_next_run(tmp_path):
         assert stats.requests == 1 and frame["label"].tolist() == [expected_label(x) for x in lines]
 
 
+@pytest.mark.faults
 def test_a_batch_left_in_flight_is_collected_and_its_shapes_recorded(tmp_path):
     lines = service_log(600)
     cache = LabelCache(tmp_path / "c.sqlite")

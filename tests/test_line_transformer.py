@@ -144,6 +144,7 @@ def test_training_exports_a_folder_that_reloads_to_the_same_probabilities(bert, 
     assert np.allclose(scorer.score_lines(lines), again.score_lines(lines), atol=1e-6)
 
 
+@pytest.mark.faults
 def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(bert, tmp_path):
     data = _data(400)
     params = {**PARAMS, "base_model": str(bert), "batch_size": 4, "checkpoint_every": 10}

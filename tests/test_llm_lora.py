@@ -195,6 +195,7 @@ base.train("llm_lora", data, {"base_model": tiny, "max_steps": 40, "batch_size":
 """
 
 
+@pytest.mark.faults
 def test_a_killed_sft_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     import os
     import signal
@@ -279,6 +280,7 @@ def test_the_embedded_default_base_model(tmp_path, monkeypatch):
     assert embedded_base_model() == folder  # converted once
 
 
+@pytest.mark.faults
 def test_a_checkpoint_left_half_written_is_passed_over(tmp_path):
     from logfit_dagster.core.models.llm_lora import _latest_checkpoint
 

@@ -154,6 +154,7 @@ def tar_gz(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.faults
 def test_a_dropped_connection_resumes_with_a_range_request(tmp_path):
     with FakeZenodo() as zenodo:
         zenodo.files["HDFS_v1.zip"] = hdfs_v1_zip()
@@ -178,6 +179,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(tmp_path):
         assert len(zenodo.requests) == before
 
 
+@pytest.mark.faults
 def test_a_server_that_ignores_ranges_and_a_wrong_checksum(tmp_path):
     with FakeZenodo() as zenodo:
         data = tar_gz({"Zookeeper.log": b"2015-07-29 17:41:44,747 - INFO  [main] - x\n" * 5000})
@@ -202,6 +204,7 @@ def test_a_server_that_ignores_ranges_and_a_wrong_checksum(tmp_path):
             download(missing, tmp_path / "nope", backoff_s=0)
 
 
+@pytest.mark.faults
 def test_a_server_that_keeps_dropping_keeps_what_arrived(tmp_path):
     with FakeZenodo() as zenodo:
         zenodo.files["HDFS_v1.zip"] = data = hdfs_v1_zip()
@@ -214,6 +217,7 @@ def test_a_server_that_keeps_dropping_keeps_what_arrived(tmp_path):
         assert zenodo.downloads("HDFS_v1.zip")[-1] == "bytes=5000-"
 
 
+@pytest.mark.faults
 def test_unpack_refuses_members_outside_the_folder_and_leaves_nothing(tmp_path):
     archive = tmp_path / "evil.tar.gz"
     archive.write_bytes(tar_gz({"ok.log": b"fine\n", "../evil.log": b"escaped\n"}))

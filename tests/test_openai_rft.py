@@ -121,6 +121,7 @@ run_rft(client, train, valid, python_grader(), RFTParams(), Journal(journal), po
 """
 
 
+@pytest.mark.faults
 def test_a_run_killed_mid_poll_is_followed_up_without_a_second_job(tmp_path):
     train, valid = _files(tmp_path)
     journal = tmp_path / "rft_journal.json"

@@ -78,6 +78,7 @@ def test_enable_loghub_appends_once(tmp_path):
     assert set(load_registry(path)) == {"a", "loghub_HDFS", "loghub_BGL"}
 
 
+@pytest.mark.faults
 def test_one_invalid_entry_never_hides_the_others(workdir):
     from logfit_dagster.resources.sources import LogSources
 
@@ -108,6 +109,7 @@ def test_one_invalid_entry_never_hides_the_others(workdir):
         ({"seed": True}, "field 'seed' must be a whole number"),
     ],
 )
+@pytest.mark.faults
 def test_values_of_the_wrong_type_are_refused_not_cast(entry, words):
     base = {"name": "s", "origin": "synthetic", "kind": "hdfs"}
     with pytest.raises(RegistryError, match=re.escape(words)):

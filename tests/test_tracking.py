@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 OPEN_STORE = (
     "from logfit_dagster.resources.tracking import ExperimentTracker\n"
     "print(ExperimentTracker().champion('logfit-look-skip'))\n"
 )
 
 
+@pytest.mark.faults
 def test_processes_opening_a_fresh_store_at_once_all_succeed(workdir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     procs = [
