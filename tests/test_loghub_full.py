@@ -180,6 +180,23 @@ def test_a_dropped_connection_resumes_with_a_range_request(tmp_path):
 
 
 @pytest.mark.faults
+def test_two_runs_wanting_one_data_set_download_it_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeZenodo() as zenodo:
+        zenodo.files["HDFS_v1.zip"] = hdfs_v1_zip()
+        with ThreadPoolExecutor(2) as pool:
+            folders = list(
+                pool.map(
+                    lambda _: fetch_loghub_dataset("HDFS_v1", tmp_path / "cache", zenodo.url),
+                    range(2),
+                )
+            )
+        assert folders[0] == folders[1] and (folders[0] / "HDFS.log").is_file()
+        assert len(zenodo.downloads("HDFS_v1.zip")) == 1
+
+
+@pytest.mark.faults
 def test_a_server_that_ignores_ranges_and_a_wrong_checksum(tmp_path):
     with FakeZenodo() as zenodo:
         data = tar_gz({"Zookeeper.log": b"2015-07-29 17:41:44,747 - INFO  [main] - x\n" * 5000})

@@ -9,6 +9,7 @@ A mirror that serves Zenodo's REST API layout can stand in for zenodo.org.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -170,6 +171,20 @@ def fetch_loghub_dataset(
     stamp = folder / UNPACKED_STAMP
     if stamp.is_file():
         return folder
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    # two runs (two sources of one data set) fetch it once: the second waits, then finds it
+    with open(Path(cache_dir) / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if stamp.is_file():
+                return folder
+            return _fetch_dataset(dataset, folder, base_url, record, progress, keep_archive)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _fetch_dataset(dataset, folder, base_url, record, progress, keep_archive) -> Path:
+    cache_dir = folder.parent
     files = zenodo_record(base_url, record)
     if dataset.archive not in files:
         raise LogInputError(
@@ -187,7 +202,7 @@ def fetch_loghub_dataset(
         folder,
         progress=(lambda done, total: progress("unpack", done, total)) if progress else None,
     )
-    stamp.write_text(
+    (folder / UNPACKED_STAMP).write_text(
         json.dumps({"archive": dataset.archive, "checksum": remote.checksum, "url": remote.url})
     )
     if not keep_archive:
