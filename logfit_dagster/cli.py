@@ -470,6 +470,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
         f"{stats.lines_per_second:,.0f} lines/s" + (f" -> {args.output}" if args.output else ""),
         file=sys.stderr,
     )
+    if stats.long_lines:
+        print(
+            f"{stats.long_lines} line(s) longer than {stats.max_chars:,} characters: scored on "
+            "their first characters (the model's cut), written whole",
+            file=sys.stderr,
+        )
     return 0
 
 

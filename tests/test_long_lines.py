@@ -32,3 +32,51 @@ def test_a_prompt_shows_a_long_line_cut_and_says_so():
     cut = len(LONG) - MAX_PROMPT_LINE_CHARS
     assert f"… [{cut} more characters]" in text
     assert len(text) < MAX_PROMPT_LINE_CHARS + 200
+
+
+def _tiny_export(max_chars: int | None = None) -> dict:
+    import pandas as pd
+
+    from logfit_dagster.core.line_model import LineModelParams, export_model, fit, training_rows
+
+    lines = pd.DataFrame(
+        {
+            "source": ["a", "b"] * 10,
+            "raw": [
+                f"ERROR disk {i} failed" if i % 2 else f"INFO heartbeat {i} ok" for i in range(20)
+            ],
+            "label": ["LOOK" if i % 2 else "SKIP" for i in range(20)],
+        }
+    )
+    rows = training_rows(lines, max_chars or MAX_SHAPE_CHARS)
+    extra = {"max_shape_chars": max_chars} if max_chars else None
+    return export_model(fit(rows, LineModelParams(C=1.0)), extra)
+
+
+def test_classify_scores_a_line_longer_than_the_cut_writes_it_whole_and_counts_it(tmp_path):
+    import pyarrow.parquet as pq
+
+    from logfit_dagster.core.classify import classify_file
+    from logfit_dagster.core.line_model import LineScorer
+
+    log = tmp_path / "app.log"
+    log.write_text(f"INFO heartbeat 1 ok\n{LONG}\nERROR disk 2 failed\n")
+    out = tmp_path / "scored.parquet"
+    stats = classify_file(log, LineScorer(_tiny_export()), out)
+    table = pq.read_table(out)
+    assert stats.lines == 3 and stats.long_lines == 1 and stats.max_chars == MAX_SHAPE_CHARS
+    assert table.column("raw")[1].as_py() == LONG  # kept whole
+    assert 0.0 <= table.column("probability")[1].as_py() <= 1.0
+
+
+def test_the_cut_travels_with_the_model():
+    from logfit_dagster.core.line_model import LineScorer
+
+    scorer = LineScorer(_tiny_export(max_chars=24))
+    assert scorer.max_chars == 24
+    # lines that differ only after the 24th character are one shape to this model
+    same = scorer.score_lines(
+        ["ERROR disk 9 failed xxxx tail one", "ERROR disk 9 failed xxxx other"]
+    )
+    assert same[0] == same[1] and scorer.shapes_scored == 1
+    assert LineScorer(_tiny_export()).max_chars == MAX_SHAPE_CHARS  # older exports: the default

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from logfit_dagster.core.errors import LogInputError
@@ -28,6 +29,9 @@ class ClassifyStats:
     distinct_shapes: int = 0
     seconds: float = 0.0
     replaced_bytes: int = 0
+    # lines longer than the model's cut: scored on their first characters, written whole
+    long_lines: int = 0
+    max_chars: int = 0
 
     @property
     def lines_per_second(self) -> float:
@@ -50,7 +54,7 @@ def classify_file(
     if output is not None and Path(output).suffix not in OUTPUT_FORMATS:
         raise LogInputError(f"output {output}: use a .parquet or .jsonl file name")
     look_out = look_out if look_out is not None else sys.stdout
-    stats = ClassifyStats()
+    stats = ClassifyStats(max_chars=getattr(scorer, "max_chars", 0))
     started = time.perf_counter()
     writer = None
     with atomic_path(Path(output)) if output is not None else nullcontext() as tmp:
@@ -62,6 +66,11 @@ def classify_file(
                 stats.lines += len(probability)
                 stats.look += int(look.sum())
                 stats.replaced_bytes += batch.replaced_bytes
+                if stats.max_chars:
+                    lengths = pc.utf8_length(pc.fill_null(batch.lines, ""))
+                    stats.long_lines += int(
+                        pc.sum(pc.greater(lengths, stats.max_chars)).as_py() or 0
+                    )
                 numbers = np.arange(batch.first_line, batch.first_line + len(probability))
                 if tmp is None:
                     raws = batch.lines.filter(pa.array(look)).to_pylist()

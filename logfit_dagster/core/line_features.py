@@ -199,16 +199,19 @@ def _map_digits(array: pa.StringArray) -> pa.StringArray:
     )
 
 
-def shape_column(lines: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+def shape_column(
+    lines: pa.Array | pa.ChunkedArray, max_chars: int = MAX_SHAPE_CHARS
+) -> tuple[pa.Array, np.ndarray]:
     """The distinct shapes of ``lines`` and, for each line, the index of its shape.
 
-    A shape is taken from a line's first :data:`MAX_SHAPE_CHARS` characters: what a classifier
-    needs is there, and a pathological line (a 50 MB dump on one line) costs no more than that.
+    A shape is taken from a line's first ``max_chars`` characters (:data:`MAX_SHAPE_CHARS` by
+    default; a model records the cut it was trained with): what a classifier needs is there,
+    and a pathological line (a 50 MB dump on one line) costs no more than that.
     """
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks() if lines.num_chunks != 1 else lines.chunk(0)
     lines = pc.fill_null(lines.cast(pa.large_string()), "")
-    lines = pc.utf8_slice_codeunits(lines, 0, MAX_SHAPE_CHARS).cast(pa.string())
+    lines = pc.utf8_slice_codeunits(lines, 0, max_chars).cast(pa.string())
     encoded = pc.dictionary_encode(_map_digits(lines))
     distinct = encoded.dictionary
     for pattern, token in SHAPE_MASKS:
@@ -221,9 +224,9 @@ def shape_column(lines: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
     return merged.dictionary, indices
 
 
-def shape_of(line: str) -> str:
+def shape_of(line: str, max_chars: int = MAX_SHAPE_CHARS) -> str:
     """The shape of one line (the column-wise path gives the same)."""
-    line = line[:MAX_SHAPE_CHARS]
+    line = line[:max_chars]
     for pattern, token in SHAPE_MASKS:
         line = re.sub(pattern, token, line)
     return line

@@ -36,6 +36,7 @@ from logfit_dagster.core.errors import ModelFileError, TrainingDataError
 from logfit_dagster.core.line_features import (
     FEATURE_VERSION,
     HAND_FEATURES,
+    MAX_SHAPE_CHARS,
     handcrafted_matrix,
     normalize_column,
     shape_column,
@@ -107,7 +108,7 @@ def build_pipeline(params: LineModelParams) -> Pipeline:
     return Pipeline([("features", features), ("clf", classifier)])
 
 
-def training_rows(lines: pd.DataFrame) -> pd.DataFrame:
+def training_rows(lines: pd.DataFrame, max_chars: int = MAX_SHAPE_CHARS) -> pd.DataFrame:
     """Distinct (source, shape, label) rows of labelled lines, with weights and features.
 
     ``lines`` has ``source``, ``raw`` and ``label`` (LOOK/SKIP); lines without a label are not
@@ -121,7 +122,9 @@ def training_rows(lines: pd.DataFrame) -> pd.DataFrame:
     bad = set(lines["label"].unique()) - {"LOOK", "SKIP"}
     if bad:
         raise TrainingDataError(f"unknown label(s) {sorted(bad)}: expected LOOK or SKIP")
-    shapes, index = shape_column(pa.array(lines["raw"].astype(str).tolist(), pa.string()))
+    shapes, index = shape_column(
+        pa.array(lines["raw"].astype(str).tolist(), pa.string()), max_chars
+    )
     frame = pd.DataFrame(
         {
             "source": lines["source"].to_numpy(),
@@ -413,6 +416,8 @@ class LineScorer:
             self.hand_coef = np.asarray(spec["hand"]["coef"], dtype=np.float64)
             self.intercept = float(spec["intercept"])
             self.threshold = float(spec.get("threshold", 0.5))
+            # the cut the model was trained with: a line's features come from this many chars
+            self.max_chars = int(spec.get("max_shape_chars", MAX_SHAPE_CHARS))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(
                 f"{source}: model file is incomplete or corrupt ({exc!r})"
@@ -481,5 +486,5 @@ class LineScorer:
         """LOOK probability of every line, each distinct shape scored once."""
         if isinstance(lines, list):
             lines = pa.array(lines, pa.string())
-        shapes, index = shape_column(lines)
+        shapes, index = shape_column(lines, self.max_chars)
         return self.score_shapes(shapes.to_pylist())[index]

@@ -44,6 +44,11 @@ class LineModelConfig(dg.Config):
         "or 'none'. Scores are weighted by lines either way.",
     )
     max_folds: int = Field(default=5, description="GroupKFold folds (at most one per source).")
+    max_line_chars: int = Field(
+        default=4096,
+        description="A line's features (its shape) come from its first this many characters; "
+        "the model keeps the cut, scoring uses it, and the raw line stays whole in outputs.",
+    )
     champion_margin: float = Field(
         default=0.02,
         description="The gate blocks a model whose CV F1 is below the champion's by more than this.",

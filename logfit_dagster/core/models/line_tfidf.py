@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from logfit_dagster.core.line_features import FEATURE_VERSION
+from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.core.line_features import FEATURE_VERSION, MAX_SHAPE_CHARS
 from logfit_dagster.core.line_model import (
     LineModelParams,
     LineScorer,
@@ -63,12 +64,16 @@ def train(
     Args:
         lines: labelled lines with ``source``, ``raw`` and ``label`` (LOOK/SKIP).
         params: grid lists (``C``, ``class_weight``, ``char_max_features``,
-            ``word_max_features``, ``row_weight``) and ``max_folds``.
+            ``word_max_features``, ``row_weight``), ``max_folds`` and ``max_line_chars`` (a
+            line's features come from its first that many characters; kept in the export).
     """
     progress = progress or (lambda *a, **k: None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = training_rows(lines)
+    max_chars = int(params.get("max_line_chars", MAX_SHAPE_CHARS))
+    if max_chars < 1:
+        raise TrainingDataError(f"max_line_chars must be at least 1, got {max_chars}")
+    rows = training_rows(lines, max_chars)
     grid = grid_from_params(params)
     progress(0, 2, stage="selection", grid=len(grid))
     selection = select_model(rows, grid, int(params.get("max_folds", 5)))
@@ -83,6 +88,7 @@ def train(
             "cv": cv,
             "sources": sources,
             "lines": int(rows["weight"].sum()),
+            "max_shape_chars": max_chars,
         },
     )
     check = rows.sample(min(len(rows), 2000), random_state=0)

@@ -492,6 +492,13 @@ class TransformerLineScorer:
     def shapes_scored(self) -> int:
         return len(self._cache) if self.tfidf is None else self.tfidf.shapes_scored
 
+    @property
+    def max_chars(self) -> int:
+        """The cut of the TF-IDF stage, so both stages see the same shapes."""
+        from logfit_dagster.core.line_features import MAX_SHAPE_CHARS
+
+        return MAX_SHAPE_CHARS if self.tfidf is None else self.tfidf.max_chars
+
     def blend(
         self, tfidf: np.ndarray | None, encoded: np.ndarray, routed: np.ndarray
     ) -> np.ndarray:
@@ -530,7 +537,7 @@ class TransformerLineScorer:
 
         if isinstance(lines, list):
             lines = pa.array(lines, pa.string())
-        shapes, index = shape_column(lines)
+        shapes, index = shape_column(lines, self.max_chars)
         proba, routed = self._score(shapes.to_pylist())
         self.lines_scored += len(index)
         self.routed_lines += int(routed[index].sum())
