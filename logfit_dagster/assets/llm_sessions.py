@@ -116,6 +116,16 @@ def llm_session_examples(
     )
 
 
+# the assets that call OpenAI's API: per source, in the API pool
+api_asset = dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="llm",
+    code_version="1",
+    kinds={"openai", "mlflow"},
+    pool=LLM_API_POOL,
+)
+
+
 class SessionEvalConfig(dg.Config):
     """Which chat model judges the test sessions, and what it may cost."""
 
@@ -142,13 +152,7 @@ class SessionEvalConfig(dg.Config):
     )
 
 
-@dg.asset(
-    partitions_def=log_source_partitions,
-    group_name="llm",
-    code_version="1",
-    kinds={"openai", "mlflow"},
-    pool=LLM_API_POOL,
-)
+@api_asset
 def llm_session_eval(
     context: dg.AssetExecutionContext,
     config: SessionEvalConfig,
@@ -269,13 +273,7 @@ def _number(value: str):
     return int(number) if number.is_integer() else number
 
 
-@dg.asset(
-    partitions_def=log_source_partitions,
-    group_name="llm",
-    code_version="1",
-    kinds={"openai", "mlflow"},
-    pool=LLM_API_POOL,
-)
+@api_asset
 def rft_job(
     context: dg.AssetExecutionContext,
     config: RFTConfig,

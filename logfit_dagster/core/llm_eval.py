@@ -22,21 +22,11 @@ import pandas as pd
 
 from logfit_dagster.core.errors import BudgetExceededError
 from logfit_dagster.core.labeling.base import price_of
-from logfit_dagster.core.labeling.openai_chat import chat, openai_client
+from logfit_dagster.core.labeling.openai_chat import ChatModel, ChatReply, chat
 from logfit_dagster.core.llm_sessions import ANSWER_SCHEMA, LABELS, parse_answer
 from logfit_dagster.core.scores import confusion_counts, rates
 
 OUTPUT_TOKENS_PER_ANSWER = 60
-
-
-@dataclass
-class Answer:
-    """A model's reply to one session."""
-
-    text: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    error: str = ""
 
 
 class AnswerCache:
@@ -55,7 +45,7 @@ class AnswerCache:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    def get_many(self, keys: list[str]) -> dict[str, Answer]:
+    def get_many(self, keys: list[str]) -> dict[str, ChatReply]:
         found = {}
         with self._connect() as db:
             for start in range(0, len(keys), 500):
@@ -65,10 +55,10 @@ class AnswerCache:
                     f"({','.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
-                found.update({k: Answer(t, i, o) for k, t, i, o in rows})
+                found.update({k: ChatReply(t, i, o) for k, t, i, o in rows})
         return found
 
-    def put(self, key: str, answer: Answer) -> None:
+    def put(self, key: str, answer: ChatReply) -> None:
         with self._lock, self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
@@ -82,43 +72,19 @@ def answer_key(model: str, prompt_version: str, messages: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class SessionJudge:
+class SessionJudge(ChatModel):
     """A chat model asked for ``{"label", "reason"}``, a few sessions at a time."""
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        model: str,
-        base_url: str | None = None,
-        max_concurrency: int = 4,
-        max_retries: int = 5,
-        structured_output: bool = True,
-        timeout_s: float = 120.0,
-    ):
-        self.client = openai_client(
-            api_key,
-            base_url,
-            max_retries,
-            timeout_s,
-            "the session judge",
-            "the variable named in the config",
-        )
-        self.model = model
-        self.max_concurrency = max(1, max_concurrency)
-        self.structured_output = structured_output
+    key_owner = "the session judge"
+    key_variable = "the variable named in the config"
 
-    def close(self) -> None:
-        self.client.close()
-
-    def ask(self, messages: list[dict]) -> Answer:
+    def ask(self, messages: list[dict]) -> ChatReply:
         response_format = (
             {"type": "json_schema", "json_schema": ANSWER_SCHEMA}
             if self.structured_output
             else None
         )
-        reply = chat(self.client, self.model, messages, response_format)
-        return Answer(reply.text, reply.input_tokens, reply.output_tokens, reply.error)
+        return chat(self.client, self.model, messages, response_format)
 
 
 @dataclass

@@ -481,12 +481,12 @@ def label_source(
 
     if plan == "windows":
         keys = [a.key for a in asks]
-        frame = _rows(windows, keys, cache.get_many(keys), labeler, prompt)
+        frame = _rows(windows, keys, cache.get_many(keys))
     else:
         frame = distinct.rows(shaped, run.shape_answers(shaped.hashes), run.stats)
-        frame["labeler"] = labeler.name
-        frame["model"] = labeler.model
-        frame["prompt_version"] = prompt.version
+    frame["labeler"] = labeler.name
+    frame["model"] = labeler.model
+    frame["prompt_version"] = prompt.version
     run.stats.unlabeled_lines = int(frame["label"].isna().sum())
     return frame, run.stats
 
@@ -499,7 +499,7 @@ def _unique(requests: list[Request]) -> list[Request]:
     return list(seen.values())
 
 
-def _rows(windows, keys, cached: dict[str, CachedWindow], labeler, prompt) -> pd.DataFrame:
+def _rows(windows, keys, cached: dict[str, CachedWindow]) -> pd.DataFrame:
     line_numbers, raws, labels, reasons, window_keys = [], [], [], [], []
     for window, key in zip(windows, keys, strict=True):
         entry = cached.get(key)
@@ -523,7 +523,4 @@ def _rows(windows, keys, cached: dict[str, CachedWindow], labeler, prompt) -> pd
         np.where(frame["label"].isna(), None, "direct"), dtype="string"
     )
     frame["shape_conflict"] = False
-    frame["labeler"] = labeler.name
-    frame["model"] = labeler.model
-    frame["prompt_version"] = prompt.version
     return frame

@@ -79,15 +79,21 @@ def chat(
     )
 
 
-class OpenAILabeler(DirectLabeler):
-    name = "openai_chat"
-    paid = True
+class ChatModel:
+    """A chat model behind an OpenAI-compatible API, asked ``max_concurrency`` at a time.
+
+    ``key_owner`` and ``key_variable`` name who needs the key and where it belongs, in the
+    error a missing key raises.
+    """
+
+    key_owner = "a chat model"
+    key_variable = "the OPENAI_API_KEY environment variable"
 
     def __init__(
         self,
         *,
         api_key: str,
-        model: str = "gpt-4o-mini",
+        model: str,
         base_url: str | None = None,
         max_concurrency: int = 4,
         max_retries: int = 5,
@@ -95,12 +101,7 @@ class OpenAILabeler(DirectLabeler):
         timeout_s: float = 120.0,
     ):
         self.client = openai_client(
-            api_key,
-            base_url,
-            max_retries,
-            timeout_s,
-            "OpenAILabeler",
-            "the OPENAI_API_KEY environment variable",
+            api_key, base_url, max_retries, timeout_s, self.key_owner, self.key_variable
         )
         self.model = model
         self.max_concurrency = max(1, max_concurrency)
@@ -108,6 +109,15 @@ class OpenAILabeler(DirectLabeler):
 
     def close(self) -> None:
         self.client.close()
+
+
+class OpenAILabeler(ChatModel, DirectLabeler):
+    name = "openai_chat"
+    paid = True
+    key_owner = "OpenAILabeler"
+
+    def __init__(self, *, model: str = "gpt-4o-mini", **kwargs):
+        super().__init__(model=model, **kwargs)
 
     def _ask(self, request: Request, prompt: PromptSpec) -> Reply:
         user = request.user_message()
