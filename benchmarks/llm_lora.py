@@ -39,14 +39,7 @@ def examples(token_budget: int) -> pd.DataFrame:
         instance.add_dynamic_partitions(LOG_SOURCE, ["synth_hdfs"])
         result = dg.materialize(
             dg.load_assets_from_modules([ingest, datasets, llm_sessions]),
-            selection=[
-                "raw_logs",
-                "parsed_logs",
-                "sessions",
-                "ground_truth_labels",
-                "dataset_splits",
-                "llm_session_examples",
-            ],
+            selection=dg.AssetSelection.assets("llm_session_examples").upstream(),
             partition_key="synth_hdfs",
             instance=instance,
             resources={

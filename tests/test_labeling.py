@@ -260,15 +260,29 @@ def openai_labeler(server, **kwargs) -> OpenAILabeler:
     return OpenAILabeler(api_key=server.api_key, base_url=f"{server.url}/v1", **kwargs)
 
 
+def label_svc(labeler, lines, cache_path, **kwargs):
+    """``label_source`` for the source ``svc`` with a cache at ``cache_path``."""
+    return label_source("svc", lines, labeler, cache=LabelCache(cache_path), **kwargs)
+
+
+def window_faults(plan: dict[int, dict[int, str]]):
+    """A fault function: the first ask of the window starting at line ``s`` (not a follow-up)
+    gets ``plan[s][attempt]``, the other attempts and windows a good answer."""
+
+    def fault(key, attempt):
+        for start, faults in plan.items():
+            if f"Lines {start}-" in key and "Label only" not in key:
+                return faults.get(attempt)
+        return None
+
+    return fault
+
+
 def test_openai_structured_output_with_bounded_concurrency(tmp_path):
     lines = make_lines(120)
     with FakeOpenAI() as server:
-        frame, stats = label_source(
-            "svc",
-            lines,
-            openai_labeler(server, max_concurrency=3),
-            cache=LabelCache(tmp_path / "c.sqlite"),
-            window_size=10,
+        frame, stats = label_svc(
+            openai_labeler(server, max_concurrency=3), lines, tmp_path / "c.sqlite", window_size=10
         )
         assert_right(frame, lines)
         assert server.calls == 12 and 1 < server.max_in_flight <= 3
@@ -284,23 +298,12 @@ def test_openai_structured_output_with_bounded_concurrency(tmp_path):
 @pytest.mark.faults
 def test_openai_retries_429_and_500_and_follows_up_bad_replies(tmp_path):
     lines = make_lines(50)
-    first_lines = {w.start: f"Lines {w.start}-" for w in cut_windows("svc", lines, 10)}
-    plan = {1: "429", 11: "500", 21: "malformed", 31: "missing_line"}
-
-    def fault(key, attempt):
-        for start, fault_kind in plan.items():
-            if first_lines[start] in key and "Label only" not in key and attempt == 0:
-                return fault_kind
-        return None
-
     with FakeOpenAI() as server:
-        server.fault = fault
-        frame, stats = label_source(
-            "svc",
-            lines,
-            openai_labeler(server),
-            cache=LabelCache(tmp_path / "c.sqlite"),
-            window_size=10,
+        server.fault = window_faults(
+            {1: {0: "429"}, 11: {0: "500"}, 21: {0: "malformed"}, 31: {0: "missing_line"}}
+        )
+        frame, stats = label_svc(
+            openai_labeler(server), lines, tmp_path / "c.sqlite", window_size=10
         )
         assert_right(frame, lines)
         # 5 windows + one retry each for 429 and 500 (by the SDK) + two follow-ups
@@ -312,29 +315,18 @@ def test_openai_under_429_bursts_5xx_a_dying_server_and_malformed_json(tmp_path)
     """The faults the batch labeler is tested under, on the chat route: nothing guessed, every
     failure counted, retried with backoff by the SDK, follow-ups for what a reply lacked."""
     lines = make_lines(60)
-    first_lines = {w.start: f"Lines {w.start}-" for w in cut_windows("svc", lines, 10)}
-    plan = {
-        1: {0: "dies"},
-        11: {0: "429", 1: "429", 2: "429"},  # a burst
-        21: {0: "500", 1: "502"},
-        31: {0: "malformed"},
-        41: {0: "dies", 1: "500"},
-    }
-
-    def fault(key, attempt):
-        for start, faults in plan.items():
-            if first_lines[start] in key and "Label only" not in key:
-                return faults.get(attempt)
-        return None
-
     with FakeOpenAI() as server:
-        server.fault = fault
-        frame, stats = label_source(
-            "svc",
-            lines,
-            openai_labeler(server),
-            cache=LabelCache(tmp_path / "c.sqlite"),
-            window_size=10,
+        server.fault = window_faults(
+            {
+                1: {0: "dies"},
+                11: {0: "429", 1: "429", 2: "429"},  # a burst
+                21: {0: "500", 1: "502"},
+                31: {0: "malformed"},
+                41: {0: "dies", 1: "500"},
+            }
+        )
+        frame, stats = label_svc(
+            openai_labeler(server), lines, tmp_path / "c.sqlite", window_size=10
         )
         assert_right(frame, lines)
         # 6 windows, 1 + 3 + 1 + 1 retries by the SDK (the 502 too), 1 follow-up for the
@@ -349,12 +341,8 @@ def test_openai_a_server_that_stays_down_leaves_lines_unlabelled_and_counted(tmp
     lines = make_lines(20)
     with FakeOpenAI() as server:
         server.fault = lambda key, attempt: "dies" if "Lines 11-" in key else None
-        frame, stats = label_source(
-            "svc",
-            lines,
-            openai_labeler(server, max_retries=2),
-            cache=LabelCache(tmp_path / "c.sqlite"),
-            window_size=10,
+        frame, stats = label_svc(
+            openai_labeler(server, max_retries=2), lines, tmp_path / "c.sqlite", window_size=10
         )
         assert stats.failed_requests == 1 and stats.unlabeled_lines == 10
         assert frame["label"].iloc[:10].tolist() == [expected_label(x) for x in lines[:10]]
@@ -362,12 +350,8 @@ def test_openai_a_server_that_stays_down_leaves_lines_unlabelled_and_counted(tmp
         # the failed window is not cached: the next run asks for it (and only it) again
         server.fault = lambda key, attempt: None
         calls = server.calls
-        frame, again = label_source(
-            "svc",
-            lines,
-            openai_labeler(server),
-            cache=LabelCache(tmp_path / "c.sqlite"),
-            window_size=10,
+        frame, again = label_svc(
+            openai_labeler(server), lines, tmp_path / "c.sqlite", window_size=10
         )
         assert again.requests == 1 and server.calls == calls + 1
         assert_right(frame, lines)

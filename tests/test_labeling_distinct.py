@@ -15,7 +15,7 @@ from logfit_dagster.core.labeling.cache import LabelCache
 from logfit_dagster.core.labeling.offline import RuleLabeler
 from logfit_dagster.core.labeling.prompt import PromptSpec
 from tests.llm_servers import NUMBERED, FakeAnthropic, FakeOpenAI, expected_label
-from tests.test_labeling import anthropic_labeler, openai_labeler
+from tests.test_labeling import anthropic_labeler, label_svc, openai_labeler
 
 # four shapes, the counter and the disk number masked away
 KINDS = ("INFO served block {i}", "ERROR disk {i} failed", "INFO heartbeat {i}", "WARN slow {i}")
@@ -131,16 +131,11 @@ def test_a_shape_answered_two_ways_is_kept_both_ways_and_its_lines_flagged(tmp_p
         start = int(re.search(r"Lines (\d+)-", key).group(1))
         return "flipped" if start > 100 else None
 
+    two_samples = {"plan": "distinct", "shape_samples": 2, "window_size": 7}
     with FakeOpenAI() as server:
         server.fault = fault
-        frame, stats = label_source(
-            "svc",
-            lines,
-            openai_labeler(server),
-            cache=LabelCache(tmp_path / "c.sqlite"),
-            plan="distinct",
-            shape_samples=2,
-            window_size=7,
+        frame, stats = label_svc(
+            openai_labeler(server), lines, tmp_path / "c.sqlite", **two_samples
         )
     disks = frame[frame["raw"].str.startswith("ERROR")]
     assert stats.requests == 2 and stats.direct_lines == 6
@@ -156,14 +151,8 @@ def test_a_shape_answered_two_ways_is_kept_both_ways_and_its_lines_flagged(tmp_p
 
     # the same plan against a model that answers consistently: nothing flagged
     with FakeOpenAI() as server:
-        frame, stats = label_source(
-            "svc",
-            lines,
-            openai_labeler(server),
-            cache=LabelCache(tmp_path / "clean.sqlite"),
-            plan="distinct",
-            shape_samples=2,
-            window_size=7,
+        frame, stats = label_svc(
+            openai_labeler(server), lines, tmp_path / "clean.sqlite", **two_samples
         )
     assert stats.conflicted_shapes == 0 and not frame["shape_conflict"].any()
     assert frame["label"].tolist() == [expected_label(x) for x in lines]

@@ -140,16 +140,7 @@ def test_sft_and_grpo_adapters_of_a_source(workdir, tiny):
         instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
         result = dg.materialize(
             dg.load_assets_from_modules([ingest, datasets, llm_sessions, llm_lora]),
-            selection=[
-                "raw_logs",
-                "parsed_logs",
-                "sessions",
-                "ground_truth_labels",
-                "dataset_splits",
-                "llm_session_examples",
-                "sft_adapter",
-                "grpo_adapter",
-            ],
+            selection=dg.AssetSelection.assets("sft_adapter", "grpo_adapter").upstream(),
             partition_key="tiny_hdfs",
             instance=instance,
             resources={

@@ -134,14 +134,7 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
         instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
         result = dg.materialize(
             dg.load_assets_from_modules([ingest, datasets, llm_sessions]),
-            selection=[
-                "raw_logs",
-                "parsed_logs",
-                "sessions",
-                "ground_truth_labels",
-                "dataset_splits",
-                "llm_session_examples",
-            ],
+            selection=dg.AssetSelection.assets("llm_session_examples").upstream(),
             partition_key="tiny_hdfs",
             instance=instance,
             resources={
@@ -208,15 +201,7 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
         def run():
             return dg.materialize(
                 assets,
-                selection=[
-                    "raw_logs",
-                    "parsed_logs",
-                    "sessions",
-                    "ground_truth_labels",
-                    "dataset_splits",
-                    "llm_session_examples",
-                    "llm_session_eval",
-                ],
+                selection=dg.AssetSelection.assets("llm_session_eval").upstream(),
                 partition_key="tiny_hdfs",
                 instance=instance,
                 resources=resources,

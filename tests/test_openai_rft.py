@@ -172,15 +172,7 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
         url = f"{server.url}/v1"
         tuned = dg.materialize(
             assets,
-            selection=[
-                "raw_logs",
-                "parsed_logs",
-                "sessions",
-                "ground_truth_labels",
-                "dataset_splits",
-                "llm_session_examples",
-                "rft_job",
-            ],
+            selection=dg.AssetSelection.assets("rft_job").upstream(),
             partition_key="tiny_hdfs",
             instance=instance,
             resources=resources,
