@@ -257,7 +257,7 @@ def test_registry_entries_of_full_data_sets():
     assert spec.ground_truth.path == "preprocessed/anomaly_label.csv" and spec.format == "HDFS"
     with pytest.raises(RegistryError, match="release 'full' must be one of"):
         parse_source({"name": "x", "origin": "loghub", "system": "HDFS", "release": "full"}, "s")
-    with pytest.raises(RegistryError, match="'release' must be one of"):
+    with pytest.raises(RegistryError, match="field 'release' must be '2k' or 'full', got 'big'"):
         parse_source({"name": "x", "origin": "loghub", "system": "HDFS", "release": "big"}, "s")
     with pytest.raises(RegistryError, match="for origin loghub only"):
         parse_source({"name": "x", "origin": "files", "path": "a", "release": "full"}, "s")

@@ -101,12 +101,19 @@ def test_one_invalid_entry_never_hides_the_others(workdir):
 @pytest.mark.parametrize(
     ("entry", "words"),
     [
-        ({"lines": 2.9}, "field 'lines' must be a whole number, got 2.9"),
-        ({"session": {"by": "window", "size": 2.9}}, "session.size must be a whole number"),
-        ({"multiline": "no"}, "field 'multiline' must be true or false, got 'no'"),
+        ({"lines": 2.9}, "field 'lines' must be a valid integer, got a number with a fractional"),
+        (
+            {"session": {"by": "window", "size": 2.9}},
+            "field 'session.size' must be a valid integer",
+        ),
+        ({"multiline": "no"}, "field 'multiline' must be a valid boolean, got 'no'"),
         ({"session": "block_id"}, "field 'session' must be a mapping such as {by: block_id}"),
         ({"ground_truth": "none"}, "field 'ground_truth' must be a mapping"),
-        ({"seed": True}, "field 'seed' must be a whole number"),
+        ({"seed": True}, "field 'seed' must be a whole number, got True"),
+        ({"lines": 0}, "field 'lines' must be greater than or equal to 1, got 0"),
+        ({"kind": "hfds"}, "field 'kind' must be 'hdfs', 'openstack', 'bgl' or 'javaapp', got"),
+        ({"session": {"by": "window", "szie": 5}}, "unknown field 'session.szie'; allowed: ['by'"),
+        ({"layout": "ait"}, "field 'layout' is for origin 'sequences' only"),
     ],
 )
 @pytest.mark.faults

@@ -135,14 +135,14 @@ def test_registry_entries_of_origin_sequences(tmp_path):
     assert spec.labels == (("*abnormal*", "anomalous"), ("*normal*", "normal"))
     assert spec.is_sequences
     for entry, words in [
-        ({"layout": "lines"}, "field 'layout' must be one of"),
+        ({"layout": "lines"}, "field 'layout' must be 'ait', 'deeplog' or 'csv'"),
         ({"layout": "ait", "labels": {"*": "bad"}}, "must be 'normal' or 'anomalous'"),
         ({"layout": "ait", "session": {"by": "window"}}, "one and only session kind"),
         ({"layout": "ait", "ground_truth": {"provider": "alert_field"}}, "takes ground_truth"),
     ]:
         with pytest.raises(RegistryError, match=words):
             parse_source({"name": "x", "origin": "sequences", "path": "p", **entry}, "test")
-    with pytest.raises(RegistryError, match="only for origin 'sequences'"):
+    with pytest.raises(RegistryError, match="field 'layout' is for origin 'sequences' only"):
         parse_source({"name": "x", "origin": "files", "path": "p", "layout": "ait"}, "test")
     with pytest.raises(RegistryError, match="one and only session kind"):
         parse_source(

@@ -28,11 +28,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from logfit_dagster.core.errors import RegistryError
 from logfit_dagster.core.formats import GENERIC_FORMAT, get_line_format
 from logfit_dagster.core.loghub import LOGHUB_DATASETS, LOGHUB_SYSTEMS
+from logfit_dagster.core.sequences import LABEL_WORDS
+from logfit_dagster.core.sequences import LAYOUTS as SEQUENCE_LAYOUTS
 from logfit_dagster.core.synthetic import FORMAT_OF_KIND, SYNTHETIC_KINDS
 
 ORIGINS = ("synthetic", "loghub", "files", "sequences")
@@ -66,6 +80,7 @@ _FULL_GROUND_TRUTH = {
     "Thunderbird": {"provider": "alert_field"},
 }
 RELEASES = ("2k", "full")
+SEQUENCE_LABELS = tuple(LABEL_WORDS)
 
 
 def check_source_name(name: str) -> str:
@@ -134,35 +149,167 @@ class SourceSpec:
         return self.origin == "sequences"
 
 
-_ENTRY_KEYS = {
-    "name",
-    "origin",
-    "format",
-    "multiline",
-    "session",
-    "ground_truth",
-    "kind",
-    "lines",
-    "seed",
-    "system",
-    "release",
-    "path",
-    "layout",
-    "templates",
-    "labels",
-    "description",
+# Each origin's fields as a pydantic model: types are strict where a cast would lose meaning (a
+# boolean is true or false, a whole number is never 2.9 nor true), unknown fields are refused, and
+# the union is keyed on ``origin``. Defaults that depend on the origin, the synthetic kind or the
+# Loghub system are filled in afterwards by ``_spec_of``.
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("whole_number", "must be a whole number")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
+Patterns = Annotated[str | list[str], Field(union_mode="left_to_right")]
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _SessionFields(_Fields):
+    by: Literal[SESSION_KINDS] | None = None
+    size: Annotated[WholeNumber, Field(ge=1)] | None = None
+    seconds: Annotated[WholeNumber, Field(ge=1)] | None = None
+    pattern: str | None = None
+
+
+class _TruthFields(_Fields):
+    provider: Literal[GROUND_TRUTH_PROVIDERS] | None = None
+    path: str | None = None
+    unlisted: str | None = None
+    field: str | None = None
+    normal_value: str | None = None
+
+
+class _Entry(_Fields):
+    name: str
+    description: str | None = None
+    format: str | None = None
+    multiline: StrictBool | None = None
+    session: _SessionFields | None = None
+    ground_truth: _TruthFields | None = None
+
+
+class _SyntheticEntry(_Entry):
+    origin: Literal["synthetic"]
+    kind: Literal[SYNTHETIC_KINDS]
+    lines: Annotated[WholeNumber, Field(ge=1)] = 20000
+    seed: WholeNumber = 0
+
+
+class _LoghubEntry(_Entry):
+    origin: Literal["loghub"]
+    system: str
+    release: Literal[RELEASES] = "2k"
+    path: Patterns | None = None
+
+    @model_validator(mode="after")
+    def _known_system(self) -> _LoghubEntry:
+        if self.release == "full" and self.system not in LOGHUB_DATASETS:
+            raise PydanticCustomError(
+                "registry",
+                f"field 'system' of release 'full' must be one of "
+                f"{tuple(sorted(LOGHUB_DATASETS))}, got {self.system!r}",
+            )
+        if self.release == "2k" and self.system not in LOGHUB_SYSTEMS:
+            raise PydanticCustomError(
+                "registry", f"field 'system' must be one of {LOGHUB_SYSTEMS}, got {self.system!r}"
+            )
+        if self.release == "2k" and self.path:
+            raise PydanticCustomError(
+                "registry", "field 'path' is for release 'full' of origin loghub"
+            )
+        return self
+
+
+class _FilesEntry(_Entry):
+    origin: Literal["files"]
+    path: Patterns
+
+
+class _SequencesEntry(_Entry):
+    origin: Literal["sequences"]
+    path: Patterns
+    layout: Literal[SEQUENCE_LAYOUTS]
+    templates: str | None = None
+    labels: dict[str, Annotated[Literal[SEQUENCE_LABELS], BeforeValidator(_lower)]] = {}
+
+
+_MODEL_OF_ORIGIN = {
+    "synthetic": _SyntheticEntry,
+    "loghub": _LoghubEntry,
+    "files": _FilesEntry,
+    "sequences": _SequencesEntry,
 }
+_ENTRY = TypeAdapter(
+    Annotated[
+        _SyntheticEntry | _LoghubEntry | _FilesEntry | _SequencesEntry,
+        Field(discriminator="origin"),
+    ]
+)
+# Fields that belong to some origins only, named in the error when given to another.
+_ONLY_FOR = {
+    "release": "origin loghub",
+    "system": "origin loghub",
+    "kind": "origin synthetic",
+    "lines": "origin synthetic",
+    "seed": "origin synthetic",
+    "layout": "origin 'sequences'",
+    "templates": "origin 'sequences'",
+    "labels": "origin 'sequences'",
+}
+_MAPPING_EXAMPLE = {"session": "{by: block_id}", "ground_truth": "{provider: none}"}
+
+
+def _registry_error(exc: ValidationError, entry: dict, where: str) -> RegistryError:
+    """The first of pydantic's complaints, in the registry's words: ``where: field 'x': ...``."""
+    error = exc.errors(include_url=False)[0]
+    # The first part of a location is the origin's model; the rest is the field path.
+    loc = [str(part) for part in error["loc"][1:]] if error["loc"] else []
+    field_name = ".".join(loc)
+    kind, given = error["type"], error.get("input")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        got = entry.get("origin")
+        return RegistryError(f"{where}: field 'origin' must be one of {ORIGINS}, got {got!r}")
+    if kind == "extra_forbidden":
+        only = _ONLY_FOR.get(field_name)
+        if only:
+            return RegistryError(f"{where}: field {field_name!r} is for {only} only")
+        model = _MODEL_OF_ORIGIN[entry["origin"]]
+        for part in loc[:-1]:
+            model = model.model_fields[part].annotation.__args__[0]  # X | None: X
+        return RegistryError(
+            f"{where}: unknown field {field_name!r}; allowed: {sorted(model.model_fields)}"
+        )
+    if kind == "model_type" and field_name in _MAPPING_EXAMPLE:
+        return RegistryError(
+            f"{where}: field {field_name!r} must be a mapping such as "
+            f"{_MAPPING_EXAMPLE[field_name]}, got {given!r}"
+        )
+    if kind == "missing":
+        return RegistryError(f"{where}: origin {entry['origin']!r} needs field {field_name!r}")
+    if loc[:1] == ["path"]:
+        return RegistryError(
+            f"{where}: field 'path' must be a file or glob, or a list of them, got {given!r}"
+        )
+    if kind == "registry":
+        return RegistryError(f"{where}: {error['msg']}")
+    message = error["msg"].replace("Input should be", "must be")
+    message += f" ({given!r})" if ", got" in message else f", got {given!r}"
+    return RegistryError(f"{where}: field {field_name!r} {message}")
 
 
 def parse_source(entry: Any, where: str) -> SourceSpec:
     """Validate one registry entry; ``where`` names it in errors (file and index)."""
     if not isinstance(entry, dict):
         raise RegistryError(f"{where}: expected a mapping, got {type(entry).__name__}")
-    unknown = set(entry) - _ENTRY_KEYS
-    if unknown:
-        raise RegistryError(
-            f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}"
-        )
     if "name" not in entry:
         raise RegistryError(f"{where}: missing field 'name'")
     name = entry["name"]
@@ -171,224 +318,110 @@ def parse_source(entry: Any, where: str) -> SourceSpec:
     except RegistryError as exc:
         raise RegistryError(f"{where}: {exc}") from None
     where = f"{where} ({name})"
-    origin = entry.get("origin")
-    if origin not in ORIGINS:
-        raise RegistryError(f"{where}: field 'origin' must be one of {ORIGINS}, got {origin!r}")
+    try:
+        fields = _ENTRY.validate_python(entry)
+    except ValidationError as exc:
+        raise _registry_error(exc, entry, where) from None
+    spec = _spec_of(fields)
+    _check_consistent(spec, where)
+    return spec
 
-    raw_path = entry.get("path") or ""
-    if isinstance(raw_path, list) and raw_path and all(isinstance(p, str) for p in raw_path):
-        patterns = tuple(raw_path)
-    elif isinstance(raw_path, str):
-        patterns = (raw_path,) if raw_path else ()
-    else:
-        raise RegistryError(f"{where}: field 'path' must be a file or glob, or a list of them")
-    kind, system, path = (
-        str(entry.get("kind", "")),
-        str(entry.get("system", "")),
-        ", ".join(patterns),
-    )
-    release = entry.get("release", "2k")
-    if "release" in entry and origin != "loghub":
-        raise RegistryError(f"{where}: field 'release' is for origin loghub only")
-    if release not in RELEASES:
-        raise RegistryError(f"{where}: field 'release' must be one of {RELEASES}, got {release!r}")
+
+def _spec_of(fields: _Entry) -> SourceSpec:
+    """The source with every default filled in from its origin, kind or system."""
     session_default: dict[str, Any] = {"by": "window", "size": 100}
     truth_default: dict[str, Any] = {"provider": "none"}
-    fmt = entry.get("format")
-    if origin == "synthetic":
-        if kind not in SYNTHETIC_KINDS:
-            raise RegistryError(
-                f"{where}: field 'kind' must be one of {SYNTHETIC_KINDS}, got {kind!r}"
-            )
-        fmt = fmt or FORMAT_OF_KIND[kind]
+    fmt, multiline_default = GENERIC_FORMAT, False
+    extra: dict[str, Any] = {}
+    if isinstance(fields, _SyntheticEntry):
+        fmt, multiline_default = FORMAT_OF_KIND[fields.kind], fields.kind == "javaapp"
         truth_default = {"provider": "synthetic"}
         session_default = {
             "hdfs": {"by": "block_id"},
             "openstack": {"by": "instance_id"},
             "bgl": {"by": "time_window", "seconds": 300},
             "javaapp": {"by": "window", "size": 50},
-        }[kind]
-    elif origin == "loghub" and release == "full":
-        if system not in LOGHUB_DATASETS:
-            raise RegistryError(
-                f"{where}: field 'system' of release 'full' must be one of "
-                f"{tuple(sorted(LOGHUB_DATASETS))}, got {system!r}"
-            )
-        fmt = fmt or LOGHUB_DATASETS[system].format
-        session_default = _FULL_SESSIONS.get(system, session_default)
-        truth_default = _FULL_GROUND_TRUTH.get(system, truth_default)
-    elif origin == "loghub":
-        if patterns:
-            raise RegistryError(f"{where}: field 'path' is for release 'full' of origin loghub")
-        if system not in LOGHUB_SYSTEMS:
-            raise RegistryError(
-                f"{where}: field 'system' must be one of {LOGHUB_SYSTEMS}, got {system!r}"
-            )
-        fmt = fmt or system
-        session_default = _LOGHUB_SESSIONS.get(system, session_default)
-        truth_default = _LOGHUB_GROUND_TRUTH.get(system, truth_default)
-    else:
-        if not path:
-            raise RegistryError(f"{where}: origin {origin!r} needs field 'path' (a file or a glob)")
-        fmt = fmt or GENERIC_FORMAT
-    layout, labels = _sequence_fields(entry, origin, where)
-    if origin == "sequences":
-        session_default = {"by": "sequence"}
-        truth_default = {"provider": "sequence_labels"}
-    multiline = _strict(
-        entry.get("multiline", kind == "javaapp"), bool, f"{where}: field 'multiline'"
+        }[fields.kind]
+        extra = {"kind": fields.kind, "lines": fields.lines, "seed": fields.seed}
+    elif isinstance(fields, _LoghubEntry) and fields.release == "full":
+        fmt = LOGHUB_DATASETS[fields.system].format
+        session_default = _FULL_SESSIONS.get(fields.system, session_default)
+        truth_default = _FULL_GROUND_TRUTH.get(fields.system, truth_default)
+    elif isinstance(fields, _LoghubEntry):
+        fmt = fields.system
+        session_default = _LOGHUB_SESSIONS.get(fields.system, session_default)
+        truth_default = _LOGHUB_GROUND_TRUTH.get(fields.system, truth_default)
+    elif isinstance(fields, _SequencesEntry):
+        session_default, truth_default = {"by": "sequence"}, {"provider": "sequence_labels"}
+        extra = {
+            "layout": fields.layout,
+            "templates": fields.templates or "",
+            "labels": tuple(fields.labels.items()),
+        }
+    if isinstance(fields, _LoghubEntry):
+        extra.update(system=fields.system, release=fields.release)
+    raw_path = getattr(fields, "path", None) or ()
+    patterns = (raw_path,) if isinstance(raw_path, str) else tuple(raw_path)
+
+    def given(sub: _Fields | None) -> dict[str, Any]:
+        return sub.model_dump(exclude_none=True) if sub is not None else {}
+
+    return SourceSpec(
+        name=fields.name,
+        origin=fields.origin,
+        format=fields.format or fmt,
+        multiline=multiline_default if fields.multiline is None else fields.multiline,
+        session=SessionSpec(**{**session_default, **given(fields.session)}),
+        ground_truth=GroundTruthSpec(**{**truth_default, **given(fields.ground_truth)}),
+        path=", ".join(patterns),
+        patterns=patterns,
+        **extra,
     )
-    for key in ("session", "ground_truth"):
-        if entry.get(key) is not None and not isinstance(entry[key], dict):
-            raise RegistryError(
-                f"{where}: field {key!r} must be a mapping such as "
-                + ("{by: block_id}" if key == "session" else "{provider: none}")
-                + f", got {entry[key]!r}"
-            )
+
+
+def _check_consistent(spec: SourceSpec, where: str) -> None:
+    """The rules that tie one field to another: the format compiles, the session kind fits
+    the origin, and the ground-truth provider has what it needs."""
+    if spec.origin in ("files", "sequences") and not spec.patterns:
+        raise RegistryError(
+            f"{where}: origin {spec.origin!r} needs field 'path' (a file or a glob)"
+        )
     try:
-        get_line_format(str(fmt), multiline)
+        get_line_format(spec.format, spec.multiline)
     except ValueError as exc:
         raise RegistryError(f"{where}: field 'format': {exc}") from None
-
-    session = _sub_spec(
-        SessionSpec, {**session_default, **(entry.get("session") or {})}, f"{where}.session"
-    )
-    if session.by not in SESSION_KINDS:
-        raise RegistryError(
-            f"{where}: session.by must be one of {SESSION_KINDS}, got {session.by!r}"
-        )
+    session, truth = spec.session, spec.ground_truth
     if session.by == "regex":
-        try:
-            if re.compile(session.pattern).groups > 1:
-                raise RegistryError(f"{where}: session.pattern may have at most one group")
-        except re.error as exc:
-            raise RegistryError(f"{where}: session.pattern is not a valid regex: {exc}") from None
         if not session.pattern:
             raise RegistryError(f"{where}: session.by 'regex' needs session.pattern")
-    if (session.by == "sequence") != (origin == "sequences"):
+        try:
+            groups = re.compile(session.pattern).groups
+        except re.error as exc:
+            raise RegistryError(f"{where}: session.pattern is not a valid regex: {exc}") from None
+        if groups > 1:
+            raise RegistryError(f"{where}: session.pattern may have at most one group")
+    if (session.by == "sequence") != spec.is_sequences:
         raise RegistryError(
             f"{where}: session.by 'sequence' is the one and only session kind of origin 'sequences'"
-        )
-    if session.by == "window" and session.size < 1:
-        raise RegistryError(f"{where}: session.size must be at least 1")
-    if session.by == "time_window" and session.seconds < 1:
-        raise RegistryError(f"{where}: session.seconds must be at least 1")
-    truth = _sub_spec(
-        GroundTruthSpec,
-        {**truth_default, **(entry.get("ground_truth") or {})},
-        f"{where}.ground_truth",
-    )
-    if truth.provider not in GROUND_TRUTH_PROVIDERS:
-        raise RegistryError(
-            f"{where}: ground_truth.provider must be one of {GROUND_TRUTH_PROVIDERS}, got {truth.provider!r}"
         )
     if truth.provider in ("hdfs_blocks", "instance_list") and not truth.path:
         raise RegistryError(
             f"{where}: ground_truth provider {truth.provider!r} needs ground_truth.path"
         )
-    if truth.provider == "sequence_labels" and origin != "sequences":
+    if truth.provider == "sequence_labels" and not spec.is_sequences:
         raise RegistryError(
             f"{where}: ground_truth provider 'sequence_labels' is only for origin 'sequences' "
             "(its labels come from the sequence files)"
         )
-    if origin == "sequences" and truth.provider not in ("sequence_labels", "hdfs_blocks", "none"):
+    if spec.is_sequences and truth.provider not in ("sequence_labels", "hdfs_blocks", "none"):
         raise RegistryError(
             f"{where}: origin 'sequences' takes ground_truth provider 'sequence_labels', "
             f"'hdfs_blocks' or 'none', got {truth.provider!r}"
         )
-    if truth.provider == "synthetic" and origin != "synthetic":
+    if truth.provider == "synthetic" and spec.origin != "synthetic":
         raise RegistryError(
             f"{where}: ground_truth provider 'synthetic' is only for synthetic sources"
         )
-    lines = _strict(
-        entry.get("lines", 20000 if origin == "synthetic" else 0), int, f"{where}: field 'lines'"
-    )
-    seed = _strict(entry.get("seed", 0), int, f"{where}: field 'seed'")
-    if origin == "synthetic" and lines < 1:
-        raise RegistryError(f"{where}: field 'lines' must be at least 1")
-    return SourceSpec(
-        name=name,
-        origin=origin,
-        format=str(fmt),
-        multiline=multiline,
-        session=session,
-        ground_truth=truth,
-        kind=kind,
-        lines=lines,
-        seed=seed,
-        system=system,
-        release=release,
-        path=path,
-        patterns=patterns,
-        layout=layout,
-        templates=str(entry.get("templates") or ""),
-        labels=labels,
-    )
-
-
-def _sequence_fields(entry: dict, origin: str, where: str) -> tuple[str, tuple]:
-    """Check the fields of origin 'sequences': ``layout``, ``templates`` and ``labels``."""
-    from logfit_dagster.core.sequences import LABEL_WORDS, LAYOUTS
-
-    given = [k for k in ("layout", "templates", "labels") if entry.get(k)]
-    if origin != "sequences":
-        if given:
-            raise RegistryError(f"{where}: field(s) {given} are only for origin 'sequences'")
-        return "", ()
-    layout = str(entry.get("layout", ""))
-    if layout not in LAYOUTS:
-        raise RegistryError(f"{where}: field 'layout' must be one of {LAYOUTS}, got {layout!r}")
-    rules = entry.get("labels") or {}
-    if not isinstance(rules, dict):
-        raise RegistryError(
-            f"{where}: field 'labels' maps file-name patterns to 'normal' or 'anomalous'"
-        )
-    for pattern, word in rules.items():
-        if str(word).lower() not in LABEL_WORDS:
-            raise RegistryError(
-                f"{where}: labels[{pattern!r}] must be 'normal' or 'anomalous', got {word!r}"
-            )
-    return layout, tuple((str(k), str(v).lower()) for k, v in rules.items())
-
-
-def _sub_spec(cls, values: dict, where: str):
-    allowed = set(cls.__dataclass_fields__)
-    unknown = set(values) - allowed
-    if unknown:
-        raise RegistryError(
-            f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-        )
-    converted = {
-        key: _strict(value, type(getattr(cls(), key)), f"{where}.{key}")
-        if value is not None
-        else getattr(cls(), key)
-        for key, value in values.items()
-    }
-    return cls(**converted)
-
-
-def _strict(value, kind: type, where: str):
-    """``value`` as ``kind`` when it is one, never by a lossy cast: ``2.9`` is not an integer,
-    the string ``'no'`` is not a boolean (write ``false``), a list is not a string."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise RegistryError(f"{where} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise RegistryError(f"{where} must be a whole number, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise RegistryError(f"{where} must be a whole number, got {value!r}")
-    if kind is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise RegistryError(f"{where} must be a string, got {value!r}")
-    return kind(value)
 
 
 def load_registry(path: Path) -> dict[str, SourceSpec]:
