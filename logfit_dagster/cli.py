@@ -265,11 +265,7 @@ class _Executor:
                 tags=process_tags(),  # a later command fails it if this process is killed
             )
             return self._outcome(result)
-        from dagster._core.definitions.reconstruct import ReconstructableRepository
-
-        job = ReconstructableRepository.for_module(
-            "logfit_dagster.definitions", "defs"
-        ).get_reconstructable_job(job_name)
+        job = dg.build_reconstructable_job("logfit_dagster.cli", "job_of", (job_name,))
         tags = {"dagster/partition": partition} if partition else None
         with dg.execute_job(
             job,
@@ -295,6 +291,13 @@ class _Executor:
                 failures[0].step_failure_data.error.message.strip() if failures else "run failed"
             )
         return result.success, meta, reason
+
+
+def job_of(job_name: str):
+    """A job of the definitions, as a process of the multiprocess executor rebuilds it."""
+    from logfit_dagster.definitions import defs
+
+    return defs.resolve_job_def(job_name)
 
 
 def _latest_metadata(instance, defs, job_name: str, partition: str | None) -> dict:

@@ -1,26 +1,29 @@
-"""What a re-run has to recompute, read from Dagster's own records.
+"""What a re-run has to recompute, read from the materializations Dagster records.
 
-An asset is up to date when Dagster's stale status is FRESH: its code version is the one it was
-materialized with and its inputs' data versions have not moved since. ``raw_logs`` has no
-upstream asset; its data version is the source's fingerprint (registry entry and file bytes), so
-a source is unchanged when the fingerprint of its files now equals the one recorded last time.
+An asset (or one partition of it) is up to date when it has been materialized, with the code
+version it has now, from the data versions its inputs have now. Dagster writes what each
+materialization was made from into the materialization's tags: ``dagster/code_version``, and per
+input ``dagster/input_data_version/<key>`` and ``dagster/input_event_pointer/<key>`` (the storage
+id of the input's materialization that was read). This module compares those tags with the
+latest materializations, through the public records API only (``fetch_materializations``,
+``resolve_all_asset_specs``), so it follows Dagster's releases; it is the same rule the UI uses
+for "Materialize changed and missing".
 
-Dagster computes stale status for the UI ("Materialize changed and missing") with
-``CachingStaleStatusResolver``; it is not a public API, so this module is the one place that
-touches it (dagster is pinned to one release in pyproject.toml).
+``raw_logs`` has no upstream asset; its data version is the source's fingerprint (registry entry
+and file bytes), so a source is unchanged when the fingerprint of its files now equals the one
+recorded last time.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
-from dagster._core.definitions.data_version import (
-    DATA_VERSION_TAG,
-    CachingStaleStatusResolver,
-    StaleStatus,
-)
-from dagster._core.definitions.temporal_context import TemporalContext
-from dagster._time import get_current_datetime
+
+CODE_VERSION_TAG = "dagster/code_version"
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_VERSION_TAG = "dagster/input_data_version/"
+INPUT_POINTER_TAG = "dagster/input_event_pointer/"
 
 
 class Freshness:
@@ -28,18 +31,16 @@ class Freshness:
 
     def __init__(self, instance: dg.DagsterInstance, defs: dg.Definitions):
         self._instance = instance
-        self._graph = defs.resolve_asset_graph()
-        view = AssetGraphView(
-            temporal_context=TemporalContext(
-                effective_dt=get_current_datetime(), last_event_id=None
-            ),
-            instance=instance,
-            asset_graph=self._graph,
-        )
-        self._resolver = CachingStaleStatusResolver(instance, self._graph, view)
+        self._assets = list(defs.assets or ())
+        self._specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+        self._children: dict[dg.AssetKey, set[dg.AssetKey]] = defaultdict(set)
+        for spec in self._specs.values():
+            for dep in spec.deps:
+                self._children[dep.asset_key].add(spec.key)
+        self._latest_records: dict[tuple, dg.EventLogRecord | None] = {}
 
     def job_assets(self, selection: dg.AssetSelection) -> list[dg.AssetKey]:
-        return sorted(selection.resolve(self._graph), key=lambda k: k.to_user_string())
+        return sorted(selection.resolve(self._assets), key=lambda k: k.to_user_string())
 
     def out_of_date(
         self,
@@ -50,48 +51,100 @@ class Freshness:
         """The keys that are missing or stale (for one partition of partitioned assets), and
         every key of ``keys`` downstream of one of them.
 
-        Dagster calls an asset stale only once its inputs have moved: before a run, the
-        downstream of an asset about to be recomputed still reads FRESH (the line model, when a
-        new source's labels are about to change its training set). Those run too, as do the
-        keys in ``also`` (known out of date for reasons Dagster does not track).
+        An asset is stale only once its inputs have moved: before a run, the downstream of an
+        asset about to be recomputed still reads up to date (the line model, when a new
+        source's labels are about to change its training set). Those run too, as do the keys
+        in ``also`` (known out of date for reasons Dagster does not track).
         """
         wanted = set(keys)
-        stale = {
-            key
-            for key in keys
-            if key in also
-            or self._resolver.get_status(key, partition if self._partitioned(key) else None)
-            != StaleStatus.FRESH
-        }
+        stale = {key for key in keys if key in also or self._stale(key, partition)}
         frontier = list(stale)
         while frontier:
-            for child in self._graph.get(frontier.pop()).child_keys:
+            for child in self._children[frontier.pop()]:
                 if child in wanted and child not in stale:
                     stale.add(child)
                     frontier.append(child)
         return [key for key in keys if key in stale]
 
-    def _partitioned(self, key: dg.AssetKey) -> bool:
-        return self._graph.get(key).partitions_def is not None
+    def _stale(self, key: dg.AssetKey, partition: str | None) -> bool:
+        """Missing, made by other code, or made from inputs whose data has moved since."""
+        spec = self._specs[key]
+        partition = partition if spec.partitions_def is not None else None
+        record = self._latest_record(key, partition)
+        if record is None:
+            return True
+        tags = record.asset_materialization.tags or {}
+        if spec.code_version and tags.get(CODE_VERSION_TAG) != spec.code_version:
+            return True
+        for dep in spec.deps:
+            dep_spec = self._specs.get(dep.asset_key)
+            if dep_spec is None:
+                continue  # not defined here: nothing to compare with
+            name = dep.asset_key.to_user_string()
+            if dep_spec.partitions_def is None:
+                moved = self._version(dep.asset_key, None) != tags.get(INPUT_VERSION_TAG + name)
+            else:
+                # the same source's partition, or every partition for an unpartitioned reader
+                pointer = tags.get(INPUT_POINTER_TAG + name, "")
+                moved = self._moved_since(
+                    dep.asset_key,
+                    partition,
+                    int(pointer) if pointer.isdigit() else record.storage_id,
+                )
+            if moved:
+                return True
+        return False
 
-    def _latest(self, key: dg.AssetKey, partition: str | None):
-        """The latest materialization of ``key`` (and ``partition``), or None."""
-        records = self._instance.fetch_materializations(
+    def _moved_since(self, key: dg.AssetKey, partition: str | None, pointer: int) -> bool:
+        """Whether a partition of ``key`` (``partition``, or any) materialized after
+        ``pointer`` (the input that was read) holds a data version other than the one read."""
+        newer = self._instance.fetch_materializations(
             dg.AssetRecordsFilter(
-                asset_key=key, asset_partitions=[partition] if partition else None
+                asset_key=key,
+                asset_partitions=[partition] if partition else None,
+                after_storage_id=pointer,
             ),
-            limit=1,
+            limit=10_000,
         ).records
-        return records[0].asset_materialization if records else None
+        for moved in {record.partition_key for record in newer}:
+            read = self._instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=key, asset_partitions=[moved], before_storage_id=pointer + 1
+                ),
+                limit=1,
+            ).records
+            if (_data_version(read[0]) if read else None) != self._version(key, moved):
+                return True
+        return False
+
+    def _latest_record(self, key: dg.AssetKey, partition: str | None):
+        """The latest materialization record of ``key`` (and ``partition``), or None."""
+        if (key, partition) not in self._latest_records:
+            records = self._instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=key, asset_partitions=[partition] if partition else None
+                ),
+                limit=1,
+            ).records
+            self._latest_records[key, partition] = records[0] if records else None
+        return self._latest_records[key, partition]
+
+    def _version(self, key: dg.AssetKey, partition: str | None) -> str | None:
+        record = self._latest_record(key, partition)
+        return _data_version(record) if record is not None else None
 
     def recorded_version(self, key: dg.AssetKey, partition: str | None) -> str | None:
         """The data version of the latest materialization of ``key`` (and ``partition``)."""
-        materialization = self._latest(key, partition)
-        return (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization else None
+        return self._version(key, partition)
 
     def latest_metadata(self, key: dg.AssetKey, partition: str | None) -> dict:
         """The metadata of the latest materialization of ``key`` (and ``partition``), as values."""
-        materialization = self._latest(key, partition)
-        if materialization is None:
+        record = self._latest_record(key, partition)
+        if record is None:
             return {}
-        return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+        metadata = record.asset_materialization.metadata
+        return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def _data_version(record: dg.EventLogRecord) -> str | None:
+    return (record.asset_materialization.tags or {}).get(DATA_VERSION_TAG)

@@ -258,3 +258,12 @@ def test_a_killed_materialize_leaves_no_run_started(workdir):
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert [r.partition_key for r in requests] == ["tiny_hdfs"]
         assert fail_orphaned_runs(instance) == []
+
+
+def test_materialize_out_of_process_rebuilds_each_job_in_its_processes(workdir):
+    result = _materialize(workdir, "tiny_hdfs", "--job", "ingest_job", "--executor", "multiprocess")
+    assert _row(result, "tiny_hdfs")[1] == "1500"
+    assert (workdir / "data" / "assets" / "dataset_splits" / "tiny_hdfs.parquet").exists()
+    with dg.DagsterInstance.from_config(str(workdir / "data" / "dagster_home")) as instance:
+        (run,) = instance.get_runs()
+        assert run.job_name == "ingest_job" and run.status == dg.DagsterRunStatus.SUCCESS
