@@ -18,9 +18,14 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture
 def shared_data() -> Path:
+    """The shared real data; missing, its tests skip, or fail where
+    ``LOGFIT_REQUIRE_SHARED_DATA=1`` says the data must be there (CI sets it)."""
     path = shared_data_dir()
     if not (path / "loghub-2k").is_dir():
-        pytest.skip(f"shared real data not found at {path} (set LOGFIT_SHARED_DATA)")
+        message = f"shared real data not found at {path} (set LOGFIT_SHARED_DATA)"
+        if os.environ.get("LOGFIT_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + "; LOGFIT_REQUIRE_SHARED_DATA=1 requires it", pytrace=False)
+        pytest.skip(message)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Every third-party module the package imports is declared in pyproject.toml."""
+"""How the project is declared and tested: every imported package is a dependency, one Dagster
+release, and the shared real data required where CI says so."""
 
 import ast
 import re
@@ -58,3 +59,30 @@ def test_the_dagster_family_is_one_release_whatever_the_extras():
     assert family and all("==" in r for r in family), family
     patches = {r.split("==")[1].split(".")[-1] for r in family}
     assert len(patches) == 1, family
+
+
+def test_a_test_that_needs_the_shared_data_fails_without_it_where_ci_requires_it(tmp_path):
+    import os
+    import subprocess
+
+    test = "tests/test_sequences.py::test_the_ait_hadoop_sequences"
+    env = {**os.environ, "LOGFIT_SHARED_DATA": str(tmp_path)}
+    env.pop("LOGFIT_REQUIRE_SHARED_DATA", None)
+
+    def run(**extra) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
+            cwd=ROOT,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    skipped = run()
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout
+    assert f"shared real data not found at {tmp_path}" in skipped.stdout
+    required = run(LOGFIT_REQUIRE_SHARED_DATA="1")
+    assert (
+        required.returncode == 1 and "LOGFIT_REQUIRE_SHARED_DATA=1 requires it" in required.stdout
+    )
