@@ -40,7 +40,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from logfit_dagster.core.errors import RegistryError
 from logfit_dagster.core.formats import GENERIC_FORMAT, get_line_format
@@ -157,7 +156,7 @@ class SourceSpec:
 
 def _not_a_boolean(value: Any) -> Any:
     if isinstance(value, bool):
-        raise PydanticCustomError("whole_number", "must be a whole number")
+        raise ValueError("must be a whole number")
     return value
 
 
@@ -213,19 +212,14 @@ class _LoghubEntry(_Entry):
     @model_validator(mode="after")
     def _known_system(self) -> _LoghubEntry:
         if self.release == "full" and self.system not in LOGHUB_DATASETS:
-            raise PydanticCustomError(
-                "registry",
+            raise ValueError(
                 f"field 'system' of release 'full' must be one of "
                 f"{tuple(sorted(LOGHUB_DATASETS))}, got {self.system!r}",
             )
         if self.release == "2k" and self.system not in LOGHUB_SYSTEMS:
-            raise PydanticCustomError(
-                "registry", f"field 'system' must be one of {LOGHUB_SYSTEMS}, got {self.system!r}"
-            )
+            raise ValueError(f"field 'system' must be one of {LOGHUB_SYSTEMS}, got {self.system!r}")
         if self.release == "2k" and self.path:
-            raise PydanticCustomError(
-                "registry", "field 'path' is for release 'full' of origin loghub"
-            )
+            raise ValueError("field 'path' is for release 'full' of origin loghub")
         return self
 
 
@@ -299,8 +293,11 @@ def _registry_error(exc: ValidationError, entry: dict, where: str) -> RegistryEr
         return RegistryError(
             f"{where}: field 'path' must be a file or glob, or a list of them, got {given!r}"
         )
-    if kind == "registry":
-        return RegistryError(f"{where}: {error['msg']}")
+    if kind == "value_error":  # our own validators' words
+        text = str(error["ctx"]["error"])
+        if not field_name:
+            return RegistryError(f"{where}: {text}")
+        return RegistryError(f"{where}: field {field_name!r} {text}, got {given!r}")
     message = error["msg"].replace("Input should be", "must be")
     message += f" ({given!r})" if ", got" in message else f", got {given!r}"
     return RegistryError(f"{where}: field {field_name!r} {message}")
