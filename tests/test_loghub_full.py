@@ -285,8 +285,7 @@ def test_a_full_data_set_runs_as_a_source_with_its_block_labels(workdir, monkeyp
                 resources={"io_manager": ParquetIOManager(), "sources": LogSources()},
             )
         assert result.success
-        truth = result.output_for_node("ground_truth_labels")
-        sessions = truth["sessions"]
+        sessions = result.output_for_node("ground_truth_labels")["sessions"]
         assert len(sessions) == 400 and int(sessions["label"].sum()) == 20
         assert len(zenodo.downloads("HDFS_v1.zip")) == 1
 

@@ -90,5 +90,10 @@ def columns_of(*columns: str, **asset_in) -> dg.AssetIn:
     return dg.AssetIn(metadata={"columns": list(columns)}, **asset_in)
 
 
+def streamed(**asset_in) -> dg.AssetIn:
+    """An input read as a ``StoredTable``, batch by batch, never whole."""
+    return dg.AssetIn(metadata={"format": "stream"}, **asset_in)
+
+
 #: what the session models read of ``sessions``: the template-id sequence of each session
 SESSION_SEQUENCES = ("session_id", "template_ids")

@@ -4,10 +4,16 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import bad_input_fails_partition, columns_of, preview
-from logfit_dagster.core.ground_truth import collect_ground_truth
-from logfit_dagster.core.sessions import build_sessions
+from logfit_dagster.assets._common import (
+    bad_input_fails_partition,
+    columns_of,
+    preview,
+    streamed,
+)
+from logfit_dagster.core.ground_truth import collect_stored_ground_truth
+from logfit_dagster.core.sessions import SESSION_SCHEMA, SessionStats, sessions_of_batches
 from logfit_dagster.core.splits import split_sessions
+from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 
@@ -17,37 +23,50 @@ from logfit_dagster.resources.sources import LogSources
     group_name="datasets",
     code_version="1",
     kinds={"parquet"},
+    ins={"parsed_logs": streamed()},
 )
 def sessions(
-    context: dg.AssetExecutionContext, parsed_logs: pd.DataFrame, sources: LogSources
-) -> pd.DataFrame:
-    """Lines grouped into sessions (blocks, instances or windows) with template sequences and text."""
+    context: dg.AssetExecutionContext, parsed_logs: StoredTable, sources: LogSources
+) -> dg.Output:
+    """Lines grouped into sessions (blocks, instances or windows) with template sequences and text.
+
+    Built from the parsed lines in batches, in hash buckets of sessions merged in order of first
+    line (see ``sessions_of_batches``): HDFS_v1's 575k blocks in one pass, in bounded memory.
+    """
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
-        frame = build_sessions(parsed_logs, spec.session, spec.format)
-    covered = frame["line_numbers"].explode().nunique() if len(frame) else 0
-    context.add_output_metadata(
-        {
-            "session_key": spec.session.by,
-            "sessions": len(frame),
-            "lines_in_sessions": int(covered),
-            "lines_outside_sessions": int(len(parsed_logs) - covered),
+    stats = SessionStats()
+    head: list = []
+
+    def batches():
+        with bad_input_fails_partition():
+            for batch in sessions_of_batches(
+                parsed_logs, spec.session, spec.format, stats, parsed_logs.path.parent
+            ):
+                if not head:
+                    head.append(
+                        batch.slice(0, 8).to_pandas()
+                    )  # a copy: a slice would keep the batch
+                yield batch
+
+    def counts() -> dict:
+        frame = head[0] if head else pd.DataFrame(columns=SESSION_SCHEMA.names)
+        return {
+            "sessions": stats.sessions,
+            "lines_in_sessions": stats.lines_in_sessions,
+            "lines_outside_sessions": parsed_logs.num_rows - stats.lines_in_sessions,
             "mean_session_lines": dg.MetadataValue.float(
-                round(float(frame["n_lines"].mean()), 2) if len(frame) else 0.0
+                round(stats.pairs / stats.sessions, 2) if stats.sessions else 0.0
             ),
             "preview": preview(
                 frame[["session_id", "first_line", "n_lines", "template_ids", "text"]]
             ),
         }
+
+    return dg.Output(
+        TableStream(batches(), SESSION_SCHEMA, counts),
+        metadata={"session_key": spec.session.by},
     )
-    return frame
-
-
-def _session_keys(frame: pd.DataFrame) -> pd.DataFrame:
-    keys = frame[["session_id", "line_numbers"]].explode("line_numbers")
-    keys = keys.rename(columns={"line_numbers": "line_number"}).dropna()
-    keys["line_number"] = keys["line_number"].astype("int64")
-    return keys
 
 
 @dg.asset(
@@ -55,39 +74,42 @@ def _session_keys(frame: pd.DataFrame) -> pd.DataFrame:
     group_name="datasets",
     code_version="1",
     kinds={"parquet"},
-    ins={"sessions": columns_of("session_id", "line_numbers")},
+    ins={"parsed_logs": streamed(), "sessions": streamed()},
 )
 def ground_truth_labels(
     context: dg.AssetExecutionContext,
-    parsed_logs: pd.DataFrame,
-    sessions: pd.DataFrame,
+    parsed_logs: StoredTable,
+    sessions: StoredTable,
     sources: LogSources,
-) -> dict[str, pd.DataFrame]:
-    """Ground-truth anomaly labels per line and per session, where the source has them."""
+) -> dict:
+    """Ground-truth anomaly labels per line and per session, where the source has them.
+
+    Only what the provider needs is read; line labels are written as a stream.
+    """
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
-        truth = collect_ground_truth(
+        truth = collect_stored_ground_truth(
             spec.ground_truth,
             parsed_logs,
-            _session_keys(sessions),
+            sessions,
             synthetic_labels=sources.synthetic_labels_path(spec.name),
             base_dir=sources.ground_truth_dir(spec),
         )
-    lines, groups = truth.lines, truth.sessions
+    groups = truth.sessions
     context.add_output_metadata(
         {
             "provider": truth.provider,
             "has_ground_truth": truth.has_labels,
             "note": truth.note,
-            "labelled_lines": int(lines["label"].notna().sum()),
-            "anomalous_lines": int((lines["label"] == 1).sum()),
+            "labelled_lines": truth.labelled_lines,
+            "anomalous_lines": truth.anomalous_lines,
             "labelled_sessions": int(groups["label"].notna().sum()),
             "anomalous_sessions": int((groups["label"] == 1).sum()),
-            "unlabelled_sessions": int(len(sessions) - groups["label"].notna().sum()),
+            "unlabelled_sessions": int(len(groups) - groups["label"].notna().sum()),
             "session_preview": preview(groups[groups["label"] == 1]),
         }
     )
-    return {"lines": lines, "sessions": groups}
+    return {"lines": truth.lines, "sessions": groups}
 
 
 class SplitConfig(dg.Config):

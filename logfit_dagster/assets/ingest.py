@@ -6,12 +6,20 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from logfit_dagster.assets._common import bad_input_fails_partition, columns_of, preview
+from logfit_dagster.assets._common import bad_input_fails_partition, preview, streamed
 from logfit_dagster.core.download import ProgressLog
 from logfit_dagster.core.formats import get_line_format
-from logfit_dagster.core.ingest import parse_and_mine, read_raw_logs, template_vocabulary
+from logfit_dagster.core.ingest import (
+    RAW_SCHEMA,
+    ParseStats,
+    RawStats,
+    parse_and_mine_batches,
+    raw_line_batches,
+    template_vocabulary_of_batches,
+)
 from logfit_dagster.core.registry import SourceSpec
 from logfit_dagster.core.sequences import expand_sequences, read_templates
+from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.core.templates import TemplateMiner, profile_for
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
@@ -29,34 +37,50 @@ warnings.filterwarnings("ignore", message="Parameter `data_version` of initializ
     code_version="1",
     kinds={"parquet"},
 )
-def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Output[pa.Table]:
+def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Output:
     """Every line of a log source, numbered from 1 across its files, exactly as read.
 
-    Its data version is the source's fingerprint (registry entry and file bytes): re-reading
-    unchanged files leaves everything downstream fresh.
+    Written batch by batch as the files are read: a source never has to fit in memory. Its data
+    version is the source's fingerprint (registry entry and file bytes): re-reading unchanged
+    files leaves everything downstream fresh.
     """
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
         files = sources.files(spec, progress=ProgressLog(context.log, spec.name))
-        table, stats = read_raw_logs(files)
         templates = sources.templates_file(spec)
         fingerprint = sources.fingerprint(spec, files + ([templates] if templates else []))
-    if stats.replaced_bytes:
-        context.log.warning(
-            f"{stats.replaced_bytes} byte(s) that are not UTF-8, on {stats.lines_with_replacements} "
-            "line(s), were replaced by U+FFFD"
-        )
-    return dg.Output(
-        table,
-        data_version=dg.DataVersion(fingerprint),
-        metadata={
-            "origin": spec.origin,
-            "files": dg.MetadataValue.json(stats.files),
+    stats = RawStats()
+    head: list[pd.DataFrame] = []
+
+    def batches():
+        with bad_input_fails_partition():
+            for batch in raw_line_batches(files, stats):
+                if not head:
+                    head.append(
+                        batch.slice(0, 8).to_pandas()
+                    )  # a copy: a slice would keep the batch
+                yield batch
+
+    def counts() -> dict:
+        if stats.replaced_bytes:
+            context.log.warning(
+                f"{stats.replaced_bytes} byte(s) that are not UTF-8, on "
+                f"{stats.lines_with_replacements} line(s), were replaced by U+FFFD"
+            )
+        return {
             "lines": stats.lines,
             "replaced_bytes": dg.MetadataValue.int(stats.replaced_bytes),
             "lines_with_replaced_bytes": stats.lines_with_replacements,
+            "preview": preview(head[0][["line_number", "raw"]]),
+        }
+
+    return dg.Output(
+        TableStream(batches(), RAW_SCHEMA, counts),
+        data_version=dg.DataVersion(fingerprint),
+        metadata={
+            "origin": spec.origin,
+            "files": dg.MetadataValue.json([str(f) for f in files]),
             "fingerprint": fingerprint,
-            "preview": preview(table.slice(0, 8).select(["line_number", "raw"]).to_pandas()),
         },
     )
 
@@ -66,6 +90,7 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Outpu
     group_name="ingest",
     code_version="1",
     kinds={"parquet"},
+    ins={"raw_logs": streamed()},
     check_specs=[
         dg.AssetCheckSpec(
             "parse_failure_rate",
@@ -74,49 +99,62 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Outpu
         )
     ],
 )
-def parsed_logs(context: dg.AssetExecutionContext, raw_logs: pa.Table, sources: LogSources):
+def parsed_logs(context: dg.AssetExecutionContext, raw_logs: StoredTable, sources: LogSources):
     """Lines split into header fields and content, each with its Drain3 template id and template.
 
-    A sequence source's rows are the events of its sessions instead (see ``core/sequences.py``).
+    Parsed and mined batch by batch (see ``parse_and_mine_batches``). A sequence source's rows
+    are the events of its sessions instead (see ``core/sequences.py``).
     """
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
         if spec.is_sequences:
-            yield from _sequence_events(spec, raw_logs, sources)
+            yield from _sequence_events(spec, raw_logs.read(), sources)
             return
         fmt = get_line_format(spec.format, spec.multiline)
         miner = TemplateMiner(profile_for(spec.format), sources.miner_state_path(spec.name))
-        table, stats = parse_and_mine(raw_logs, fmt, miner)
-        miner.save()
-    rate = stats.parse_failures / max(stats.lines, 1)
-    yield dg.Output(
-        table,
-        metadata={
-            "format": spec.format,
+    stats = ParseStats()
+    head: list[pd.DataFrame] = []
+
+    def batches():
+        with bad_input_fails_partition():
+            for batch in parse_and_mine_batches(
+                raw_logs.batches(["line_number", "raw"]), fmt, miner, stats, raw_logs.path.parent
+            ):
+                if not head:
+                    head.append(
+                        batch.slice(0, 8).to_pandas()
+                    )  # a copy: a slice would keep the batch
+                yield batch
+            miner.save()
+
+    def counts() -> dict:
+        return {
             "lines": stats.lines,
             "parse_failures": stats.parse_failures,
-            "parse_failure_rate": dg.MetadataValue.float(round(rate, 6)),
+            "parse_failure_rate": dg.MetadataValue.float(round(_rate(stats), 6)),
             "continuation_lines": stats.continuation_lines,
             "templates": stats.templates,
             "new_templates": stats.new_templates,
             "templates_resumed_from_state": stats.resumed_templates,
             "distinct_masked_forms": stats.distinct_forms,
-            "preview": preview(
-                table.slice(0, 8)
-                .select(["line_number", "content", "template_id", "template"])
-                .to_pandas()
-            ),
-        },
-    )
+            "preview": preview(head[0][["line_number", "content", "template_id", "template"]]),
+        }
+
+    yield dg.Output(TableStream(batches(), metadata=counts), metadata={"format": spec.format})
+    # the stream is written by now: its counts are complete
     yield dg.AssetCheckResult(
         check_name="parse_failure_rate",
-        passed=rate <= MAX_PARSE_FAILURE_RATE,
+        passed=_rate(stats) <= MAX_PARSE_FAILURE_RATE,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "parse_failures": stats.parse_failures,
-            "rate": dg.MetadataValue.float(round(rate, 6)),
+            "rate": dg.MetadataValue.float(round(_rate(stats), 6)),
         },
     )
+
+
+def _rate(stats: ParseStats) -> float:
+    return stats.parse_failures / max(stats.lines, 1)
 
 
 def _sequence_events(spec: SourceSpec, raw_logs: pa.Table, sources: LogSources):
@@ -161,11 +199,13 @@ def _sequence_events(spec: SourceSpec, raw_logs: pa.Table, sources: LogSources):
     group_name="ingest",
     code_version="1",
     kinds={"parquet"},
-    ins={"parsed_logs": columns_of("line_number", "template_id", "template")},
+    ins={"parsed_logs": streamed()},
 )
-def log_templates(context: dg.AssetExecutionContext, parsed_logs: pd.DataFrame) -> pd.DataFrame:
+def log_templates(context: dg.AssetExecutionContext, parsed_logs: StoredTable) -> pd.DataFrame:
     """The template vocabulary of a log source with each template's count and first and last line."""
-    vocab = template_vocabulary(parsed_logs)
+    vocab = template_vocabulary_of_batches(
+        parsed_logs.batches(["line_number", "template_id", "template"])
+    )
     context.add_output_metadata(
         {
             "templates": len(vocab),

@@ -19,11 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from logfit_dagster.core.errors import LogInputError
 from logfit_dagster.core.parsing import column_name
 from logfit_dagster.core.registry import GroundTruthSpec
+from logfit_dagster.core.tables import StoredTable, TableStream
 
 LINE_COLUMNS = ["line_number", "label", "detail"]
 SESSION_COLUMNS = ["session_id", "label", "detail"]
@@ -100,6 +104,36 @@ def line_labels_from_sessions(session_labels: pd.DataFrame, keys: pd.DataFrame) 
     )
 
 
+def _truth_path(spec: GroundTruthSpec, base_dir: Path | None) -> Path | None:
+    path = Path(spec.path) if spec.path else None
+    if path is not None and not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return path
+
+
+def listed_session_labels(
+    spec: GroundTruthSpec, path: Path | None, seen: pd.Series
+) -> pd.DataFrame:
+    """The labels of the sessions ``seen`` from a file that lists sessions (``hdfs_blocks``: a
+    label per block; ``instance_list``: the anomalous instances)."""
+    if spec.provider == "hdfs_blocks":
+        known = read_block_labels(path)
+    else:
+        if path is None or not path.is_file():
+            raise LogInputError(f"ground-truth file not found: {path}")
+        ids = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+        known = pd.DataFrame({"session_id": ids, "label": 1})
+    known = known.drop_duplicates("session_id", keep="last")
+    sessions = pd.DataFrame({"session_id": seen.to_numpy()}).merge(
+        known, on="session_id", how="left"
+    )
+    if spec.provider == "instance_list" or spec.unlisted == "normal":
+        sessions["label"] = sessions["label"].fillna(0)
+    sessions["label"] = sessions["label"].astype("Int8")
+    sessions["detail"] = ""
+    return sessions
+
+
 def collect_ground_truth(
     spec: GroundTruthSpec,
     parsed: pd.DataFrame,
@@ -116,9 +150,7 @@ def collect_ground_truth(
         synthetic_labels: the generator's labels file, for the ``synthetic`` provider.
         base_dir: where relative ``ground_truth.path`` values are resolved.
     """
-    path = Path(spec.path) if spec.path else None
-    if path is not None and not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
+    path = _truth_path(spec, base_dir)
     if spec.provider == "none":
         return GroundTruth(
             _empty(LINE_COLUMNS),
@@ -184,20 +216,7 @@ def collect_ground_truth(
             "rules); an event takes the label of its session",
         )
     if spec.provider in ("hdfs_blocks", "instance_list"):
-        if spec.provider == "hdfs_blocks":
-            known = read_block_labels(path)
-        else:
-            if path is None or not path.is_file():
-                raise LogInputError(f"ground-truth file not found: {path}")
-            ids = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-            known = pd.DataFrame({"session_id": ids, "label": 1})
-        known = known.drop_duplicates("session_id", keep="last")
-        seen = pd.DataFrame({"session_id": keys["session_id"].drop_duplicates()})
-        sessions = seen.merge(known, on="session_id", how="left")
-        if spec.provider == "instance_list" or spec.unlisted == "normal":
-            sessions["label"] = sessions["label"].fillna(0)
-        sessions["label"] = sessions["label"].astype("Int8")
-        sessions["detail"] = ""
+        sessions = listed_session_labels(spec, path, keys["session_id"].drop_duplicates())
         lines = line_labels_from_sessions(sessions.dropna(subset=["label"]), keys)
         return GroundTruth(
             lines,
@@ -206,3 +225,213 @@ def collect_ground_truth(
             f"session labels from {path}; a line takes the label of its session(s)",
         )
     raise LogInputError(f"unknown ground-truth provider {spec.provider!r}")
+
+
+# --- the same labels for a source too big to hold whole -----------------------------------------
+
+LINE_SCHEMA = pa.schema(
+    [("line_number", pa.int64()), ("label", pa.int8()), ("detail", pa.string())]
+)
+_UNKNOWN = -1  # no label (for lines: outside every labelled session, or no field value)
+
+
+@dataclass
+class StoredGroundTruth:
+    """Labels of a stored source: the line labels as a stream, the session labels whole (one
+    row per session), and the counts the asset reports."""
+
+    lines: TableStream
+    sessions: pd.DataFrame
+    provider: str
+    note: str
+    labelled_lines: int = 0
+    anomalous_lines: int = 0
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.labelled_lines or self.sessions["label"].notna().any())
+
+
+def collect_stored_ground_truth(
+    spec: GroundTruthSpec,
+    parsed: StoredTable,
+    sessions: StoredTable,
+    synthetic_labels: Path | None = None,
+    base_dir: Path | None = None,
+) -> StoredGroundTruth:
+    """``collect_ground_truth`` over stored tables, reading only what the provider needs.
+
+    Session-file providers (``hdfs_blocks``, ``instance_list``) and ``alert_field`` keep one
+    small integer per line and go through the sessions in batches, so HDFS_v1's 11M lines and
+    575k blocks never become a frame of (line, session) pairs; ``none`` reads nothing. The
+    ``synthetic`` and ``sequence_labels`` providers (generated and pre-parsed sources, which are
+    built whole anyway) use ``collect_ground_truth``.
+    """
+    if spec.provider in ("hdfs_blocks", "instance_list"):
+        path = _truth_path(spec, base_dir)
+        seen = pd.Series(sessions.read(["session_id"]).column("session_id").to_pylist())
+        groups = listed_session_labels(spec, path, seen)
+        note = f"session labels from {path}; a line takes the label of its session(s)"
+        truth = GroundTruth(_empty(LINE_COLUMNS), groups, spec.provider, note)
+        known = groups.dropna(subset=["label"])
+        label_of = dict(zip(known["session_id"], known["label"].astype("int8"), strict=True))
+        lines = np.full(_max_line(parsed) + 1, _UNKNOWN, dtype=np.int8)
+        for batch in sessions.batches(["session_id", "line_numbers"]):
+            labels = np.array(
+                [label_of.get(s, _UNKNOWN) for s in batch.column("session_id").to_pylist()],
+                dtype=np.int8,
+            )
+            flat, owner = _flatten(batch.column("line_numbers"))
+            np.maximum.at(lines, flat, labels[owner])
+        return _stored(truth, lines, detail_of=None)
+    if spec.provider == "alert_field":
+        name = column_name(spec.field)
+        if name not in parsed.column_names:
+            raise LogInputError(f"ground truth field {spec.field!r} is not a column of this format")
+        lines = np.full(_max_line(parsed) + 1, _UNKNOWN, dtype=np.int8)
+        details: dict[str, int] = {"": 0}
+        detail = np.zeros(len(lines), dtype=np.int32)
+        for batch in parsed.batches(["line_number", name]):
+            number = batch.column("line_number").to_numpy()
+            values = pc.cast(batch.column(name), pa.string())
+            valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+            alert = pc.and_(pc.is_valid(values), pc.not_equal(values, spec.normal_value))
+            alert = pc.fill_null(alert, False).to_numpy(zero_copy_only=False)
+            lines[number[valid]] = alert[valid].astype(np.int8)
+            for row in np.flatnonzero(alert):
+                detail[number[row]] = details.setdefault(values[int(row)].as_py(), len(details))
+        words = list(details)
+        groups = _session_labels(sessions, lines, detail, words)
+        note = f"field {spec.field!r}: {spec.normal_value!r} = normal, else alert"
+        truth = GroundTruth(_empty(LINE_COLUMNS), groups, "alert_field", note)
+        return _stored(truth, lines, detail_of=(detail, words), keep_unknown=parsed)
+    if spec.provider == "none":
+        frame = pd.DataFrame()
+    elif spec.provider == "sequence_labels":
+        wanted = [c for c in ("session", "label", "source_file") if c in parsed.column_names]
+        frame = parsed.read(["line_number", *wanted]).to_pandas()
+    else:
+        frame = parsed.read(["line_number"]).to_pandas()
+    truth = collect_ground_truth(
+        spec,
+        frame,
+        _keys(sessions) if spec.provider != "none" else None,
+        synthetic_labels,
+        base_dir,
+    )
+    table = pa.Table.from_pandas(
+        truth.lines[LINE_COLUMNS], schema=LINE_SCHEMA, preserve_index=False
+    )
+    return StoredGroundTruth(
+        TableStream([table], LINE_SCHEMA),
+        truth.sessions,
+        truth.provider,
+        truth.note,
+        labelled_lines=int(truth.lines["label"].notna().sum()),
+        anomalous_lines=int((truth.lines["label"] == 1).sum()),
+    )
+
+
+def _max_line(parsed: StoredTable) -> int:
+    top = 0
+    for batch in parsed.batches(["line_number"]):
+        top = max(top, int(pc.max(batch.column("line_number")).as_py() or 0))
+    return top
+
+
+def _flatten(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The values of a list column, and the row each came from."""
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    owner = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    return flat, owner
+
+
+def _keys(sessions: StoredTable) -> pd.DataFrame:
+    """The (line_number, session_id) pairs of small sources, as ``collect_ground_truth`` takes."""
+    table = sessions.read(["session_id", "line_numbers"])
+    flat, owner = _flatten(table.column("line_numbers"))
+    ids = table.column("session_id").to_numpy()
+    return pd.DataFrame({"line_number": flat, "session_id": ids[owner]}).astype(
+        {"line_number": "int64"}
+    )
+
+
+def _session_labels(
+    sessions: StoredTable, lines: np.ndarray, detail: np.ndarray, words: list[str]
+) -> pd.DataFrame:
+    """``session_labels_from_lines`` from per-line arrays: anomalous if any line is, normal only
+    if every line is known normal, details the sorted distinct alerts of its lines."""
+    parts = []
+    for batch in sessions.batches(["session_id", "line_numbers"]):
+        flat, owner = _flatten(batch.column("line_numbers"))
+        n = batch.num_rows
+        label = np.full(n, _UNKNOWN, dtype=np.int8)
+        np.maximum.at(label, owner, lines[flat])
+        unknown = np.zeros(n, dtype=bool)
+        np.logical_or.at(unknown, owner, lines[flat] == _UNKNOWN)
+        text = [""] * n
+        alerts = np.flatnonzero(detail[flat])
+        found: dict[int, set] = {}
+        for i in alerts:
+            found.setdefault(int(owner[i]), set()).add(words[detail[flat[i]]])
+        for row, values in found.items():
+            text[row] = ",".join(sorted(values))
+        frame = pd.DataFrame(
+            {
+                "session_id": batch.column("session_id").to_pylist(),
+                "label": pd.array(label, dtype="Int8"),
+                "detail": text,
+            }
+        )
+        frame.loc[(label == _UNKNOWN) | ((label == 0) & unknown), "label"] = pd.NA
+        parts.append(frame)
+    if not parts:
+        return _empty(SESSION_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _stored(
+    truth: GroundTruth,
+    lines: np.ndarray,
+    detail_of: tuple[np.ndarray, list[str]] | None,
+    keep_unknown: StoredTable | None = None,
+) -> StoredGroundTruth:
+    """The line labels of the per-line array as a stream: the labelled lines, or (``keep_unknown``)
+    every line of the source, unknown ones without a label."""
+    chunk = 1 << 20
+
+    def batches():
+        if keep_unknown is not None:
+            for batch in keep_unknown.batches(["line_number"]):
+                yield _line_rows(batch.column("line_number").to_numpy(), lines, detail_of)
+            return
+        for start in range(0, len(lines), chunk):
+            part = lines[start : start + chunk]
+            yield _line_rows(np.flatnonzero(part != _UNKNOWN) + start, lines, detail_of)
+
+    return StoredGroundTruth(
+        TableStream(batches(), LINE_SCHEMA),
+        truth.sessions,
+        truth.provider,
+        truth.note,
+        labelled_lines=int((lines != _UNKNOWN).sum()),
+        anomalous_lines=int((lines == 1).sum()),
+    )
+
+
+def _line_rows(numbers: np.ndarray, lines: np.ndarray, detail_of) -> pa.Table:
+    labels = lines[numbers]
+    if detail_of is None:
+        detail = pa.array([""] * len(numbers), pa.string())
+    else:
+        codes, words = detail_of
+        detail = pa.array(np.asarray(words, dtype=object)[codes[numbers]], pa.string())
+    return pa.table(
+        {
+            "line_number": pa.array(numbers, pa.int64()),
+            "label": pa.array(labels, pa.int8(), mask=labels == _UNKNOWN),
+            "detail": detail,
+        },
+        schema=LINE_SCHEMA,
+    )

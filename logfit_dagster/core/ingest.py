@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from logfit_dagster.core.formats import LineFormat
-from logfit_dagster.core.parsing import parse_lines
+from logfit_dagster.core.parsing import LineParser, parse_lines
 from logfit_dagster.core.reading import atomic_path, iter_line_batches
 from logfit_dagster.core.synthetic import SyntheticLog
+from logfit_dagster.core.tables import TableStream, ahead
 from logfit_dagster.core.templates import TemplateMiner
 
 
@@ -30,31 +34,40 @@ class RawStats:
     lines_with_replacements: int = 0
 
 
-def read_raw_logs(paths: Iterable[Path]) -> tuple[pa.Table, RawStats]:
-    """Read a source's files into one table of ``line_number`` (1-based, across files), ``raw``
-    and ``file``.
+# Bytes of log read per batch: what one batch of every streaming step holds, several times over.
+RAW_BATCH_BYTES = 8 << 20
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("line_number", pa.int64()),
+        ("raw", pa.string()),
+        ("file", pa.dictionary(pa.int32(), pa.string())),
+    ]
+)
+
+
+def raw_line_batches(paths: Iterable[Path], stats: RawStats) -> Iterator[pa.Table]:
+    """A source's files as batches of ``line_number`` (1-based, across files), ``raw`` and
+    ``file``; ``stats`` is complete once the batches are.
 
     Raises:
         LogInputError: naming the file that is missing or empty.
     """
-    stats = RawStats()
-    chunks: list[pa.Table] = []
     next_line = 1
     for path in paths:
         stats.files.append(str(path))
-        for batch in iter_line_batches(Path(path)):
+        for batch in iter_line_batches(Path(path), batch_bytes=RAW_BATCH_BYTES):
             raw = batch.lines
             n = len(batch.lines)
-            chunks.append(
-                pa.table(
-                    {
-                        "line_number": pa.array(range(next_line, next_line + n), type=pa.int64()),
-                        "raw": raw,
-                        "file": pa.DictionaryArray.from_arrays(
-                            pa.array([0] * n, type=pa.int32()), pa.array([str(path)])
-                        ),
-                    }
-                )
+            yield pa.table(
+                {
+                    "line_number": pa.array(range(next_line, next_line + n), type=pa.int64()),
+                    "raw": raw,
+                    "file": pa.DictionaryArray.from_arrays(
+                        pa.array(np.zeros(n, dtype=np.int32)), pa.array([str(path)])
+                    ),
+                },
+                schema=RAW_SCHEMA,
             )
             next_line += n
             stats.replaced_bytes += batch.replaced_bytes
@@ -63,17 +76,12 @@ def read_raw_logs(paths: Iterable[Path]) -> tuple[pa.Table, RawStats]:
                     pc.sum(pc.match_substring(raw, "\ufffd")).as_py() or 0
                 )
     stats.lines = next_line - 1
-    table = (
-        pa.concat_tables(chunks)
-        if chunks
-        else pa.table(
-            {
-                "line_number": pa.array([], pa.int64()),
-                "raw": pa.array([], pa.string()),
-                "file": pa.array([], pa.dictionary(pa.int32(), pa.string())),
-            }
-        )
-    )
+
+
+def read_raw_logs(paths: Iterable[Path]) -> tuple[pa.Table, RawStats]:
+    """Read a source's files into one table (see ``raw_line_batches``)."""
+    stats = RawStats()
+    table = TableStream(raw_line_batches(paths, stats), RAW_SCHEMA).read_all()
     return table.combine_chunks(), stats
 
 
@@ -126,6 +134,103 @@ def parse_and_mine(
     return table, stats
 
 
+def parse_and_mine_batches(
+    raw_batches: Iterable[pa.Table],
+    fmt: LineFormat,
+    miner: TemplateMiner,
+    stats: ParseStats,
+    spill_dir: Path,
+) -> Iterator[pa.Table]:
+    """``parse_and_mine`` over a source that comes in batches, with the same output.
+
+    A cluster's template can still change while later batches are mined, so the first pass
+    writes each parsed batch with its template ids to a spill file in ``spill_dir``; the second
+    reads it back and gives every line its cluster's final template. One batch is in memory at a
+    time; ``stats`` is complete before the first batch is given.
+    """
+    parser = LineParser(fmt)
+    seen: set[int] = set()
+
+    def prepare(raw: pa.Table) -> tuple[pa.Table, pa.Table, pa.Array]:
+        parsed = parser.parse(raw.column("raw"))
+        return raw, parsed, miner.mask(parsed.column("content"))
+
+    fd, spill = tempfile.mkstemp(dir=spill_dir, prefix=".parsed-", suffix=".spill")
+    os.close(fd)
+    # Parsing and masking (Arrow kernels, outside the GIL) run a batch or two ahead in threads
+    # while this thread mines in order; a multiline record carries from batch to batch, so
+    # those formats parse one batch at a time.
+    pool = ThreadPoolExecutor(max_workers=1 if fmt.multiline else 2)
+    try:
+        writer = None
+        try:
+            for raw, parsed, masked in ahead(pool, prepare, raw_batches, 2):
+                mined = miner.mine(parsed.column("content"), masked)
+                seen.update(mined.templates)
+                table = parsed.add_column(0, "line_number", raw.column("line_number"))
+                table = table.append_column(
+                    "template_id", pa.array(mined.template_ids, type=pa.int64())
+                )
+                if writer is None:  # an Arrow IPC file: written and read back as it is
+                    writer = pa.ipc.new_file(spill, table.schema)
+                writer.write_table(table)
+                stats.lines += table.num_rows
+                stats.parse_failures += int(
+                    pc.sum(pc.invert(table.column("parse_ok"))).as_py() or 0
+                )
+                if "is_continuation" in table.column_names:
+                    stats.continuation_lines += int(
+                        pc.sum(table.column("is_continuation")).as_py() or 0
+                    )
+                stats.distinct_forms += mined.distinct_forms
+                stats.new_templates += mined.new_clusters
+        finally:
+            if writer is not None:
+                writer.close()
+        stats.templates = len(seen)
+        stats.resumed_templates = miner.resumed_clusters
+        ids = np.asarray(sorted(seen), dtype=np.int64)
+        dictionary = pa.array([miner.template_of(int(c)) for c in ids], pa.string())
+        with pa.OSFile(spill) as handle:
+            reader = pa.ipc.open_file(handle)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                codes = np.searchsorted(ids, batch.column("template_id").to_numpy())
+                yield pa.Table.from_batches([batch]).append_column(
+                    "template",
+                    pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), dictionary),
+                )
+    finally:
+        pool.shutdown(cancel_futures=True)
+        os.unlink(spill)
+
+
+def template_vocabulary_of_batches(batches: Iterable[pa.Table]) -> pd.DataFrame:
+    """``template_vocabulary`` of a source read in batches of ``line_number``, ``template_id``
+    and ``template``: only the per-template counts are held."""
+    parts = []
+    for batch in batches:
+        grouped = batch.select(["template_id", "line_number"]).group_by("template_id")
+        part = grouped.aggregate(
+            [("line_number", "count"), ("line_number", "min"), ("line_number", "max")]
+        ).to_pandas()
+        # every line of a template id carries the same (final) template: any one will do
+        where = pc.index_in(pa.array(part["template_id"]), value_set=batch.column("template_id"))
+        part["template"] = batch.column("template").take(where).cast(pa.string()).to_pandas()
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    grouped = table.groupby("template_id", sort=True)
+    vocab = pd.DataFrame(
+        {
+            "template": grouped["template"].first().astype("string"),
+            "count": grouped["line_number_count"].sum(),
+            "first_line": grouped["line_number_min"].min(),
+            "last_line": grouped["line_number_max"].max(),
+        }
+    ).reset_index()
+    return vocab.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def template_vocabulary(parsed: pd.DataFrame) -> pd.DataFrame:
     """The templates of a parsed source with their counts and first and last line."""
     grouped = parsed.groupby("template_id", sort=True)
@@ -145,44 +250,26 @@ def ingest_file_streaming(
     fmt: LineFormat,
     miner: TemplateMiner,
     out_path: Path,
-    batch_bytes: int = 16 << 20,
     progress: Callable[[int], None] | None = None,
 ) -> ParseStats:
     """Read, parse, mine and write a large file batch by batch, holding one batch in memory.
 
     The parquet file appears at ``out_path`` only when complete.
     """
-    total = ParseStats()
-    writer = None
-    next_line = 1
-    with atomic_path(Path(out_path)) as tmp:
-        try:
-            for batch in iter_line_batches(Path(path), batch_bytes=batch_bytes):
-                n = len(batch.lines)
-                raw = pa.table(
-                    {
-                        "line_number": pa.array(range(next_line, next_line + n), type=pa.int64()),
-                        "raw": batch.lines,
-                    }
-                )
-                next_line += n
-                table, stats = parse_and_mine(raw, fmt, miner)
-                # Template strings can change as a cluster generalises: keep ids per batch and
-                # the final vocabulary in the miner, so batches share one schema.
-                table = table.drop_columns(["template"])
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                total.lines += stats.lines
-                total.parse_failures += stats.parse_failures
-                total.distinct_forms += stats.distinct_forms
-                if progress:
-                    progress(total.lines)
-        finally:
-            if writer is not None:
-                writer.close()
-    total.templates = len(miner.drain.id_to_cluster)
-    return total
+    stats, raw_stats = ParseStats(), RawStats()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def raw() -> Iterator[pa.Table]:
+        done = 0
+        for batch in raw_line_batches([Path(path)], raw_stats):
+            yield batch.drop_columns(["file"])
+            done += batch.num_rows
+            if progress:
+                progress(done)
+
+    TableStream(parse_and_mine_batches(raw(), fmt, miner, stats, out_path.parent)).write(out_path)
+    return stats
 
 
 def write_synthetic(log: SyntheticLog, log_path: Path, labels_path: Path) -> None:

@@ -15,13 +15,19 @@ def column_name(field: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", field).lower()
 
 
-def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
+def parse_lines(
+    lines: pa.Array | pa.ChunkedArray, fmt: LineFormat, previous: dict | None = None
+) -> pa.Table:
     """Split raw lines into header fields and content.
 
     A line that does not match the format is kept: its header fields are null, its content is the
     whole line and ``parse_ok`` is false. For a multiline format, a non-matching line that follows
     a matched record is a continuation (a stack-trace frame, say): it inherits that record's
     header fields and counts as parsed, flagged by ``is_continuation``.
+
+    Args:
+        previous: for a multiline format read in batches, the header fields of the record the
+            batch's first lines may continue (``LineParser`` carries it from batch to batch).
 
     Returns:
         A table with one column per header field (lower-cased), ``content``, ``parse_ok`` and,
@@ -30,6 +36,13 @@ def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
     extracted = _extract(lines, fmt)
+    if fmt.multiline and previous is not None:
+        # the record above the batch, as a first row that is dropped once filled forward
+        head = pa.StructArray.from_arrays(
+            [pa.array([previous.get(f)], pa.string()) for f in fmt.fields], names=list(fmt.fields)
+        )
+        extracted = pa.concat_arrays([head, extracted.cast(head.type)])
+        lines = pa.concat_arrays([pa.array([""], lines.type), lines])
     matched = pc.is_valid(extracted)
     columns: dict[str, pa.Array] = {}
     for field in fmt.fields:
@@ -51,7 +64,24 @@ def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: LineFormat) -> pa.Table:
         columns["is_continuation"] = pc.and_(continuation, has_record)
     else:
         columns["parse_ok"] = matched
-    return pa.table(columns)
+    table = pa.table(columns)
+    return table.slice(1) if fmt.multiline and previous is not None else table
+
+
+class LineParser:
+    """``parse_lines`` over the batches of one source: a multiline record that starts in one
+    batch continues into the next."""
+
+    def __init__(self, fmt: LineFormat):
+        self.fmt = fmt
+        self._previous: dict | None = None
+
+    def parse(self, lines: pa.Array | pa.ChunkedArray) -> pa.Table:
+        table = parse_lines(lines, self.fmt, self._previous)
+        if self.fmt.multiline and table.num_rows and table.column("parse_ok")[-1].as_py():
+            last = table.slice(table.num_rows - 1).to_pylist()[0]
+            self._previous = {f: last[column_name(f)] for f in self.fmt.fields if f != "Content"}
+        return table
 
 
 def _extract(lines: pa.Array, fmt: LineFormat) -> pa.StructArray:

@@ -105,9 +105,15 @@ def profile_for(format_name: str) -> ParserProfile:
     return LOGHUB_PROFILES.get(format_name, ParserProfile())
 
 
+# Masked forms remembered with their cluster, so that a form met again in a later batch is not
+# mined again; beyond this many, a form is simply given to Drain again.
+FORM_CACHE_SIZE = 1_000_000
+
+
 @dataclass
 class MiningResult:
-    """Template ids per line and the template text of every cluster seen in this call."""
+    """Template ids per line, the template text of every cluster seen in this call, and the
+    number of masked forms this miner had not seen before."""
 
     template_ids: np.ndarray
     templates: dict[int, str] = field(default_factory=dict)
@@ -129,6 +135,8 @@ class TemplateMiner:
 
         self.profile = profile
         self.state_path = Path(state_path) if state_path else None
+        # masked form -> cluster id of the forms this miner has seen (bounded)
+        self._cluster_of_form: dict[str, int] = {}
         self.drain = Drain(
             sim_th=profile.sim_th,
             depth=profile.depth,
@@ -172,27 +180,36 @@ class TemplateMiner:
             handle.write(payload)
         os.replace(tmp, self.state_path)
 
-    def mine(self, content: pa.Array | pa.ChunkedArray) -> MiningResult:
+    def mine(
+        self, content: pa.Array | pa.ChunkedArray, masked: pa.Array | None = None
+    ) -> MiningResult:
         """Mask a content column and assign each line a template id.
+
+        Args:
+            masked: ``mask(content)`` when it was computed already (in another thread, say).
 
         Returns:
             A ``MiningResult`` whose ``templates`` holds the final template of every cluster any
             line of this call landed in.
         """
-        # a template is mined from a line's first MAX_TEMPLATE_CHARS characters: a pathological
-        # line (megabytes on one line) costs no more than that; the content itself stays whole
-        content = pc.utf8_slice_codeunits(pc.fill_null(content, ""), 0, MAX_TEMPLATE_CHARS)
-        masked = pc.utf8_slice_codeunits(
-            mask_column(content, self.profile.masks), 0, MAX_TEMPLATE_CHARS
-        )
+        if masked is None:
+            masked = self.mask(content)
         encoded = pc.dictionary_encode(masked)
         distinct = encoded.dictionary.to_pylist()
         before = self.drain.clusters_counter
         cluster_of_form = np.empty(len(distinct), dtype=np.int64)
-        add = self.drain.add_log_message
+        add, known = self.drain.add_log_message, self._cluster_of_form
+        new_forms = 0
         for i, form in enumerate(distinct):
-            cluster, _ = add(form)
-            cluster_of_form[i] = cluster.cluster_id
+            cluster_id = known.get(form)
+            if cluster_id is None:
+                # each form is added once, in order of first appearance, whether the source
+                # comes in one call or in batches: the clusters are the same either way
+                cluster_id = add(form)[0].cluster_id
+                new_forms += 1
+                if len(known) < FORM_CACHE_SIZE:
+                    known[form] = cluster_id
+            cluster_of_form[i] = cluster_id
         indices = encoded.indices.to_numpy(zero_copy_only=False)
         template_ids = cluster_of_form[indices] if len(indices) else np.empty(0, dtype=np.int64)
         templates = {
@@ -203,8 +220,18 @@ class TemplateMiner:
             template_ids=template_ids,
             templates=templates,
             masked=masked,
-            distinct_forms=len(distinct),
+            distinct_forms=new_forms,
             new_clusters=self.drain.clusters_counter - before,
+        )
+
+    def mask(self, content: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The masked form of each line: what Drain sees. It reads no state of the miner, so
+        batches can be masked in parallel while earlier ones are mined."""
+        # a template is mined from a line's first MAX_TEMPLATE_CHARS characters: a pathological
+        # line (megabytes on one line) costs no more than that; the content itself stays whole
+        content = pc.utf8_slice_codeunits(pc.fill_null(content, ""), 0, MAX_TEMPLATE_CHARS)
+        return pc.utf8_slice_codeunits(
+            mask_column(content, self.profile.masks), 0, MAX_TEMPLATE_CHARS
         )
 
     def template_of(self, cluster_id: int) -> str:

@@ -14,15 +14,20 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from logfit_dagster.core.reading import write_parquet_atomic
+from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.paths import data_dir
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores DataFrames and Arrow tables as parquet, one file per asset partition.
 
-    An output that is a dict of frames becomes a folder with one parquet file per key. Outputs
-    are written beside their target and renamed into place, so a failed step never leaves a
-    half-written file where a good one was.
+    An output that is a dict of frames becomes a folder with one parquet file per key. A
+    ``TableStream`` (alone or in such a dict) is written one row group at a time as it is
+    produced, so a source never has to fit in memory; its late metadata joins the output's.
+    Outputs are written beside their target and renamed into place, so a failed step never
+    leaves a half-written file where a good one was.
+
+    An input marked ``format: stream`` (``streamed()``) is a ``StoredTable`` to read in batches.
     """
 
     base_dir: str = Field(
@@ -58,7 +63,11 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         target = self._path(context)
         self._write(target, obj)
         path = target if isinstance(obj, dict) else target.with_suffix(".parquet")
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        late = {}
+        for stream in obj.values() if isinstance(obj, dict) else [obj]:
+            if isinstance(stream, TableStream):
+                late.update(stream.metadata())
+        context.add_output_metadata({**late, "path": dg.MetadataValue.path(str(path))})
 
     def _write_partitions(self, context: dg.OutputContext, obj) -> None:
         """A step over several partitions (a single-run backfill) returns a dict by partition."""
@@ -80,6 +89,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, dict):
             self._write_bundle(target, obj)
             return
+        if isinstance(obj, TableStream):
+            obj.write(target.with_suffix(".parquet"))
+            return
         table = (
             obj if isinstance(obj, pa.Table) else pa.Table.from_pandas(obj, preserve_index=False)
         )
@@ -90,6 +102,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
             for name, frame in frames.items():
+                if isinstance(frame, TableStream):
+                    frame.write(staging / f"{name}.parquet")
+                    continue
                 table = (
                     frame
                     if isinstance(frame, pa.Table)
@@ -114,7 +129,11 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             return self._load_partitions(context)
         target = self._path(context)
         if target.is_dir():
-            return {p.stem: pd.read_parquet(p) for p in sorted(target.glob("*.parquet"))}
+            streamed = (context.definition_metadata or {}).get("format") == "stream"
+            return {
+                p.stem: StoredTable(p) if streamed else pd.read_parquet(p)
+                for p in sorted(target.glob("*.parquet"))
+            }
         path = target.with_suffix(".parquet")
         if not path.exists():
             raise dg.Failure(
@@ -146,6 +165,8 @@ def _read(path: Path, context: dg.InputContext):
     metadata names (``dg.AssetIn(metadata={"columns": [...]})``): a reader that needs two
     columns of a million-line table does not load its text."""
     columns = (context.definition_metadata or {}).get("columns")
+    if (context.definition_metadata or {}).get("format") == "stream":
+        return StoredTable(path)
     if _wants_arrow(context):
         return pq.read_table(path, columns=columns)
     return pd.read_parquet(path, columns=columns)
