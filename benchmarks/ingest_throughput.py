@@ -98,15 +98,16 @@ def _measure(kind: str, path: Path) -> dict:
     return result
 
 
-def _assets_child(log: str, work: str) -> None:
-    """Run the ingest job of a files source over ``log``; print wall time and peak RSS."""
+def _assets_child(log: str, work: str, labels: str) -> None:
+    """Run the ingest job of a files source over ``log``, its blocks labelled by ``labels``;
+    print wall time and peak RSS."""
     import resource
 
     work_dir = Path(work)
     registry = work_dir / "sources.yaml"
     registry.write_text(
         f"sources:\n  - {{name: big, origin: files, path: {log}, format: HDFS,"
-        " session: {by: block_id}}\n"
+        f" session: {{by: block_id}}, ground_truth: {{provider: hdfs_blocks, path: {labels}}}}}\n"
     )
     env = {
         **__import__("os").environ,
@@ -125,14 +126,30 @@ def _assets_child(log: str, work: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 
 
-def write_big_hdfs(path: Path, size: int, chunk: int = 1_000_000) -> None:
+def write_big_hdfs(path: Path, size: int, chunk: int = 1_000_000) -> Path:
     """A synthetic HDFS log of ``size`` lines, generated a million lines at a time (each with its
-    own seed, so the blocks of one chunk are not those of another) and appended to ``path``."""
+    own seed, so the blocks of one chunk are not those of another) and appended to ``path``;
+    beside it, HDFS_v1's ``anomaly_label.csv`` layout with a label for every block (a block is
+    anomalous when one of its lines is). Returns the label file."""
+    import re
+
     from logfit_dagster.core.synthetic import generate
 
-    with open(path, "w", encoding="utf-8") as handle:
+    labels = path.with_name(path.stem + "_anomaly_label.csv")
+    block = re.compile(r"blk_-?\d+")
+    with open(path, "w", encoding="utf-8") as log, open(labels, "w", encoding="utf-8") as out:
+        out.write("BlockId,Label\n")
         for seed, start in enumerate(range(0, size, chunk), start=1):
-            handle.write("\n".join(generate("hdfs", min(chunk, size - start), seed).lines) + "\n")
+            part = generate("hdfs", min(chunk, size - start), seed)
+            log.write("\n".join(part.lines) + "\n")
+            anomalous: dict[str, bool] = {}
+            for line, label in zip(part.lines, part.line_labels, strict=True):
+                for found in block.findall(line):
+                    anomalous[found] = anomalous.get(found, False) or label == 1
+            out.writelines(
+                f"{b},{'Anomaly' if bad else 'Normal'}\n" for b, bad in anomalous.items()
+            )
+    return labels
 
 
 def _step_seconds(home: Path) -> dict:
@@ -150,11 +167,11 @@ def through_assets(sizes: list[int], work: Path) -> list[dict]:
     rows = []
     for size in sizes:
         log = work / f"synth_{size}.log"
-        write_big_hdfs(log, size)
+        labels = write_big_hdfs(log, size)
         run_dir = work / f"run_{size}"
         run_dir.mkdir()
         out = subprocess.run(
-            [sys.executable, __file__, "--assets-child", str(log), str(run_dir)],
+            [sys.executable, __file__, "--assets-child", str(log), str(run_dir), str(labels)],
             capture_output=True,
             text=True,
             check=True,
@@ -171,7 +188,9 @@ def through_assets(sizes: list[int], work: Path) -> list[dict]:
             }
         )
         print(rows[-1], flush=True)
+        rows[-1]["blocks"] = sum(1 for _ in open(labels)) - 1
         log.unlink()
+        labels.unlink()
         shutil.rmtree(run_dir)
     return rows
 
@@ -219,7 +238,8 @@ def main() -> None:
         "(masking included, no parsing or writing).\n\n"
         + pd.DataFrame(rows).to_markdown(index=False)
         + "\n\n## Through the assets: `logfit materialize big --job ingest_job`, both cores\n\n"
-        "A `files` source of synthetic HDFS lines, sessions by block id; wall time of the "
+        "A `files` source of synthetic HDFS lines, sessions by block id, every block labelled "
+        "in an `anomaly_label.csv` (ground truth `hdfs_blocks`, as HDFS_v1); wall time of the "
         "command, the peak RSS of its largest process, and each step's seconds. The assets "
         "stream: raw_logs, parsed_logs, sessions and ground_truth_labels are written row group "
         "by row group, and sessions are grouped in hash buckets merged in order.\n\n"
@@ -235,6 +255,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--assets-child":
-        _assets_child(sys.argv[2], sys.argv[3])
+        _assets_child(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         main()

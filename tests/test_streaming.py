@@ -292,3 +292,21 @@ def test_a_source_that_breaks_midway_writes_nothing_and_names_its_file(workdir):
     assert "app.log.gz: cannot be read as gzip" in str(failure.event_specific_data.error)
     stored = workdir / "data" / "assets"
     assert not list(stored.rglob("*")) or not any(p.is_file() for p in stored.rglob("*"))
+
+
+def test_spill_folders_of_killed_processes_are_removed_by_the_next_step(tmp_path):
+    import subprocess
+    import sys
+
+    from logfit_dagster.core.tables import spill_folder
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / f".spill-{gone.pid}-abc"  # what a kill -9 mid-step leaves
+    left.mkdir()
+    (left / "pairs-0.arrow").write_bytes(b"x" * 100)
+    with spill_folder(tmp_path) as folder:
+        assert not left.exists()
+        assert folder.parent == tmp_path and folder.name.startswith(".spill-")
+        (folder / "spill").write_bytes(b"y")
+    assert list(tmp_path.iterdir()) == []

@@ -90,6 +90,11 @@ def columns_of(*columns: str, **asset_in) -> dg.AssetIn:
     return dg.AssetIn(metadata={"columns": list(columns)}, **asset_in)
 
 
+def parts_of(*parts: str, **asset_in) -> dg.AssetIn:
+    """An input of a folder output (a dict of tables) that loads only these of its tables."""
+    return dg.AssetIn(metadata={"parts": list(parts)}, **asset_in)
+
+
 def streamed(**asset_in) -> dg.AssetIn:
     """An input read as a ``StoredTable``, batch by batch, never whole."""
     return dg.AssetIn(metadata={"format": "stream"}, **asset_in)

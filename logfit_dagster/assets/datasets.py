@@ -7,6 +7,7 @@ from pydantic import Field
 from logfit_dagster.assets._common import (
     bad_input_fails_partition,
     columns_of,
+    parts_of,
     preview,
     streamed,
 )
@@ -131,7 +132,11 @@ class SplitConfig(dg.Config):
     group_name="datasets",
     code_version="1",
     kinds={"parquet"},
-    ins={"sessions": columns_of("session_id", "first_line")},
+    ins={
+        "sessions": columns_of("session_id", "first_line"),
+        # the session labels only: the line labels of a big source are millions of rows
+        "ground_truth_labels": parts_of("sessions"),
+    },
     check_specs=[
         dg.AssetCheckSpec(
             "sessions_in_one_split",

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, preview
+from logfit_dagster.assets._common import on_new_data, parts_of, preview
 from logfit_dagster.assets.labels import LLM_API_POOL
 from logfit_dagster.core.llm_sessions import (
     PROMPT_VERSION,
@@ -50,6 +50,7 @@ class ExamplesConfig(dg.Config):
     code_version="1",
     automation_condition=on_new_data(),
     kinds={"parquet", "openai"},
+    ins={"ground_truth_labels": parts_of("sessions")},
     check_specs=[
         dg.AssetCheckSpec(
             "no_test_session_in_training_files",

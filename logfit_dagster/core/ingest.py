@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from logfit_dagster.core.formats import LineFormat
 from logfit_dagster.core.parsing import LineParser, parse_lines
 from logfit_dagster.core.reading import atomic_path, iter_line_batches
 from logfit_dagster.core.synthetic import SyntheticLog
-from logfit_dagster.core.tables import TableStream, ahead
+from logfit_dagster.core.tables import TableStream, ahead, spill_folder
 from logfit_dagster.core.templates import TemplateMiner
 
 
@@ -155,54 +153,55 @@ def parse_and_mine_batches(
         parsed = parser.parse(raw.column("raw"))
         return raw, parsed, miner.mask(parsed.column("content"))
 
-    fd, spill = tempfile.mkstemp(dir=spill_dir, prefix=".parsed-", suffix=".spill")
-    os.close(fd)
     # Parsing and masking (Arrow kernels, outside the GIL) run a batch or two ahead in threads
     # while this thread mines in order; a multiline record carries from batch to batch, so
     # those formats parse one batch at a time.
     pool = ThreadPoolExecutor(max_workers=1 if fmt.multiline else 2)
-    try:
-        writer = None
+    with spill_folder(spill_dir) as folder:
+        spill = str(folder / "parsed.arrow")
         try:
-            for raw, parsed, masked in ahead(pool, prepare, raw_batches, 2):
-                mined = miner.mine(parsed.column("content"), masked)
-                seen.update(mined.templates)
-                table = parsed.add_column(0, "line_number", raw.column("line_number"))
-                table = table.append_column(
-                    "template_id", pa.array(mined.template_ids, type=pa.int64())
-                )
-                if writer is None:  # an Arrow IPC file: written and read back as it is
-                    writer = pa.ipc.new_file(spill, table.schema)
-                writer.write_table(table)
-                stats.lines += table.num_rows
-                stats.parse_failures += int(
-                    pc.sum(pc.invert(table.column("parse_ok"))).as_py() or 0
-                )
-                if "is_continuation" in table.column_names:
-                    stats.continuation_lines += int(
-                        pc.sum(table.column("is_continuation")).as_py() or 0
+            writer = None
+            try:
+                for raw, parsed, masked in ahead(pool, prepare, raw_batches, 2):
+                    mined = miner.mine(parsed.column("content"), masked)
+                    seen.update(mined.templates)
+                    table = parsed.add_column(0, "line_number", raw.column("line_number"))
+                    table = table.append_column(
+                        "template_id", pa.array(mined.template_ids, type=pa.int64())
                     )
-                stats.distinct_forms += mined.distinct_forms
-                stats.new_templates += mined.new_clusters
+                    if writer is None:  # an Arrow IPC file: written and read back as it is
+                        writer = pa.ipc.new_file(spill, table.schema)
+                    writer.write_table(table)
+                    stats.lines += table.num_rows
+                    stats.parse_failures += int(
+                        pc.sum(pc.invert(table.column("parse_ok"))).as_py() or 0
+                    )
+                    if "is_continuation" in table.column_names:
+                        stats.continuation_lines += int(
+                            pc.sum(table.column("is_continuation")).as_py() or 0
+                        )
+                    stats.distinct_forms += mined.distinct_forms
+                    stats.new_templates += mined.new_clusters
+            finally:
+                if writer is not None:
+                    writer.close()
+            stats.templates = len(seen)
+            stats.resumed_templates = miner.resumed_clusters
+            ids = np.asarray(sorted(seen), dtype=np.int64)
+            dictionary = pa.array([miner.template_of(int(c)) for c in ids], pa.string())
+            with pa.OSFile(spill) as handle:
+                reader = pa.ipc.open_file(handle)
+                for i in range(reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    codes = np.searchsorted(ids, batch.column("template_id").to_numpy())
+                    yield pa.Table.from_batches([batch]).append_column(
+                        "template",
+                        pa.DictionaryArray.from_arrays(
+                            pa.array(codes.astype(np.int32)), dictionary
+                        ),
+                    )
         finally:
-            if writer is not None:
-                writer.close()
-        stats.templates = len(seen)
-        stats.resumed_templates = miner.resumed_clusters
-        ids = np.asarray(sorted(seen), dtype=np.int64)
-        dictionary = pa.array([miner.template_of(int(c)) for c in ids], pa.string())
-        with pa.OSFile(spill) as handle:
-            reader = pa.ipc.open_file(handle)
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                codes = np.searchsorted(ids, batch.column("template_id").to_numpy())
-                yield pa.Table.from_batches([batch]).append_column(
-                    "template",
-                    pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), dictionary),
-                )
-    finally:
-        pool.shutdown(cancel_futures=True)
-        os.unlink(spill)
+            pool.shutdown(cancel_futures=True)
 
 
 def template_vocabulary_of_batches(batches: Iterable[pa.Table]) -> pd.DataFrame:

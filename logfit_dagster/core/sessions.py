@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from logfit_dagster.core.errors import LogfitError
 from logfit_dagster.core.formats import get_line_format
 from logfit_dagster.core.parsing import column_name
 from logfit_dagster.core.registry import SessionSpec
-from logfit_dagster.core.tables import StoredTable, ahead
+from logfit_dagster.core.tables import StoredTable, ahead, spill_folder
 
 BLOCK_ID_PATTERN = r"(blk_-?\d+)"
 INSTANCE_ID_PATTERN = (
@@ -226,8 +225,7 @@ def sessions_of_batches(
         wanted += [c for c in clock.columns if c not in wanted]
     buckets = max(1, -(-parsed.num_rows // bucket_pairs))
     codes: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(dir=spill_dir, prefix=".sessions-") as folder:
-        folder = Path(folder)
+    with spill_folder(spill_dir) as folder:
         # spills are Arrow IPC files: written and read back as they are, no encoding
         spills = [folder / f"pairs-{b}.arrow" for b in range(buckets)]
         writers: list = [None] * buckets

@@ -9,9 +9,13 @@ columns it asks for.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -131,3 +135,33 @@ def ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, depth: int)
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+@contextmanager
+def spill_folder(parent: Path) -> Iterator[Path]:
+    """A private folder under ``parent`` for a step's spill files, removed when the step ends.
+
+    Folders left by a process that was killed (its id no longer runs) are removed first, so a
+    ``kill -9`` mid-step leaves nothing behind for long.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(".spill-*"):
+        owner = old.name.split("-")[1]
+        if owner.isdigit() and not _running(int(owner)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".spill-{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

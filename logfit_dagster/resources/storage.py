@@ -27,7 +27,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     Outputs are written beside their target and renamed into place, so a failed step never
     leaves a half-written file where a good one was.
 
-    An input marked ``format: stream`` (``streamed()``) is a ``StoredTable`` to read in batches.
+    An input marked ``format: stream`` (``streamed()``) is a ``StoredTable`` to read in batches;
+    one marked ``parts`` (``parts_of()``) loads only those files of a folder output.
     """
 
     base_dir: str = Field(
@@ -129,10 +130,12 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             return self._load_partitions(context)
         target = self._path(context)
         if target.is_dir():
-            streamed = (context.definition_metadata or {}).get("format") == "stream"
+            metadata = context.definition_metadata or {}
+            streamed, parts = metadata.get("format") == "stream", metadata.get("parts")
             return {
                 p.stem: StoredTable(p) if streamed else pd.read_parquet(p)
                 for p in sorted(target.glob("*.parquet"))
+                if parts is None or p.stem in parts
             }
         path = target.with_suffix(".parquet")
         if not path.exists():
