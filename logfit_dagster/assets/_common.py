@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 
 from logfit_dagster.core.errors import LogfitError
+from logfit_dagster.core.tables import TableStream
 
 
 @contextmanager
@@ -88,6 +90,32 @@ def on_new_data() -> dg.AutomationCondition:
 def columns_of(*columns: str, **asset_in) -> dg.AssetIn:
     """An input read with only these columns (the IO manager honours ``columns`` metadata)."""
     return dg.AssetIn(metadata={"columns": list(columns)}, **asset_in)
+
+
+def output_stream(
+    batches: Iterable[pa.Table],
+    counts: Callable[[pd.DataFrame | None], dict],
+    schema: pa.Schema | None = None,
+    done: Callable[[], None] | None = None,
+) -> TableStream:
+    """An asset's output as a stream of ``batches`` that the IO manager writes as they come.
+
+    A bad-input error mid-stream fails the step with its words; the first rows are kept (a copy:
+    a slice would keep its whole batch) and handed to ``counts``, whose metadata joins the
+    output's once the stream is written; ``done`` runs after the last batch.
+    """
+    head: list[pd.DataFrame] = []
+
+    def produce() -> Iterator[pa.Table]:
+        with bad_input_fails_partition():
+            for batch in batches:
+                if not head:
+                    head.append(batch.slice(0, 8).to_pandas())
+                yield batch
+            if done is not None:
+                done()
+
+    return TableStream(produce(), schema, lambda: counts(head[0] if head else None))
 
 
 def parts_of(*parts: str, **asset_in) -> dg.AssetIn:

@@ -7,6 +7,7 @@ from pydantic import Field
 from logfit_dagster.assets._common import (
     bad_input_fails_partition,
     columns_of,
+    output_stream,
     parts_of,
     preview,
     streamed,
@@ -14,7 +15,7 @@ from logfit_dagster.assets._common import (
 from logfit_dagster.core.ground_truth import collect_stored_ground_truth
 from logfit_dagster.core.sessions import SESSION_SCHEMA, SessionStats, sessions_of_batches
 from logfit_dagster.core.splits import split_sessions
-from logfit_dagster.core.tables import StoredTable, TableStream
+from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 
@@ -37,21 +38,9 @@ def sessions(
     with bad_input_fails_partition():
         spec = sources.get(context.partition_key)
     stats = SessionStats()
-    head: list = []
 
-    def batches():
-        with bad_input_fails_partition():
-            for batch in sessions_of_batches(
-                parsed_logs, spec.session, spec.format, stats, parsed_logs.path.parent
-            ):
-                if not head:
-                    head.append(
-                        batch.slice(0, 8).to_pandas()
-                    )  # a copy: a slice would keep the batch
-                yield batch
-
-    def counts() -> dict:
-        frame = head[0] if head else pd.DataFrame(columns=SESSION_SCHEMA.names)
+    def counts(head: pd.DataFrame | None) -> dict:
+        frame = head if head is not None else pd.DataFrame(columns=SESSION_SCHEMA.names)
         return {
             "sessions": stats.sessions,
             "lines_in_sessions": stats.lines_in_sessions,
@@ -64,8 +53,11 @@ def sessions(
             ),
         }
 
+    batches = sessions_of_batches(
+        parsed_logs, spec.session, spec.format, stats, parsed_logs.path.parent
+    )
     return dg.Output(
-        TableStream(batches(), SESSION_SCHEMA, counts),
+        output_stream(batches, counts, SESSION_SCHEMA),
         metadata={"session_key": spec.session.by},
     )
 

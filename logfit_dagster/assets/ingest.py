@@ -6,7 +6,12 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from logfit_dagster.assets._common import bad_input_fails_partition, preview, streamed
+from logfit_dagster.assets._common import (
+    bad_input_fails_partition,
+    output_stream,
+    preview,
+    streamed,
+)
 from logfit_dagster.core.download import ProgressLog
 from logfit_dagster.core.formats import get_line_format
 from logfit_dagster.core.ingest import (
@@ -19,7 +24,7 @@ from logfit_dagster.core.ingest import (
 )
 from logfit_dagster.core.registry import SourceSpec
 from logfit_dagster.core.sequences import expand_sequences, read_templates
-from logfit_dagster.core.tables import StoredTable, TableStream
+from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.core.templates import TemplateMiner, profile_for
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
@@ -50,18 +55,8 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Outpu
         templates = sources.templates_file(spec)
         fingerprint = sources.fingerprint(spec, files + ([templates] if templates else []))
     stats = RawStats()
-    head: list[pd.DataFrame] = []
 
-    def batches():
-        with bad_input_fails_partition():
-            for batch in raw_line_batches(files, stats):
-                if not head:
-                    head.append(
-                        batch.slice(0, 8).to_pandas()
-                    )  # a copy: a slice would keep the batch
-                yield batch
-
-    def counts() -> dict:
+    def counts(head: pd.DataFrame) -> dict:
         if stats.replaced_bytes:
             context.log.warning(
                 f"{stats.replaced_bytes} byte(s) that are not UTF-8, on "
@@ -71,11 +66,11 @@ def raw_logs(context: dg.AssetExecutionContext, sources: LogSources) -> dg.Outpu
             "lines": stats.lines,
             "replaced_bytes": dg.MetadataValue.int(stats.replaced_bytes),
             "lines_with_replaced_bytes": stats.lines_with_replacements,
-            "preview": preview(head[0][["line_number", "raw"]]),
+            "preview": preview(head[["line_number", "raw"]]),
         }
 
     return dg.Output(
-        TableStream(batches(), RAW_SCHEMA, counts),
+        output_stream(raw_line_batches(files, stats), counts, RAW_SCHEMA),
         data_version=dg.DataVersion(fingerprint),
         metadata={
             "origin": spec.origin,
@@ -113,21 +108,8 @@ def parsed_logs(context: dg.AssetExecutionContext, raw_logs: StoredTable, source
         fmt = get_line_format(spec.format, spec.multiline)
         miner = TemplateMiner(profile_for(spec.format), sources.miner_state_path(spec.name))
     stats = ParseStats()
-    head: list[pd.DataFrame] = []
 
-    def batches():
-        with bad_input_fails_partition():
-            for batch in parse_and_mine_batches(
-                raw_logs.batches(["line_number", "raw"]), fmt, miner, stats, raw_logs.path.parent
-            ):
-                if not head:
-                    head.append(
-                        batch.slice(0, 8).to_pandas()
-                    )  # a copy: a slice would keep the batch
-                yield batch
-            miner.save()
-
-    def counts() -> dict:
+    def counts(head: pd.DataFrame) -> dict:
         return {
             "lines": stats.lines,
             "parse_failures": stats.parse_failures,
@@ -137,10 +119,15 @@ def parsed_logs(context: dg.AssetExecutionContext, raw_logs: StoredTable, source
             "new_templates": stats.new_templates,
             "templates_resumed_from_state": stats.resumed_templates,
             "distinct_masked_forms": stats.distinct_forms,
-            "preview": preview(head[0][["line_number", "content", "template_id", "template"]]),
+            "preview": preview(head[["line_number", "content", "template_id", "template"]]),
         }
 
-    yield dg.Output(TableStream(batches(), metadata=counts), metadata={"format": spec.format})
+    batches = parse_and_mine_batches(
+        raw_logs.batches(["line_number", "raw"]), fmt, miner, stats, raw_logs.path.parent
+    )
+    yield dg.Output(
+        output_stream(batches, counts, done=miner.save), metadata={"format": spec.format}
+    )
     # the stream is written by now: its counts are complete
     yield dg.AssetCheckResult(
         check_name="parse_failure_rate",

@@ -205,8 +205,8 @@ def parse_and_mine_batches(
 
 
 def template_vocabulary_of_batches(batches: Iterable[pa.Table]) -> pd.DataFrame:
-    """``template_vocabulary`` of a source read in batches of ``line_number``, ``template_id``
-    and ``template``: only the per-template counts are held."""
+    """The templates of a parsed source with their counts and first and last line, from batches
+    of ``line_number``, ``template_id`` and ``template``: only per-template counts are held."""
     parts = []
     for batch in batches:
         grouped = batch.select(["template_id", "line_number"]).group_by("template_id")
@@ -225,20 +225,6 @@ def template_vocabulary_of_batches(batches: Iterable[pa.Table]) -> pd.DataFrame:
             "count": grouped["line_number_count"].sum(),
             "first_line": grouped["line_number_min"].min(),
             "last_line": grouped["line_number_max"].max(),
-        }
-    ).reset_index()
-    return vocab.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def template_vocabulary(parsed: pd.DataFrame) -> pd.DataFrame:
-    """The templates of a parsed source with their counts and first and last line."""
-    grouped = parsed.groupby("template_id", sort=True)
-    vocab = pd.DataFrame(
-        {
-            "template": grouped["template"].first().astype("string"),
-            "count": grouped["line_number"].size(),
-            "first_line": grouped["line_number"].min(),
-            "last_line": grouped["line_number"].max(),
         }
     ).reset_index()
     return vocab.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
