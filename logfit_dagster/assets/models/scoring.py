@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from logfit_dagster.assets._common import on_new_data, preview
+from logfit_dagster.assets._common import on_new_data, preview, streamed
 from logfit_dagster.assets.models._shared import line_champion_path
 from logfit_dagster.core.errors import ModelFileError
+from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
 
 # A single-run backfill is what this asset needs; Dagster marks the parameter beta and would
@@ -25,7 +26,7 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of functi
     automation_condition=on_new_data(),
     kinds={"parquet"},
     deps=["look_skip_champion"],
-    ins={"raw_logs": dg.AssetIn(dagster_type=dg.Any, metadata={"format": "arrow"})},
+    ins={"raw_logs": streamed(dagster_type=dg.Any)},
     # Scoring is cheap and loading the champion is not free: a backfill over every source is
     # one run that loads the model once.
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -34,7 +35,8 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
     """Every line of a source with the line champion's LOOK probability and label.
 
     One partition gives one frame; a single-run backfill gives ``raw_logs`` and returns a dict
-    of frames by source, and the champion is loaded once for all of them.
+    of frames by source, and the champion is loaded once for all of them. The raw lines are read
+    in batches: only the scores and the few top lines' text are held.
     """
     from logfit_dagster.core.models.base import load_line_scorer
 
@@ -52,7 +54,10 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
     except ModelFileError as exc:
         raise dg.Failure(f"scored_lines: {exc}") from exc
     started = time.perf_counter()
-    frames = {key: _score_lines(scorer, tables[key]) for key in keys}
+    tops: dict[str, pd.DataFrame] = {}
+    frames = {}
+    for key in keys:
+        frames[key], tops[key] = _score_lines(scorer, tables[key])
     seconds = time.perf_counter() - started
     lines = sum(len(f) for f in frames.values())
     look = {key: frame["label"] == "LOOK" for key, frame in frames.items()}
@@ -75,14 +80,9 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
         )
     if len(keys) == 1:
         key = keys[0]
-        frame, raw = frames[key], tables[key].column("raw")
-        metadata["top_look"] = preview(
-            frame[look[key]]
-            .nlargest(8, "probability")
-            .assign(raw=lambda f: [raw[i - 1].as_py() for i in f["line_number"]])
-        )
+        metadata["top_look"] = preview(tops[key])
         context.add_output_metadata(metadata)
-        return frame
+        return frames[key]
     metadata["sources"] = preview(
         pd.DataFrame(
             {
@@ -97,12 +97,29 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
     return frames
 
 
-def _score_lines(scorer, raw_logs: pa.Table) -> pd.DataFrame:
-    probability = scorer.score_lines(raw_logs.column("raw"))
-    return pd.DataFrame(
-        {
-            "line_number": raw_logs.column("line_number").to_numpy(),
-            "probability": probability,
-            "label": np.where(probability >= scorer.threshold, "LOOK", "SKIP"),
-        }
+def _score_lines(scorer, raw_logs: StoredTable, top: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each line's probability and label, batch by batch; and the ``top`` LOOK lines by
+    probability with their text."""
+    parts, best = [], pd.DataFrame(columns=["line_number", "probability", "label", "raw"])
+    for batch in raw_logs.batches(["line_number", "raw"]):
+        probability = scorer.score_lines(batch.column("raw"))
+        part = pd.DataFrame(
+            {
+                "line_number": batch.column("line_number").to_numpy(),
+                "probability": probability,
+                "label": np.where(probability >= scorer.threshold, "LOOK", "SKIP"),
+            }
+        )
+        parts.append(part)
+        candidates = part[part["label"] == "LOOK"].nlargest(top, "probability")
+        if len(candidates):
+            text = batch.column("raw").take(pa.array(candidates.index.to_numpy()))
+            candidates = candidates.assign(raw=text.to_pylist())
+            best = pd.concat([best, candidates] if len(best) else [candidates])
+            best = best.nlargest(top, "probability")
+    frame = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame({"line_number": [], "probability": [], "label": []})
     )
+    return frame, best.reset_index(drop=True)
