@@ -16,6 +16,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from logfit_dagster.core.reading import process_running
+
 PID_TAG = "logfit/pid"
 HOST_TAG = "logfit/host"
 STARTED_TAG = "logfit/started_at"
@@ -38,12 +40,8 @@ def process_tags() -> dict[str, str]:
 def _alive(pid: int, since: float) -> bool:
     """Whether the process ``pid`` exists and is the one that started at or before ``since``
     (a pid reused by a younger process is not the run's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_running(pid):
         return False
-    except PermissionError:
-        return True  # exists, someone else's
     started = _start_time(pid)
     return started is None or started <= since + 1
 

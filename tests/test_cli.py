@@ -267,3 +267,51 @@ def test_materialize_out_of_process_rebuilds_each_job_in_its_processes(workdir):
     with dg.DagsterInstance.from_config(str(workdir / "data" / "dagster_home")) as instance:
         (run,) = instance.get_runs()
         assert run.job_name == "ingest_job" and run.status == dg.DagsterRunStatus.SUCCESS
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_run_killed_mid_stream_leaves_no_spill_or_temporary_file_after_the_next(workdir):
+    """kill -9 while a streaming step writes: the next materialize runs, and what the killed
+    process left beside the outputs (a spill folder, a temporary file) is gone."""
+    import signal
+    import time
+
+    from logfit_dagster.core.synthetic import generate
+
+    (workdir / "big.log").write_text("\n".join(generate("hdfs", 600_000, 5).lines) + "\n")
+    (workdir / "sources.yaml").write_text(
+        "sources:\n  - {name: big, origin: files, path: big.log, format: HDFS, "
+        "session: {by: block_id}}\n"
+    )
+    assets = workdir / "data" / "assets"
+
+    def litter() -> list:
+        if not assets.exists():
+            return []
+        return [p for p in assets.rglob("*") if p.name.startswith(".")]
+
+    env = {**os.environ}
+    env.pop("DAGSTER_HOME", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize", "big", "--job", "ingest_job"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not litter():
+            assert proc.poll() is None, "the command ended before it could be killed"
+            assert time.monotonic() < deadline, "no step wrote anything"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert litter(), "the kill left something to clean"
+    result = _materialize(workdir, "big", "--job", "ingest_job")
+    assert _row(result, "big")[1] == "600000"
+    assert litter() == []
+    assert (assets / "dataset_splits" / "big.parquet").exists()

@@ -83,3 +83,21 @@ def test_a_truncated_or_fake_gzip_is_named(tmp_path):
     for path in (truncated, fake):
         with pytest.raises(LogInputError, match=rf"{path.name}: cannot be read as gzip"):
             list(iter_line_batches(path))
+
+
+def test_the_temporary_file_of_a_killed_writer_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from logfit_dagster.core.reading import write_parquet_atomic
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / f".out.parquet.{gone.pid}.abc123.tmp"  # a kill -9 mid-write
+    left.write_bytes(b"PAR1 half")
+    other = tmp_path / f".other.parquet.{gone.pid}.abc123.tmp"  # another target's: not ours
+    other.write_bytes(b"x")
+    write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "out.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "out.parquet"]

@@ -135,11 +135,19 @@ def read_lines(path: Path) -> tuple[list[str], int]:
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` that replaces it only if the block succeeds.
 
-    A crash or an exception leaves the previous ``target`` untouched and no partial file behind.
+    A crash or an exception leaves the previous ``target`` untouched and no partial file behind;
+    the temporary file of a process killed mid-write is removed by the next writer.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # what a killed writer of this target left (its process is gone) is removed first
+    for left in target.parent.glob(f".{target.name}.*.tmp"):
+        owner = left.name[len(target.name) + 2 :].split(".")[0]
+        if owner.isdigit() and not process_running(int(owner)):
+            left.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -147,6 +155,17 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_parquet_atomic(table: pa.Table, target: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logfit_dagster.core.reading import atomic_path
+from logfit_dagster.core.reading import atomic_path, process_running
 
 # Rows per batch when reading a stored table, and at most per row group when writing one.
 BATCH_ROWS = 64 * 1024
@@ -148,20 +148,10 @@ def spill_folder(parent: Path) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     for old in parent.glob(".spill-*"):
         owner = old.name.split("-")[1]
-        if owner.isdigit() and not _running(int(owner)):
+        if owner.isdigit() and not process_running(int(owner)):
             shutil.rmtree(old, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".spill-{os.getpid()}-"))
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
