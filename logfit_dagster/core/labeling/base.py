@@ -509,7 +509,7 @@ def _rows(windows, keys, cached: dict[str, CachedWindow]) -> pd.DataFrame:
             raws.append(raw)
             labels.append(label)
             reasons.append(reason)
-            window_keys.append(window.content_hash)
+        window_keys.extend([window.content_hash] * len(window.lines))
     frame = pd.DataFrame(
         {
             "line_number": pd.array(line_numbers, dtype="int64"),

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 LABELS = ("LOOK", "SKIP")
 
@@ -96,7 +97,7 @@ class Window:
                 runs.append((i, i))
         return runs
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         """Identifies the window by its source name and its lines, not by where they sit
         (an excerpt window by where its parts break, too)."""
