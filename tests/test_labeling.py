@@ -363,3 +363,15 @@ def test_openai_wrong_key_fails_without_showing_it(tmp_path):
         with pytest.raises(LabelerError) as info:
             label_source("svc", make_lines(5), labeler, cache=LabelCache(tmp_path / "c.sqlite"))
     assert "401" in str(info.value) and "sk-wrong-secret-123" not in str(info.value)
+
+
+def test_the_rule_labels_column_wise_are_the_rule_labels_line_by_line(shared_data):
+    from logfit_dagster.core.labeling.offline import rule_label, rule_labels
+
+    lines = []
+    for path in sorted((shared_data / "loghub-2k").glob("*/*_2k.log")):
+        lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+    # non-ASCII words, a vertical tab (not RE2's \s), a stack frame, Android-style levels
+    lines += ["\x0b error", "naïve ERROR", "Ünïcode fail", "   at a.B(C.java:1)", "E/ x", ""]
+    assert len(lines) > 30_000
+    assert rule_labels(lines) == [rule_label(line) for line in lines]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -372,8 +373,10 @@ class _Run:
         labeler = self.labeler
         if isinstance(labeler, DirectLabeler):
             by_id = {r.custom_id: r for r in requests}
-            for reply in labeler.label(requests, self.prompt):
-                self.apply(by_id[reply.custom_id].meta(), reply)
+            # free answers are stored in one transaction; each paid one is committed alone
+            with nullcontext() if labeler.paid else self.cache.deferred():
+                for reply in labeler.label(requests, self.prompt):
+                    self.apply(by_id[reply.custom_id].meta(), reply)
             return
         todo = requests
         for round_ in range(labeler.max_resubmits + 1):

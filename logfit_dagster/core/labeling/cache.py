@@ -105,16 +105,40 @@ class LabelCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open: sqlite3.Connection | None = None
         with self._connect() as db:
             db.executescript(SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._open is not None:  # inside ``deferred()``: one transaction for all
+            yield self._open
+            return
         db = sqlite3.connect(self.path, timeout=60)
         try:
             with db:
                 yield db
         finally:
+            db.close()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Every read and write in the block on one connection, committed once at its end.
+
+        For answers that cost nothing to ask again (the rule labeler, recorded labels): tens of
+        thousands of windows then take one commit, not one each. Paid answers are committed one
+        by one, outside this block, so that a crash never loses one.
+        """
+        if self._open is not None:
+            yield
+            return
+        db = sqlite3.connect(self.path, timeout=60)
+        self._open = db
+        try:
+            with db:
+                yield
+        finally:
+            self._open = None
             db.close()
 
     def get_many(self, keys: list[str]) -> dict[str, CachedWindow]:
