@@ -182,3 +182,19 @@ def test_a_killed_training_resumes_and_ends_as_if_uninterrupted(tmp_path):
     b = base.load(tmp_path / "straight").score(data["dev"][:20])["mean_nll"]
     assert straight.manifest.extra["resumed_from_step"] == 0
     assert np.abs(a - b).max() < 1e-4
+
+
+def test_a_big_source_trains_on_a_seeded_draw_of_its_windows(tmp_path):
+    from logfit_dagster.core.models.template_lm import _draw
+
+    rows = list(range(1000))
+    drawn = _draw(rows, 100, seed=3)
+    assert len(drawn) == 100 and drawn == sorted(drawn) and drawn == _draw(rows, 100, seed=3)
+    assert _draw(rows, 0, seed=3) == rows and _draw(rows[:50], 100, seed=3) == rows[:50]
+
+    data = _data()
+    params = {**PARAMS, "max_epochs": 1, "max_train_windows": 10, "max_dev_windows": 7}
+    metrics = base.train("template_lm", data, params, tmp_path / "lm").metrics
+    assert metrics["train_windows"] == 10 < metrics["train_windows_available"]
+    assert metrics["dev_loss_windows"] == 7
+    assert metrics["steps"] == 1  # 10 windows in batches of 16: one step per epoch

@@ -106,6 +106,16 @@ class TemplateLMConfig(dg.Config):
         default=6400, description="Windows seen between checkpoints (a killed run resumes there)."
     )
     seed: int = Field(default=0, description="Seed of initialisation and data order.")
+    max_train_windows: int = Field(
+        default=20_000,
+        description="At most this many training windows, drawn at random with the seed "
+        "(0: all): a big source's training time stays bounded.",
+    )
+    max_dev_windows: int = Field(
+        default=5_000,
+        description="At most this many dev windows for the per-epoch dev loss (the thresholds "
+        "use every dev session).",
+    )
     top_g: int = Field(
         default=9, description="DeepLog: a miss is a true next template outside the top g."
     )

@@ -83,6 +83,12 @@ class TemplateLMParams:
     percentile: float = 99.5
     unseen_rate: float = 0.05
     eval_batch_size: int = 128
+    # At most this many training windows, drawn at random with the seed (0: all): a big
+    # source's training time stays bounded, and the draw keeps how often each window occurs.
+    max_train_windows: int = 20_000
+    # At most this many dev windows for the per-epoch dev loss (the thresholds use every dev
+    # session).
+    max_dev_windows: int = 5_000
 
     @classmethod
     def from_dict(cls, params: dict) -> TemplateLMParams:
@@ -181,6 +187,14 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
         elif split == "test" and known:
             data["test"].append({"session_id": str(sid), "tokens": tokens, "label": int(label)})
     return data
+
+
+def _draw(rows: list, limit: int, seed: int) -> list:
+    """At most ``limit`` of ``rows`` (all when ``limit`` is 0), drawn at random, in order."""
+    if not limit or len(rows) <= limit:
+        return rows
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=limit, replace=False))
+    return [rows[i] for i in keep]
 
 
 def _pad(batch: list[list[int]]):
@@ -282,8 +296,11 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     model = model.to(device)
     mixed, precision = autocast(device, "auto")
     stride = p.stride or p.context
-    train_windows = [w for s in train_sessions for w in windows(s, p.context, stride)]
-    dev_windows = [w for s in dev_sessions for w in windows(s, p.context, stride)]
+    all_train = [w for s in train_sessions for w in windows(s, p.context, stride)]
+    train_windows = _draw(all_train, p.max_train_windows, p.seed)
+    dev_windows = _draw(
+        [w for s in dev_sessions for w in windows(s, p.context, stride)], p.max_dev_windows, p.seed
+    )
 
     def step_loss(idx: np.ndarray):
         ids, mask = _pad([train_windows[i] for i in idx])
@@ -352,6 +369,8 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         "epochs_run": len(loop.epochs),
         "steps": loop.step,
         "train_windows": len(train_windows),
+        "train_windows_available": len(all_train),
+        "dev_loss_windows": len(dev_windows),
         **{f"dev_top{k}": v for k, v in scorer.top_k_accuracy(dev_stats).items()},
     }
     evaluation = {}
