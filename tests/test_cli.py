@@ -315,3 +315,18 @@ def test_a_run_killed_mid_stream_leaves_no_spill_or_temporary_file_after_the_nex
     assert _row(result, "big")[1] == "600000"
     assert litter() == []
     assert (assets / "dataset_splits" / "big.parquet").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_registry_of_one_source_runs_everything_and_exits_0(workdir):
+    """One source has no other to hold out: the line model says why it trained nothing, and
+    the rest of the lineage, the overview included, runs."""
+    (workdir / "sources.yaml").write_text(
+        "sources:\n  - {name: tiny_hdfs, origin: synthetic, kind: hdfs, lines: 1500, seed: 11}\n"
+    )
+    result = _materialize(workdir)
+    assert "look_skip_model: not trained: labelled lines from 1 source(s)" in result.stdout
+    assert _row(result, "tiny_hdfs")[1] == "1500"
+    overview = pd.read_parquet(workdir / "data" / "assets" / "metrics_overview" / "all.parquet")
+    assert set(overview["unit"]) >= {"session"} and "line" not in set(overview["unit"])

@@ -123,6 +123,11 @@ def parts_of(*parts: str, **asset_in) -> dg.AssetIn:
     return dg.AssetIn(metadata={"parts": list(parts)}, **asset_in)
 
 
+def optional(**asset_in) -> dg.AssetIn:
+    """An input that is None when its asset stored nothing (a model that was not trained)."""
+    return dg.AssetIn(metadata={"optional": True}, **asset_in)
+
+
 def streamed(**asset_in) -> dg.AssetIn:
     """An input read as a ``StoredTable``, batch by batch, never whole."""
     return dg.AssetIn(metadata={"format": "stream"}, **asset_in)

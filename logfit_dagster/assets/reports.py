@@ -5,7 +5,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from logfit_dagster.assets._common import on_new_data
+from logfit_dagster.assets._common import on_new_data, optional
 from logfit_dagster.assets.models import session_model_name
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
@@ -109,6 +109,8 @@ def metrics_report(
     kinds={"parquet"},
     ins={
         "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        # a registry of one source trains no line model: the overview shows the rest
+        "look_skip_model": optional(),
     },
     # read from their latest materializations when there are some: a source set too small for
     # held-out evaluation trains no transformer, a source without sessions no template model,
@@ -124,7 +126,7 @@ def metrics_report(
 def metrics_overview(
     context: dg.AssetExecutionContext,
     metrics_report: dict[str, pd.DataFrame],
-    look_skip_model: dict[str, pd.DataFrame],
+    look_skip_model: dict[str, pd.DataFrame] | None,
 ) -> pd.DataFrame:
     """Every source's session models (count-vector classifiers and the next-template
     transformer per scoring method) and every line family's scores on held-out sources."""
@@ -132,8 +134,11 @@ def metrics_overview(
     sessions = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
     )
-    lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
-    lines = lines.rename(columns={"lines": "sessions"})
+    if look_skip_model is not None:
+        lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
+        lines = lines.rename(columns={"lines": "sessions"})
+    else:
+        lines = pd.DataFrame(columns=["source", "model", "precision", "recall", "f1", "sessions"])
     transformer = _transformer_rows(context)
     templates = _template_rows(context)
     judges = _llm_judge_rows(context)
@@ -147,11 +152,15 @@ def metrics_overview(
         ],
         ignore_index=True,
     )[["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]]
-    summary = look_skip_model["summary"].iloc[0]
+    cv_f1 = (
+        float(look_skip_model["summary"].iloc[0]["cv_f1"])
+        if look_skip_model is not None
+        else float("nan")  # not trained: see look_skip_model's materialization
+    )
     context.add_output_metadata(
         {
             "sources_with_session_models": int(sessions["source"].nunique()),
-            "line_model_cv_f1": dg.MetadataValue.float(float(summary["cv_f1"])),
+            "line_model_cv_f1": dg.MetadataValue.float(cv_f1),
             "line_families": dg.MetadataValue.json(
                 sorted(set(overview.loc[overview["unit"] == "line", "model"]))
             ),

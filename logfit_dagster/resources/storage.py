@@ -28,7 +28,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     leaves a half-written file where a good one was.
 
     An input marked ``format: stream`` (``streamed()``) is a ``StoredTable`` to read in batches;
-    one marked ``parts`` (``parts_of()``) loads only those files of a folder output.
+    one marked ``parts`` (``parts_of()``) loads only those files of a folder output; one marked
+    ``optional`` is None when nothing was stored.
     """
 
     base_dir: str = Field(
@@ -138,6 +139,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 if parts is None or p.stem in parts
             }
         path = target.with_suffix(".parquet")
+        if not path.exists() and (context.definition_metadata or {}).get("optional"):
+            return None  # an input the reader can do without (``optional()``)
         if not path.exists():
             raise dg.Failure(
                 f"input {context.asset_key.to_user_string()} has no stored output at {path}: "
