@@ -315,3 +315,20 @@ def test_spill_folders_of_killed_processes_are_removed_by_the_next_step(tmp_path
         assert folder.parent == tmp_path and folder.name.startswith(".spill-")
         (folder / "spill").write_bytes(b"y")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_output_left_half_written_by_a_killed_writer_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from logfit_dagster.resources.storage import ParquetIOManager
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / "truth" / f".src.{gone.pid}.abc"  # a kill -9 mid-way through a bundle
+    left.mkdir(parents=True)
+    (left / "lines.parquet").write_bytes(b"half")
+    ParquetIOManager(base_dir=str(tmp_path))._write_bundle(
+        tmp_path / "truth" / "src", {"sessions": pd.DataFrame({"x": [1]})}
+    )
+    assert [p.name for p in (tmp_path / "truth").iterdir()] == ["src"]
