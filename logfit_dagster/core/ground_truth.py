@@ -272,7 +272,6 @@ def collect_stored_ground_truth(
         seen = pd.Series(sessions.read(["session_id"]).column("session_id").to_pylist())
         groups = listed_session_labels(spec, path, seen)
         note = f"session labels from {path}; a line takes the label of its session(s)"
-        truth = GroundTruth(_empty(LINE_COLUMNS), groups, spec.provider, note)
         known = groups.dropna(subset=["label"])
         label_of = dict(zip(known["session_id"], known["label"].astype("int8"), strict=True))
         lines = np.full(_max_line(parsed) + 1, _UNKNOWN, dtype=np.int8)
@@ -283,7 +282,7 @@ def collect_stored_ground_truth(
             )
             flat, owner = _flatten(batch.column("line_numbers"))
             np.maximum.at(lines, flat, labels[owner])
-        return _stored(truth, lines, detail_of=None)
+        return _stored(groups, spec.provider, note, lines, detail_of=None)
     if spec.provider == "alert_field":
         name = column_name(spec.field)
         if name not in parsed.column_names:
@@ -294,17 +293,18 @@ def collect_stored_ground_truth(
         for batch in parsed.batches(["line_number", name]):
             number = batch.column("line_number").to_numpy()
             values = pc.cast(batch.column(name), pa.string())
-            valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
-            alert = pc.and_(pc.is_valid(values), pc.not_equal(values, spec.normal_value))
-            alert = pc.fill_null(alert, False).to_numpy(zero_copy_only=False)
+            valid = pc.is_valid(values)
+            alert = pc.fill_null(pc.and_(valid, pc.not_equal(values, spec.normal_value)), False)
+            valid, alert = (a.to_numpy(zero_copy_only=False) for a in (valid, alert))
             lines[number[valid]] = alert[valid].astype(np.int8)
             for row in np.flatnonzero(alert):
                 detail[number[row]] = details.setdefault(values[int(row)].as_py(), len(details))
         words = list(details)
         groups = _session_labels(sessions, lines, detail, words)
         note = f"field {spec.field!r}: {spec.normal_value!r} = normal, else alert"
-        truth = GroundTruth(_empty(LINE_COLUMNS), groups, "alert_field", note)
-        return _stored(truth, lines, detail_of=(detail, words), keep_unknown=parsed)
+        return _stored(
+            groups, "alert_field", note, lines, detail_of=(detail, words), keep_unknown=parsed
+        )
     if spec.provider == "none":
         frame = pd.DataFrame()
     elif spec.provider == "sequence_labels":
@@ -392,13 +392,15 @@ def _session_labels(
 
 
 def _stored(
-    truth: GroundTruth,
+    sessions: pd.DataFrame,
+    provider: str,
+    note: str,
     lines: np.ndarray,
     detail_of: tuple[np.ndarray, list[str]] | None,
     keep_unknown: StoredTable | None = None,
 ) -> StoredGroundTruth:
-    """The line labels of the per-line array as a stream: the labelled lines, or (``keep_unknown``)
-    every line of the source, unknown ones without a label."""
+    """The labels of a source: its session labels, and the line labels of the per-line array as
+    a stream (the labelled lines, or with ``keep_unknown`` every line, unknown ones unlabelled)."""
     chunk = 1 << 20
 
     def batches():
@@ -412,9 +414,9 @@ def _stored(
 
     return StoredGroundTruth(
         TableStream(batches(), LINE_SCHEMA),
-        truth.sessions,
-        truth.provider,
-        truth.note,
+        sessions,
+        provider,
+        note,
         labelled_lines=int((lines != _UNKNOWN).sum()),
         anomalous_lines=int((lines == 1).sum()),
     )

@@ -95,6 +95,30 @@ class ParseStats:
     new_templates: int = 0
     resumed_templates: int = 0
 
+    def count(self, table: pa.Table, mined) -> None:
+        """Add a parsed and mined batch's lines, failures, continuations and new forms."""
+        self.lines += table.num_rows
+        self.parse_failures += int(pc.sum(pc.invert(table.column("parse_ok"))).as_py() or 0)
+        if "is_continuation" in table.column_names:
+            self.continuation_lines += int(pc.sum(table.column("is_continuation")).as_py() or 0)
+        self.distinct_forms += mined.distinct_forms
+        self.new_templates += mined.new_clusters
+
+
+def _numbered(raw: pa.Table, parsed: pa.Table, template_ids: np.ndarray) -> pa.Table:
+    """A parsed batch with its line numbers first and its template ids last."""
+    table = parsed.add_column(0, "line_number", raw.column("line_number"))
+    return table.append_column("template_id", pa.array(template_ids, type=pa.int64()))
+
+
+def _with_templates(table: pa.Table, ids: np.ndarray, templates: pa.Array) -> pa.Table:
+    """``table`` with each line's template, as a dictionary column (one string per template);
+    ``ids`` are the sorted template ids and ``templates`` their texts."""
+    codes = np.searchsorted(ids, table.column("template_id").to_numpy()).astype(np.int32)
+    return table.append_column(
+        "template", pa.DictionaryArray.from_arrays(pa.array(codes), templates)
+    )
+
 
 def parse_and_mine(
     raw: pa.Table, fmt: LineFormat, miner: TemplateMiner
@@ -107,29 +131,13 @@ def parse_and_mine(
     """
     parsed = parse_lines(raw.column("raw"), fmt)
     mined = miner.mine(parsed.column("content"))
-    template_ids = pa.array(mined.template_ids, type=pa.int64())
-    # Templates as a dictionary column: one string per template, not per line.
-    ids = sorted(mined.templates)
-    codes = np.searchsorted(np.asarray(ids, dtype=np.int64), mined.template_ids).astype(np.int32)
-    template = pa.DictionaryArray.from_arrays(
-        pa.array(codes, type=pa.int32()), pa.array([mined.templates[c] for c in ids], pa.string())
-    )
-    table = parsed.add_column(0, "line_number", raw.column("line_number"))
-    table = table.append_column("template_id", template_ids).append_column("template", template)
-    stats = ParseStats(
-        lines=table.num_rows,
-        parse_failures=int(pc.sum(pc.invert(table.column("parse_ok"))).as_py() or 0),
-        continuation_lines=(
-            int(pc.sum(table.column("is_continuation")).as_py() or 0)
-            if "is_continuation" in table.column_names
-            else 0
-        ),
-        distinct_forms=mined.distinct_forms,
-        templates=len(ids),
-        new_templates=mined.new_clusters,
-        resumed_templates=miner.resumed_clusters,
-    )
-    return table, stats
+    table = _numbered(raw, parsed, mined.template_ids)
+    stats = ParseStats(resumed_templates=miner.resumed_clusters)
+    stats.count(table, mined)
+    ids = np.asarray(sorted(mined.templates), dtype=np.int64)
+    stats.templates = len(ids)
+    templates = pa.array([mined.templates[int(c)] for c in ids], pa.string())
+    return _with_templates(table, ids, templates), stats
 
 
 def parse_and_mine_batches(
@@ -165,41 +173,23 @@ def parse_and_mine_batches(
                 for raw, parsed, masked in ahead(pool, prepare, raw_batches, 2):
                     mined = miner.mine(parsed.column("content"), masked)
                     seen.update(mined.templates)
-                    table = parsed.add_column(0, "line_number", raw.column("line_number"))
-                    table = table.append_column(
-                        "template_id", pa.array(mined.template_ids, type=pa.int64())
-                    )
+                    table = _numbered(raw, parsed, mined.template_ids)
                     if writer is None:  # an Arrow IPC file: written and read back as it is
                         writer = pa.ipc.new_file(spill, table.schema)
                     writer.write_table(table)
-                    stats.lines += table.num_rows
-                    stats.parse_failures += int(
-                        pc.sum(pc.invert(table.column("parse_ok"))).as_py() or 0
-                    )
-                    if "is_continuation" in table.column_names:
-                        stats.continuation_lines += int(
-                            pc.sum(table.column("is_continuation")).as_py() or 0
-                        )
-                    stats.distinct_forms += mined.distinct_forms
-                    stats.new_templates += mined.new_clusters
+                    stats.count(table, mined)
             finally:
                 if writer is not None:
                     writer.close()
             stats.templates = len(seen)
             stats.resumed_templates = miner.resumed_clusters
             ids = np.asarray(sorted(seen), dtype=np.int64)
-            dictionary = pa.array([miner.template_of(int(c)) for c in ids], pa.string())
+            templates = pa.array([miner.template_of(int(c)) for c in ids], pa.string())
             with pa.OSFile(spill) as handle:
                 reader = pa.ipc.open_file(handle)
                 for i in range(reader.num_record_batches):
-                    batch = reader.get_batch(i)
-                    codes = np.searchsorted(ids, batch.column("template_id").to_numpy())
-                    yield pa.Table.from_batches([batch]).append_column(
-                        "template",
-                        pa.DictionaryArray.from_arrays(
-                            pa.array(codes.astype(np.int32)), dictionary
-                        ),
-                    )
+                    batch = pa.Table.from_batches([reader.get_batch(i)])
+                    yield _with_templates(batch, ids, templates)
         finally:
             pool.shutdown(cancel_futures=True)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import glob
 import gzip
 import os
+import re
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -139,22 +142,36 @@ def atomic_path(target: Path) -> Iterator[Path]:
     the temporary file of a process killed mid-write is removed by the next writer.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # what a killed writer of this target left (its process is gone) is removed first
-    for left in target.parent.glob(f".{target.name}.*.tmp"):
-        owner = left.name[len(target.name) + 2 :].split(".")[0]
-        if owner.isdigit() and not process_running(int(owner)):
-            left.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
-    )
-    os.close(fd)
+    tmp = owned_temp(target.parent, f".{target.name}.", suffix=".tmp")
     try:
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def owned_temp(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
+    """A new temporary file (or ``folder``) under ``parent``, named ``<prefix><pid>.…``.
+
+    What a killed process left under the same prefix (its pid no longer runs) is removed first:
+    a ``kill -9`` mid-write leaves nothing behind once the next writer comes.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for left in parent.glob(f"{glob.escape(prefix)}*"):
+        owner = re.match(r"\d+", left.name[len(prefix) :])
+        if owner and not process_running(int(owner.group())):
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
+    named = f"{prefix}{os.getpid()}."
+    if folder:
+        return Path(tempfile.mkdtemp(dir=parent, prefix=named))
+    fd, path = tempfile.mkstemp(dir=parent, prefix=named, suffix=suffix)
+    os.close(fd)
+    return Path(path)
 
 
 def process_running(pid: int) -> bool:

@@ -69,17 +69,14 @@ def session_keys(parsed: pd.DataFrame, spec: SessionSpec, format_name: str) -> p
     that names none belongs to no id session.
     """
     if spec.by in ("block_id", "instance_id", "regex"):
-        pattern = {"block_id": BLOCK_ID_PATTERN, "instance_id": INSTANCE_ID_PATTERN}.get(
-            spec.by, spec.pattern
+        content = pa.array(parsed["content"].astype("string"), pa.string())
+        rows, ids, _ = _findall(content, np.arange(len(parsed)), _id_pattern(spec))
+        return pd.DataFrame(
+            {
+                "line_number": parsed["line_number"].to_numpy()[rows],
+                "session_id": ids.to_numpy(zero_copy_only=False),
+            }
         )
-        if "(" not in pattern:
-            pattern = f"({pattern})"
-        found = parsed["content"].astype("string").str.findall(pattern)
-        pairs = pd.DataFrame({"line_number": parsed["line_number"], "session_id": found})
-        pairs = pairs.explode("session_id").dropna(subset=["session_id"])
-        # findall gives tuples for patterns with groups inside groups; keep the first group.
-        pairs["session_id"] = pairs["session_id"].map(lambda v: v[0] if isinstance(v, tuple) else v)
-        return pairs.drop_duplicates().reset_index(drop=True)
     if spec.by == "sequence":
         if "session" not in parsed:
             raise LogfitError(
@@ -111,14 +108,11 @@ def session_keys(parsed: pd.DataFrame, spec: SessionSpec, format_name: str) -> p
 
 def entry_text(parsed: pd.DataFrame) -> pd.Series:
     """Each line as ``<LEVEL> <COMPONENT>: <CONTENT>``, leaving out header parts a format lacks."""
-    content = parsed["content"].astype("string").fillna("")
-    prefix = pd.Series("", index=parsed.index, dtype="string")
-    if "level" in parsed:
-        prefix = parsed["level"].astype("string").fillna("")
-    if "component" in parsed:
-        component = parsed["component"].astype("string").fillna("")
-        prefix = (prefix + " " + component).str.strip()
-    return (prefix + ": " + content).where(prefix != "", content)
+    columns = [c for c in ("level", "component", "content") if c in parsed]
+    text = _entry_text(
+        pa.table({c: pa.array(parsed[c].astype("string"), pa.string()) for c in columns})
+    )
+    return pd.Series(text.to_numpy(zero_copy_only=False), index=parsed.index, dtype="string")
 
 
 def build_sessions(parsed: pd.DataFrame, spec: SessionSpec, format_name: str) -> pd.DataFrame:
@@ -174,12 +168,17 @@ SESSION_SCHEMA = pa.schema(
         ("text", pa.string()),
     ]
 )
-# The built-in id patterns in RE2 with a named group, for the column-wise path; a line with
-# several ids, and every user pattern, takes Python's ``re.findall`` as ``session_keys`` does.
-_NAMED_PATTERNS = {
-    "block_id": r"(?P<id>blk_-?\d+)",
-    "instance_id": r"\[instance: (?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]",
-}
+# The id of each id session kind is its pattern's first group. The column-wise path extracts
+# it with RE2 from a line that names one id; a line with several, and every user pattern, take
+# Python's ``re.findall`` (``_findall``), as ``session_keys`` does.
+_ID_PATTERNS = {"block_id": BLOCK_ID_PATTERN, "instance_id": INSTANCE_ID_PATTERN}
+
+
+def _id_pattern(spec: SessionSpec) -> str:
+    pattern = _ID_PATTERNS.get(spec.by, spec.pattern)
+    return pattern if "(" in pattern else f"({pattern})"
+
+
 # A line's ids are ranked line_number * _IDS_PER_LINE + their place in the line.
 _IDS_PER_LINE = 1024
 # Sessions are assembled in hash buckets of about this many (line, session) pairs, then merged.
@@ -334,29 +333,19 @@ def _ids(
         ids = pc.binary_join_element_wise(
             "w", pc.utf8_lpad(pc.cast(index, pa.string()), 7, "0"), ""
         )
-        return (
-            np.arange(n),
-            ids.combine_chunks() if hasattr(ids, "combine_chunks") else ids,
-            np.zeros(n, np.int64),
-        )
+        return np.arange(n), _whole(ids), np.zeros(n, np.int64)
     if spec.by == "time_window":
         return np.arange(n), clock.window_ids(batch), np.zeros(n, np.int64)
     if spec.by == "sequence":
         ids = _whole(pc.cast(batch.column("session"), pa.string()))
         return np.arange(n), ids, np.zeros(n, np.int64)
-    pattern = {"block_id": BLOCK_ID_PATTERN, "instance_id": INSTANCE_ID_PATTERN}.get(
-        spec.by, spec.pattern
-    )
-    if "(" not in pattern:
-        pattern = f"({pattern})"
+    pattern = _id_pattern(spec)
     content = _whole(pc.fill_null(batch.column("content"), ""))
-    named = _NAMED_PATTERNS.get(spec.by)
-    if named is None:  # a user's pattern: Python's regex, line by line
+    if spec.by not in _ID_PATTERNS:  # a user's pattern: Python's regex, line by line
         return _findall(content, np.arange(n), pattern)
-    counts = pc.count_substring_regex(content, pattern=named.replace("?P<id>", "")).to_numpy(
-        zero_copy_only=False
-    )
+    counts = pc.count_substring_regex(content, pattern=pattern).to_numpy(zero_copy_only=False)
     single = np.flatnonzero(counts == 1)
+    named = pattern.replace("(", "(?P<id>", 1)  # RE2 extracts named groups only
     one = pc.struct_field(pc.extract_regex(content.take(pa.array(single)), pattern=named), "id")
     several = np.flatnonzero(counts > 1)
     if not len(several):

@@ -9,9 +9,7 @@ columns it asks for.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logfit_dagster.core.reading import atomic_path, process_running
+from logfit_dagster.core.reading import atomic_path, owned_temp
 
 # Rows per batch when reading a stored table, and at most per row group when writing one.
 BATCH_ROWS = 64 * 1024
@@ -144,13 +142,7 @@ def spill_folder(parent: Path) -> Iterator[Path]:
     Folders left by a process that was killed (its id no longer runs) are removed first, so a
     ``kill -9`` mid-step leaves nothing behind for long.
     """
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    for old in parent.glob(".spill-*"):
-        owner = old.name.split("-")[1]
-        if owner.isdigit() and not process_running(int(owner)):
-            shutil.rmtree(old, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".spill-{os.getpid()}-"))
+    folder = owned_temp(parent, ".spill-", folder=True)
     try:
         yield folder
     finally:

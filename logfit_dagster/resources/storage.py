@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from logfit_dagster.core.reading import process_running, write_parquet_atomic
+from logfit_dagster.core.reading import owned_temp, write_parquet_atomic
 from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.paths import data_dir
 
@@ -100,13 +99,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         write_parquet_atomic(table, target.with_suffix(".parquet"))
 
     def _write_bundle(self, target: Path, frames: dict) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # what a killed writer of this folder left (its process is gone) is removed first
-        for left in target.parent.glob(f".{target.name}.*"):
-            owner = left.name[len(target.name) + 2 :].split(".")[0]
-            if left.is_dir() and owner.isdigit() and not process_running(int(owner)):
-                shutil.rmtree(left, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}."))
+        staging = owned_temp(target.parent, f".{target.name}.", folder=True)
         try:
             for name, frame in frames.items():
                 if isinstance(frame, TableStream):

@@ -100,7 +100,7 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
 def _score_lines(scorer, raw_logs: StoredTable, top: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each line's probability and label, batch by batch; and the ``top`` LOOK lines by
     probability with their text."""
-    parts, best = [], pd.DataFrame(columns=["line_number", "probability", "label", "raw"])
+    parts, tops = [], []
     for batch in raw_logs.batches(["line_number", "raw"]):
         probability = scorer.score_lines(batch.column("raw"))
         part = pd.DataFrame(
@@ -111,15 +111,11 @@ def _score_lines(scorer, raw_logs: StoredTable, top: int = 8) -> tuple[pd.DataFr
             }
         )
         parts.append(part)
-        candidates = part[part["label"] == "LOOK"].nlargest(top, "probability")
-        if len(candidates):
-            text = batch.column("raw").take(pa.array(candidates.index.to_numpy()))
-            candidates = candidates.assign(raw=text.to_pylist())
-            best = pd.concat([best, candidates] if len(best) else [candidates])
-            best = best.nlargest(top, "probability")
-    frame = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame({"line_number": [], "probability": [], "label": []})
-    )
-    return frame, best.reset_index(drop=True)
+        best = part[part["label"] == "LOOK"].nlargest(top, "probability")
+        text = batch.column("raw").take(pa.array(best.index.to_numpy(), pa.int64()))
+        tops.append(best.assign(raw=text.to_pylist()))
+    if not parts:
+        empty = pd.DataFrame({"line_number": [], "probability": [], "label": []})
+        return empty, empty.assign(raw=[])
+    best = pd.concat(tops, ignore_index=True).nlargest(top, "probability")
+    return pd.concat(parts, ignore_index=True), best.reset_index(drop=True)
