@@ -31,3 +31,8 @@ class ModelFileError(LogfitError):
 
 class TrainingDataError(LogfitError):
     """The data cannot train a model: one class, too few sessions, no labels."""
+
+
+class StateFileError(LogfitError):
+    """A saved state (a miner's state, a checkpoint, a database) is corrupt or not what it
+    should be; the message names the file and what to do."""

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from logfit_dagster.core.masking import DEFAULT_MASKS, MaskRule, mask_column
+from logfit_dagster.core.miner_state import MinerState, read_miner_state
 
 # Characters of a line's content that template mining reads (see TemplateMiner.mine).
 MAX_TEMPLATE_CHARS = 4096
@@ -149,36 +150,28 @@ class TemplateMiner:
             self._load()
 
     def _load(self) -> None:
-        import jsonpickle
-
         assert self.state_path is not None
-        saved = json.loads(self.state_path.read_text(encoding="utf-8"))
-        if saved.get("profile") != self.profile.fingerprint():
+        state = read_miner_state(self.state_path)
+        if state.profile != self.profile.fingerprint():
             # The masks or Drain settings changed: old clusters would not mean the same thing.
             return
-        drain = jsonpickle.loads(saved["drain"], keys=True)
-        self.drain.id_to_cluster = drain.id_to_cluster
-        self.drain.clusters_counter = drain.clusters_counter
-        self.drain.root_node = drain.root_node
+        state.restore(self.drain)
         self.resumed_clusters = len(self.drain.id_to_cluster)
 
     def save(self) -> None:
         """Write the state atomically: a crash mid-write leaves the previous state intact."""
-        import jsonpickle
-
         if self.state_path is None:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps(
-            {
-                "profile": self.profile.fingerprint(),
-                "drain": jsonpickle.dumps(self.drain, keys=True),
-            }
-        )
+        payload = json.dumps(MinerState.of(self.drain, self.profile.fingerprint()).to_json())
         fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=".miner-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-        os.replace(tmp, self.state_path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(payload)
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def mine(
         self, content: pa.Array | pa.ChunkedArray, masked: pa.Array | None = None

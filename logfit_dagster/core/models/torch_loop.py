@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from logfit_dagster.core.models.base import Progress, no_progress
+from logfit_dagster.core.models.tensor_tree import load_tensor_tree, save_tensor_tree
 
 
 @dataclass
@@ -94,7 +95,12 @@ def checkpoints(folder: Path) -> list[Path]:
     root = Path(folder) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if (p / "state.json").is_file()]
+    # state.json is written last; a checkpoint of an older layout (optimizer.pt) is not read
+    done = [
+        p
+        for p in root.glob("step-*")
+        if (p / "state.json").is_file() and (p / "optimizer.json").is_file()
+    ]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -109,14 +115,14 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, kee
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))  # tied weights (an LM head) once
-    torch.save(
+    save_tensor_tree(
         {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
-        tmp / "optimizer.pt",
+        tmp / "optimizer",
     )
     # state.json last: a checkpoint without it is unfinished and ignored
     (tmp / "state.json").write_text(json.dumps(state))
@@ -131,7 +137,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     from safetensors.torch import load_model
 
     load_model(model, str(path / "model.safetensors"))
-    extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    extra = load_tensor_tree(path / "optimizer")
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
