@@ -73,6 +73,13 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     for name in invalid:
         print(f"[{name}] FAILED: {problems[name]}", file=sys.stderr)
     names = [n for n in args.sources or list(all_sources) if n not in problems]
+    if not names and not invalid:
+        print(
+            f"logfit: no source to materialize: none in the registry {sources.registry_file()} "
+            f"nor as a folder under {sources.incoming_dir()}",
+            file=sys.stderr,
+        )
+        return 2
     unknown = [n for n in names if n not in all_sources]
     if unknown:
         print(

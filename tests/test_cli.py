@@ -330,3 +330,34 @@ def test_a_registry_of_one_source_runs_everything_and_exits_0(workdir):
     assert _row(result, "tiny_hdfs")[1] == "1500"
     overview = pd.read_parquet(workdir / "data" / "assets" / "metrics_overview" / "all.parquet")
     assert set(overview["unit"]) >= {"session"} and "line" not in set(overview["unit"])
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("registry", "body", "words"),
+    [
+        ("nope.yaml", None, "source registry not found:"),
+        ("sources.yaml", "", "the registry is empty"),
+        ("sources.yaml", "- {name: a}\n", "must be a mapping with key 'sources'"),
+        ("sources.yaml", "sources: []\n", "no source to materialize"),
+    ],
+)
+def test_materialize_refuses_a_registry_that_names_nothing_with_exit_2(
+    workdir, registry, body, words
+):
+    path = workdir / registry
+    if body is not None:
+        path.write_text(body)
+    env = {**os.environ, "LOGFIT_SOURCES": str(path)}
+    env.pop("DAGSTER_HOME", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert words in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -128,3 +128,78 @@ def test_whole_numbers_written_as_floats_or_strings_are_kept():
         {"name": "s", "origin": "synthetic", "kind": "hdfs", "lines": 300.0, "seed": "7"}, "t"
     )
     assert (spec.lines, spec.seed) == (300, 7)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"", "the registry is empty"),
+        (b"- {name: a, origin: synthetic}\n", "must be a mapping with key 'sources'"),
+        (b"sourcez:\n  - {name: a}\n", r"unknown top-level key\(s\) \['sourcez'\]"),
+        (
+            b"sources:\n  - {name: a, origin: synthetic, kind: hdfs, lines: 9, lines: 10}\n",
+            r"line 2, column \d+: not valid YAML: key 'lines' appears twice",
+        ),
+        (
+            b"sources:\n  - {name: a, origin: synthetic}\nsources:\n  - {name: b, origin: synthetic}\n",
+            "line 3, column 1: not valid YAML: key 'sources' appears twice",
+        ),
+        (b"sources:\n  - {name: caf\xe9, origin: synthetic}\n", "line 2: not UTF-8"),
+        (b"sources:\n  - {name: a, origin: [synthetic\n", "line 3, column 1: not valid YAML"),
+        (b"sources: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    ],
+)
+def test_a_registry_that_is_not_one_is_refused_naming_the_file(tmp_path, body, words):
+    path = tmp_path / "sources.yaml"
+    path.write_bytes(body)
+    with pytest.raises(RegistryError, match=words) as raised:
+        load_registry(path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.faults
+def test_one_bad_drop_folder_fails_alone_named_with_its_path_and_line(workdir):
+    from logfit_dagster.resources.sources import LogSources
+
+    incoming = workdir / "data" / "incoming"
+    bodies = {
+        "good": None,
+        "yamlerr": "format: [oops\n",
+        "listed": "- format: generic\n",
+        "badfield": "session: {by: window, szie: 5}\n",
+    }
+    for name, body in bodies.items():
+        (incoming / name).mkdir(parents=True)
+        (incoming / name / "app.log").write_text("2024-01-01T00:00:00Z INFO started\n")
+        if body is not None:
+            (incoming / name / "source.yaml").write_text(body)
+    sources = LogSources()
+    assert "good" in sources.all_sources() and "tiny_hdfs" in sources.all_sources()
+    problems = sources.problems()
+    assert set(problems) == {"yamlerr", "listed", "badfield"}
+    assert re.search(
+        r"incoming/yamlerr/source\.yaml: line 2, column 1: not valid YAML", problems["yamlerr"]
+    )
+    assert (
+        "incoming/listed/source.yaml: a drop folder's source.yaml is a mapping"
+        in problems["listed"]
+    )
+    assert "unknown field 'session.szie'" in problems["badfield"]
+    with pytest.raises(RegistryError, match="incoming/yamlerr/source.yaml"):
+        sources.get("yamlerr")
+    assert sources.get("good").origin == "files"
+
+
+@pytest.mark.faults
+def test_a_registry_named_but_missing_is_an_error_and_the_default_missing_is_not(
+    workdir, monkeypatch
+):
+    from logfit_dagster.resources.sources import LogSources
+
+    monkeypatch.setenv("LOGFIT_SOURCES", str(workdir / "nope.yaml"))
+    with pytest.raises(RegistryError, match=r"source registry not found: .*nope\.yaml"):
+        LogSources().all_sources()
+    monkeypatch.delenv("LOGFIT_SOURCES")
+    monkeypatch.chdir(workdir / "data")
+    assert LogSources().all_sources() == {}

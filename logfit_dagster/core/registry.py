@@ -444,16 +444,28 @@ def read_registry(path: Path) -> tuple[dict[str, SourceSpec], dict[str, str]]:
     Raises:
         RegistryError: when the file itself is missing or is not a registry at all.
     """
-    import yaml
+    from logfit_dagster.core.yaml_files import load_yaml
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RegistryError(f"source registry not found: {path}")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
-    entries = document.get("sources") if isinstance(document, dict) else None
+    document = load_yaml(path)
+    if document is None:
+        raise RegistryError(
+            f"{path}: the registry is empty; it holds 'sources:' with a list of entries "
+            "(see sources.yaml in the project for examples)"
+        )
+    if not isinstance(document, dict):
+        raise RegistryError(
+            f"{path}: the registry must be a mapping with key 'sources' (a list of entries), "
+            f"not a {type(document).__name__}"
+        )
+    unknown = sorted(str(k) for k in document if k != "sources")
+    if unknown:
+        raise RegistryError(f"{path}: unknown top-level key(s) {unknown}; the registry has 'sources'")
+    if "sources" not in document:
+        raise RegistryError(f"{path}: no 'sources' key (a list of entries)")
+    entries = document["sources"]
     if entries is None:
         entries = []
     if not isinstance(entries, list):
@@ -490,7 +502,8 @@ def loghub_entry(system: str, full: bool = False) -> str:
 def add_loghub_entries(path: Path, systems: list[str], full: bool = False) -> list[str]:
     """Append entries for Loghub systems not yet registered; returns the names added."""
     path = Path(path)
-    existing = load_registry(path) if path.exists() else {}
+    empty = not path.exists() or not path.read_text(encoding="utf-8").strip()
+    existing = {} if empty else load_registry(path)
     known = tuple(sorted(LOGHUB_DATASETS)) if full else LOGHUB_SYSTEMS
     unknown = [s for s in systems if s not in known]
     if unknown:
@@ -501,7 +514,7 @@ def add_loghub_entries(path: Path, systems: list[str], full: bool = False) -> li
     prefix = "loghub_full_" if full else "loghub_"
     added = [s for s in systems if f"{prefix}{s}" not in existing]
     if added:
-        text = path.read_text(encoding="utf-8") if path.exists() else "sources:\n"
+        text = "sources:\n" if empty else path.read_text(encoding="utf-8")
         if not text.endswith("\n"):
             text += "\n"
         text += "".join(loghub_entry(s, full) for s in added)

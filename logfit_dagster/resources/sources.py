@@ -68,8 +68,17 @@ class LogSources(dg.ConfigurableResource):
         return self.root() / INCOMING
 
     def _read(self) -> tuple[dict[str, SourceSpec], dict[str, str]]:
+        """The registry's valid sources and its invalid entries' errors.
+
+        Raises:
+            RegistryError: when the file is not a registry, or is missing though named
+                (``registry`` or ``LOGFIT_SOURCES``); a missing default ``./sources.yaml``
+                leaves only the drop folders.
+        """
         path = self.registry_file()
-        return read_registry(path) if path.exists() else ({}, {})
+        if not path.exists() and not (self.registry or os.environ.get("LOGFIT_SOURCES")):
+            return {}, {}
+        return read_registry(path)
 
     def registered(self) -> dict[str, SourceSpec]:
         """The valid sources of the registry file (an invalid entry never hides the others:
@@ -77,17 +86,25 @@ class LogSources(dg.ConfigurableResource):
         return self._read()[0]
 
     def problems(self) -> dict[str, str]:
-        """The registry's invalid entries, by name (or ``sources[i]``), each with its error."""
-        return self._read()[1]
+        """The invalid registry entries and drop folders, by name (or ``sources[i]``), each
+        with its error."""
+        registered, problems = self._read()
+        dropped = {n: e for n, e in self._incoming()[1].items() if n not in registered}
+        return {**dropped, **problems}
 
     def incoming_sources(self) -> dict[str, SourceSpec]:
-        """Sources dropped as folders under data/incoming/."""
-        import yaml
+        """Sources dropped as folders under data/incoming/ (a folder whose source.yaml is
+        invalid is left out: see :meth:`problems`)."""
+        return self._incoming()[0]
+
+    def _incoming(self) -> tuple[dict[str, SourceSpec], dict[str, str]]:
+        from logfit_dagster.core.yaml_files import load_yaml
 
         found: dict[str, SourceSpec] = {}
+        problems: dict[str, str] = {}
         incoming = self.incoming_dir()
         if not incoming.is_dir():
-            return found
+            return found, problems
         for folder in sorted(p for p in incoming.iterdir() if p.is_dir()):
             try:
                 check_source_name(folder.name)
@@ -95,12 +112,22 @@ class LogSources(dg.ConfigurableResource):
                 continue
             entry = {"name": folder.name, "origin": "files", "path": str(folder / "*")}
             own = folder / "source.yaml"
-            if own.is_file():
-                entry.update(yaml.safe_load(own.read_text(encoding="utf-8")) or {})
-                entry["name"], entry["origin"] = folder.name, "files"
-                entry["path"] = str(folder / entry.get("path", "*"))
-            found[folder.name] = parse_source(entry, str(own if own.is_file() else folder))
-        return found
+            try:
+                if own.exists():
+                    document = load_yaml(own)
+                    if document is not None and not isinstance(document, dict):
+                        raise RegistryError(
+                            f"{own}: a drop folder's source.yaml is a mapping of the entry's "
+                            f"fields (format, session, ...), not a {type(document).__name__}"
+                        )
+                    entry.update(document or {})
+                    entry["name"], entry["origin"] = folder.name, "files"
+                    entry["path"] = str(folder / str(entry.get("path", "*")))
+                found[folder.name] = parse_source(entry, str(own if own.exists() else folder))
+            except RegistryError as exc:
+                # one bad drop folder fails alone; the registry and the other folders run
+                problems[folder.name] = str(exc)
+        return found, problems
 
     def all_sources(self) -> dict[str, SourceSpec]:
         """Registry sources, then incoming folders not named in the registry."""
@@ -122,6 +149,8 @@ class LogSources(dg.ConfigurableResource):
         check_source_name(name)
         registered, problems = self._read()  # the registry read once
         sources = self._all(registered)
+        if name not in registered:
+            problems = {**self._incoming()[1], **problems}
         if name not in sources and name in problems:
             raise RegistryError(problems[name])
         if name not in sources:
