@@ -118,6 +118,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         stale = fresh.out_of_date(keys, partition)
         if labeled_key in keys and labeled_key not in stale and _label_sources_moved(fresh):
             stale = fresh.out_of_date(keys, partition, also=[labeled_key])
+        for (key, _), why in fresh.damaged.items():
+            progress.note(f"{key.to_user_string()}: {why}: rebuilt")
         return stale
 
     def _label_sources_moved(fresh: Freshness) -> bool:

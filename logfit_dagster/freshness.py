@@ -17,8 +17,11 @@ recorded last time.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import dagster as dg
+
+from logfit_dagster.core.tables import stored_stamp
 
 CODE_VERSION_TAG = "dagster/code_version"
 DATA_VERSION_TAG = "dagster/data_version"
@@ -38,6 +41,8 @@ class Freshness:
             for dep in spec.deps:
                 self._children[dep.asset_key].add(spec.key)
         self._latest_records: dict[tuple, dg.EventLogRecord | None] = {}
+        # (asset, partition) -> why its stored output is not what its materialization wrote
+        self.damaged: dict[tuple[dg.AssetKey, str | None], str] = {}
 
     def job_assets(self, selection: dg.AssetSelection) -> list[dg.AssetKey]:
         return sorted(selection.resolve(self._assets), key=lambda k: k.to_user_string())
@@ -72,6 +77,10 @@ class Freshness:
         partition = partition if spec.partitions_def is not None else None
         record = self._latest_record(key, partition)
         if record is None:
+            return True
+        damage = _stored_damage(record)
+        if damage:
+            self.damaged[key, partition] = damage
             return True
         tags = record.asset_materialization.tags or {}
         if spec.code_version and tags.get(CODE_VERSION_TAG) != spec.code_version:
@@ -144,6 +153,22 @@ class Freshness:
             return {}
         metadata = record.asset_materialization.metadata
         return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def _stored_damage(record: dg.EventLogRecord) -> str | None:
+    """Why the output a materialization stored is gone or no longer what it wrote, or None."""
+    metadata = record.asset_materialization.metadata
+    path = metadata.get("path")
+    if path is None:
+        return None  # nothing stored by the IO manager (a check, an output kept elsewhere)
+    path = Path(path.value)
+    now = stored_stamp(path)
+    if now is None:
+        return f"{path} is missing"
+    written = metadata.get("stored_stamp")
+    if written is not None and written.value and written.value != now:
+        return f"{path} was changed on disk after it was written"
+    return None
 
 
 def _data_version(record: dg.EventLogRecord) -> str | None:

@@ -1,6 +1,7 @@
 """What a re-run recomputes, read from the provenance Dagster records (public APIs only)."""
 
 import dagster as dg
+import pytest
 
 from logfit_dagster.definitions import defs
 from logfit_dagster.freshness import Freshness
@@ -62,3 +63,41 @@ def test_missing_then_fresh_then_stale_downstream_of_new_data_only(workdir):
             "ground_truth_labels",
             "dataset_splits",
         }
+
+
+@pytest.mark.faults
+def test_a_deleted_or_damaged_output_is_stale_and_named_and_a_read_names_its_file(workdir):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
+        _run(instance, "tiny_hdfs")
+        assets = workdir / "data" / "assets"
+        sessions = assets / "sessions" / "tiny_hdfs.parquet"
+        sessions.unlink()
+        fresh = Freshness(instance, defs)
+        stale = fresh.out_of_date(fresh.job_assets(JOB_SELECTIONS[ingest_job.name]), "tiny_hdfs")
+        # the lost output and what reads it, nothing upstream
+        assert {k.to_user_string() for k in stale} == {
+            "sessions",
+            "ground_truth_labels",
+            "dataset_splits",
+        }
+        assert fresh.damaged == {(dg.AssetKey("sessions"), "tiny_hdfs"): f"{sessions} is missing"}
+        _run(instance, "tiny_hdfs", [k.to_user_string() for k in stale])
+        assert _stale(instance, "tiny_hdfs") == []
+
+        # overwritten in place with garbage: stale, and reading it fails naming the file
+        parsed = assets / "parsed_logs" / "tiny_hdfs.parquet"
+        parsed.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+        assert "parsed_logs" in _stale(instance, "tiny_hdfs")
+        job = defs.resolve_job_def(ingest_job.name)
+        result = job.execute_in_process(
+            partition_key="tiny_hdfs",
+            instance=instance,
+            asset_selection=[dg.AssetKey("sessions")],
+            raise_on_error=False,
+        )
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        message = failure.step_failure_data.user_failure_data.description
+        assert str(parsed) in message and "the next `logfit materialize` rebuilds it" in message
+        _run(instance, "tiny_hdfs", _stale(instance, "tiny_hdfs"))
+        assert _stale(instance, "tiny_hdfs") == []

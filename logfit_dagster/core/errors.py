@@ -36,3 +36,7 @@ class TrainingDataError(LogfitError):
 class StateFileError(LogfitError):
     """A saved state (a miner's state, a checkpoint, a database) is corrupt or not what it
     should be; the message names the file and what to do."""
+
+
+class StoredOutputError(LogfitError):
+    """An asset's stored output is missing or unreadable; the message names the file."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from logfit_dagster.core.errors import StoredOutputError
 from logfit_dagster.core.reading import atomic_path, owned_temp
 
 # Rows per batch when reading a stored table, and at most per row group when writing one.
@@ -92,8 +93,9 @@ class StoredTable:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        # without pre-buffering: a pre-buffered reader keeps every row group it read until closed
-        self._file = pq.ParquetFile(self.path, pre_buffer=False)
+        with unreadable_names(self.path):
+            # without pre-buffering: a pre-buffered reader keeps every row group it read
+            self._file = pq.ParquetFile(self.path, pre_buffer=False)
 
     @property
     def num_rows(self) -> int:
@@ -114,14 +116,48 @@ class StoredTable:
         self, columns: list[str] | None = None, rows: int = BATCH_ROWS
     ) -> Iterator[pa.Table]:
         """The table in order, ``rows`` at a time, as tables of ``columns`` (all by default)."""
-        for batch in self._file.iter_batches(batch_size=rows, columns=columns):
-            yield pa.Table.from_batches([batch])
+        with unreadable_names(self.path):
+            for batch in self._file.iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([batch])
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        return self._file.read(columns=columns)
+        with unreadable_names(self.path):
+            return self._file.read(columns=columns)
 
     def head(self, rows: int, columns: list[str] | None = None) -> pa.Table:
         return next(self.batches(columns, rows), None) or self.schema.empty_table()
+
+
+@contextmanager
+def unreadable_names(path: Path) -> Iterator[None]:
+    """A stored output that cannot be read fails naming its file and what rebuilds it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise StoredOutputError(
+            f"{path}: the stored output is missing; the next `logfit materialize` rebuilds it"
+        ) from None
+    except (pa.ArrowException, OSError) as exc:
+        raise StoredOutputError(
+            f"{path}: the stored output is unreadable ({exc}); the next `logfit materialize` "
+            "rebuilds it"
+        ) from None
+
+
+def stored_stamp(path: Path) -> str | None:
+    """Size and modification time of a stored output (a file, or each file of a folder):
+    what its materialization wrote, to tell later whether it is still that. None if missing."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            parts = sorted(
+                f"{p.name}={p.stat().st_size}:{p.stat().st_mtime_ns}" for p in path.glob("*.parquet")
+            )
+            return ";".join(parts)
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, depth: int) -> Iterator:

@@ -12,9 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from logfit_dagster.core.errors import StoredOutputError
 from logfit_dagster.core.reading import owned_temp, write_parquet_atomic
-from logfit_dagster.core.tables import StoredTable, TableStream
+from logfit_dagster.core.tables import StoredTable, TableStream, stored_stamp, unreadable_names
 from logfit_dagster.paths import data_dir
+
+STORED_STAMP = "stored_stamp"
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
@@ -68,7 +71,14 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         for stream in obj.values() if isinstance(obj, dict) else [obj]:
             if isinstance(stream, TableStream):
                 late.update(stream.metadata())
-        context.add_output_metadata({**late, "path": dg.MetadataValue.path(str(path))})
+        context.add_output_metadata(
+            {
+                **late,
+                "path": dg.MetadataValue.path(str(path)),
+                # what was written, to tell later whether the file is still it (freshness.py)
+                STORED_STAMP: stored_stamp(path) or "",
+            }
+        )
 
     def _write_partitions(self, context: dg.OutputContext, obj) -> None:
         """A step over several partitions (a single-run backfill) returns a dict by partition."""
@@ -125,6 +135,12 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 shutil.rmtree(staging)
 
     def load_input(self, context: dg.InputContext):
+        try:
+            return self._load_input(context)
+        except StoredOutputError as exc:
+            raise dg.Failure(description=str(exc)) from None
+
+    def _load_input(self, context: dg.InputContext):
         if context.has_asset_partitions and not context.has_partition_key:
             return self._load_partitions(context)
         target = self._path(context)
@@ -132,7 +148,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             metadata = context.definition_metadata or {}
             streamed, parts = metadata.get("format") == "stream", metadata.get("parts")
             return {
-                p.stem: StoredTable(p) if streamed else pd.read_parquet(p)
+                p.stem: StoredTable(p) if streamed else _read_frame(p)
                 for p in sorted(target.glob("*.parquet"))
                 if parts is None or p.stem in parts
             }
@@ -159,7 +175,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 loaded[partition] = _read(path, context)
             elif (root / partition).is_dir():
                 loaded[partition] = {
-                    p.stem: pd.read_parquet(p) for p in sorted((root / partition).glob("*.parquet"))
+                    p.stem: _read_frame(p) for p in sorted((root / partition).glob("*.parquet"))
                 }
         return loaded
 
@@ -172,8 +188,14 @@ def _read(path: Path, context: dg.InputContext):
     if (context.definition_metadata or {}).get("format") == "stream":
         return StoredTable(path)
     if _wants_arrow(context):
-        return pq.read_table(path, columns=columns)
-    return pd.read_parquet(path, columns=columns)
+        with unreadable_names(path):
+            return pq.read_table(path, columns=columns)
+    return _read_frame(path, columns)
+
+
+def _read_frame(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    with unreadable_names(path):
+        return pd.read_parquet(path, columns=columns)
 
 
 def _wants_arrow(context: dg.InputContext) -> bool:
