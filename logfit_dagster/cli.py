@@ -60,7 +60,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.progress import RunProgress
     from logfit_dagster.resources.sources import LogSources
-    from logfit_dagster.runs import fail_orphaned_runs
+    from logfit_dagster.runs import CtrlC, Interrupted, fail_orphaned_runs
 
     instance = dg.DagsterInstance.get()
     for run_id in fail_orphaned_runs(instance):
@@ -132,14 +132,20 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         }
         return read is not None and set(read) != labelled
 
-    def run(job_name: str, partition: str | None, label: str) -> tuple[bool, dict]:
-        selection = plan(job_name, partition)
+    def run(job_name: str, partition: str | None, label: str, plan=plan) -> tuple[bool, dict]:
+        selection = plan(job_name, partition) if plan else None
         if selection == []:
             skipped.append(label)
             return True, _latest_metadata(instance, defs, job_name, partition)
         steps = len(selection) if selection is not None else len(job_assets(job_name))
         progress.begin(label, steps)
-        ok, meta, reason = executor.run(job_name, partition, selection)
+        try:
+            with ctrl_c.run_active():
+                ok, meta, reason = executor.run(job_name, partition, selection)
+            if ctrl_c.requested:
+                raise Interrupted(label)
+        except KeyboardInterrupt:
+            raise Interrupted(label) from None
         if not ok:
             failed.append((label, reason))
             progress.note(f"[{label}] FAILED: {reason}")
@@ -148,18 +154,30 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     def job_assets(job_name: str) -> list:
         return Freshness(instance, defs).job_assets(JOB_SELECTIONS[job_name])
 
-    with RunProgress(instance) as progress:
-        line_model, transformer, template_models, pretrained, labeled = _run_everything(
-            args, names, run, rows, skipped, executor, failed
+    done: dict = {}
+    stopped = None
+    with CtrlC() as ctrl_c:
+        try:
+            with RunProgress(instance) as progress:
+                _run_everything(args, names, run, rows, skipped, executor, failed, done)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            ctrl_c.acknowledge()
+            stopped = exc.label if isinstance(exc, Interrupted) else "planning the next run"
+        _print_summary(rows, done, skipped, home, started)
+    if stopped is not None:
+        print(
+            f"logfit: interrupted (Ctrl-C) during {stopped}: its run was stopped and marked "
+            "failed or canceled in the instance; nothing after it was started. What finished "
+            "before is kept; the next `logfit materialize` goes on from there.",
+            file=sys.stderr,
         )
-    _print_summary(
-        rows, line_model, transformer, template_models, pretrained, labeled, skipped, home, started
-    )
+        return 130
     return 1 if failed else 0
 
 
-def _run_everything(args, names, run, rows, skipped, executor, failed):
-    """Each source's job, then the shared models, the scoring and the template models."""
+def _run_everything(args, names, run, rows, skipped, executor, failed, done):
+    """Each source's job, then the shared models, the scoring and the template models; what
+    each produced goes into ``done`` as it finishes, so an interrupted command still reports it."""
     from logfit_dagster.assets.models import line_champion_path
 
     succeeded = []
@@ -170,32 +188,31 @@ def _run_everything(args, names, run, rows, skipped, executor, failed):
             continue
         succeeded.append(name)
         rows.append(_summary_row(name, meta, time.perf_counter() - t0, name in skipped))
-    line_model, transformer, template_models, pretrained, labeled = {}, {}, {}, {}, {}
     if args.job == "source_lineage_job" and succeeded:
         ok, line_model = run("line_model_job", None, "line_model_job")
-        transformer = line_model.get("line_transformer_model", {})
-        labeled = line_model.get("labeled_lines", {})
-        line_model = line_model.get("look_skip_model", {})
+        done["transformer"] = line_model.get("line_transformer_model", {})
+        done["labeled"] = line_model.get("labeled_lines", {})
+        done["line_model"] = line_model.get("look_skip_model", {})
         if ok and line_champion_path().exists():
             for name in succeeded:
                 run("scoring_job", name, f"{name} scoring")
-        ok, pretrained = run("template_models_job", None, "template_models_job")
+        ok, done["pretrained"] = run("template_models_job", None, "template_models_job")
         if ok:
+            template_models = done.setdefault("template_models", {})
             for name in succeeded:
                 _, meta = run("template_lm_job", name, f"{name} template model")
                 template_models[name] = meta.get("template_lm", {})
             ran = [n for n in succeeded if f"{n} template model" not in skipped]
             if ran:  # the overview read the template models before they were retrained
-                ok, _, reason = executor.run("overview_job", None, None)
-                if not ok:
-                    failed.append(("overview_job", reason))
-    return line_model, transformer, template_models, pretrained, labeled
+                run("overview_job", None, "overview_job", plan=False)
 
 
-def _print_summary(
-    rows, line_model, transformer, template_models, pretrained, labeled, skipped, home, started
-):
+def _print_summary(rows, done, skipped, home, started):
     from logfit_dagster.assets.models import line_champion_path
+
+    line_model, transformer = done.get("line_model", {}), done.get("transformer", {})
+    template_models, pretrained = done.get("template_models", {}), done.get("pretrained", {})
+    labeled = done.get("labeled", {})
 
     _print_table(rows)
     for row in rows:
@@ -239,6 +256,8 @@ def _print_summary(
 
 
 def _template_summary(meta: dict) -> str:
+    if not meta:
+        return "not run (no materialization of template_lm for this source)"
     if meta.get("skipped"):
         return f"no model: {meta['skipped']}"
     if "test_anomalous" not in meta:
@@ -287,6 +306,7 @@ class _Executor:
 
     @staticmethod
     def _outcome(result) -> tuple[bool, dict, str]:
+        """Success, each asset's metadata, and the first failure's words."""
         meta = {}
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization

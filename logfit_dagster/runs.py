@@ -10,8 +10,12 @@ running". Each such run carries the host and pid of the process that runs it; a 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -86,3 +90,120 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
         )
         marked.append(run.run_id)
     return marked
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped ``logfit materialize``: nothing after ``label`` was started."""
+
+    def __init__(self, label: str):
+        super().__init__(label)
+        self.label = label
+
+
+class CtrlC:
+    """Ctrl-C for a command that runs jobs one after another: the first stops it, the second
+    ends the process at once (status 130).
+
+    Dagster swaps SIGINT's Python handler while it executes, and an interrupt that lands in one
+    of its deferral windows can be lost. So the signal is watched below Python's handlers: the
+    C-level handler writes every signal to a wakeup pipe, which a thread reads. After the first
+    Ctrl-C the thread delivers SIGINT to the main thread again each second while a run is
+    active, until the run stops (a step interrupted, the run marked failed); between runs
+    ``KeyboardInterrupt`` is raised. A second real Ctrl-C ends the process.
+    """
+
+    REDELIVER_SECONDS = 1.0
+
+    def __init__(self, stream=None):
+        import sys
+
+        self.stream = stream or sys.stderr
+        self.requested = False
+        self._real = 0
+        self._synthetic = 0
+        self._run_active = False
+        self._acknowledged = False
+        self._lock = threading.Lock()
+        self._previous = None
+        self._previous_fd = -1
+        self._pipe: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def __enter__(self) -> CtrlC:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._pipe = (read, write)
+        self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._thread = threading.Thread(target=self._watch, name="logfit-ctrl-c", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._closed.set()
+        assert self._pipe is not None
+        os.close(self._pipe[1])  # ends the watcher's read
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        os.close(self._pipe[0])
+
+    def _handle(self, signum, frame) -> None:
+        # between runs: stop here (the watcher counts presses and forces on the second)
+        if self._acknowledged:
+            return
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def acknowledge(self) -> None:
+        """The command has stopped starting runs: no more interrupts are raised in it."""
+        self._acknowledged = True
+
+    @contextmanager
+    def run_active(self) -> Iterator[None]:
+        """While a run executes: a Ctrl-C is delivered again until the run ends."""
+        self._run_active = True
+        try:
+            yield
+        finally:
+            self._run_active = False
+
+    def _watch(self) -> None:
+        import select
+
+        assert self._pipe is not None
+        read = self._pipe[0]
+        while not self._closed.is_set():
+            ready, _, _ = select.select([read], [], [], self.REDELIVER_SECONDS)
+            if ready:
+                try:
+                    data = os.read(read, 64)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for signum in data:
+                    if signum != signal.SIGINT:
+                        continue
+                    with self._lock:
+                        if self._synthetic:
+                            self._synthetic -= 1
+                            continue
+                        self._real += 1
+                    if self._real == 1:
+                        self.requested = True
+                    else:
+                        self._force()
+            elif self.requested and self._run_active and not self._acknowledged:
+                with self._lock:
+                    self._synthetic += 1
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def _force(self) -> None:
+        try:
+            self.stream.write("\nlogfit: second Ctrl-C: stopped at once\n")
+            self.stream.flush()
+        finally:
+            os._exit(130)

@@ -361,3 +361,92 @@ def test_materialize_refuses_a_registry_that_names_nothing_with_exit_2(
     assert result.returncode == 2, result.stderr[-2000:]
     assert words in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _start_materialize(workdir, *extra: str) -> subprocess.Popen:
+    env = {**os.environ}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize", *extra],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the test's Ctrl-C goes to it alone
+    )
+
+
+def _wait_for_run(workdir, proc, status=dg.DagsterRunStatus.STARTED, timeout=180):
+    import time
+
+    home = str(workdir / "data" / "dagster_home")
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no run started"
+        if (workdir / "data" / "dagster_home" / "dagster.yaml").exists():
+            with dg.DagsterInstance.from_config(home) as instance:
+                runs = instance.get_runs(filters=dg.RunsFilter(statuses=[status]))
+                if runs:
+                    return runs[0]
+        time.sleep(0.2)
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_ctrl_c_stops_materialize_marks_its_run_and_starts_nothing_else(workdir):
+    """A terminal's Ctrl-C (SIGINT to the command's process group) during the first source's
+    run: that run ends failed or canceled, no other run starts, the summary says what was
+    interrupted, and the command exits 130."""
+    import signal
+    import time
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: big, origin: synthetic, kind: hdfs, lines: 300000, seed: 3}\n"
+        "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
+    )
+    proc = _start_materialize(workdir)
+    try:
+        run = _wait_for_run(workdir, proc)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted (Ctrl-C) during big" in err and "nothing after it was started" in err
+    # Dagster's own helper processes may print their KeyboardInterrupt; logfit prints none
+    assert "logfit_dagster/cli.py" not in err
+    with dg.DagsterInstance.from_config(str(workdir / "data" / "dagster_home")) as instance:
+        runs = instance.get_runs()
+        assert [r.run_id for r in runs] == [run.run_id], "a run started after the Ctrl-C"
+        assert runs[0].status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    assert not (workdir / "data" / "assets" / "raw_logs" / "tiny_bgl.parquet").exists()
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_second_ctrl_c_forces_materialize_to_stop_at_once(workdir):
+    import signal
+    import time
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n  - {name: big, origin: synthetic, kind: hdfs, lines: 300000, seed: 3}\n"
+    )
+    proc = _start_materialize(workdir)
+    try:
+        _wait_for_run(workdir, proc)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
