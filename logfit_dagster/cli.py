@@ -60,7 +60,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.progress import RunProgress
     from logfit_dagster.resources.sources import LogSources
-    from logfit_dagster.runs import CtrlC, Interrupted, fail_orphaned_runs
+    from logfit_dagster.runs import CtrlC, Interrupted, data_folder_lock, fail_orphaned_runs
 
     instance = dg.DagsterInstance.get()
     for run_id in fail_orphaned_runs(instance):
@@ -156,7 +156,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     done: dict = {}
     stopped = None
-    with CtrlC() as ctrl_c:
+    with data_folder_lock(data_dir(), wait=args.wait), CtrlC() as ctrl_c:
         try:
             with RunProgress(instance) as progress:
                 _run_everything(args, names, run, rows, skipped, executor, failed, done)
@@ -680,6 +680,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     m.add_argument(
         "--force", action="store_true", help="recompute every asset, even the up-to-date ones"
+    )
+    m.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another logfit materialize holds the data folder, wait for it instead of "
+        "refusing",
     )
     m.set_defaults(func=cmd_materialize)
     s = sub.add_parser(

@@ -207,3 +207,65 @@ class CtrlC:
             self.stream.flush()
         finally:
             os._exit(130)
+
+
+@contextmanager
+def data_folder_lock(folder: Path, wait: bool = False, stream=None) -> Iterator[None]:
+    """Hold the data folder for one ``logfit materialize`` at a time.
+
+    Two commands on one folder would train the same models into the same folders; the second
+    refuses (or, with ``wait``, waits), naming the process that holds the folder. The lock is
+    the kernel's (``flock``): a killed holder releases it.
+
+    Raises:
+        BusyError: when another process holds the folder and ``wait`` is false.
+    """
+    import fcntl
+    import json
+    import sys
+
+    from logfit_dagster.core.errors import BusyError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".materialize.lock"
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the with block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except ValueError:
+                holder = {}
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, started "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}: "
+                f"{holder.get('command', '?')}"
+                if holder
+                else "another process"
+            )
+            if not wait:
+                raise BusyError(
+                    f"{folder} is being materialized by {who}; wait for it to finish (or pass "
+                    "--wait to queue behind it), or stop it with Ctrl-C"
+                ) from None
+            print(f"logfit: waiting for {who} to release {folder}", file=stream or sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.time(),
+                    "command": " ".join(["logfit", *sys.argv[1:]]),
+                }
+            )
+        )
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock

@@ -450,3 +450,34 @@ def test_a_second_ctrl_c_forces_materialize_to_stop_at_once(workdir):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, err[-3000:]
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_second_materialize_on_one_data_folder_refuses_naming_the_first(workdir):
+    import signal
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n  - {name: big, origin: synthetic, kind: hdfs, lines: 300000, seed: 3}\n"
+    )
+    first = _start_materialize(workdir)
+    try:
+        _wait_for_run(workdir, first)
+        env = {**os.environ}
+        env.pop("DAGSTER_HOME", None)
+        second = subprocess.run(
+            [sys.executable, "-m", "logfit_dagster.cli", "materialize", "big"],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"is being materialized by pid {first.pid}" in second.stderr
+        assert "logfit materialize" in second.stderr and "--wait" in second.stderr
+        with dg.DagsterInstance.from_config(str(workdir / "data" / "dagster_home")) as instance:
+            assert len(instance.get_runs()) == 1, "the second command started a run"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()

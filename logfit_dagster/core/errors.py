@@ -40,3 +40,7 @@ class StateFileError(LogfitError):
 
 class StoredOutputError(LogfitError):
     """An asset's stored output is missing or unreadable; the message names the file."""
+
+
+class BusyError(LogfitError):
+    """Another process holds what this command needs (the data folder of a materialize)."""
