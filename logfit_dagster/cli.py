@@ -40,6 +40,29 @@ INSTANCE_CONFIG = (
 )
 
 
+def _open_instance(home: Path):
+    """Dagster's instance under ``home``, or an error naming its damaged database."""
+    import dagster as dg
+
+    from logfit_dagster.core.errors import StateFileError
+    from logfit_dagster.core.sqlite_files import damaged_files
+
+    try:
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)
+    except Exception as exc:
+        if "database" not in str(exc).lower() and not damaged_files(home):
+            raise
+        damaged = ", ".join(str(p) for p in damaged_files(home)) or f"a database under {home}"
+        raise StateFileError(
+            f"the Dagster instance at {home} cannot be opened: {damaged} is not a readable "
+            f"SQLite database ({type(exc).__name__}); move it aside (its run history is lost; "
+            "the outputs under data/assets stay and are rebuilt only where missing) or restore "
+            "it from a backup"
+        ) from None
+    return instance
+
+
 def _metadata_value(value):
     return getattr(value, "value", value)
 
@@ -62,7 +85,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.runs import CtrlC, Interrupted, data_folder_lock, fail_orphaned_runs
 
-    instance = dg.DagsterInstance.get()
+    instance = _open_instance(home)
     for run_id in fail_orphaned_runs(instance):
         print(f"run {run_id} was left STARTED by a killed command: marked failed", file=sys.stderr)
     sources = LogSources()
@@ -489,19 +512,39 @@ def cmd_classify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    output = _output_target(args.output, args.force) if args.output else None
+    if isinstance(output, int):
+        return output
     scorer = load_line_scorer(model)
-    stats = classify_file(
-        Path(args.file),
-        scorer,
-        Path(args.output) if args.output else None,
-        threshold=args.threshold,
-    )
+    print(f"logfit: scoring with {model}", file=sys.stderr)
+    with _terminate_cleanly(), _ReadProgress(source) as progress:
+        stats = classify_file(
+            source,
+            scorer,
+            output,
+            threshold=args.threshold,
+            max_line_chars=args.max_line_chars,
+            progress=progress,
+        )
     print(
         f"{stats.lines} lines, {stats.look} LOOK ({stats.look / max(stats.lines, 1):.1%}), "
         f"{stats.distinct_shapes} distinct shapes scored, {stats.seconds:.2f} s, "
         f"{stats.lines_per_second:,.0f} lines/s" + (f" -> {args.output}" if args.output else ""),
         file=sys.stderr,
     )
+    if stats.cut_lines:
+        print(
+            f"{stats.cut_lines} line(s) longer than {args.max_line_chars:,} characters (the first "
+            f"is line {stats.first_cut_line}): {stats.cut_bytes:,} byte(s) past that were read "
+            "through, not kept; the output's cut_bytes column says how many per line "
+            "(--max-line-chars raises the cap)",
+            file=sys.stderr,
+        )
+    if stats.replaced_bytes:
+        print(
+            f"{stats.replaced_bytes:,} byte(s) that are not UTF-8 were replaced by U+FFFD",
+            file=sys.stderr,
+        )
     if stats.long_lines:
         print(
             f"{stats.long_lines} line(s) longer than {stats.max_chars:,} characters: scored on "
@@ -645,6 +688,79 @@ def _stop_process_group(server, grace: float) -> None:
         return
 
 
+def _output_target(name: str, force: bool) -> Path | int:
+    """Where ``--output`` writes: a symlink's target (the link stays), refusing a folder, and
+    an existing file unless ``force``; an exit status when refused."""
+    output = Path(name)
+    if output.suffix not in (".parquet", ".jsonl"):
+        print(f"logfit: output {output}: use a .parquet or .jsonl file name", file=sys.stderr)
+        return 2
+    if output.is_symlink():
+        output = Path(os.path.realpath(output))
+    if output.is_dir():
+        print(f"logfit: --output {name} is a folder: name a file in it", file=sys.stderr)
+        return 2
+    if output.exists() and not force:
+        print(
+            f"logfit: --output {name} exists: pass --force to replace it (it is replaced whole, "
+            "keeping its mode, only once every line is scored)",
+            file=sys.stderr,
+        )
+        return 2
+    if not output.parent.is_dir():
+        print(f"logfit: --output {name}: folder {output.parent} does not exist", file=sys.stderr)
+        return 2
+    return output
+
+
+class _terminate_cleanly:
+    """SIGTERM ends the command as Ctrl-C does, through ``finally`` blocks: a temporary output
+    is removed, nothing half-written stays."""
+
+    def __enter__(self):
+        import signal
+
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        self._previous = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class _ReadProgress:
+    """A long read's progress on stderr: on a terminal one line rewritten in place, otherwise
+    a line every 30 s; nothing for a read under 5 s."""
+
+    def __init__(self, path: Path, stream=None):
+        self.path, self.stream = path, stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.started = self.last = time.monotonic()
+        self.shown = False
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.started < 5 or now - self.last < (1 if self.tty else 30):
+            return
+        self.last = now
+        share = f"{done / total:.0%} of " if total else ""
+        line = f"reading {self.path}: {share}{total / 2**20:,.0f} MB on disk, {now - self.started:.0f} s"
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def __exit__(self, *exc):
+        if self.shown and self.tty:
+            self.stream.write("\n")
+
+
 def _probability(text: str) -> float:
     """A threshold on a probability: a finite number strictly between 0 and 1."""
     import math
@@ -713,6 +829,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("file", help="a log file, plain or .gz")
     c.add_argument("--model", help="model JSON (default: data/models/look_skip_champion.json)")
     c.add_argument("--output", help="write every line scored to a .parquet or .jsonl file")
+    c.add_argument("--force", action="store_true", help="replace the --output file when it exists")
+    c.add_argument(
+        "--max-line-chars",
+        type=int,
+        default=1_000_000,
+        help="characters of one line held in memory (1,000,000); the rest of a longer line is "
+        "read through, not kept, and counted in the output's cut_bytes column",
+    )
     c.add_argument(
         "--threshold",
         type=_probability,

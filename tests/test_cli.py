@@ -481,3 +481,29 @@ def test_a_second_materialize_on_one_data_folder_refuses_naming_the_first(workdi
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_tampered_miner_state_fails_its_source_alone_and_runs_nothing(workdir):
+    import json
+
+    marker = workdir / "ran"
+    state = workdir / "data" / "sources" / "tiny_bgl" / "drain_state.json"
+    state.parent.mkdir(parents=True)
+    payload = {"py/reduce": [{"py/function": "os.system"}, {"py/tuple": [f"touch {marker}"]}]}
+    state.write_text(json.dumps({"profile": "x", "drain": json.dumps(payload)}))
+    env = {**os.environ}
+    env.pop("DAGSTER_HOME", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "logfit_dagster.cli", "materialize", "--job", "ingest_job"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"[tiny_bgl] FAILED: {state}: drain: holds 'py/reduce'" in result.stderr
+    assert _row(result, "tiny_hdfs")[1] == "1500"
+    assert not marker.exists()

@@ -62,7 +62,7 @@ def test_classify_scores_a_line_longer_than_the_cut_writes_it_whole_and_counts_i
     log = tmp_path / "app.log"
     log.write_text(f"INFO heartbeat 1 ok\n{LONG}\nERROR disk 2 failed\n")
     out = tmp_path / "scored.parquet"
-    stats = classify_file(log, LineScorer(_tiny_export()), out)
+    stats = classify_file(log, LineScorer(_tiny_export()), out, max_line_chars=10_000_000)
     table = pq.read_table(out)
     assert stats.lines == 3 and stats.long_lines == 1 and stats.max_chars == MAX_SHAPE_CHARS
     assert table.column("raw")[1].as_py() == LONG  # kept whole
@@ -80,3 +80,21 @@ def test_the_cut_travels_with_the_model():
     )
     assert same[0] == same[1] and scorer.shapes_scored == 1
     assert LineScorer(_tiny_export()).max_chars == MAX_SHAPE_CHARS  # older exports: the default
+
+
+def test_a_line_past_the_read_cap_is_read_through_and_counted_not_held(tmp_path):
+    import pyarrow.parquet as pq
+
+    from logfit_dagster.core.classify import classify_file
+    from logfit_dagster.core.line_model import LineScorer
+
+    log = tmp_path / "app.log"
+    log.write_text(f"INFO heartbeat 1 ok\n{LONG}\nERROR disk 2 failed\n" + "x" * 3000)
+    out = tmp_path / "scored.parquet"
+    stats = classify_file(log, LineScorer(_tiny_export()), out, max_line_chars=1000)
+    table = pq.read_table(out).to_pydict()
+    assert stats.lines == 4 and stats.cut_lines == 2 and stats.first_cut_line == 2
+    assert table["raw"][1] == LONG[:1000] and table["cut_bytes"][1] == len(LONG) - 1000
+    assert table["raw"][3] == "x" * 1000 and table["cut_bytes"][3] == 2000
+    assert table["cut_bytes"][0] == table["cut_bytes"][2] == 0
+    assert stats.cut_bytes == len(LONG) - 1000 + 2000

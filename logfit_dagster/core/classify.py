@@ -32,10 +32,19 @@ class ClassifyStats:
     # lines longer than the model's cut: scored on their first characters, written whole
     long_lines: int = 0
     max_chars: int = 0
+    # lines longer than the read cap: only their head was read into memory and written
+    cut_lines: int = 0
+    cut_bytes: int = 0
+    first_cut_line: int = 0
 
     @property
     def lines_per_second(self) -> float:
         return self.lines / self.seconds if self.seconds else float("nan")
+
+
+# Characters of one line held in memory at most: a longer line (a gigabyte without a newline)
+# is read through, its head scored and written, and the bytes not kept are counted.
+MAX_LINE_CHARS = 1_000_000
 
 
 def classify_file(
@@ -44,11 +53,15 @@ def classify_file(
     output: Path | None = None,
     look_out: TextIO | None = None,
     threshold: float | None = None,
+    max_line_chars: int = MAX_LINE_CHARS,
+    progress=None,
 ) -> ClassifyStats:
     """Score every line of ``path`` (plain or gzip).
 
     With ``output`` (``.parquet`` or ``.jsonl``) every line is written with its line number,
-    probability and label, atomically; otherwise the LOOK lines are written to ``look_out``.
+    probability, label and ``cut_bytes`` (bytes past ``max_line_chars`` that were not kept),
+    atomically; otherwise the LOOK lines are written to ``look_out``, a cut one marked.
+    ``progress(bytes_done, bytes_total)`` hears the read, on disk.
     """
     threshold = scorer.threshold if threshold is None else threshold
     if output is not None and Path(output).suffix not in OUTPUT_FORMATS:
@@ -60,7 +73,10 @@ def classify_file(
     with atomic_path(Path(output)) if output is not None else nullcontext() as tmp:
         handle = open(tmp, "w") if tmp is not None and Path(output).suffix == ".jsonl" else None
         try:
-            for batch in iter_line_batches(Path(path)):
+            batches = iter_line_batches(
+                Path(path), max_line_chars=max_line_chars, progress=progress
+            )
+            for batch in batches:
                 probability = scorer.score_lines(batch.lines)
                 look = probability >= threshold
                 stats.lines += len(probability)
@@ -72,10 +88,18 @@ def classify_file(
                         pc.sum(pc.greater(lengths, stats.max_chars)).as_py() or 0
                     )
                 numbers = np.arange(batch.first_line, batch.first_line + len(probability))
+                cut = batch.cut_bytes
+                if cut is not None and cut.any():
+                    cut_at = np.flatnonzero(cut)
+                    stats.cut_lines += len(cut_at)
+                    stats.cut_bytes += int(cut.sum())
+                    stats.first_cut_line = stats.first_cut_line or int(numbers[cut_at[0]])
                 if tmp is None:
                     raws = batch.lines.filter(pa.array(look)).to_pylist()
-                    for number, raw in zip(numbers[look], raws, strict=True):
-                        look_out.write(f"{number}\t{raw}\n")
+                    cuts = cut[look] if cut is not None else np.zeros(len(raws), dtype=np.int64)
+                    for number, raw, left in zip(numbers[look], raws, cuts, strict=True):
+                        more = f" …[{left:,} more bytes not read into memory]" if left else ""
+                        look_out.write(f"{number}\t{raw}{more}\n")
                     continue
                 table = pa.table(
                     {
@@ -83,6 +107,7 @@ def classify_file(
                         "probability": probability,
                         "label": np.where(look, "LOOK", "SKIP"),
                         "raw": batch.lines,
+                        "cut_bytes": cut if cut is not None else np.zeros(len(numbers), np.int64),
                     }
                 )
                 if handle is not None:

@@ -25,8 +25,12 @@ from logfit_dagster.core.labeling.base import price_of
 from logfit_dagster.core.labeling.openai_chat import ChatModel, ChatReply, chat
 from logfit_dagster.core.llm_sessions import ANSWER_SCHEMA, LABELS, parse_answer
 from logfit_dagster.core.scores import confusion_counts, rates
+from logfit_dagster.core.sqlite_files import named_errors
 
 OUTPUT_TOKENS_PER_ANSWER = 60
+
+
+_REMEDY = "move it aside to start an empty cache (its sessions are then judged again)"
 
 
 class AnswerCache:
@@ -36,7 +40,7 @@ class AnswerCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._connect() as db:
+        with named_errors(self.path, "the cache of judged sessions", _REMEDY), self._connect() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, text TEXT, "
                 "input_tokens INTEGER, output_tokens INTEGER)"

@@ -22,7 +22,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from logfit_dagster.core.errors import StateFileError
 from logfit_dagster.core.models.base import copy_model_files
+from logfit_dagster.core.sqlite_files import is_damaged
 from logfit_dagster.paths import data_dir
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,13 @@ class ExperimentTracker(dg.ConfigurableResource):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         local = not self.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
         uri = self.uri()
+        store = data_dir() / "mlflow" / "mlflow.db"
+        if local and is_damaged(store):
+            raise StateFileError(
+                f"{store}: the MLflow store is not a SQLite database (damaged?); move it aside "
+                "to start a new one (the runs and registered models in it are then not listed; "
+                "the models under data/models stay), or restore it from a backup"
+            )
         prior_tracking = os.environ.get("MLFLOW_TRACKING_URI")
         prior_registry = os.environ.get("MLFLOW_REGISTRY_URI")
         mlflow.set_tracking_uri(uri)

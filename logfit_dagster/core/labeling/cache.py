@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from logfit_dagster.core.sqlite_files import named_errors
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (
     cache_key TEXT PRIMARY KEY,
@@ -109,17 +111,26 @@ class LabelCache:
         with self._connect() as db:
             db.executescript(SCHEMA)
 
+    def _named(self):
+        return named_errors(
+            self.path,
+            "the label cache",
+            "move it aside to start an empty cache (labels in it, paid ones too, are then asked "
+            "for again), or restore it from a backup",
+        )
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         if self._open is not None:  # inside ``deferred()``: one transaction for all
             yield self._open
             return
-        db = sqlite3.connect(self.path, timeout=60)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        with self._named():
+            db = sqlite3.connect(self.path, timeout=60)
+            try:
+                with db:
+                    yield db
+            finally:
+                db.close()
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -132,14 +143,15 @@ class LabelCache:
         if self._open is not None:
             yield
             return
-        db = sqlite3.connect(self.path, timeout=60)
-        self._open = db
-        try:
-            with db:
-                yield
-        finally:
-            self._open = None
-            db.close()
+        with self._named():
+            db = sqlite3.connect(self.path, timeout=60)
+            self._open = db
+            try:
+                with db:
+                    yield
+            finally:
+                self._open = None
+                db.close()
 
     def get_many(self, keys: list[str]) -> dict[str, CachedWindow]:
         found: dict[str, CachedWindow] = {}
