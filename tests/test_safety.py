@@ -117,3 +117,38 @@ def test_the_check_sees_each_unsafe_loader(tmp_path, source):
     target = tmp_path / "probe.py"
     target.write_text(source)
     assert _problems(target)
+
+
+def test_training_state_round_trips_without_pickle_and_a_tampered_one_is_named(tmp_path):
+    import torch
+
+    from logfit_dagster.core.errors import StateFileError
+    from logfit_dagster.core.models.tensor_tree import load_tensor_tree, save_tensor_tree
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    tree = {
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": [],
+        "note": (1, 2.5, None, "x"),
+    }
+    stem = tmp_path / "optimizer"
+    save_tensor_tree(tree, stem)
+    loaded = load_tensor_tree(stem)
+    assert torch.equal(loaded["torch_rng"], tree["torch_rng"])
+    assert loaded["note"] == (1, 2.5, None, "x") and loaded["cuda_rng"] == []
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    fresh.load_state_dict(loaded["optimizer"])
+    assert fresh.param_groups[0]["lr"] == 0.01
+    state = next(iter(fresh.state.values()))
+    assert torch.equal(state["exp_avg"], next(iter(optimizer.state.values()))["exp_avg"])
+
+    stem.with_suffix(".json").write_text('{"object": "os.system"}')
+    with pytest.raises(StateFileError, match=r"optimizer\.json: unknown node kind 'object'"):
+        load_tensor_tree(stem)
+    stem.with_suffix(".safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(StateFileError, match=r"optimizer\.safetensors: not a saved training state"):
+        load_tensor_tree(stem)
