@@ -1,14 +1,14 @@
 """The one Definitions object of logfit: assets, checks, resources, jobs and sensors."""
 
-import importlib
 import os
 
 import dagster as dg
 
-from logfit_dagster.assets import datasets, ingest, labels, llm_sessions, models, reports
+from logfit_dagster.assets import ASSET_MODULES
 from logfit_dagster.executors import executor_from_env
 from logfit_dagster.jobs import ALL_JOBS
 from logfit_dagster.resources.labelers import default_labeler
+from logfit_dagster.resources.model_store import ModelStore
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
 from logfit_dagster.resources.tracking import ExperimentTracker
@@ -17,19 +17,10 @@ from logfit_dagster.schedules import nightly_ingest_and_label, weekly_retrain_an
 from logfit_dagster.sensors import incoming_logs_sensor, log_source_registry_sensor
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules(
-        [
-            ingest,
-            datasets,
-            labels,
-            llm_sessions,
-            models,
-            *(importlib.import_module(name) for name in models.TRAINER_FAMILIES),
-            reports,
-        ]
-    ),
+    assets=dg.load_assets_from_modules(ASSET_MODULES),
     resources={
         "io_manager": ParquetIOManager(),
+        "model_store": ModelStore(),
         "sources": LogSources(),
         "labeler": default_labeler(),
         "tracker": ExperimentTracker(),

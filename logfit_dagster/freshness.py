@@ -146,8 +146,30 @@ class Freshness:
         """The data version of the latest materialization of ``key`` (and ``partition``)."""
         return self._version(key, partition)
 
+    def is_partitioned(self, key: dg.AssetKey) -> bool:
+        return self._specs[key].partitions_def is not None
+
+    def has_materialization(self, key: dg.AssetKey, partition: str | None) -> bool:
+        """Whether ``key`` (its ``partition``, for a partitioned asset) was ever materialized."""
+        return self._latest_record(key, partition if self.is_partitioned(key) else None) is not None
+
+    def downstream_of(self, key: dg.AssetKey, keys: set[dg.AssetKey]) -> bool:
+        """Whether ``key`` reads one of ``keys``, directly or not."""
+        frontier, seen = list(keys), set(keys)
+        while frontier:
+            for child in self._children[frontier.pop()]:
+                if child == key:
+                    return True
+                if child not in seen:
+                    seen.add(child)
+                    frontier.append(child)
+        return False
+
     def latest_metadata(self, key: dg.AssetKey, partition: str | None) -> dict:
-        """The metadata of the latest materialization of ``key`` (and ``partition``), as values."""
+        """The metadata of the latest materialization of ``key`` (and ``partition``, ignored
+        for an unpartitioned asset), as values."""
+        if key in self._specs and not self.is_partitioned(key):
+            partition = None
         record = self._latest_record(key, partition)
         if record is None:
             return {}

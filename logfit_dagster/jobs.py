@@ -1,9 +1,8 @@
-"""Jobs over asset selections.
+"""Jobs over asset selections, for the UI, the schedules and ``logfit materialize --job``.
 
-Partitioned jobs run one log source per run; the line classifier and the overview read every
-source and run unpartitioned. ``logfit materialize`` runs ``source_lineage_job`` per source,
-then ``line_model_job``, then ``scoring_job`` per source, then ``template_models_job`` and
-``template_lm_job`` per source, and ``overview_job`` last.
+Partitioned jobs run one log source per run; the line models and the overview read every
+source and run unpartitioned. ``logfit materialize`` runs :data:`MATERIALIZE_SELECTION` in the
+order the asset graph gives (``stages.py``), not in an order written here.
 """
 
 import dagster as dg
@@ -18,7 +17,7 @@ line_model_selection = dg.AssetSelection.assets(
     "look_skip_model",
     "look_skip_champion",
     "line_transformer_model",
-    "line_transformer_champion",
+    "line_champion",
     "metrics_overview",
 )
 scoring_selection = dg.AssetSelection.assets("scored_lines")
@@ -114,3 +113,9 @@ ALL_JOBS = [
 
 # The asset selection of each job, by name (what ``logfit materialize`` checks for staleness).
 JOB_SELECTIONS = {job.name: job.selection for job in ALL_JOBS}
+
+# What `logfit materialize` brings up to date: everything but the LLM judges and adapters, which
+# call a paid API or train for hours (their jobs and the UI run them when asked).
+MATERIALIZE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.assets(
+    "llm_session_eval", "sft_adapter", "grpo_adapter", "rft_job"
+)

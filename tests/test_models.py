@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from logfit_dagster.assets import datasets, ingest, labels, models, reports
 from logfit_dagster.core.errors import ModelFileError, TrainingDataError
 from logfit_dagster.core.line_model import (
     LineModelParams,
@@ -25,10 +24,8 @@ from logfit_dagster.core.line_model import (
 )
 from logfit_dagster.core.session_model import train_session_models
 from logfit_dagster.partitions import LOG_SOURCE
-from logfit_dagster.resources.labelers import RuleLabelerResource
-from logfit_dagster.resources.sources import LogSources
-from logfit_dagster.resources.storage import ParquetIOManager
-from logfit_dagster.resources.tracking import ExperimentTracker
+from tests.graph import ASSETS as GRAPH
+from tests.graph import offline_resources
 
 SMALL = LineModelParams(C=1.0, word_max_features=2000, char_max_features=5000)
 
@@ -173,7 +170,7 @@ def test_session_models_say_why_they_skip():
 
 # -- the assets, with MLflow -------------------------------------------------------------------
 
-ASSETS = dg.load_assets_from_modules([ingest, datasets, labels, models, reports])
+ASSETS = GRAPH
 PARTITIONED = [
     "raw_logs",
     "parsed_logs",
@@ -189,18 +186,19 @@ SMALL_GRID = {"C": [1.0], "char_max_features": [5000], "word_max_features": [200
 
 
 def _resources():
-    return {
-        "io_manager": ParquetIOManager(),
-        "sources": LogSources(),
-        "labeler": RuleLabelerResource(),
-        "tracker": ExperimentTracker(),
-    }
+    return offline_resources()
 
 
 def _line_model_run(instance, margin: float):
     return dg.materialize(
         ASSETS,
-        selection=["labeled_lines", "look_skip_model", "look_skip_champion", "metrics_overview"],
+        selection=[
+            "labeled_lines",
+            "look_skip_model",
+            "look_skip_champion",
+            "line_champion",
+            "metrics_overview",
+        ],
         instance=instance,
         resources=_resources(),
         run_config={

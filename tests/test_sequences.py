@@ -204,12 +204,8 @@ def write_sequence_source(folder, seed: int = 5) -> None:
 
 
 def test_a_sequence_source_runs_through_sessions_splits_and_session_models(workdir):
-    from logfit_dagster.assets import datasets, ingest, labels, models
     from logfit_dagster.partitions import LOG_SOURCE
-    from logfit_dagster.resources.labelers import RuleLabelerResource
-    from logfit_dagster.resources.sources import LogSources
-    from logfit_dagster.resources.storage import ParquetIOManager
-    from logfit_dagster.resources.tracking import ExperimentTracker
+    from tests.graph import ASSETS, offline_resources
 
     write_sequence_source(workdir / "seq")
     (workdir / "sources.yaml").write_text(
@@ -222,13 +218,8 @@ def test_a_sequence_source_runs_through_sessions_splits_and_session_models(workd
         "    labels: {'*abnormal*': anomalous, '*normal*': normal}\n"
     )
     load_registry(workdir / "sources.yaml")
-    assets = dg.load_assets_from_modules([ingest, datasets, labels, models])
-    resources = {
-        "io_manager": ParquetIOManager(),
-        "sources": LogSources(),
-        "labeler": RuleLabelerResource(),
-        "tracker": ExperimentTracker(),
-    }
+    assets = ASSETS
+    resources = offline_resources()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(LOG_SOURCE, ["seq_app"])
         result = dg.materialize(
@@ -271,13 +262,10 @@ def test_a_sequence_source_runs_through_sessions_splits_and_session_models(workd
 
         # and the next-template model, which sees the order that counts cannot
         pytest.importorskip("transformers")
-        from logfit_dagster.assets.models import template_lm
-        from logfit_dagster.resources.trainer import InProcessTrainer
 
         small = {"layers": 1, "width": 32, "heads": 2, "context": 16, "max_epochs": 4}
         small["learning_rate"] = 3e-3
-        everything = [*assets, *dg.load_assets_from_modules([template_lm])]
-        resources["trainer"] = InProcessTrainer()
+        everything = assets
         assert dg.materialize(
             everything,
             selection=["template_vocabulary", "template_lm_pretrained"],

@@ -12,18 +12,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from logfit_dagster.assets import datasets, ingest, labels, models, reports  # noqa: E402
-from logfit_dagster.assets.models import line_transformer, template_lm  # noqa: E402
 from logfit_dagster.partitions import LOG_SOURCE  # noqa: E402
-from logfit_dagster.resources.labelers import RuleLabelerResource  # noqa: E402
-from logfit_dagster.resources.sources import LogSources  # noqa: E402
-from logfit_dagster.resources.storage import ParquetIOManager  # noqa: E402
-from logfit_dagster.resources.tracking import ExperimentTracker  # noqa: E402
-from logfit_dagster.resources.trainer import InProcessTrainer, PipesTrainer  # noqa: E402
+from logfit_dagster.resources.trainer import PipesTrainer  # noqa: E402
+from tests.graph import ASSETS, offline_resources  # noqa: E402
 
-ASSETS = dg.load_assets_from_modules(
-    [ingest, datasets, labels, models, line_transformer, template_lm, reports]
-)
 SMALL = {
     "layers": 1,
     "width": 32,
@@ -35,13 +27,7 @@ SMALL = {
 
 
 def _resources():
-    return {
-        "io_manager": ParquetIOManager(),
-        "sources": LogSources(),
-        "labeler": RuleLabelerResource(),
-        "tracker": ExperimentTracker(),
-        "trainer": InProcessTrainer(),
-    }
+    return offline_resources()
 
 
 def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
@@ -112,7 +98,7 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
         # the overview shows the template model's methods beside the count-vector models
         overview = dg.materialize(
             ASSETS,
-            selection=["session_model", "metrics_report"],
+            selection=["session_model", "session_champion", "metrics_report"],
             partition_key="p_nova",
             instance=instance,
             resources=_resources(),

@@ -211,6 +211,7 @@ def llm_session_eval(
         },
         tags={"asset": "llm_session_eval", "family": "llm_judge", "source": source},
     )
+    frame["model"] = config.model
     return dg.Output(
         frame,
         metadata={

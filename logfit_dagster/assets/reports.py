@@ -38,10 +38,14 @@ REPORT_COLUMNS = [
     kinds={"parquet", "matplotlib"},
 )
 def metrics_report(
-    context: dg.AssetExecutionContext, session_model: pd.DataFrame, tracker: ExperimentTracker
+    context: dg.AssetExecutionContext,
+    session_model: pd.DataFrame,
+    session_champion: pd.DataFrame,
+    tracker: ExperimentTracker,
 ) -> pd.DataFrame:
     """Accuracy, precision, recall, F1 of the anomalous class, confusion matrices and PR curves
-    of every session model on the test split, with the registry's champion beside them."""
+    of every session model on the test split, with the champion beside them (promoted, when it
+    passed its gate, before the report is written)."""
     # Imported by the step, like the models' libraries (see assets/models/).
     from logfit_dagster.core import plots
     from logfit_dagster.core.session_model import metrics as session_metrics
@@ -102,34 +106,40 @@ def metrics_report(
     return report
 
 
+ALL_SOURCES = dg.AllPartitionMapping()
+OVERVIEW_COLUMNS = ["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]
+
+
 @dg.asset(
     group_name="reports",
-    code_version="2",
+    code_version="3",
     automation_condition=on_new_data(),
     kinds={"parquet"},
+    # Every family's evaluation is an input. The per-source ones come as a dict by source,
+    # holding the sources that have one; the line models are None when they were not trained
+    # (a registry of one source has no source to hold out): the overview shows the rest.
     ins={
-        "metrics_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
-        # a registry of one source trains no line model: the overview shows the rest
+        "metrics_report": dg.AssetIn(partition_mapping=ALL_SOURCES),
+        "template_lm": dg.AssetIn(partition_mapping=ALL_SOURCES),
+        "llm_session_eval": dg.AssetIn(partition_mapping=ALL_SOURCES),
+        "sft_adapter": dg.AssetIn(partition_mapping=ALL_SOURCES),
+        "grpo_adapter": dg.AssetIn(partition_mapping=ALL_SOURCES),
         "look_skip_model": optional(),
+        "line_transformer_model": optional(),
     },
-    # read from their latest materializations when there are some: a source set too small for
-    # held-out evaluation trains no transformer, a source without sessions no template model,
-    # and the overview still shows the rest
-    deps=[
-        "line_transformer_model",
-        "template_lm",
-        "llm_session_eval",
-        "sft_adapter",
-        "grpo_adapter",
-    ],
 )
 def metrics_overview(
     context: dg.AssetExecutionContext,
     metrics_report: dict[str, pd.DataFrame],
+    template_lm: dict[str, pd.DataFrame],
+    llm_session_eval: dict[str, pd.DataFrame],
+    sft_adapter: dict[str, pd.DataFrame],
+    grpo_adapter: dict[str, pd.DataFrame],
     look_skip_model: dict[str, pd.DataFrame] | None,
+    line_transformer_model: dict[str, pd.DataFrame] | None,
 ) -> pd.DataFrame:
-    """Every source's session models (count-vector classifiers and the next-template
-    transformer per scoring method) and every line family's scores on held-out sources."""
+    """Every source's session models (count-vector classifiers, the next-template transformer
+    per scoring method, LLM judges) and every line family's scores on held-out sources."""
     frames = [f for f in metrics_report.values() if len(f)]
     sessions = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
@@ -139,19 +149,16 @@ def metrics_overview(
         lines = lines.rename(columns={"lines": "sessions"})
     else:
         lines = pd.DataFrame(columns=["source", "model", "precision", "recall", "f1", "sessions"])
-    transformer = _transformer_rows(context)
-    templates = _template_rows(context)
-    judges = _llm_judge_rows(context)
     overview = pd.concat(
         [
             sessions.assign(unit="session"),
-            templates,
-            judges,
+            template_rows(template_lm),
+            judge_rows(llm_session_eval, {"sft": sft_adapter, "grpo": grpo_adapter}),
             lines.assign(unit="line"),
-            transformer,
+            transformer_rows(line_transformer_model),
         ],
         ignore_index=True,
-    )[["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]]
+    )[OVERVIEW_COLUMNS]
     cv_f1 = (
         float(look_skip_model["summary"].iloc[0]["cv_f1"])
         if look_skip_model is not None
@@ -170,142 +177,99 @@ def metrics_overview(
     return overview
 
 
-def _transformer_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
-    """The latest line_transformer_model's held-out scores: cascade, transformer alone and the
-    TF-IDF stage (trained on the same sources), per test source."""
-    import json
-    from pathlib import Path
+TRANSFORMER_NAMES = {
+    "cascade": "cascade: tfidf then transformer (held-out source)",
+    "transformer": "line_transformer alone (held-out source)",
+    "tfidf": "tfidf, same training sources (held-out source)",
+}
 
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("line_transformer_model"))
-    materialization = event.asset_materialization if event is not None else None
-    folder = materialization.metadata.get("model_folder") if materialization else None
-    path = Path(folder.value) / "evaluation.json" if folder is not None else None
-    if path is None or not path.is_file():
-        return pd.DataFrame(columns=["unit", "source", "model"])
-    names = {
-        "cascade": "cascade: tfidf then transformer (held-out source)",
-        "transformer": "line_transformer alone (held-out source)",
-        "tfidf": "tfidf, same training sources (held-out source)",
-    }
+
+def transformer_rows(line_transformer_model: dict[str, pd.DataFrame] | None) -> pd.DataFrame:
+    """The transformer's held-out scores: cascade, transformer alone and the TF-IDF stage
+    (trained on the same sources), per test source."""
+    per_source = line_transformer_model.get("per_source") if line_transformer_model else None
+    if per_source is None or per_source.empty:
+        return pd.DataFrame(columns=OVERVIEW_COLUMNS)
     rows = []
-    for source, scores in json.loads(path.read_text())["per_source"].items():
-        for key, name in names.items():
-            if key in scores:
-                m = scores[key]
+    for row in per_source.to_dict("records"):
+        for key, name in TRANSFORMER_NAMES.items():
+            if f"{key}_f1" in row and row[f"{key}_f1"] == row[f"{key}_f1"]:
                 rows.append(
                     {
                         "unit": "line",
-                        "source": source,
+                        "source": row["source"],
                         "model": name,
-                        "precision": m["precision"],
-                        "recall": m["recall"],
-                        "f1": m["f1"],
-                        "sessions": m["lines"],
+                        **{m: row[f"{key}_{m}"] for m in ("precision", "recall", "f1")},
+                        "sessions": row["lines"],
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
 
 
-def _llm_judge_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
-    """Each source's latest llm_session_eval (a chat model's verdicts) and LoRA adapters (SFT,
-    GRPO), on the same test split."""
-    from logfit_dagster.partitions import LOG_SOURCE
+def judge_rows(evals: dict[str, pd.DataFrame], adapters: dict[str, dict]) -> pd.DataFrame:
+    """Each source's chat-model verdicts (llm_session_eval) and LoRA adapters (SFT, GRPO), on
+    the same test split; unanswered and unparseable answers are counted, never guessed."""
+    from logfit_dagster.core.scores import confusion_counts, rates
 
     rows = []
-    for source in context.instance.get_dynamic_partitions(LOG_SOURCE):
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey("llm_session_eval"), asset_partitions=[source]
-            ),
-            limit=1,
-        ).records
-        if records:
-            meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-            rows.append(
-                {
-                    "unit": "session",
-                    "source": source,
-                    "model": f"llm judge: {meta.get('model')} "
-                    f"({meta.get('unanswered', 0)} unanswered)",
-                    **{k: meta.get(k) for k in ("precision", "recall", "f1", "accuracy")},
-                    "sessions": meta.get("test_sessions"),
-                }
-            )
-        for stage in ("sft", "grpo"):  # the LoRA adapters, judged by greedy generation
-            found = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(
-                    asset_key=dg.AssetKey(f"{stage}_adapter"), asset_partitions=[source]
-                ),
-                limit=1,
-            ).records
-            if not found:
+    for source, frame in sorted(evals.items()):
+        if frame.empty:
+            continue
+        answered = frame[frame["predicted"].notna()]
+        tp, fp, fn, tn = confusion_counts(
+            answered["label"].astype(int).to_numpy(), answered["predicted"].astype(int).to_numpy()
+        )
+        model = frame["model"].iloc[0] if "model" in frame else "?"
+        rows.append(
+            {
+                "unit": "session",
+                "source": source,
+                "model": f"llm judge: {model} ({len(frame) - len(answered)} unanswered)",
+                **{k: v for k, v in rates(tp, fp, fn, tn, empty=0.0).items() if k in OVERVIEW_COLUMNS},
+                "sessions": len(frame),
+            }
+        )
+    for stage, by_source in adapters.items():
+        for source, frame in sorted(by_source.items()):
+            if frame.empty:
                 continue
-            m = {k: v.value for k, v in found[0].asset_materialization.metadata.items()}
+            m = frame.iloc[0]
             rows.append(
                 {
                     "unit": "session",
                     "source": source,
-                    "model": f"llm_lora {stage} ({m.get('test_unparseable', 0):.0f} unparseable)",
+                    "model": f"llm_lora {stage} ({m.get('test_unparseable') or 0:.0f} unparseable)",
                     **{k: m.get(f"test_{k}") for k in ("precision", "recall", "f1", "accuracy")},
                     "sessions": m.get("test_sessions"),
                 }
             )
-    return pd.DataFrame(
-        rows,
-        columns=["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"],
-    )
+    return pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
 
 
-def _template_rows(context: dg.AssetExecutionContext) -> pd.DataFrame:
-    """Each source's latest template_lm: test precision, recall and F1 per scoring method, and
-    those of the same model trained from scratch where it was trained for comparison."""
-    import json
-    from pathlib import Path
-
+def template_rows(template_lm: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each source's template_lm: test precision, recall and F1 per scoring method, and those
+    of the same model trained from scratch where it was trained beside it."""
     from logfit_dagster.core.scores import confusion_counts, rates
-    from logfit_dagster.partitions import LOG_SOURCE
 
     rows = []
-    for source in context.instance.get_dynamic_partitions(LOG_SOURCE):
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("template_lm"), asset_partitions=[source]),
-            limit=1,
-        ).records
-        if not records:
+    for source, frame in sorted(template_lm.items()):
+        if frame.empty:
             continue
-        materialization = records[0].asset_materialization
-        path = materialization.metadata.get("path")
-        if path is None or not Path(path.value).is_file():
-            continue
-        mode = materialization.metadata.get("mode")
-        label = "fine-tuned" if mode is not None and "fine-tuned" in mode.value else "scratch"
-        scores = pd.read_parquet(path.value)
-        for method, group in scores.groupby("method", sort=True):
+        mode = str(frame["mode"].iloc[0]) if "mode" in frame else "fine-tuned"
+        twin = "scratch_flagged" in frame and frame["scratch_flagged"].notna().all()
+        for method, group in frame.groupby("method", sort=True):
             y = group["label"].astype(int).to_numpy()
-            pred = group["flagged"].astype(int).to_numpy()
-            tp, fp, fn, tn = confusion_counts(y, pred)
-            rows.append(
-                {
-                    "unit": "session",
-                    "source": source,
-                    "model": f"template_lm {label}: {method}",
-                    **rates(tp, fp, fn, tn),
-                    "sessions": len(group),
-                }
-            )
-        # the same model from scratch, trained beside the fine-tuned one: the pretraining gain
-        scratch = materialization.metadata.get("scratch_model_folder")
-        evaluation = Path(scratch.value) / "evaluation.json" if scratch is not None else None
-        if evaluation is not None and evaluation.is_file():
-            stored = json.loads(evaluation.read_text())
-            for method, m in sorted(stored["methods"].items()):
+            for label, column in ((mode, "flagged"), ("scratch", "scratch_flagged")):
+                if column == "scratch_flagged" and not twin:
+                    continue
+                tp, fp, fn, tn = confusion_counts(y, group[column].astype(int).to_numpy())
                 rows.append(
                     {
                         "unit": "session",
                         "source": source,
-                        "model": f"template_lm scratch: {method}",
-                        **{k: m[k] for k in ("precision", "recall", "f1", "accuracy") if k in m},
-                        "sessions": stored["summary"]["sessions"],
+                        "model": f"template_lm {label}: {method}",
+                        **{k: v for k, v in rates(tp, fp, fn, tn).items() if k in OVERVIEW_COLUMNS},
+                        "sessions": len(group),
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)

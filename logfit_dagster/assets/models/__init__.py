@@ -1,9 +1,8 @@
-"""Model assets, one module per family, sharing one gate and champion helper (``_shared``).
+"""Model assets, one module per family, sharing one gate helper (``_shared``); the champions
+that choose between families; the scoring that reads them.
 
-The package exports the scikit-learn families (trained in the step, in seconds) and scoring.
-Families that train through the ``trainer`` resource are listed in :data:`TRAINER_FAMILIES`
-and loaded beside it by the definitions, so that the scikit-learn assets can be materialized
-with no trainer bound.
+Every model asset is exported here, so ``load_assets_from_modules([models])`` holds the whole
+model graph (the families that train through the ``trainer`` resource included).
 """
 
 from logfit_dagster.assets.models._shared import (
@@ -12,11 +11,14 @@ from logfit_dagster.assets.models._shared import (
     line_champion_path,
     models_dir,
 )
+from logfit_dagster.assets.models.line_champion import line_champion
 from logfit_dagster.assets.models.line_tfidf import (
     LINE_MODEL_NAME,
     look_skip_champion,
     look_skip_model,
 )
+from logfit_dagster.assets.models.line_transformer import line_transformer_model
+from logfit_dagster.assets.models.llm_lora import grpo_adapter, sft_adapter
 from logfit_dagster.assets.models.scoring import scored_lines
 from logfit_dagster.assets.models.session_counts import (
     SESSION_SCORE_COLUMNS,
@@ -24,13 +26,21 @@ from logfit_dagster.assets.models.session_counts import (
     session_model,
     session_model_name,
 )
+from logfit_dagster.assets.models.template_lm import (
+    template_lm,
+    template_lm_pretrained,
+    template_vocabulary,
+)
 
 __all__ = [
     "LINE_MODEL_NAME",
     "SESSION_SCORE_COLUMNS",
     "TRAINING_POOL",
     "champion_model_path",
+    "grpo_adapter",
+    "line_champion",
     "line_champion_path",
+    "line_transformer_model",
     "look_skip_champion",
     "look_skip_model",
     "models_dir",
@@ -38,11 +48,8 @@ __all__ = [
     "session_champion",
     "session_model",
     "session_model_name",
+    "sft_adapter",
+    "template_lm",
+    "template_lm_pretrained",
+    "template_vocabulary",
 ]
-
-#: modules of the families that train through the trainer resource
-TRAINER_FAMILIES = (
-    "logfit_dagster.assets.models.line_transformer",
-    "logfit_dagster.assets.models.template_lm",
-    "logfit_dagster.assets.models.llm_lora",
-)

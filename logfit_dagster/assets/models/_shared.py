@@ -9,10 +9,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from logfit_dagster.core.models.base import publish
 from logfit_dagster.core.reading import atomic_path
 from logfit_dagster.paths import data_dir
-from logfit_dagster.resources.tracking import ExperimentTracker
 
 TRAINING_POOL = "training"
 
@@ -27,7 +25,8 @@ def champion_model_path() -> Path:
 
 
 def line_champion_dir() -> Path:
-    """The artifact folder of the line champion, whichever family it is."""
+    """The artifact folder of the line champion, whichever family it is: where the model
+    store keeps the ``line_champion`` asset."""
     return models_dir() / "line_champion"
 
 
@@ -93,15 +92,6 @@ def gate(
 def data_key(*parts) -> str:
     """A short, stable key of what a model was trained and scored on."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def promote_line_model(
-    tracker: ExperimentTracker, model_name: str, version: str, folder: Path
-) -> Path:
-    """Make a trained line model the champion: the registry alias, then its folder published
-    as the line champion (the previous one stays until the copy is whole)."""
-    tracker.promote(model_name, version)
-    return publish(folder, line_champion_dir())
 
 
 def not_trained(check: str, reason: str) -> dg.AssetCheckResult:

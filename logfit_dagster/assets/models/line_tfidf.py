@@ -19,7 +19,6 @@ from logfit_dagster.assets.models._shared import (
     finite,
     gate,
     not_trained,
-    promote_line_model,
     write_json,
 )
 from logfit_dagster.core.errors import TrainingDataError
@@ -181,11 +180,12 @@ def look_skip_champion(
     look_skip_model: dict[str, pd.DataFrame],
     tracker: ExperimentTracker,
 ) -> pd.DataFrame:
-    """The model that passed the gate: the registry's ``champion`` alias, the line champion's
-    folder and the JSON that ``logfit classify --model`` takes."""
+    """The TF-IDF model that passed the gate: the registry's ``champion`` alias of its family
+    and the JSON that ``logfit classify --model`` takes (``line_champion`` chooses between
+    families)."""
     summary = look_skip_model["summary"].iloc[0]
     folder = Path(summary["path"])
-    published = promote_line_model(tracker, LINE_MODEL_NAME, str(summary["version"]), folder)
+    tracker.promote(LINE_MODEL_NAME, str(summary["version"]))
     export = json.loads((folder / "model.json").read_text())
     write_json(
         champion_model_path(),
@@ -201,7 +201,6 @@ def look_skip_champion(
             "version": str(summary["version"]),
             "cv_f1": dg.MetadataValue.float(float(summary["cv_f1"])),
             "model_json": dg.MetadataValue.path(str(champion_model_path())),
-            "line_champion": dg.MetadataValue.path(str(published)),
         }
     )
     return look_skip_model["summary"].assign(promoted_at=datetime.now(UTC).isoformat())

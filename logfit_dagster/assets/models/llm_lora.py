@@ -19,7 +19,18 @@ from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.tracking import ExperimentTracker
 from logfit_dagster.resources.trainer import Trainer
 
-LORA_COLUMNS = ["source", "stage", "path", "version", "test_f1", "test_unparseable"]
+LORA_COLUMNS = [
+    "source",
+    "stage",
+    "path",
+    "version",
+    "test_f1",
+    "test_unparseable",
+    "test_precision",
+    "test_recall",
+    "test_accuracy",
+    "test_sessions",
+]
 
 
 class LoraConfig(dg.Config):
@@ -139,8 +150,10 @@ def _record(context, tracker, stage, folder, result, params, started) -> dg.Outp
                 "stage": stage,
                 "path": str(folder),
                 "version": str(record.version),
-                "test_f1": metrics.get("test_f1"),
-                "test_unparseable": metrics.get("test_unparseable"),
+                **{
+                    f"test_{k}": metrics.get(f"test_{k}")
+                    for k in ("f1", "unparseable", "precision", "recall", "accuracy", "sessions")
+                },
             }
         ],
         columns=LORA_COLUMNS,

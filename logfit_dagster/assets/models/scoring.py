@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow as pa
 
 from logfit_dagster.assets._common import on_new_data, preview, streamed
-from logfit_dagster.assets.models._shared import line_champion_path
 from logfit_dagster.core.errors import ModelFileError
+from logfit_dagster.core.models.base import ModelArtifact
 from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
 
@@ -25,20 +25,19 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of functi
     code_version="2",
     automation_condition=on_new_data(),
     kinds={"parquet"},
-    deps=["look_skip_champion"],
     ins={"raw_logs": streamed(dagster_type=dg.Any)},
     # Scoring is cheap and loading the champion is not free: a backfill over every source is
     # one run that loads the model once.
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
-def scored_lines(context: dg.AssetExecutionContext, raw_logs):
+def scored_lines(context: dg.AssetExecutionContext, raw_logs, line_champion: ModelArtifact):
     """Every line of a source with the line champion's LOOK probability and label.
 
     One partition gives one frame; a single-run backfill gives ``raw_logs`` and returns a dict
     of frames by source, and the champion is loaded once for all of them. The raw lines are read
     in batches: only the scores and the few top lines' text are held.
     """
-    from logfit_dagster.core.models.base import load_line_scorer
+    from logfit_dagster.core.models.base import LINE_FAMILIES
 
     keys = list(context.partition_keys)
     tables = raw_logs if isinstance(raw_logs, dict) else {keys[0]: raw_logs}
@@ -48,9 +47,9 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
             f"scored_lines: raw_logs is not materialized for {', '.join(missing)}; "
             "materialize raw_logs for these sources first"
         )
-    path = line_champion_path()
+    path = line_champion.folder
     try:
-        scorer = load_line_scorer(path)
+        scorer = line_champion.scorer(LINE_FAMILIES)
     except ModelFileError as exc:
         raise dg.Failure(f"scored_lines: {exc}") from exc
     started = time.perf_counter()
@@ -62,14 +61,13 @@ def scored_lines(context: dg.AssetExecutionContext, raw_logs):
     lines = sum(len(f) for f in frames.values())
     look = {key: frame["label"] == "LOOK" for key, frame in frames.items()}
     look_lines = sum(int(mask.sum()) for mask in look.values())
-    manifest = getattr(scorer, "manifest", None)
     metadata = {
         "lines": lines,
         "look_lines": look_lines,
         "look_rate": dg.MetadataValue.float(round(look_lines / lines, 4) if lines else 0.0),
         "lines_per_second": dg.MetadataValue.float(float(round(lines / max(seconds, 1e-9)))),
         "model": dg.MetadataValue.path(str(path)),
-        "model_family": manifest.family if manifest is not None else "line_tfidf",
+        "model_family": line_champion.family,
         "model_cv_f1": dg.MetadataValue.float(
             float(getattr(scorer, "spec", {}).get("cv", {}).get("f1", float("nan")))
         ),

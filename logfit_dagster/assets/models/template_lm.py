@@ -33,7 +33,40 @@ from logfit_dagster.resources.tracking import ExperimentTracker
 from logfit_dagster.resources.trainer import Trainer
 
 PRETRAINED_MODEL_NAME = "logfit-template-lm-pretrained"
-TEMPLATE_SCORE_COLUMNS = ["session_id", "label", "method", "score", "threshold", "flagged"]
+TEMPLATE_SCORE_COLUMNS = [
+    "session_id",
+    "label",
+    "method",
+    "score",
+    "threshold",
+    "flagged",
+    "mode",  # fine-tuned or scratch
+    # the same model trained from scratch beside a fine-tuned one (null without the twin)
+    "scratch_score",
+    "scratch_threshold",
+    "scratch_flagged",
+]
+METHODS = ("max_nll", "mean_nll", "perplexity", "topg_misses")
+
+
+def _session_rows(evaluation: dict, thresholds: dict, unseen_rate: float) -> list[dict]:
+    """One row per test session and scoring method: score, threshold, flagged."""
+    scores = evaluation.get("scores", {})
+    rows = []
+    for method in METHODS:
+        for i, sid in enumerate(scores.get("session_id", [])):
+            value = scores[method][i]
+            rows.append(
+                {
+                    "session_id": sid,
+                    "label": scores["label"][i],
+                    "method": method,
+                    "score": value,
+                    "threshold": thresholds[method],
+                    "flagged": value > thresholds[method] or scores["unseen_rate"][i] > unseen_rate,
+                }
+            )
+    return rows
 
 
 def template_lm_name(source: str) -> str:
@@ -300,24 +333,24 @@ def template_lm(
             pd.DataFrame(columns=TEMPLATE_SCORE_COLUMNS), metadata={"skipped": str(exc)}
         )
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
-    scores = evaluation.get("scores", {})
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    rows = []
-    for method in ("max_nll", "mean_nll", "perplexity", "topg_misses"):
-        for i, sid in enumerate(scores.get("session_id", [])):
-            value = scores[method][i]
-            rows.append(
-                {
-                    "session_id": sid,
-                    "label": scores["label"][i],
-                    "method": method,
-                    "score": value,
-                    "threshold": thresholds[method],
-                    "flagged": value > thresholds[method]
-                    or scores["unseen_rate"][i] > config.unseen_rate,
-                }
-            )
-    frame = pd.DataFrame(rows, columns=TEMPLATE_SCORE_COLUMNS)
+    rows = _session_rows(evaluation, thresholds, config.unseen_rate)
+    twin = None
+    if baseline is not None and evaluation:
+        twin_folder = baseline[0]
+        twin = _session_rows(
+            json.loads((twin_folder / "evaluation.json").read_text()),
+            json.loads((twin_folder / "thresholds.json").read_text()),
+            config.unseen_rate,
+        )
+    frame = pd.DataFrame(rows, columns=TEMPLATE_SCORE_COLUMNS[:6])
+    frame["mode"] = "scratch" if config.from_scratch else "fine-tuned"
+    # the scratch twin on the same test sessions, for the pretraining gain in the overview
+    scratch = pd.DataFrame(twin or [], columns=TEMPLATE_SCORE_COLUMNS[:6])
+    scratch = scratch.rename(
+        columns={"score": "scratch_score", "threshold": "scratch_threshold", "flagged": "scratch_flagged"}
+    )[["session_id", "method", "scratch_score", "scratch_threshold", "scratch_flagged"]]
+    frame = frame.merge(scratch, on=["session_id", "method"], how="left")[TEMPLATE_SCORE_COLUMNS]
     figures = _figures(evaluation, thresholds, source)
     metadata = {
         "mode": "from scratch" if config.from_scratch else "fine-tuned from the pretrained model",

@@ -91,6 +91,36 @@ class TrainResult:
         return self.manifest.metrics
 
 
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A trained model as a value that flows between assets: its folder and manifest.
+
+    An asset that trains or chooses a model returns one; the model store writes the folder
+    where the asset's models live and hands the stored one to the assets that name it as an
+    input, which score through :meth:`scorer` and never open its files.
+    """
+
+    folder: Path
+    manifest: Manifest
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelArtifact:
+        """The artifact of a finished folder (its files checked against the manifest)."""
+        return cls(Path(folder), read_manifest(folder))
+
+    @property
+    def family(self) -> str:
+        return self.manifest.family
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.metrics
+
+    def scorer(self, families: tuple[str, ...] | None = None):
+        """The model, loaded to score (see :func:`load`)."""
+        return load(self.folder, families)
+
+
 def _plain(value):
     """JSON for numpy scalars and paths in params and metrics."""
     if hasattr(value, "item"):
