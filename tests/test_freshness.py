@@ -3,8 +3,8 @@
 import dagster as dg
 import pytest
 
+from logfit_dagster.commands.freshness import Freshness
 from logfit_dagster.definitions import defs
-from logfit_dagster.freshness import Freshness
 from logfit_dagster.jobs import JOB_SELECTIONS, ingest_job
 from logfit_dagster.partitions import LOG_SOURCE
 

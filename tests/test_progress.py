@@ -5,7 +5,7 @@ import time
 
 import dagster as dg
 
-from logfit_dagster.progress import RunProgress
+from logfit_dagster.commands.progress import RunProgress
 
 
 @dg.asset

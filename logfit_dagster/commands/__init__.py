@@ -1,0 +1,1 @@
+"""The subcommands of ``logfit``, one module each; ``cli.py`` parses and dispatches."""

@@ -1,0 +1,475 @@
+"""``logfit materialize``: bring the lineage up to date, in the stages the asset graph gives, and
+say what ran, what was up to date and what failed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from logfit_dagster.cli import ensure_dagster_home
+from logfit_dagster.paths import data_dir
+
+
+def _open_instance(home: Path):
+    """Dagster's instance under ``home``, or an error naming its damaged database."""
+    import dagster as dg
+
+    from logfit_dagster.core.errors import StateFileError
+    from logfit_dagster.core.sqlite_files import damaged_files
+
+    try:
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)
+    except Exception as exc:
+        if "database" not in str(exc).lower() and not damaged_files(home):
+            raise
+        damaged = ", ".join(str(p) for p in damaged_files(home)) or f"a database under {home}"
+        raise StateFileError(
+            f"the Dagster instance at {home} cannot be opened: {damaged} is not a readable "
+            f"SQLite database ({type(exc).__name__}); move it aside (its run history is lost; "
+            "the outputs under data/assets stay and are rebuilt only where missing) or restore "
+            "it from a backup"
+        ) from None
+    return instance
+
+
+def _metadata_value(value):
+    return getattr(value, "value", value)
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    """Bring the lineage up to date for each source and print a per-source summary.
+
+    The selection (every asset but the LLM judges and adapters, or one job's) runs in the
+    stages the graph gives (see ``stages.py``): per-source assets once per source, all-source
+    assets once. Only what is missing or stale runs: a source whose files and registry entry
+    are unchanged and whose assets are fresh is skipped; ``--force`` recomputes everything.
+    """
+    home = ensure_dagster_home()
+    from logfit_dagster.commands.progress import RunProgress
+    from logfit_dagster.commands.stages import plan_stages
+    from logfit_dagster.definitions import defs
+    from logfit_dagster.jobs import JOB_SELECTIONS, MATERIALIZE_SELECTION
+    from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.sources import LogSources
+    from logfit_dagster.runs import CtrlC, Interrupted, data_folder_lock, fail_orphaned_runs
+
+    instance = _open_instance(home)
+    for run_id in fail_orphaned_runs(instance):
+        print(f"run {run_id} was left STARTED by a killed command: marked failed", file=sys.stderr)
+    sources = LogSources()
+    all_sources = sources.all_sources()
+    problems = sources.problems()
+    # an invalid registry entry fails that source alone: it is named, the others run
+    invalid = [n for n in (args.sources or list(problems)) if n in problems]
+    for name in invalid:
+        print(f"[{name}] FAILED: {problems[name]}", file=sys.stderr)
+    names = [n for n in args.sources or list(all_sources) if n not in problems]
+    if not names and not invalid:
+        print(
+            f"logfit: no source to materialize: none in the registry {sources.registry_file()} "
+            f"nor as a folder under {sources.incoming_dir()}",
+            file=sys.stderr,
+        )
+        return 2
+    unknown = [n for n in names if n not in all_sources]
+    if unknown:
+        print(
+            f"unknown source(s): {', '.join(unknown)}; registered: {', '.join(all_sources)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.job is not None and args.job not in JOB_SELECTIONS:
+        print(f"unknown job {args.job!r}; jobs: {', '.join(JOB_SELECTIONS)}", file=sys.stderr)
+        return 2
+    existing = set(instance.get_dynamic_partitions(LOG_SOURCE))
+    new = [n for n in names if n not in existing]
+    if new:
+        instance.add_dynamic_partitions(LOG_SOURCE, new)
+    selection = JOB_SELECTIONS[args.job] if args.job else MATERIALIZE_SELECTION
+    stages = plan_stages(defs, list(selection.resolve(list(defs.assets))))
+    log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    driver = _Driver(
+        args,
+        defs,
+        instance,
+        sources,
+        _Executor(args.executor, defs, instance, log_config, args.job),
+    )
+    failed = [(n, problems[n]) for n in invalid]
+    started = time.perf_counter()
+    stopped = None
+    with data_folder_lock(data_dir(), wait=args.wait), CtrlC() as ctrl_c:
+        driver.ctrl_c = ctrl_c
+        try:
+            with RunProgress(instance) as progress:
+                driver.progress = progress
+                driver.run_stages(stages, names)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            ctrl_c.acknowledge()
+            stopped = exc.label if isinstance(exc, Interrupted) else "planning the next run"
+        failed += driver.failed
+        _print_summary(driver, home, started)
+    if stopped is not None:
+        print(
+            f"logfit: interrupted (Ctrl-C) during {stopped}: its run was stopped and marked "
+            "failed or canceled in the instance; nothing after it was started. What finished "
+            "before is kept; the next `logfit materialize` goes on from there.",
+            file=sys.stderr,
+        )
+        return 130
+    return 1 if failed else 0
+
+
+class _Driver:
+    """Runs the stages of a selection, source by source, and keeps what the summary shows."""
+
+    def __init__(self, args, defs, instance, sources, executor):
+        self.args, self.defs, self.instance = args, defs, instance
+        self.sources, self.executor = sources, executor
+        self.progress = self.ctrl_c = None
+        self.rows: list[dict] = []
+        self.failed: list[tuple[str, str]] = []
+        self.skipped: list[str] = []
+        # (asset name, source or None) whose stage ran or was up to date in this command
+        self.settled: set[tuple[str, str | None]] = set()
+
+    def run_stages(self, stages, names: list[str]) -> None:
+        succeeded = list(names)
+        for number, stage in enumerate(stages):
+            if not stage.partitioned:
+                self.run(stage, None, stage.label(None, number == 0))
+                continue
+            for name in list(succeeded):
+                t0 = time.perf_counter()
+                ok, meta = self.run(stage, name, stage.label(name, number == 0))
+                if number == 0:
+                    if not ok:
+                        succeeded.remove(name)  # its later stages would read what failed
+                        continue
+                    label = stage.label(name, True)
+                    self.rows.append(
+                        _summary_row(name, meta, time.perf_counter() - t0, label in self.skipped)
+                    )
+
+    def _fresh(self):
+        from logfit_dagster.commands.freshness import Freshness
+
+        return Freshness(self.instance, self.defs)
+
+    def plan(self, stage, partition: str | None) -> list | None:
+        """The assets of the stage to run: None for all, [] for nothing."""
+        import dagster as dg
+
+        from logfit_dagster.core.errors import LogfitError
+
+        keys = self._runnable(stage, partition)
+        if not keys:
+            return []
+        if self.args.force:
+            return keys
+        fresh = self._fresh()
+        raw_key = dg.AssetKey("raw_logs")
+        if raw_key in keys:
+            try:
+                spec = self.sources.get(partition)
+                current = self.sources.fingerprint(spec, self.sources.files(spec))
+            except LogfitError:
+                return keys  # run it: the run fails for this source alone, naming what is wrong
+            if fresh.recorded_version(raw_key, partition) != current:
+                return keys
+        stale = fresh.out_of_date(keys, partition)
+        labeled_key = dg.AssetKey("labeled_lines")
+        if labeled_key in keys and labeled_key not in stale and self._label_sources_moved(fresh):
+            stale = fresh.out_of_date(keys, partition, also=[labeled_key])
+        for (key, _), why in fresh.damaged.items():
+            self.progress.note(f"{key.to_user_string()}: {why}: rebuilt")
+        return stale
+
+    def _runnable(self, stage, partition: str | None) -> list:
+        """The stage's assets whose inputs from earlier stages exist; the others are named."""
+        fresh = self._fresh()
+        blocked = {}
+        for key, needs in stage.needs.items():
+            missing = [n for n in needs if not fresh.has_materialization(n, partition)]
+            if missing:
+                blocked[key] = missing
+        keys = [k for k in stage.keys if k not in blocked]
+        # what reads a blocked asset in the same stage cannot run either
+        keys = [k for k in keys if not fresh.downstream_of(k, set(blocked))]
+        for key, missing in blocked.items():
+            where = f"[{partition}] " if partition else ""
+            self.progress.note(
+                f"{where}{key.to_user_string()}: not run: "
+                f"{', '.join(m.to_user_string() for m in missing)} has no materialization "
+                "(see above why it trained nothing)"
+            )
+        return keys
+
+    def _label_sources_moved(self, fresh) -> bool:
+        """Whether the registry's sources with labels differ from those labeled_lines read."""
+        import dagster as dg
+
+        read = fresh.latest_metadata(dg.AssetKey("labeled_lines"), None).get("label_sources")
+        labelled = {
+            name
+            for name in self.sources.all_sources()
+            if fresh.latest_metadata(dg.AssetKey("llm_labels"), name)
+        }
+        return read is not None and set(read) != labelled
+
+    def run(self, stage, partition: str | None, label: str) -> tuple[bool, dict]:
+        from logfit_dagster.runs import Interrupted
+
+        selection = self.plan(stage, partition)
+        if selection == []:
+            self.skipped.append(label)
+            self._settle(stage, partition)
+            return True, self.latest(stage.keys, partition)
+        self.progress.begin(label, len(selection))
+        try:
+            with self.ctrl_c.run_active():
+                ok, meta, reason = self.executor.run(partition, selection)
+            if self.ctrl_c.requested:
+                raise Interrupted(label)
+        except KeyboardInterrupt:
+            raise Interrupted(label) from None
+        if not ok:
+            self.failed.append((label, reason))
+            self.progress.note(f"[{label}] FAILED: {reason}")
+        else:
+            self._settle(stage, partition)
+        return ok, {**self.latest(stage.keys, partition), **meta}
+
+    def _settle(self, stage, partition: str | None) -> None:
+        self.settled.update((k.to_user_string(), partition) for k in stage.keys)
+
+    def latest(self, keys, partition: str | None) -> dict:
+        """The latest materialization metadata of each asset, by asset name."""
+        fresh = self._fresh()
+        out = {}
+        for key in keys:
+            meta = fresh.latest_metadata(key, partition)
+            if meta:
+                out[key.to_user_string()] = meta
+        return out
+
+
+def _print_summary(driver: _Driver, home: Path, started: float) -> None:
+    import dagster as dg
+
+    from logfit_dagster.assets.models import line_champion_path
+
+    def settled(name: str, partition: str | None = None) -> dict:
+        if (name, partition) not in driver.settled:
+            return {}
+        return driver.latest([dg.AssetKey(name)], partition).get(name, {})
+
+    line_model, transformer = settled("look_skip_model"), settled("line_transformer_model")
+    labeled, champion = settled("labeled_lines"), settled("line_champion")
+    pretrained = settled("template_lm_pretrained")
+    template_models = {
+        row["source"]: settled("template_lm", row["source"])
+        for row in driver.rows
+        if ("template_lm", row["source"]) in driver.settled
+    }
+    skipped = driver.skipped
+    rows = driver.rows
+    _print_table(rows)
+    for row in rows:
+        if row["_note"]:
+            print(row["_note"])
+    assets_dir = data_dir() / "assets"
+    print(
+        f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)"
+    )
+    if line_model:
+        print(
+            f"look_skip_model: leave-sources-out LOOK F1 {line_model.get('cv_f1', float('nan')):.3f} "
+            f"over {line_model.get('sources')} sources"
+        )
+    elif labeled:
+        print(
+            f"look_skip_model: not trained: labelled lines from {labeled.get('sources')} "
+            f"source(s), {labeled.get('look_lines')} LOOK of {labeled.get('lines')}; training "
+            "and leave-sources-out scoring need two sources with both LOOK and SKIP lines"
+        )
+    if transformer.get("skipped"):
+        print(f"line_transformer_model: not trained: {transformer['skipped']}")
+    elif transformer:
+        print(
+            f"line_transformer_model: held-out LOOK F1 {transformer.get('test_cascade_f1', float('nan')):.3f} "
+            f"(cascade) vs {transformer.get('test_tfidf_f1', float('nan')):.3f} (TF-IDF alone) on "
+            f"{', '.join(transformer.get('sources', {}).get('test', []))}; "
+            f"{transformer.get('train_seconds', float('nan')):.0f} s on {transformer.get('device')}"
+        )
+    if champion:
+        print(
+            f"line champion: {champion.get('family')} ({champion.get('why')}); "
+            f"{line_champion_path()} (logfit classify FILE)"
+        )
+    if template_models:
+        source = pretrained.get("source", "?")
+        print(f"template_lm (pretrained on {source}, fine-tuned per source), test F1:")
+        for name, meta in template_models.items():
+            print(f"  {name}: {_template_summary(meta)}")
+    if skipped:
+        print(f"up to date, not run: {', '.join(skipped)} (--force recomputes)")
+    print(f"dagster instance: {home}   total: {time.perf_counter() - started:.1f}s")
+    print("open the UI with: logfit dev")
+
+
+def _template_summary(meta: dict) -> str:
+    if not meta:
+        return "not run (no materialization of template_lm for this source)"
+    if meta.get("skipped"):
+        return f"no model: {meta['skipped']}"
+    if "test_anomalous" not in meta:
+        return "trained; no labelled test sessions to score"
+    methods = ", ".join(
+        f"{m} {meta.get(f'test_{m}_f1', float('nan')):.3f}"
+        for m in ("max_nll", "mean_nll", "topg_misses")
+    )
+    return (
+        f"{methods} (on {meta['test_anomalous']:.0f} anomalous of {meta['test_sessions']:.0f} "
+        f"test sessions; thresholds from normal dev sessions)"
+    )
+
+
+class _Executor:
+    """Runs a selection of assets for one partition (or none) in this process, or with the
+    code location's executor (out of process)."""
+
+    def __init__(self, kind: str, defs, instance, run_config: dict, job: str | None = None):
+        self.kind, self.defs, self.instance, self.run_config = kind, defs, instance, run_config
+        self.job = job  # a job named by --job, else every asset
+
+    def run(self, partition: str | None, selection: list):
+        import dagster as dg
+
+        from logfit_dagster.runs import process_tags
+
+        if self.kind == "in_process":
+            job = (
+                self.defs.resolve_job_def(self.job)
+                if self.job
+                else self.defs.resolve_implicit_global_asset_job_def()
+            )
+            result = job.execute_in_process(
+                partition_key=partition,
+                instance=self.instance,
+                raise_on_error=False,
+                run_config=self.run_config,
+                asset_selection=selection,
+                tags=process_tags(),  # a later command fails it if this process is killed
+            )
+            return self._outcome(result)
+        job = (
+            dg.build_reconstructable_job("logfit_dagster.commands.materialize", "job_of", (self.job,))
+            if self.job
+            else dg.build_reconstructable_job("logfit_dagster.commands.materialize", "asset_job")
+        )
+        tags = {"dagster/partition": partition} if partition else None
+        with dg.execute_job(
+            job,
+            instance=self.instance,
+            run_config=self.run_config,
+            tags=tags,
+            asset_selection=selection,
+        ) as result:
+            return self._outcome(result)
+
+    @staticmethod
+    def _outcome(result) -> tuple[bool, dict, str]:
+        """Success, each asset's metadata, and the first failure's words."""
+        meta = {}
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            meta[mat.asset_key.to_user_string()] = {
+                k: _metadata_value(v) for k, v in mat.metadata.items()
+            }
+        reason = ""
+        if not result.success:
+            failures = [e.step_failure_data for e in result.all_events if e.is_step_failure]
+            # a dg.Failure's own words (what is wrong, naming the file), else the error's
+            described = failures[0].user_failure_data if failures else None
+            reason = (
+                described.description
+                if described is not None and described.description
+                else failures[0].error.message.strip()
+                if failures
+                else "run failed"
+            )
+        return result.success, meta, reason
+
+
+def job_of(job_name: str):
+    """A job of the definitions, as a process of the multiprocess executor rebuilds it."""
+    from logfit_dagster.definitions import defs
+
+    return defs.resolve_job_def(job_name)
+
+
+def asset_job():
+    """Every asset as one job (a run takes a selection of it), as the processes of the
+    multiprocess executor rebuild it. (Dagster's own asset job has a reserved name that a
+    rebuilt repository refuses.)"""
+    import dagster as dg
+
+    from logfit_dagster.definitions import defs
+
+    with warnings.catch_warnings():
+        # scored_lines' single-run backfill policy beside the others': a CLI run takes one
+        # partition, so which policy the job keeps does not matter here
+        warnings.filterwarnings("ignore", message=".*varying BackfillPolicies")
+        job = dg.define_asset_job("logfit_materialize", selection=dg.AssetSelection.all())
+        return job.resolve(asset_graph=defs.resolve_asset_graph())
+
+
+def _summary_row(name: str, meta: dict, seconds: float, unchanged: bool) -> dict:
+    truth = meta.get("ground_truth_labels", {})
+    session = meta.get("session_model", {})
+    return {
+        "source": name,
+        "lines": meta.get("raw_logs", {}).get("lines", ""),
+        "parse failures": meta.get("parsed_logs", {}).get("parse_failures", ""),
+        "templates": meta.get("parsed_logs", {}).get("templates", ""),
+        "sessions": meta.get("sessions", {}).get("sessions", ""),
+        "anomalous sessions": truth.get("anomalous_sessions", "")
+        if truth.get("has_ground_truth")
+        else "no labels",
+        "LOOK lines": meta.get("llm_labels", {}).get("look_lines", "-"),
+        "session F1 (test)": _session_f1(session),
+        "seconds": "unchanged" if unchanged else f"{seconds:.1f}",
+        # printed under the table, not in it
+        "_note": f"no session model for {name}: {session['skipped']}"
+        if "skipped" in session
+        else "",
+    }
+
+
+def _session_f1(session: dict) -> str:
+    """The best session model's test F1 and the anomalous test sessions it rests on."""
+    if "test_f1" not in session:
+        return "no model (below)" if "skipped" in session else "-"
+    if "test_anomalous" not in session:
+        return f"{session['test_f1']:.3f}"
+    return (
+        f"{session['test_f1']:.3f} ({session['test_anomalous']} of "
+        f"{session['test_sessions']} anomalous)"
+    )
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("no source was materialized")
+        return
+    headers = [h for h in rows[0] if not h.startswith("_")]
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    print("  ".join(h.ljust(widths[h]) for h in headers))
+    print("  ".join("-" * widths[h] for h in headers))
+    for row in rows:
+        print("  ".join(str(row[h]).ljust(widths[h]) for h in headers))
