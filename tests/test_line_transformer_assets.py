@@ -121,7 +121,7 @@ def test_the_cascade_trains_through_pipes_is_gated_tracked_promoted_and_scores(w
         overview = pd.read_parquet(data / "assets" / "metrics_overview" / "all.parquet")
         line_models = set(overview.loc[overview["unit"] == "line", "model"])
         assert {
-            "look_skip_model (leave-source-out)",
+            "look_skip_model (held-out family)",
             "cascade: tfidf then transformer (held-out source)",
             "line_transformer alone (held-out source)",
         } <= line_models

@@ -114,6 +114,28 @@ def test_examples_rebalance_training_only_and_never_leak_test_sessions(tmp_path)
     assert ls.leaked_test_sessions(tmp_path, test_ids) == ["s45"]
 
 
+def test_the_same_events_in_two_splits_are_counted_not_called_a_leak(tmp_path):
+    """Sequence data sets repeat sessions (434 of 500 HDFS test sessions equal a training one):
+    another session with the same prompt is no leak; the same session id is."""
+    sessions, labels, splits = _data()
+    examples, _ = ls.build_examples(sessions, labels, splits, ls.ExampleParams(seed=1))
+    ls.write_jsonl(examples, tmp_path)
+    test = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])
+    with open(tmp_path / "rft_train.jsonl", "a") as handle:
+        handle.write(
+            json.dumps({"messages": test["messages"], "label": test["label"], "session_id": "twin"})
+            + "\n"
+        )
+    test_ids = set(splits.loc[splits["split"] == "test", "session_id"])
+    assert ls.leaked_test_sessions(tmp_path, test_ids) == []
+    assert ls.repeated_test_prompts(tmp_path) == 1
+    # the SFT files' sessions are listed beside them, and checked by id
+    listed = json.loads((tmp_path / "session_ids.json").read_text())
+    listed["sft_train.jsonl"][0] = test["session_id"]
+    (tmp_path / "session_ids.json").write_text(json.dumps(listed))
+    assert ls.leaked_test_sessions(tmp_path, test_ids) == [test["session_id"]]
+
+
 def test_parse_answer_never_guesses():
     assert ls.parse_answer(RIGHT) == "anomalous"
     assert ls.parse_answer("```json\n" + RIGHT + "\n```") == "anomalous"

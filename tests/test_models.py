@@ -47,8 +47,8 @@ def labelled_lines(n_per_source: int = 60) -> pd.DataFrame:
 
 def test_folds_never_share_a_source():
     rows = training_rows(labelled_lines())
-    folds = source_folds(rows, 4)
-    assert len(folds) == 4
+    folds, protocol = source_folds(rows, 4)
+    assert len(folds) == 4 and protocol == "leave-family-out"
     for train, test in folds:
         assert not set(rows["source"].iloc[train]) & set(rows["source"].iloc[test])
     assert sorted(np.concatenate([t for _, t in folds])) == list(range(len(rows)))
@@ -345,3 +345,90 @@ def test_handcrafted_features_are_computed_column_wise_and_the_same_in_any_batch
     ascii_rows = [0, 1, 2, 4]
     alone = handcrafted_matrix([shapes[i] for i in ascii_rows])
     assert np.array_equal(alone, m[ascii_rows])
+
+
+def test_sources_group_into_families_of_systems_and_unknown_ones_stand_alone():
+    from logfit_dagster.core.line_protocol import SYSTEM_FAMILIES, family_of
+
+    assert family_of("HDFS") == family_of("loghub_Hadoop") == family_of("synth_openstack")
+    assert family_of("BGL") == family_of("KernelErrors") == "hpc_kernel"
+    assert family_of("synth_javaapp") == family_of("WebServer") == "servers_apps"
+    assert family_of("my_payments") == "my_payments"
+    members = [m for _, ms in SYSTEM_FAMILIES.values() for m in ms]
+    assert len(members) == len(set(members)), "a system belongs to one family"
+    # every recorded label set has a family: the protocol holds out whole families
+    recorded = [
+        "Android",
+        "Apache",
+        "DatabaseErrors",
+        "HDFS",
+        "HPC",
+        "Hadoop",
+        "HealthApp",
+        "JavaApp",
+        "KernelErrors",
+        "Linux",
+        "Mac",
+        "Microservices",
+        "OpenSSH",
+        "OpenStack",
+        "Proxifier",
+        "SecurityEvents",
+        "Spark",
+        "WebServer",
+        "Windows",
+        "Zookeeper",
+    ]
+    assert all(family_of(s) in SYSTEM_FAMILIES for s in recorded)
+
+
+def test_selection_holds_out_whole_families_and_picks_its_threshold_on_them():
+    lines = pd.concat(
+        [
+            labelled_lines().assign(source=lambda f, s=s: f["source"].map(s))
+            for s in ({"alpha": "HDFS", "beta": "Hadoop", "gamma": "Apache", "delta": "WebServer"},)
+        ]
+    )
+    rows = training_rows(lines)
+    folds, protocol = source_folds(rows, 5)
+    assert protocol == "leave-family-out" and len(folds) == 2  # two families, two folds
+    for train, test in folds:
+        from logfit_dagster.core.line_protocol import family_of
+
+        assert not {family_of(s) for s in rows["source"].iloc[train]} & {
+            family_of(s) for s in rows["source"].iloc[test]
+        }
+    result = select_model(rows, [SMALL])
+    assert result.protocol == "leave-family-out" and 0 < result.threshold < 1
+    # one family only: leave-source-out, said so
+    same = labelled_lines().assign(
+        source=lambda f: f["source"].map(
+            {"alpha": "HDFS", "beta": "Hadoop", "gamma": "Spark", "delta": "Zookeeper"}
+        )
+    )
+    assert source_folds(training_rows(same), 5)[1] == "leave-source-out"
+
+
+def test_the_tfidf_family_reports_the_baseline_in_the_same_folds_and_ships_its_threshold(tmp_path):
+    from logfit_dagster.core.models.base import train
+
+    lines = labelled_lines().assign(
+        source=lambda f: f["source"].map(
+            {"alpha": "HDFS", "beta": "Linux", "gamma": "Apache", "delta": "Android"}
+        )
+    )
+    result = train(
+        "line_tfidf",
+        lines,
+        {"C": [1.0], "char_max_features": [5000], "word_max_features": [2000]},
+        tmp_path / "m",
+    )
+    metrics, data = result.manifest.metrics, result.manifest.data
+    assert data["evaluation"].startswith("leave-family-out, 4 folds")
+    assert data["families"] == ["desktop_os", "distributed", "mobile", "servers_apps"]
+    for key in ("baseline_cv_f1", "baseline_cv_average_precision", "baseline_threshold"):
+        assert 0 <= metrics[key] <= 1
+    scorer = LineScorer.load(tmp_path / "m" / "model.json")
+    assert scorer.threshold == metrics["threshold"]
+    per_source = json.loads((tmp_path / "m" / "per_source.json").read_text())
+    assert {"baseline_f1", "f1"} <= set(per_source[0])

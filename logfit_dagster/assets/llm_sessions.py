@@ -12,6 +12,7 @@ from logfit_dagster.core.llm_sessions import (
     build_examples,
     leaked_test_sessions,
     python_grader,
+    repeated_test_prompts,
     write_jsonl,
 )
 from logfit_dagster.partitions import log_source_partitions
@@ -83,6 +84,7 @@ def llm_session_examples(
     counts = write_jsonl(examples, folder)
     test_ids = set(dataset_splits.loc[dataset_splits["split"] == "test", "session_id"])
     leaked = leaked_test_sessions(folder, test_ids)
+    repeated = repeated_test_prompts(folder)
     balance = examples.groupby(["split", "label"]).size()
     yield dg.Output(
         examples,
@@ -113,7 +115,12 @@ def llm_session_examples(
     yield dg.AssetCheckResult(
         check_name="no_test_session_in_training_files",
         passed=not leaked,
-        metadata={"leaked": dg.MetadataValue.json(leaked[:20]), "test_sessions": len(test_ids)},
+        metadata={
+            "leaked": dg.MetadataValue.json(leaked[:20]),
+            "test_sessions": len(test_ids),
+            # the same events in two splits: a property of the data, not a leak of a session
+            "test_prompts_also_in_training": repeated,
+        },
     )
 
 

@@ -145,8 +145,16 @@ def metrics_overview(
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
     )
     if look_skip_model is not None:
-        lines = look_skip_model["per_source"].assign(model="look_skip_model (leave-source-out)")
+        per_source = look_skip_model["per_source"]
+        lines = per_source.assign(model="look_skip_model (held-out family)")
         lines = lines.rename(columns={"lines": "sessions"})
+        if "baseline_f1" in per_source:
+            # the plain choice, trained and scored in the same folds
+            baseline = per_source[["source", "lines"]].assign(
+                model="char n-gram baseline (held-out family)",
+                **{k: per_source[f"baseline_{k}"] for k in ("precision", "recall", "f1")},
+            )
+            lines = pd.concat([lines, baseline.rename(columns={"lines": "sessions"})])
     else:
         lines = pd.DataFrame(columns=["source", "model", "precision", "recall", "f1", "sessions"])
     overview = pd.concat(

@@ -41,7 +41,8 @@ from logfit_dagster.core.line_features import (
     normalize_column,
     shape_column,
 )
-from logfit_dagster.core.scores import weighted_f1
+from logfit_dagster.core.line_protocol import family_groups
+from logfit_dagster.core.scores import best_threshold, weighted_f1
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 WORD_NGRAMS = (1, 3)
@@ -166,12 +167,31 @@ class SelectionResult:
     out_of_fold: np.ndarray  # out-of-fold probability of the best params, per training row
     per_source: dict[str, dict] = field(default_factory=dict)
     cv: dict = field(default_factory=dict)
+    protocol: str = "leave-family-out"
+    splits: list = field(default_factory=list)
+    # the LOOK threshold with the best F1 on the out-of-fold predictions: chosen on held-out
+    # families, not fixed at 0.5 (a new system's LOOK share differs from the training mix)
+    threshold: float = 0.5
+    cv_at_threshold: dict = field(default_factory=dict)
 
 
-def source_folds(rows: pd.DataFrame, max_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """GroupKFold splits with the source as the group: no source on both sides of a split."""
-    folds = min(max_folds, rows["source"].nunique())
-    return list(GroupKFold(n_splits=folds).split(rows, rows["y"], groups=rows["source"]))
+def holdout_groups(sources) -> tuple[np.ndarray, str]:
+    """What a fold holds out: a family of systems (see ``line_protocol``), or a source when the
+    sources span fewer than two families. Returns the group of each row and the protocol's name."""
+    families = family_groups(sources)
+    if len(np.unique(families)) >= 2:
+        return families, "leave-family-out"
+    return np.asarray(sources, dtype=object).astype(str), "leave-source-out"
+
+
+def source_folds(
+    rows: pd.DataFrame, max_folds: int = 5
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """GroupKFold splits that never put a family of systems (or, with one family, a source)
+    on both sides of a split; and the protocol's name."""
+    groups, protocol = holdout_groups(rows["source"].to_numpy())
+    folds = min(max_folds, len(np.unique(groups)))
+    return list(GroupKFold(n_splits=folds).split(rows, rows["y"], groups=groups)), protocol
 
 
 class _AnalyzedRows:
@@ -248,7 +268,7 @@ def select_model(
             raise TrainingDataError(f"no {'LOOK' if name else 'SKIP'} lines to learn from")
     if rows["y"].nunique() < 2:
         raise TrainingDataError("every labelled line has the same label: nothing to learn")
-    splits = source_folds(rows, max_folds)
+    splits, protocol = source_folds(rows, max_folds)
     folds = len(splits)
     y, w = rows["y"].to_numpy(), rows["weight"].to_numpy().astype(float)
     analyzed = _AnalyzedRows(rows)
@@ -282,11 +302,21 @@ def select_model(
         )
         if scores["f1"] > best_score:
             best_score, best, best_oof = scores["f1"], params, oof
+    threshold, _ = best_threshold(y, best_oof, w)
     per_source = {}
     for source, idx in rows.groupby("source").indices.items():
-        per_source[source] = weighted_scores(y[idx], best_oof[idx], w[idx])
+        per_source[source] = weighted_scores(y[idx], best_oof[idx], w[idx], threshold)
     return SelectionResult(
-        best, results, folds, best_oof, per_source, weighted_scores(y, best_oof, w)
+        best,
+        results,
+        folds,
+        best_oof,
+        per_source,
+        weighted_scores(y, best_oof, w),
+        protocol,
+        splits,
+        threshold,
+        weighted_scores(y, best_oof, w, threshold),
     )
 
 

@@ -194,6 +194,7 @@ EXAMPLE_COLUMNS = [
     "lines_left_out",
 ]
 # split -> the JSONL files it feeds
+SESSION_IDS = "session_ids.json"
 FILES = {
     "sft_train.jsonl": "train",
     "sft_valid.jsonl": "dev",
@@ -216,6 +217,13 @@ def write_jsonl(examples: pd.DataFrame, folder: Path) -> dict[str, int]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
+    # which sessions each file holds: SFT records carry only messages (the layout OpenAI takes)
+    ids = {
+        name: examples.loc[examples["split"] == split, "session_id"].astype(str).tolist()
+        for name, split in FILES.items()
+    }
+    with atomic_path(folder / SESSION_IDS) as tmp:
+        Path(tmp).write_text(json.dumps(ids), encoding="utf-8")
     for name, split in FILES.items():
         part = examples[examples["split"] == split]
         with atomic_path(folder / name) as tmp, open(tmp, "w", encoding="utf-8") as out:
@@ -234,23 +242,49 @@ def write_jsonl(examples: pd.DataFrame, folder: Path) -> dict[str, int]:
 def leaked_test_sessions(folder: Path, test_ids: set[str]) -> list[str]:
     """Session ids of the test split that a training or validation file holds (must be none).
 
-    SFT files carry no session id: their user turns are compared with the test prompts'.
+    A leak is the same session on both sides, by id: the RFT files carry it in each record, the
+    SFT files in ``session_ids.json`` beside them. Two sessions with the same events in two
+    splits are not a leak (data sets repeat sessions): :func:`repeated_test_prompts` counts
+    them.
     """
     folder = Path(folder)
-    test_prompts = set()
-    for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines():
-        test_prompts.add(json.loads(line)["messages"][-1]["content"])
+    listed = json.loads((folder / SESSION_IDS).read_text(encoding="utf-8"))
     leaked = []
     for name in FILES:
         if name == "test.jsonl":
             continue
-        for line in (folder / name).read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            sid = record.get("session_id")
-            user = next(m["content"] for m in record["messages"] if m["role"] == "user")
-            if (sid is not None and sid in test_ids) or (sid is None and user in test_prompts):
-                leaked.append(sid or f"{name}: a prompt identical to a test session's")
+        records = [
+            json.loads(line)
+            for line in (folder / name).read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+        in_file = [r["session_id"] for r in records if r.get("session_id") is not None]
+        if len(in_file) < len(records):  # SFT records: the ids written beside them
+            in_file += listed.get(name, [])[: len(records) - len(in_file)]
+        leaked += [sid for sid in in_file if sid in test_ids]
     return leaked
+
+
+def repeated_test_prompts(folder: Path) -> int:
+    """Test sessions whose prompt equals a training or validation session's: the data repeats
+    sessions (HDFS sequence sets do, hundreds of times). Not a leak; reported, never blocked."""
+    folder = Path(folder)
+
+    def prompts(name: str) -> set[str]:
+        out = set()
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out.add(next(m["content"] for m in record["messages"] if m["role"] == "user"))
+        return out
+
+    seen = prompts("rft_train.jsonl") | prompts("rft_valid.jsonl")
+    test = [
+        next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user")
+        for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    return sum(prompt in seen for prompt in test)
 
 
 # ---- the reward: standard library only, its source is the OpenAI python grader ----

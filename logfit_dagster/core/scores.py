@@ -47,13 +47,32 @@ def weighted_f1(y: np.ndarray, proba: np.ndarray, weight: np.ndarray, threshold:
 
 
 def best_threshold(
-    y: np.ndarray, proba: np.ndarray, weight: np.ndarray, floor: float = 0.0
+    y: np.ndarray, proba: np.ndarray, weight: np.ndarray | None = None, floor: float = 0.0
 ) -> tuple[float, float]:
-    """The threshold (at least ``floor``) with the best line-weighted F1, and that F1."""
-    candidates = np.unique(np.concatenate([proba[proba >= floor], [0.5]]))
+    """The threshold (at least ``floor``) with the best line-weighted F1, and that F1.
+
+    Every distinct probability is a candidate (a line is LOOK when its probability reaches the
+    threshold); 0.5 is kept unless another does strictly better, and among equals the lowest
+    wins. One sort and cumulative sums: n log n for any number of candidates.
+    """
+    y = np.asarray(y)
+    proba = np.asarray(proba, dtype=float)
+    weight = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=float)
     best = (0.5, weighted_f1(y, proba, weight, 0.5)["f1"])
-    for t in candidates:
-        f1 = weighted_f1(y, proba, weight, float(t))["f1"]
-        if f1 > best[1] + 1e-12:
-            best = (float(t), f1)
+    order = np.argsort(-proba, kind="stable")
+    p, positive, w = proba[order], (y[order] == 1), weight[order]
+    tp = np.cumsum(w * positive)
+    fp = np.cumsum(w * ~positive)
+    total = float((w * positive).sum())
+    f1 = np.where(tp > 0, 2 * tp / np.maximum(tp + fp + total, 1e-300), 0.0)
+    # the last row of each run of equal probabilities: every row of the run is predicted LOOK
+    last = np.r_[p[1:] != p[:-1], True] & (p >= floor)
+    if not last.any():
+        return best
+    scores = np.where(last, f1, -1.0)
+    top = scores.max()
+    if top > best[1] + 1e-12:
+        # among equal F1s the lowest threshold: the last such position in descending order
+        index = int(np.flatnonzero(scores >= top - 1e-12)[-1])
+        best = (float(p[index]), float(f1[index]))
     return best

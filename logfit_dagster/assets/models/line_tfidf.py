@@ -101,7 +101,11 @@ def look_skip_model(
         yield not_trained("champion_gate", str(exc))
         return
     manifest = result.manifest
-    cv = {k.removeprefix("cv_"): v for k, v in manifest.metrics.items()}
+    metrics = manifest.metrics
+    cv = {k.removeprefix("cv_"): v for k, v in metrics.items() if k.startswith("cv_")}
+    baseline = {
+        k.removeprefix("baseline_"): v for k, v in metrics.items() if k.startswith("baseline_")
+    }
     export = json.loads((folder / "model.json").read_text())
     per_source = pd.DataFrame(json.loads((folder / "per_source.json").read_text()))
     grid = pd.DataFrame(json.loads((folder / "grid.json").read_text()))
@@ -122,7 +126,7 @@ def look_skip_model(
         tags={
             "asset": "look_skip_model",
             "family": "line_tfidf",
-            TRAINING_DATA_TAG: data_key(sorted(sources)),
+            TRAINING_DATA_TAG: data_key(sorted(sources), manifest.extra["protocol"]),
         },
     )
     plots.close(curve)
@@ -131,7 +135,7 @@ def look_skip_model(
         tracker.champion(LINE_MODEL_NAME),
         "cv_f1",
         config.champion_margin,
-        data=data_key(sorted(sources)),
+        data=data_key(sorted(sources), manifest.extra["protocol"]),
         champion_data=tracker.champion_tag(LINE_MODEL_NAME, TRAINING_DATA_TAG),
     )
     summary = pd.DataFrame(
@@ -158,11 +162,21 @@ def look_skip_model(
             "folds": manifest.extra["folds"],
             "best_params": dg.MetadataValue.json(manifest.params),
             **{f"cv_{k}": v for k, v in finite(cv).items()},
+            "protocol": manifest.extra["protocol"],
+            "families": dg.MetadataValue.json(manifest.data["families"]),
+            "look_lines": manifest.data["look_lines"],
+            "threshold": dg.MetadataValue.float(round(float(metrics["threshold"]), 4)),
+            # the plain choice, trained and scored in the same folds
+            **{f"baseline_{k}": v for k, v in finite(baseline).items()},
             "export_parity_max_abs_diff": dg.MetadataValue.float(
                 manifest.extra["export_parity_max_abs_diff"]
             ),
             "per_source": preview(
-                per_source[["source", "f1", "precision", "recall", "lines"]], rows=30
+                per_source[
+                    ["source", "f1", "precision", "recall", "lines"]
+                    + [c for c in ("baseline_f1",) if c in per_source]
+                ],
+                rows=30,
             ),
             "grid": preview(grid, rows=30),
             "mlflow_run_id": record.run_id,
