@@ -62,3 +62,21 @@ def as_unprivileged_user(function, *args):
     if kind == "error":
         raise value
     return value
+
+
+def run_logfit(workdir, *argv: str, env: dict | None = None, timeout: float = 300):
+    """``logfit ARGV`` in a fresh process in ``workdir``, its Dagster instance under the data
+    folder (``DAGSTER_HOME`` unset); the completed process, whatever its status."""
+    import sys
+
+    environment = {**os.environ, **(env or {})}
+    environment.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "logfit_dagster.cli", *argv],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

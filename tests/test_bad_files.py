@@ -16,6 +16,7 @@ import pytest
 from logfit_dagster.core.errors import LogInputError
 from logfit_dagster.core.ingest import RawStats, raw_line_batches
 from logfit_dagster.core.reading import iter_line_batches
+from tests.processes import run_logfit
 
 
 def _lines(path) -> list:
@@ -74,14 +75,7 @@ def test_a_gzip_bomb_is_refused_past_its_cap_and_the_cap_is_configurable(tmp_pat
 
 
 def _classify(workdir, *argv, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "logfit_dagster.cli", "classify", *argv],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+    return run_logfit(workdir, "classify", *argv, env=env)
 
 
 @pytest.fixture
@@ -227,16 +221,7 @@ def test_materialize_names_a_damaged_instance_database_and_exits_2(workdir):
     runs_db = home / "history" / "runs.db"
     assert runs_db.exists()
     runs_db.write_bytes(GARBAGE)
-    env = {**os.environ}
-    env.pop("DAGSTER_HOME", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "logfit_dagster.cli", "materialize", "tiny_bgl"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_logfit(workdir, "materialize", "tiny_bgl")
     assert result.returncode == 2, result.stderr[-2000:]
     assert str(runs_db) in result.stderr and "move it aside" in result.stderr
     assert "Traceback" not in result.stderr

@@ -287,9 +287,13 @@ def _print_summary(driver: _Driver, home: Path, started: float) -> None:
         f"\noutputs: {assets_dir}/<asset>/<source>.parquet (ground_truth_labels: a folder per source)"
     )
     if line_model:
+        nan = float("nan")
         print(
-            f"look_skip_model: leave-sources-out LOOK F1 {line_model.get('cv_f1', float('nan')):.3f} "
-            f"over {line_model.get('sources')} sources"
+            f"look_skip_model: {line_model.get('protocol', 'leave-sources-out')} LOOK F1 "
+            f"{line_model.get('cv_f1', nan):.3f} (char n-gram baseline "
+            f"{line_model.get('baseline_cv_f1', nan):.3f}, same folds, at 0.5) over "
+            f"{line_model.get('sources')} sources; ships LOOK threshold "
+            f"{line_model.get('threshold', 0.5):.3f} (best F1 on held-out folds)"
         )
     elif labeled:
         print(
