@@ -44,6 +44,9 @@ FAMILIES = {
     "llm_lora": "logfit_dagster.core.models.llm_lora",
 }
 
+#: families that train and score with torch: their processes set torch's threads (threads.py)
+TORCH_FAMILIES = ("line_transformer", "template_lm", "llm_lora")
+
 #: families that score lines (``logfit classify``, ``scored_lines``)
 LINE_FAMILIES = ("line_tfidf", "line_transformer")
 
@@ -207,6 +210,10 @@ def load(folder: Path, families: tuple[str, ...] | None = None):
             f"{folder}: {manifest.family} format {manifest.format_version}, this logfit reads "
             f"format {module.FORMAT_VERSION}: retrain it"
         )
+    if manifest.family in TORCH_FAMILIES:
+        from logfit_dagster.core.models.threads import configure_torch_threads
+
+        configure_torch_threads()
     current = module.feature_version(manifest)
     if manifest.feature_version != current:
         raise ModelFileError(
@@ -233,7 +240,17 @@ def train(
     params = dict(params)
     if device and "device" in getattr(module, "RUNTIME_PARAMS", ()):
         params["device"] = device
-    return module.train(data, params, Path(folder), progress or no_progress)
+    threads = None
+    if family in TORCH_FAMILIES:
+        from logfit_dagster.core.models.threads import configure_torch_threads
+
+        threads = configure_torch_threads()
+    result = module.train(data, params, Path(folder), progress or no_progress)
+    if threads is not None and result.manifest.extra.get("torch_threads") != threads:
+        # what the training ran with, in the manifest (digests are of the model files only)
+        result.manifest.extra["torch_threads"] = threads
+        (Path(folder) / MANIFEST).write_text(result.manifest.to_json())
+    return result
 
 
 def format_progress(step: int, total: int, **metrics) -> str:
