@@ -73,26 +73,37 @@ def baseline_pipeline():
     )
 
 
-def baseline_out_of_fold(lines, fold_sources: list[set[str]]) -> np.ndarray:
+def baseline_out_of_fold(
+    lines, fold_sources: list[set[str]], n_jobs: int | None = None
+) -> np.ndarray:
     """The baseline's probability for each labelled line, from a fit on the lines of the other
     folds (``fold_sources``: the sources each fold holds out, as the model's own selection
-    held them out).
+    held them out). The folds are fitted in ``n_jobs`` processes (default: every core).
 
     Args:
         lines: ``source``, ``raw`` and ``label`` (LOOK/SKIP), one row per line.
     """
+    import os
+
+    from joblib import Parallel, delayed
+
     raw = lines["raw"].astype(str).to_numpy()
     y = (lines["label"] == "LOOK").to_numpy().astype(int)
     source = lines["source"].astype(str).to_numpy()
     out = np.full(len(lines), np.nan)
-    for held in fold_sources:
-        test = np.isin(source, list(held))
+    tests = [np.isin(source, list(held)) for held in fold_sources]
+    jobs = []
+    for test in tests:
         train = ~test
-        if not test.any():
-            continue
-        if len(np.unique(y[train])) < 2:
+        if test.any() and len(np.unique(y[train])) == 2:
+            jobs.append((test, delayed(_fit_predict)(raw[train], y[train], raw[test])))
+        elif test.any():  # one class to learn from: that class, for certain
             out[test] = float(y[train][0]) if train.any() else 0.5
-            continue
-        model = baseline_pipeline().fit(raw[train], y[train])
-        out[test] = model.predict_proba(raw[test])[:, 1]
+    predictions = Parallel(n_jobs=n_jobs or os.cpu_count() or 1)(job for _, job in jobs)
+    for (test, _), predicted in zip(jobs, predictions, strict=True):
+        out[test] = predicted
     return out
+
+
+def _fit_predict(train_raw, train_y, test_raw) -> np.ndarray:
+    return baseline_pipeline().fit(train_raw, train_y).predict_proba(test_raw)[:, 1]
