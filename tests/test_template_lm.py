@@ -114,7 +114,9 @@ def test_a_model_of_normal_sessions_flags_order_and_unseen_templates(tmp_path):
     scorer = base.load(tmp_path / "lm")
     dev_scores = scorer.score(data["dev"])
     for method, threshold in scorer.thresholds.items():
-        assert threshold == pytest.approx(np.percentile(dev_scores[method], 99.5), abs=1e-4)
+        assert threshold == pytest.approx(
+            np.percentile(dev_scores[method], 99.5, method="higher"), abs=1e-4
+        )
     # and never from test labels: the same training with every test label flipped
     flipped = {**data, "test": [{**t, "label": 1 - t["label"]} for t in data["test"]]}
     again = base.train("template_lm", flipped, PARAMS, tmp_path / "flipped")
@@ -198,3 +200,18 @@ def test_a_big_source_trains_on_a_seeded_draw_of_its_windows(tmp_path):
     assert metrics["train_windows"] == 10 < metrics["train_windows_available"]
     assert metrics["dev_loss_windows"] == 7
     assert metrics["steps"] == 1  # 10 windows in batches of 16: one step per epoch
+
+
+def test_a_count_threshold_needs_one_miss_more_than_normal_sessions_show():
+    from logfit_dagster.core.models.template_lm import METHODS, label_free_thresholds
+
+    # 1,000 normal dev sessions: 990 with no top-g miss, 10 (1%) with one
+    misses = np.array([0] * 990 + [1] * 10, dtype=float)
+    scores = {m: misses for m in METHODS}
+    assert label_free_thresholds(scores, 99.5)["topg_misses"] == 1.0  # flagged from 2 misses
+    assert label_free_thresholds(scores, 98.0)["topg_misses"] == 0.0  # 1% of normals: 1 flags
+    # a continuous score: an observed dev score, so at most 0.5% of dev sessions exceed it
+    rng = np.random.default_rng(0)
+    nll = rng.normal(size=400)
+    threshold = label_free_thresholds({m: nll for m in METHODS}, 99.5)["max_nll"]
+    assert threshold in nll and (nll > threshold).mean() <= 0.005

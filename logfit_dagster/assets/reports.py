@@ -107,7 +107,23 @@ def metrics_report(
 
 
 ALL_SOURCES = dg.AllPartitionMapping()
-OVERVIEW_COLUMNS = ["unit", "source", "model", "precision", "recall", "f1", "accuracy", "sessions"]
+OVERVIEW_COLUMNS = [
+    "unit",
+    "source",
+    "model",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+    # of a session model: the share of normal test sessions it flags (what an SRE is paged for)
+    "false_positive_rate",
+    "sessions",
+]
+
+
+def _false_positive_rate(fp: float, tn: float) -> float:
+    """fp / (fp + tn); with no normal session to flag there is no rate (NaN, not 0)."""
+    return fp / (fp + tn) if fp + tn else float("nan")
 
 
 @dg.asset(
@@ -157,6 +173,13 @@ def metrics_overview(
             lines = pd.concat([lines, baseline.rename(columns={"lines": "sessions"})])
     else:
         lines = pd.DataFrame(columns=["source", "model", "precision", "recall", "f1", "sessions"])
+    if len(sessions):
+        sessions = sessions.assign(
+            false_positive_rate=[
+                _false_positive_rate(fp, tn)
+                for fp, tn in zip(sessions["fp"], sessions["tn"], strict=True)
+            ]
+        )
     overview = pd.concat(
         [
             sessions.assign(unit="session"),
@@ -233,7 +256,12 @@ def judge_rows(evals: dict[str, pd.DataFrame], adapters: dict[str, dict]) -> pd.
                 "unit": "session",
                 "source": source,
                 "model": f"llm judge: {model} ({len(frame) - len(answered)} unanswered)",
-                **{k: v for k, v in rates(tp, fp, fn, tn, empty=0.0).items() if k in OVERVIEW_COLUMNS},
+                **{
+                    k: v
+                    for k, v in rates(tp, fp, fn, tn, empty=0.0).items()
+                    if k in OVERVIEW_COLUMNS
+                },
+                "false_positive_rate": _false_positive_rate(fp, tn),
                 "sessions": len(frame),
             }
         )
@@ -277,6 +305,7 @@ def template_rows(template_lm: dict[str, pd.DataFrame]) -> pd.DataFrame:
                         "source": source,
                         "model": f"template_lm {label}: {method}",
                         **{k: v for k, v in rates(tp, fp, fn, tn).items() if k in OVERVIEW_COLUMNS},
+                        "false_positive_rate": _false_positive_rate(fp, tn),
                         "sessions": len(group),
                     }
                 )

@@ -333,13 +333,17 @@ def _template_summary(meta: dict) -> str:
         return f"no model: {meta['skipped']}"
     if "test_anomalous" not in meta:
         return "trained; no labelled test sessions to score"
+    nan = float("nan")
     methods = ", ".join(
-        f"{m} {meta.get(f'test_{m}_f1', float('nan')):.3f}"
+        f"{m} {meta.get(f'test_{m}_f1', nan):.3f} "
+        f"(FPR {meta.get(f'test_{m}_false_positive_rate', nan):.1%})"
         for m in ("max_nll", "mean_nll", "topg_misses")
     )
+    dev = meta.get("dev_normal_sessions")
+    behind = f" on {dev:.0f} normal dev sessions" if dev is not None else ""
     return (
         f"{methods} (on {meta['test_anomalous']:.0f} anomalous of {meta['test_sessions']:.0f} "
-        f"test sessions; thresholds from normal dev sessions)"
+        f"test sessions; thresholds{behind})"
     )
 
 

@@ -342,7 +342,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     scorer = TemplateScorer(model, vocabulary, set(trained), p, device)
     dev_stats = scorer.token_stats(dev_sessions)
     dev_scores = scorer.score(dev_stats)
-    thresholds = {m: float(np.percentile(dev_scores[m], p.percentile)) for m in METHODS}
+    thresholds = label_free_thresholds(dev_scores, p.percentile)
     scorer.thresholds = thresholds
     for part in ("model",):
         shutil.rmtree(folder / part, ignore_errors=True)
@@ -372,6 +372,11 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         "train_windows_available": len(all_train),
         "dev_loss_windows": len(dev_windows),
         **{f"dev_top{k}": v for k, v in scorer.top_k_accuracy(dev_stats).items()},
+        # what the thresholds rest on: a rule on N normal sessions cannot promise a false-alarm
+        # rate below 1/N (with fewer than 1/target it is the highest dev score)
+        "target_false_alarm_rate": (100.0 - p.percentile) / 100.0,
+        "dev_normal_sessions": len(dev_sessions),
+        "false_alarm_rate_resolution": 1.0 / len(dev_sessions) if dev_sessions else math.nan,
     }
     evaluation = {}
     if data.get("test"):
@@ -411,6 +416,18 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     write_manifest(folder, manifest)
     clear_training_state(folder)
     return TrainResult(folder, manifest)
+
+
+def label_free_thresholds(dev_scores: dict, percentile: float) -> dict[str, float]:
+    """Each method's threshold from normal dev sessions alone: the ``percentile`` of its score,
+    taken as an observed score (not interpolated), so that a session is flagged only when it
+    scores above what that share of normal sessions showed. For the top-g miss count this
+    means at least one miss more than those normal sessions had: with most normal sessions at
+    0 misses and a few at 1, a session needs 2 (an interpolated 0.3 would flag at 1)."""
+    return {
+        m: float(np.percentile(np.asarray(dev_scores[m], dtype=float), percentile, method="higher"))
+        for m in METHODS
+    }
 
 
 def _mean_loss(model, windows_: list[list[int]], batch_size: int, device: str, mixed) -> float:

@@ -2,8 +2,8 @@
 
 torch's default is one thread per core, whatever else runs: with other work on a 2-core
 machine a training step took 1.84 s against 0.12 s on one thread. So every process that trains
-or scores a torch model sets its threads from the CPUs it may use, the steps running beside it
-and the machine's load, unless told:
+or scores a torch model sets its threads from the CPUs it may use and the steps running beside
+it, unless told (on a machine shared with other work, ``LOGFIT_TORCH_THREADS=1``):
 
 - ``LOGFIT_TORCH_THREADS``: the number of threads (an explicit choice wins);
 - ``LOGFIT_STEPS_BESIDE``: how many steps share this machine's CPUs (the multiprocess
@@ -38,18 +38,10 @@ def torch_threads(environ: dict | None = None) -> tuple[int, str]:
         return explicit, "LOGFIT_TORCH_THREADS"
     cpus = available_cpus()
     beside = _positive(env, "LOGFIT_STEPS_BESIDE") or 1
-    share = max(1, cpus // beside)
-    try:
-        # the load of other work: runnable processes beyond this one
-        others = max(0.0, os.getloadavg()[0] - 1.0)
-    except OSError:
-        others = 0.0
-    free = max(1, int(cpus - others + 0.5))
-    threads = min(share, free)
-    return threads, (
-        f"{cpus} CPU(s) for this process, {beside} step(s) beside, load of others "
-        f"{others:.1f}"
-    )
+    # Not the machine's momentary load: a thread count changes the order of torch's sums, and
+    # a model trained (or resumed) under load would then differ from one trained without.
+    threads = max(1, cpus // beside)
+    return threads, f"{cpus} CPU(s) for this process, {beside} step(s) beside"
 
 
 def configure_torch_threads(environ: dict | None = None) -> int:
