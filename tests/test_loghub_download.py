@@ -69,8 +69,9 @@ def test_checksum_mismatch_is_refused_and_cache_kept(loghub_server, shared_data,
 
 def test_missing_file_on_mirror_is_a_clear_error(loghub_server, tmp_path):
     _, url, _ = loghub_server
-    with pytest.raises(LogInputError, match="could not download .*/Spark/Spark_2k.log"):
+    with pytest.raises(LogInputError, match="could not download .*/Spark/Spark_2k.log") as raised:
         fetch_loghub_sample("Spark", tmp_path / "cache", url)
+    assert "LOGFIT_LOGHUB_URL" in str(raised.value)  # what to do without internet access
 
 
 def test_unknown_system_is_refused(tmp_path):

@@ -45,3 +45,15 @@ def test_one_line_rewritten_in_place_on_a_terminal():
     assert any("demo: 0/2 steps · first · first: step 3/10" in f for f in frames)
     assert "\n" not in text  # nothing scrolls: the line is cleared at the end
     assert text.endswith("\r")
+
+
+def test_the_live_line_keeps_the_step_and_eta_ahead_of_the_other_figures():
+    from logfit_dagster.commands.progress import eta_first
+
+    line = (
+        "template_lm: step 239/1520 (16%) epoch 4 loss 0.1234 lr 1.3e-06 rows_per_s 187 eta 25m40s"
+    )
+    moved = eta_first(line)
+    assert moved.startswith("template_lm: step 239/1520 (16%) eta 25m40s ")
+    assert sorted(moved.split()) == sorted(line.split())  # nothing lost, only reordered
+    assert eta_first("line_transformer: trained in 40 s") == "line_transformer: trained in 40 s"

@@ -8,6 +8,7 @@ few seconds) otherwise. Nothing here changes what runs.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import threading
@@ -153,7 +154,7 @@ class RunProgress:
         text = (
             f"[{_clock(self._elapsed())}] {self._label}: {self._steps_done}/{total} steps"
             + (f" · {self._current}" if self._current else "")
-            + (f" · {self._training}" if self._training else "")
+            + (f" · {eta_first(self._training)}" if self._training else "")
         )
         text = text[: max(shutil.get_terminal_size((120, 20)).columns - 1, 20)]
         self.stream.write("\r" + text.ljust(self._width))
@@ -175,3 +176,16 @@ class RunProgress:
         with self._lock:
             self._clear()
             self._write_line(text)
+
+
+def eta_first(training: str) -> str:
+    """A training progress line with its step and ETA ahead of the other figures (loss, rates):
+    a line cut at the terminal's width keeps what a person waits on."""
+    eta = re.search(r"\beta \S+", training)
+    if eta is None:
+        return training
+    rest = (training[: eta.start()] + training[eta.end() :]).strip()
+    step = re.search(r"^(.*?step \d+/\d+(?: \(\d+%\))?)", rest)
+    if step is None:
+        return f"{eta.group()} · {rest}"
+    return f"{step.group(1)} {eta.group()}{rest[step.end():]}"

@@ -93,7 +93,12 @@ def fetch_loghub_sample(
             with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
                 shutil.copyfileobj(response, out)
         except (urllib.error.URLError, OSError) as exc:
-            raise LogInputError(f"could not download {url}: {exc}") from exc
+            reason = getattr(exc, "reason", exc)
+            raise LogInputError(
+                f"could not download {url}: {reason}; without internet access, set "
+                "LOGFIT_LOGHUB_URL to a mirror of the Loghub repository (a local folder served "
+                "over HTTP will do), or use origin: files with the 2k logs you have"
+            ) from None
         actual = sha256_of(tmp)
         if actual != expected:
             kept = f"; the cached copy {target} is kept" if target.exists() else ""
