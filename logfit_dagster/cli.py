@@ -152,6 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--output", help="write every session scored to a .parquet or .jsonl file")
     t.set_defaults(func=_command('sessions', 'cmd_sessions'))
+    mc = sub.add_parser(
+        "mcp",
+        help="serve the lineage to coding agents over MCP (stdio; --http PORT on 127.0.0.1)",
+    )
+    mc.add_argument("--http", type=int, default=0, help="serve streamable HTTP on this port")
+    mc.add_argument(
+        "--root",
+        action="append",
+        help="a folder whose log files score_lines may read (repeatable; default: this folder)",
+    )
+    mc.add_argument(
+        "--allow-materialize",
+        action="store_true",
+        help="let agents materialize a source (off: the server is read-only)",
+    )
+    mc.set_defaults(func=_command("mcp", "cmd_mcp"))
     d = sub.add_parser(
         "dev",
         help="open the Dagster UI (dagster dev) with the instance under data/",
