@@ -74,6 +74,41 @@ class Lineage:
                     }
         return out
 
+    def lines_before(self, source: str, since: str) -> int:
+        """How many of a source's lines were stored before ``since`` (an ISO time, or a span
+        back from now: ``24h``, ``7d``, ``90m``): the line count of its newest raw_logs
+        materialization older than that. Lines after it are what arrived since; 0 when the
+        source was first stored after ``since``."""
+        import re
+        import time
+
+        import dagster as dg
+
+        span = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", since or "")
+        if span:
+            seconds = float(span.group(1)) * {"m": 60, "h": 3600, "d": 86400}[span.group(2)]
+            cutoff = time.time() - seconds
+        else:
+            try:
+                cutoff = pd.Timestamp(since).timestamp()
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"since={since!r}: give an ISO time (2026-12-05T08:00) or a span (24h, 7d)"
+                ) from None
+        home = self.data_dir / "dagster_home"
+        if not (home / "dagster.yaml").is_file():
+            return 0
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_logs"), asset_partitions=[source]),
+                limit=1000,
+            ).records
+        older = [r for r in records if r.timestamp < cutoff]
+        if not older:
+            return 0
+        lines = older[0].asset_materialization.metadata.get("lines")
+        return int(getattr(lines, "value", lines) or 0)
+
     def champion(self):
         """The line champion, loaded once."""
         from logfit_dagster.core.models.base import load_line_scorer
@@ -231,14 +266,17 @@ def build_server(lineage: Lineage):
         "with their text and the champion's threshold."
     )
     @guarded
-    def top_look_lines(source: str, limit: int = 20, offset: int = 0) -> dict:
+    def top_look_lines(source: str, limit: int = 20, offset: int = 0, since: str = "") -> dict:
         scored = lineage.table("scored_lines", source)
+        after = lineage.lines_before(source, since) if since else 0
+        scored = scored[scored["line_number"] > after]
         look = scored[scored["label"] == "LOOK"].sort_values("probability", ascending=False)
         page = look.iloc[offset : offset + _clip(limit)]
         raw = lineage.table("raw_logs", source, ["line_number", "raw"]).set_index("line_number")
         latest = lineage.latest().get(("scored_lines", source), {})
         return {
             "source": source,
+            **({"since": since, "lines_before": after} if since else {}),
             "look_lines": len(look),
             "lines": len(scored),
             "family": latest.get("model_family"),
@@ -259,13 +297,19 @@ def build_server(lineage: Lineage):
         "split), with the scoring model, its threshold and the session's lines."
     )
     @guarded
-    def anomalous_sessions(source: str, limit: int = 5, lines_per_session: int = 20) -> dict:
+    def anomalous_sessions(
+        source: str, limit: int = 5, lines_per_session: int = 20, since: str = ""
+    ) -> dict:
         scores = lineage.table("session_model", source)
         best = scores[scores["best"].astype(bool)] if len(scores) else scores
         if best.empty:
             raise LookupError(f"{source}: no session model was trained (see its materialization)")
+        sessions = lineage.table("sessions", source, ["session_id", "text", "n_lines", "last_line"])
+        after = lineage.lines_before(source, since) if since else 0
+        if after:  # sessions with a line that arrived since
+            recent = set(sessions.loc[sessions["last_line"] > after, "session_id"])
+            best = best[best["session_id"].isin(recent)]
         flagged = best.sort_values("score", ascending=False).head(_clip(limit))
-        sessions = lineage.table("sessions", source, ["session_id", "text", "n_lines"])
         text = dict(zip(sessions["session_id"], sessions["text"], strict=True))
         sizes = dict(zip(sessions["session_id"], sessions["n_lines"], strict=True))
         items = []
@@ -283,8 +327,9 @@ def build_server(lineage: Lineage):
             )
         return {
             "source": source,
-            "model": str(best["model"].iloc[0]),
-            "threshold": float(best["threshold"].iloc[0]),
+            **({"since": since, "lines_before": after} if since else {}),
+            "model": str(scores.loc[scores["best"].astype(bool), "model"].iloc[0]),
+            "threshold": float(scores.loc[scores["best"].astype(bool), "threshold"].iloc[0]),
             "scored_sessions": len(best),
             "flagged_sessions": int(best["predicted"].astype(bool).sum()),
             "items": items,

@@ -233,3 +233,25 @@ def test_the_http_transport_on_loopback(lineage):
         _check(anyio.run(main), workdir / "data", log)
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_since_keeps_what_arrived_after_a_time(lineage):
+    """A source that grew: ``since`` a time between the two materializations keeps the new
+    lines only (run last: it grows the module's lineage)."""
+    import datetime as dt
+
+    workdir, env = lineage
+    between = dt.datetime.now(dt.UTC).isoformat()
+    time.sleep(1.5)
+    registry = workdir / "sources.yaml"
+    registry.write_text(registry.read_text().replace("lines: 800", "lines: 900"))
+    for job in ("ingest_job", "scoring_job"):
+        result = run_logfit(workdir, "materialize", "tiny_bgl", "--job", job, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    lineage_view = Lineage(workdir / "data", [workdir])
+    assert lineage_view.lines_before("tiny_bgl", between) == 800
+    assert lineage_view.lines_before("tiny_bgl", "2000-01-01") == 0
+    assert lineage_view.lines_before("tiny_bgl", "0m") == 900  # a span back from now
+    with pytest.raises(ValueError, match="give an ISO time"):
+        lineage_view.lines_before("tiny_bgl", "soon")
