@@ -88,6 +88,7 @@ def model(tmp_path) -> Path:
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_classify_output_refuses_a_folder_and_an_existing_file_and_force_keeps_its_mode(
     tmp_path, model
 ):
@@ -128,6 +129,7 @@ def test_classify_output_refuses_a_folder_and_an_existing_file_and_force_keeps_i
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_classify_of_a_gzip_bomb_fails_clearly_and_leaves_nothing(tmp_path, model):
     bomb = tmp_path / "bomb.log.gz"
     with gzip.open(bomb, "wb", compresslevel=1) as out:
@@ -208,6 +210,7 @@ def test_a_damaged_mlflow_store_is_named_with_what_to_do(workdir):
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_materialize_names_a_damaged_instance_database_and_exits_2(workdir):
     import dagster as dg
 

@@ -340,6 +340,7 @@ def test_a_registry_of_one_source_runs_everything_and_exits_0(workdir):
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("registry", "body", "words"),
     [

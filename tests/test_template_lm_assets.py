@@ -30,6 +30,7 @@ def _resources():
     return offline_resources()
 
 
+@pytest.mark.slow  # trains through a Pipes subprocess, end to end
 def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
     import mlflow
 

@@ -38,7 +38,9 @@ def test_one_label_is_refused_with_the_reason_in_either_mode(tmp_path, trainer):
 
 
 @pytest.mark.parametrize(
-    "trainer", [InProcessTrainer(), PipesTrainer()], ids=["in_process", "pipes"]
+    "trainer",
+    [InProcessTrainer(), pytest.param(PipesTrainer(), marks=pytest.mark.slow)],
+    ids=["in_process", "pipes"],
 )
 def test_torch_threads_are_set_in_the_process_that_trains(tmp_path, trainer, monkeypatch):
     """LOGFIT_TORCH_THREADS reaches the training process in either mode (the Pipes subprocess

@@ -73,12 +73,17 @@ def baseline_pipeline():
     )
 
 
+# labelled lines from which the baseline's folds are fitted in parallel processes
+PARALLEL_FROM_LINES = 20_000
+
+
 def baseline_out_of_fold(
     lines, fold_sources: list[set[str]], n_jobs: int | None = None
 ) -> np.ndarray:
     """The baseline's probability for each labelled line, from a fit on the lines of the other
     folds (``fold_sources``: the sources each fold holds out, as the model's own selection
-    held them out). The folds are fitted in ``n_jobs`` processes (default: every core).
+    held them out). The folds are fitted in ``n_jobs`` processes (default: every core for
+    :data:`PARALLEL_FROM_LINES` lines or more, else this one).
 
     Args:
         lines: ``source``, ``raw`` and ``label`` (LOOK/SKIP), one row per line.
@@ -99,7 +104,10 @@ def baseline_out_of_fold(
             jobs.append((test, delayed(_fit_predict)(raw[train], y[train], raw[test])))
         elif test.any():  # one class to learn from: that class, for certain
             out[test] = float(y[train][0]) if train.any() else 0.5
-    predictions = Parallel(n_jobs=n_jobs or os.cpu_count() or 1)(job for _, job in jobs)
+    if n_jobs is None:
+        # worker processes cost seconds to start: worth it only for a big fit
+        n_jobs = (os.cpu_count() or 1) if len(lines) >= PARALLEL_FROM_LINES else 1
+    predictions = Parallel(n_jobs=n_jobs)(job for _, job in jobs)
     for (test, _), predicted in zip(jobs, predictions, strict=True):
         out[test] = predicted
     return out
