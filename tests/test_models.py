@@ -432,3 +432,24 @@ def test_the_tfidf_family_reports_the_baseline_in_the_same_folds_and_ships_its_t
     assert scorer.threshold == metrics["threshold"]
     per_source = json.loads((tmp_path / "m" / "per_source.json").read_text())
     assert {"baseline_f1", "f1"} <= set(per_source[0])
+
+
+def test_every_registered_family_keeps_the_typed_contract(monkeypatch):
+    import types
+
+    from logfit_dagster.core.models import base
+
+    for name in base.FAMILIES:
+        module = base.family_module(name)
+        assert isinstance(module, base.ModelFamily) and module.FAMILY == name
+    # a module that lacks part of the contract is refused, naming what is missing
+    broken = types.ModuleType("broken_family")
+    broken.FAMILY, broken.FORMAT_VERSION = "broken", 1
+    broken.train = lambda data, params, folder, progress=None: None
+    monkeypatch.setitem(sys.modules, "broken_family", broken)
+    monkeypatch.setitem(base.FAMILIES, "broken", "broken_family")
+    with pytest.raises(
+        ValueError,
+        match=r"does not keep the model-family contract \(missing \['load', 'feature_version'\]",
+    ):
+        base.family_module("broken")

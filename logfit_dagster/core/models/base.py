@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from logfit_dagster.core.errors import ModelFileError
 
@@ -186,10 +187,43 @@ def read_manifest(folder: Path, verify: bool = True) -> Manifest:
     return manifest
 
 
-def family_module(name: str):
+@runtime_checkable
+class ModelFamily(Protocol):
+    """The contract a family's module keeps (the module docstring says what each part does):
+    a family is its core module, its asset module and one line in :data:`FAMILIES`."""
+
+    FAMILY: str
+    FORMAT_VERSION: int
+
+    def train(
+        self, data, params: dict, folder: Path, progress: Progress | None = None
+    ) -> TrainResult: ...
+
+    def load(self, folder: Path, manifest: Manifest): ...
+
+    def feature_version(self, manifest: Manifest) -> str: ...
+
+
+def family_module(name: str) -> ModelFamily:
+    """The module of a registered family, checked against the contract.
+
+    Raises:
+        ValueError: for an unknown family, or a module that does not keep the contract.
+    """
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
-    return importlib.import_module(FAMILIES[name])
+    module = importlib.import_module(FAMILIES[name])
+    if not isinstance(module, ModelFamily) or module.FAMILY != name:
+        missing = [
+            a
+            for a in ("FAMILY", "FORMAT_VERSION", "train", "load", "feature_version")
+            if not hasattr(module, a)
+        ]
+        raise ValueError(
+            f"{FAMILIES[name]} does not keep the model-family contract (missing {missing} or "
+            f"FAMILY is not {name!r})"
+        )
+    return module
 
 
 def load(folder: Path, families: tuple[str, ...] | None = None):
