@@ -1,7 +1,8 @@
 """YAML files a user writes (the registry, a drop folder's source.yaml), read strictly.
 
-Safe loading only (plain data, no tags that build objects); a key given twice in one mapping is
-an error, not a silent last-one-wins; every error names the file, and the line where it has one.
+``yaml.safe_load`` only (plain data; a tag that would build an object is an error); a key given
+twice in one mapping is an error, not a silent last-one-wins (found on the document's node tree,
+which constructs nothing); every error names the file, and the line where it has one.
 """
 
 from __future__ import annotations
@@ -14,26 +15,26 @@ import yaml
 from logfit_dagster.core.errors import RegistryError
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a mapping that names one key twice."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                break
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} appears twice (first on line {first})",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+def _duplicate_key(node) -> yaml.MarkedYAMLError | None:
+    """The first mapping key given twice in a composed node tree, as a marked error."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        return yaml.MarkedYAMLError(
+                            problem=f"key {key.value!r} appears twice (first on line "
+                            f"{seen[key.value]})",
+                            problem_mark=key.start_mark,
+                        )
+                    seen[key.value] = key.start_mark.line + 1
+                stack.extend((key, value))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return None
 
 
 def load_yaml(path: Path) -> Any:
@@ -59,7 +60,10 @@ def load_yaml(path: Path) -> Any:
             "save the file as UTF-8"
         ) from None
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: plain data only
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if duplicate is not None:
+            raise duplicate
+        return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
