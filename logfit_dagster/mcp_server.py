@@ -51,6 +51,26 @@ class Lineage:
             )
         return pq.read_table(path, columns=columns).to_pandas()
 
+    def latest_of(self, asset: str, partition: str | None = None) -> dict:
+        """The latest materialization metadata of one asset (and partition)."""
+        import dagster as dg
+
+        home = self.data_dir / "dagster_home"
+        if not (home / "dagster.yaml").is_file():
+            return {}
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey(asset),
+                    asset_partitions=[partition] if partition else None,
+                ),
+                limit=1,
+            ).records
+        if not records:
+            return {}
+        metadata = records[0].asset_materialization.metadata
+        return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
     def latest(self) -> dict[tuple[str, str | None], dict]:
         """The latest materialization metadata of each (asset, source), from the instance."""
         import dagster as dg
@@ -273,7 +293,7 @@ def build_server(lineage: Lineage):
         look = scored[scored["label"] == "LOOK"].sort_values("probability", ascending=False)
         page = look.iloc[offset : offset + _clip(limit)]
         raw = lineage.table("raw_logs", source, ["line_number", "raw"]).set_index("line_number")
-        latest = lineage.latest().get(("scored_lines", source), {})
+        latest = lineage.latest_of("scored_lines", source)
         return {
             "source": source,
             **({"since": since, "lines_before": after} if since else {}),

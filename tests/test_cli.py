@@ -396,29 +396,38 @@ def _wait_for_run(workdir, proc, status=dg.DagsterRunStatus.STARTED, timeout=180
         time.sleep(0.2)
 
 
+def _ctrl_c(workdir, presses: int):
+    """``logfit materialize`` given Ctrl-C ``presses`` times, as a terminal sends it (SIGINT to
+    its process group) once its first run has started; the process, that run, its stderr."""
+    import signal
+    import time
+
+    proc = _start_materialize(workdir)
+    try:
+        run = _wait_for_run(workdir, proc)
+        time.sleep(1.0)
+        for _ in range(presses):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc, run, err
+
+
 @pytest.mark.faults
 @pytest.mark.slow
 def test_ctrl_c_stops_materialize_marks_its_run_and_starts_nothing_else(workdir):
     """A terminal's Ctrl-C (SIGINT to the command's process group) during the first source's
     run: that run ends failed or canceled, no other run starts, the summary says what was
     interrupted, and the command exits 130."""
-    import signal
-    import time
-
     (workdir / "sources.yaml").write_text(
         f"sources:\n{BIG}"
         "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
     )
-    proc = _start_materialize(workdir)
-    try:
-        run = _wait_for_run(workdir, proc)
-        time.sleep(1.0)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, run, err = _ctrl_c(workdir, presses=1)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted (Ctrl-C) during big" in err and "nothing after it was started" in err
     # Dagster's own helper processes may print their KeyboardInterrupt; logfit prints none
@@ -433,22 +442,8 @@ def test_ctrl_c_stops_materialize_marks_its_run_and_starts_nothing_else(workdir)
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_second_ctrl_c_forces_materialize_to_stop_at_once(workdir):
-    import signal
-    import time
-
     (workdir / "sources.yaml").write_text(f"sources:\n{BIG}")
-    proc = _start_materialize(workdir)
-    try:
-        _wait_for_run(workdir, proc)
-        time.sleep(1.0)
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, _, err = _ctrl_c(workdir, presses=2)
     assert proc.returncode == 130, err[-3000:]
 
 

@@ -166,12 +166,12 @@ class _Driver:
 
         from logfit_dagster.core.errors import LogfitError
 
-        keys = self._runnable(stage, partition)
+        fresh = self._fresh()
+        keys = self._runnable(stage, partition, fresh)
         if not keys:
             return []
         if self.args.force:
             return keys
-        fresh = self._fresh()
         raw_key = dg.AssetKey("raw_logs")
         if raw_key in keys:
             try:
@@ -189,9 +189,8 @@ class _Driver:
             self.progress.note(f"{key.to_user_string()}: {why}: rebuilt")
         return stale
 
-    def _runnable(self, stage, partition: str | None) -> list:
+    def _runnable(self, stage, partition: str | None, fresh) -> list:
         """The stage's assets whose inputs from earlier stages exist; the others are named."""
-        fresh = self._fresh()
         blocked = {}
         for key, needs in stage.needs.items():
             missing = [n for n in needs if not fresh.has_materialization(n, partition)]
