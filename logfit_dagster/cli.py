@@ -139,16 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.set_defaults(func=_command('classify', 'cmd_classify'))
     t = sub.add_parser(
-        "sessions", help="score the sessions of a log file with a source's template model"
+        "sessions",
+        help="score the sessions of a log or sequence file with a source's session champion",
     )
-    t.add_argument("file", help="a log file, plain or .gz, in the source's format")
+    t.add_argument(
+        "file",
+        help="a log file, plain or .gz, in the source's format (a sequence file in its layout "
+        "for a sequences source)",
+    )
     t.add_argument("--source", required=True, help="the source whose format, sessions and model")
-    t.add_argument("--model", help="a template_lm folder (default: the source's newest)")
+    t.add_argument(
+        "--model",
+        help="a session champion folder or a template_lm folder (default: the source's session "
+        "champion, data/models/session_champion/<source>)",
+    )
     t.add_argument(
         "--method",
-        default="topg_misses",
         choices=["max_nll", "mean_nll", "perplexity", "topg_misses"],
-        help="which score flags a session (each has its threshold from normal dev sessions)",
+        help="with a template model: which score flags a session (default: the champion's; "
+        "topg_misses for a template_lm folder)",
     )
     t.add_argument("--output", help="write every session scored to a .parquet or .jsonl file")
     t.set_defaults(func=_command('sessions', 'cmd_sessions'))

@@ -129,6 +129,25 @@ class Lineage:
         lines = older[0].asset_materialization.metadata.get("lines")
         return int(getattr(lines, "value", lines) or 0)
 
+    def champion_scores(self, source: str) -> tuple[pd.DataFrame, str]:
+        """The source's test sessions as its session champion scored them (``session_id``,
+        ``label``, ``score``, ``threshold``, ``flagged``), and the champion's name; the best
+        count-vector model's where no champion was chosen."""
+        chosen = self.latest_of("session_champion", source).get("champion", "")
+        family, _, model = str(chosen).partition(":")
+        if family == "template_lm":
+            frame = self.table("template_lm", source)
+            frame = frame[frame["method"] == model]
+        else:
+            frame = self.table("session_model", source)
+            if model:
+                frame = frame[frame["model"] == model]
+            elif len(frame):
+                frame = frame[frame["best"].astype(bool)]
+                chosen = f"session_counts:{frame['model'].iloc[0]}" if len(frame) else ""
+            frame = frame.rename(columns={"predicted": "flagged"})
+        return frame, chosen
+
     def champion(self):
         """The line champion, loaded once."""
         from logfit_dagster.core.models.base import load_line_scorer
@@ -258,6 +277,7 @@ def build_server(lineage: Lineage):
             raw = latest.get(("raw_logs", source), {})
             truth = latest.get(("ground_truth_labels", source), {})
             model = latest.get(("session_model", source), {})
+            champion = latest.get(("session_champion", source), {})
             labels = latest.get(("llm_labels", source), {})
             rows.append(
                 {
@@ -270,9 +290,12 @@ def build_server(lineage: Lineage):
                     "sessions": latest.get(("sessions", source), {}).get("sessions"),
                     "anomalous_sessions": truth.get("anomalous_sessions"),
                     "look_lines": labels.get("look_lines"),
-                    "session_model": model.get("best_model"),
-                    "session_test_f1": model.get("test_f1"),
-                    "session_test_anomalous": model.get("test_anomalous"),
+                    "session_champion": champion.get("champion")
+                    or (f"session_counts:{model['best_model']}" if "best_model" in model else None),
+                    "session_test_f1": champion.get("test_f1", model.get("test_f1")),
+                    "session_test_anomalous": champion.get(
+                        "test_anomalous", model.get("test_anomalous")
+                    ),
                 }
             )
         champion = latest.get(("line_champion", None), {})
@@ -320,10 +343,10 @@ def build_server(lineage: Lineage):
     def anomalous_sessions(
         source: str, limit: int = 5, lines_per_session: int = 20, since: str = ""
     ) -> dict:
-        scores = lineage.table("session_model", source)
-        best = scores[scores["best"].astype(bool)] if len(scores) else scores
+        best, name = lineage.champion_scores(source)
         if best.empty:
             raise LookupError(f"{source}: no session model was trained (see its materialization)")
+        threshold = float(best["threshold"].iloc[0])
         sessions = lineage.table("sessions", source, ["session_id", "text", "n_lines", "last_line"])
         after = lineage.lines_before(source, since) if since else 0
         if after:  # sessions with a line that arrived since
@@ -339,7 +362,7 @@ def build_server(lineage: Lineage):
                 {
                     "session_id": row.session_id,
                     "score": round(float(row.score), 4),
-                    "flagged": bool(row.predicted),
+                    "flagged": bool(row.flagged),
                     "label": None if pd.isna(row.label) else int(row.label),
                     "lines": int(sizes.get(row.session_id, len(body))),
                     "text": [_cut(x, 240) for x in body[: max(1, lines_per_session)]],
@@ -348,10 +371,10 @@ def build_server(lineage: Lineage):
         return {
             "source": source,
             **({"since": since, "lines_before": after} if since else {}),
-            "model": str(scores.loc[scores["best"].astype(bool), "model"].iloc[0]),
-            "threshold": float(scores.loc[scores["best"].astype(bool), "threshold"].iloc[0]),
+            "model": name,
+            "threshold": threshold,
             "scored_sessions": len(best),
-            "flagged_sessions": int(best["predicted"].astype(bool).sum()),
+            "flagged_sessions": int(best["flagged"].astype(bool).sum()),
             "items": items,
         }
 

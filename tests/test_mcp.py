@@ -107,8 +107,15 @@ def _check(out: dict, data: Path, log: Path) -> None:
     error, text = out["anomalous_sessions"][0]
     assert not error, text
     anomalous = json.loads(text)
-    model = pd.read_parquet(data / "assets" / "session_model" / "tiny_hdfs.parquet")
-    chosen = model[model["best"]]
+    # scored by the source's session champion (chosen across families on dev)
+    family, kind = anomalous["model"].split(":")
+    assert family in ("session_counts", "template_lm")
+    if family == "session_counts":
+        model = pd.read_parquet(data / "assets" / "session_model" / "tiny_hdfs.parquet")
+        chosen = model[model["model"] == kind]
+    else:
+        model = pd.read_parquet(data / "assets" / "template_lm" / "tiny_hdfs.parquet")
+        chosen = model[model["method"] == kind]
     assert anomalous["items"][0]["score"] == pytest.approx(chosen["score"].max(), abs=1e-4)
     assert anomalous["items"][0]["text"], "the session's lines are shown"
 

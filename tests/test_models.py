@@ -174,6 +174,7 @@ ASSETS = GRAPH
 PARTITIONED = [
     "raw_logs",
     "parsed_logs",
+    "log_templates",
     "sessions",
     "ground_truth_labels",
     "dataset_splits",

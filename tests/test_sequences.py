@@ -291,6 +291,48 @@ def test_a_sequence_source_runs_through_sessions_splits_and_session_models(workd
         normal = by_max[by_max["label"] == 0]
         assert normal["flagged"].mean() < 0.2
 
+        # the session champion is chosen among both families on dev, and stored
+        result = dg.materialize(
+            everything,
+            selection=["session_champion", "metrics_report"],
+            partition_key="seq_app",
+            instance=instance,
+            resources=resources,
+        )
+        assert result.success
+        meta = {
+            e.asset_key.to_user_string(): e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+        }
+        champion = meta["session_champion"]["champion"].value
+        candidates = meta["session_champion"]["candidates"].value
+        assert "template_lm:max_nll" in candidates and "session_counts:decision_tree" in candidates
+        report = result.output_for_node("metrics_report")
+        assert f"champion: {champion}" in set(report["model"])
+
+    # logfit sessions scores the sequence file with that champion: the test sessions get the
+    # asset's scores
+    from tests.processes import run_logfit
+
+    out = workdir / "scored.parquet"
+    done = run_logfit(
+        workdir, "sessions", "seq/run_abnormal", "--source", "seq_app", "--output", str(out)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"flagged by {champion}" in done.stderr
+    scored = pd.read_parquet(out).set_index("session_id")
+    assert len(scored) == 60 and (scored["model"] == champion).all()
+    family, model = champion.split(":")
+    if family == "template_lm":
+        stored = scores[scores["method"] == model]
+    else:
+        stored = metrics[metrics["model"] == model].rename(columns={"predicted": "flagged"})
+    stored = stored[stored["session_id"].str.startswith("app/a")].set_index("session_id")
+    mine = scored.loc[stored.index]
+    assert (abs(mine["score"] - stored["score"].astype(float)) < 1e-6).all()
+    assert (mine["flagged"] == stored["flagged"].astype(bool)).all()
+    assert (mine["label"] == 1).all()  # the source's label rules name the file anomalous
+
 
 def test_path_may_list_several_files_or_globs(workdir):
     from logfit_dagster.resources.sources import LogSources

@@ -105,6 +105,10 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
             resources=_resources(),
         )
         assert overview.success
+        overview_meta = {
+            e.asset_key.to_user_string(): e.materialization.metadata
+            for e in overview.get_asset_materialization_events()
+        }
         table = _overview(instance)
         nova = table[table["source"] == "p_nova"]
         assert {
@@ -113,13 +117,20 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
             "logistic_regression",
         } <= set(nova["model"])
 
-        # logfit sessions scores the file's sessions with the newest model: the test
-        # sessions get the asset's scores
-        scored = _cli_sessions(workdir, data)
+        # logfit sessions scores the file's sessions with the fine-tuned model the asset
+        # reports (not its scratch twin): the test sessions get the asset's scores
+        folder = tuned["model_folder"].value
+        scored, stderr = _cli_sessions(workdir, data, "--model", folder, "--method", "topg_misses")
+        assert "flagged by template_lm:topg_misses" in stderr
         stored = frame[frame["method"] == "topg_misses"].set_index("session_id")
         mine = scored.set_index("session_id").loc[stored.index]
         assert (abs(mine["topg_misses"] - stored["score"]) < 1e-6).all()
         assert (mine["topg_misses_flagged"] == stored["flagged"]).all()
+        assert (mine["flagged"] == stored["flagged"]).all()
+        # by default, with the source's session champion, which the summary names
+        scored, stderr = _cli_sessions(workdir, data)
+        champion = overview_meta["session_champion"]["champion"].value
+        assert f"flagged by {champion}" in stderr and (scored["model"] == champion).all()
 
         # a second vocabulary run keeps every id
         again = dg.materialize(
@@ -162,7 +173,7 @@ def _overview(instance) -> pd.DataFrame:
     return pd.read_parquet(data_dir() / "assets" / "metrics_overview" / "all.parquet")
 
 
-def _cli_sessions(workdir, data) -> pd.DataFrame:
+def _cli_sessions(workdir, data, *options: str) -> tuple[pd.DataFrame, str]:
     import subprocess
     import sys
 
@@ -179,10 +190,10 @@ def _cli_sessions(workdir, data) -> pd.DataFrame:
             "p_nova",
             "--output",
             str(out),
+            *options,
         ],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "flagged by topg_misses" in done.stderr
-    return pd.read_parquet(out)
+    return pd.read_parquet(out), done.stderr

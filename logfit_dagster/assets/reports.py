@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 
 from logfit_dagster.assets._common import on_new_data, optional
-from logfit_dagster.assets.models import session_model_name
+from logfit_dagster.core.models.base import ModelArtifact
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
-from logfit_dagster.resources.tracking import ExperimentTracker
 
 REPORT_COLUMNS = [
     "source",
@@ -36,18 +35,19 @@ REPORT_COLUMNS = [
     code_version="1",
     automation_condition=on_new_data(),
     kinds={"parquet", "matplotlib"},
+    ins={"session_champion": optional()},
 )
 def metrics_report(
     context: dg.AssetExecutionContext,
     session_model: pd.DataFrame,
-    session_champion: pd.DataFrame,
-    tracker: ExperimentTracker,
+    session_champion: ModelArtifact | None,
 ) -> pd.DataFrame:
     """Accuracy, precision, recall, F1 of the anomalous class, confusion matrices and PR curves
-    of every session model on the test split, with the champion beside them (promoted, when it
-    passed its gate, before the report is written)."""
+    of every session model on the test split, with the session champion (chosen across
+    families on dev, before the report is written) beside them."""
     # Imported by the step, like the models' libraries (see assets/models/).
     from logfit_dagster.core import plots
+    from logfit_dagster.core.session_champion import read_choice
     from logfit_dagster.core.session_model import metrics as session_metrics
 
     source = context.partition_key
@@ -69,15 +69,17 @@ def metrics_report(
         )
         curves[kind] = (y, score)
         matrices[kind] = {k: measured[k] for k in ("tp", "fp", "fn", "tn")}
-    champion = tracker.champion(session_model_name(source))
+    champion = read_choice(session_champion.folder) if session_champion is not None else None
     if champion is not None:
-        version, m = champion
+        m = champion["champion"]
         rows.append(
             {
                 "source": source,
-                "model": "champion (registry)",
-                "version": version,
-                **{k: m.get(f"test_{k}", np.nan) for k in REPORT_COLUMNS[3:]},
+                "model": f"champion: {m['family']}:{m['model']}",
+                "version": str(session_champion.manifest.extra.get("champion", {}).get("version", "")),
+                "sessions": m["test"].get("anomalous", 0) + m["test"].get("normal", 0),
+                "threshold": m["threshold"],
+                **{k: m["test"].get(k, np.nan) for k in REPORT_COLUMNS[4:] if k != "threshold"},
             }
         )
     report = pd.DataFrame(rows)[REPORT_COLUMNS]
@@ -99,7 +101,11 @@ def metrics_report(
             "best_f1": dg.MetadataValue.float(float(report["f1"].max())),
             "pr_curve": dg.MetadataValue.path(str(folder / "pr_curve.png")),
             "confusion": dg.MetadataValue.path(str(folder / "confusion.png")),
-            "champion_version": champion[0] if champion else "none",
+            "champion": (
+                f"{champion['champion']['family']}:{champion['champion']['model']}"
+                if champion
+                else "none"
+            ),
         }
     )
     plots.close(pr, cm)

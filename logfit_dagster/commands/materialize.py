@@ -449,7 +449,7 @@ def _summary_row(name: str, meta: dict, seconds: float, unchanged: bool) -> dict
         if truth.get("has_ground_truth")
         else "no labels",
         "LOOK lines": meta.get("llm_labels", {}).get("look_lines", "-"),
-        "session F1 (test)": _session_f1(session),
+        "session F1 (test)": _session_f1(session, meta.get("session_champion", {})),
         "seconds": "unchanged" if unchanged else f"{seconds:.1f}",
         # printed under the table, not in it
         "_note": f"no session model for {name}: {session['skipped']}"
@@ -458,8 +458,16 @@ def _summary_row(name: str, meta: dict, seconds: float, unchanged: bool) -> dict
     }
 
 
-def _session_f1(session: dict) -> str:
-    """The best session model's test F1 and the anomalous test sessions it rests on."""
+def _session_f1(session: dict, champion: dict | None = None) -> str:
+    """The session champion's test F1 (else the best count-vector model's), which model it is,
+    and the anomalous test sessions it rests on."""
+    if champion and "test_f1" in champion and champion.get("test_anomalous"):
+        normal = champion.get("test_normal", 0)
+        return (
+            f"{champion['test_f1']:.3f} {champion.get('champion', '')} "
+            f"({champion['test_anomalous']:.0f} of {champion['test_anomalous'] + normal:.0f} "
+            "anomalous)"
+        )
     if "test_f1" not in session:
         return "no model (below)" if "skipped" in session else "-"
     if "test_anomalous" not in session:

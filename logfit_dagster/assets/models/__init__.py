@@ -20,9 +20,9 @@ from logfit_dagster.assets.models.line_tfidf import (
 from logfit_dagster.assets.models.line_transformer import line_transformer_model
 from logfit_dagster.assets.models.llm_lora import grpo_adapter, sft_adapter
 from logfit_dagster.assets.models.scoring import scored_lines
+from logfit_dagster.assets.models.session_champion import session_champion
 from logfit_dagster.assets.models.session_counts import (
     SESSION_SCORE_COLUMNS,
-    session_champion,
     session_model,
     session_model_name,
 )

@@ -33,6 +33,7 @@ SESSION_SCORE_COLUMNS = [
     "threshold",
     "version",
     "best",
+    "path",  # the artifact folder the scores came from (what the session champion copies)
 ]
 
 
@@ -148,6 +149,7 @@ def session_model(
     frame = pd.concat([r.test_scores for r in training.results], ignore_index=True)
     frame["version"] = frame["model"].map(lambda k: records[k].version)
     frame["best"] = frame["model"] == best.kind
+    frame["path"] = str(folder)
     table = pd.DataFrame(
         [
             {
@@ -189,20 +191,3 @@ def session_model(
         yield not_trained(
             "session_champion_gate", "no labels: an unsupervised model is never made champion"
         )
-
-
-@dg.asset(
-    partitions_def=log_source_partitions, group_name="models", code_version="1", kinds={"mlflow"}
-)
-def session_champion(
-    context: dg.AssetExecutionContext, session_model: pd.DataFrame, tracker: ExperimentTracker
-) -> pd.DataFrame:
-    """The source's best session model made ``champion`` in the registry, once its gate passed."""
-    best = session_model[session_model["best"].astype(bool)]
-    if best.empty or not bool(best["label"].notna().any()):
-        context.add_output_metadata({"promoted": False, "note": "no supervised model to promote"})
-        return pd.DataFrame({"model": [], "version": []})
-    kind, version = str(best["model"].iloc[0]), str(best["version"].iloc[0])
-    tracker.promote(session_model_name(context.partition_key), version)
-    context.add_output_metadata({"promoted": True, "model": kind, "version": version})
-    return pd.DataFrame({"model": [kind], "version": [version]})

@@ -33,6 +33,10 @@ from logfit_dagster.resources.tracking import ExperimentTracker
 from logfit_dagster.resources.trainer import Trainer
 
 PRETRAINED_MODEL_NAME = "logfit-template-lm-pretrained"
+# Default training budgets (early stopping usually ends training well before them): a big or
+# slow source's template model never trains for hours by default.
+PRETRAIN_SECONDS = 120.0
+FINETUNE_SECONDS = 60.0
 TEMPLATE_SCORE_COLUMNS = [
     "session_id",
     "label",
@@ -45,28 +49,10 @@ TEMPLATE_SCORE_COLUMNS = [
     "scratch_score",
     "scratch_threshold",
     "scratch_flagged",
+    "path",  # the model folder the scores came from (what the session champion copies)
+    "version",  # its registered version
 ]
 METHODS = ("max_nll", "mean_nll", "perplexity", "topg_misses")
-
-
-def _session_rows(evaluation: dict, thresholds: dict, unseen_rate: float) -> list[dict]:
-    """One row per test session and scoring method: score, threshold, flagged."""
-    scores = evaluation.get("scores", {})
-    rows = []
-    for method in METHODS:
-        for i, sid in enumerate(scores.get("session_id", [])):
-            value = scores[method][i]
-            rows.append(
-                {
-                    "session_id": sid,
-                    "label": scores["label"][i],
-                    "method": method,
-                    "score": value,
-                    "threshold": thresholds[method],
-                    "flagged": value > thresholds[method] or scores["unseen_rate"][i] > unseen_rate,
-                }
-            )
-    return rows
 
 
 def template_lm_name(source: str) -> str:
@@ -134,6 +120,11 @@ class TemplateLMConfig(dg.Config):
     batch_size: int = Field(default=32, description="Windows per step.")
     max_epochs: int = Field(default=20, description="At most this many epochs.")
     patience: int = Field(default=2, description="Epochs without a dev-loss gain before stopping.")
+    min_improvement: float = Field(
+        default=0.01,
+        description="A dev-loss gain counts when it is at least this share of the loss (early "
+        "stopping fires once the loss has flattened).",
+    )
     learning_rate: float = Field(default=3e-4, description="AdamW peak learning rate.")
     checkpoint_every_samples: int = Field(
         default=6400, description="Windows seen between checkpoints (a killed run resumes there)."
@@ -154,7 +145,8 @@ class TemplateLMConfig(dg.Config):
     )
     percentile: float = Field(
         default=99.5,
-        description="Thresholds: this percentile of each score on normal dev sessions.",
+        description="Thresholds: a false-alarm target of (100 - percentile)% on new normal "
+        "sessions, from the scores of normal dev sessions (split-conformal order statistic).",
     )
     unseen_rate: float = Field(
         default=0.05, description="A session with more unseen templates than this is flagged."
@@ -168,9 +160,19 @@ class PretrainConfig(TemplateLMConfig):
     source: str = Field(
         default="", description="Source to pretrain on; empty: the first HDFS-kind source."
     )
+    max_seconds: float = Field(
+        default=PRETRAIN_SECONDS,
+        description="Training stops after this many seconds (0: no budget), keeping the best "
+        "epoch so far; the manifest records the budget and why training stopped.",
+    )
 
 
 class FineTuneConfig(TemplateLMConfig):
+    max_seconds: float = Field(
+        default=FINETUNE_SECONDS,
+        description="Each model (the fine-tuned one, and its scratch twin) stops training after "
+        "this many seconds (0: no budget), keeping the best epoch so far.",
+    )
     from_scratch: bool = Field(
         default=False,
         description="Train from random weights instead of the pretrained model (to measure "
@@ -303,7 +305,7 @@ def template_lm(
     scratch): per test session its scores by max and mean NLL, perplexity and the DeepLog top-g
     rule, each with a threshold from normal dev sessions."""
     from logfit_dagster.core import plots
-    from logfit_dagster.core.models.template_lm import prepare_sequences
+    from logfit_dagster.core.models.template_lm import prepare_sequences, session_rows
 
     source = context.partition_key
     started = time.perf_counter()
@@ -334,11 +336,11 @@ def template_lm(
         )
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    rows = _session_rows(evaluation, thresholds, config.unseen_rate)
+    rows = session_rows(evaluation, thresholds, config.unseen_rate)
     twin = None
     if baseline is not None and evaluation:
         twin_folder = baseline[0]
-        twin = _session_rows(
+        twin = session_rows(
             json.loads((twin_folder / "evaluation.json").read_text()),
             json.loads((twin_folder / "thresholds.json").read_text()),
             config.unseen_rate,
@@ -350,7 +352,8 @@ def template_lm(
     scratch = scratch.rename(
         columns={"score": "scratch_score", "threshold": "scratch_threshold", "flagged": "scratch_flagged"}
     )[["session_id", "method", "scratch_score", "scratch_threshold", "scratch_flagged"]]
-    frame = frame.merge(scratch, on=["session_id", "method"], how="left")[TEMPLATE_SCORE_COLUMNS]
+    frame = frame.merge(scratch, on=["session_id", "method"], how="left")
+    frame["path"] = str(folder)
     figures = _figures(evaluation, thresholds, source)
     metadata = {
         "mode": "from scratch" if config.from_scratch else "fine-tuned from the pretrained model",
@@ -389,7 +392,8 @@ def template_lm(
     )
     plots.close(*figures.values())
     metadata["registered_version"] = str(record.version)
-    return dg.Output(frame, metadata=metadata)
+    frame["version"] = str(record.version)
+    return dg.Output(frame[TEMPLATE_SCORE_COLUMNS], metadata=metadata)
 
 
 def pretraining_gain(

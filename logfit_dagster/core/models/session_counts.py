@@ -122,19 +122,47 @@ def _load_pipeline(path: Path):
 
 
 class SessionScorer:
-    """The best session model of a folder: anomaly score per template-id sequence."""
+    """One session model of a folder (its best by dev F1 unless ``kind`` names another):
+    anomaly score per template-id sequence."""
 
-    def __init__(self, folder: Path, manifest: Manifest):
+    def __init__(self, folder: Path, manifest: Manifest, kind: str | None = None):
         training = read_training(folder)
-        best = training.best
-        if best is None:
-            raise ModelFileError(f"{folder}: holds no session model")
-        self.kind, self.threshold = best.kind, best.threshold
-        self._pipeline = best.pipeline
+        chosen = (
+            training.best
+            if kind is None
+            else next((r for r in training.results if r.kind == kind), None)
+        )
+        if chosen is None:
+            raise ModelFileError(
+                f"{folder}: holds no session model" + (f" {kind!r}" if kind else "")
+            )
+        self.kind, self.threshold = chosen.kind, chosen.threshold
+        self._pipeline = chosen.pipeline
 
     def score(self, sequences: list[list[int]]) -> np.ndarray:
         """Anomaly score of each template-id sequence (higher is more anomalous)."""
         return scores(self._pipeline, pd.Series(sequences))
+
+
+def candidate_frame(folder: Path) -> pd.DataFrame:
+    """The test sessions of a trained folder as session-champion candidates, one per model,
+    with each model's dev figures (see :mod:`logfit_dagster.core.session_champion`)."""
+    from logfit_dagster.core.session_champion import CANDIDATE_COLUMNS
+
+    folder = Path(folder)
+    stored = json.loads((folder / "results.json").read_text())
+    frame = pd.read_parquet(folder / "test_scores.parquet")
+    dev = {r["kind"]: r["dev"] for r in stored["results"]}
+    frame = frame.assign(
+        family=FAMILY,
+        flagged=frame["predicted"].astype(bool),
+        dev_average_precision=frame["model"].map(
+            lambda k: dev[k].get("average_precision", np.nan)
+        ),
+        dev_f1=frame["model"].map(lambda k: dev[k].get("f1", np.nan)),
+        path=str(folder),
+    )
+    return frame[CANDIDATE_COLUMNS]
 
 
 def load(folder: Path, manifest: Manifest) -> SessionScorer:

@@ -72,6 +72,9 @@ class TemplateLMParams:
     batch_size: int = 32
     max_epochs: int = 20
     patience: int = 2
+    # an epoch must lower the dev loss by this share to count as a gain (early stopping that
+    # fires once the loss has flattened)
+    min_improvement: float = 0.01
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
     warmup: float = 0.05
@@ -89,6 +92,9 @@ class TemplateLMParams:
     # At most this many dev windows for the per-epoch dev loss (the thresholds use every dev
     # session).
     max_dev_windows: int = 5_000
+    # Stop training after this many seconds (0: no budget); the manifest's ``stopped`` says why
+    # training ended.
+    max_seconds: float = 0.0
 
     @classmethod
     def from_dict(cls, params: dict) -> TemplateLMParams:
@@ -162,7 +168,9 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
 
     Returns:
         ``train`` and ``dev``: the token sequences of normal sessions (an anomaly never teaches
-        the model what normal is); ``test``: every labelled test session with its label.
+        the model what normal is); ``dev_anomalous``: the anomalous dev sessions (they never
+        train nor set a threshold: they only measure the model on dev, for the session
+        champion); ``test``: every labelled test session with its label.
     """
     import pandas as pd
 
@@ -176,7 +184,7 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
             f"sessions use template ids {sorted(unknown)[:5]} that log_templates lacks: "
             "materialize parsed_logs and log_templates again"
         )
-    data: dict = {"vocabulary": vocabulary, "train": [], "dev": [], "test": []}
+    data: dict = {"vocabulary": vocabulary, "train": [], "dev": [], "dev_anomalous": [], "test": []}
     for sid, ids, split, label in zip(
         frame["session_id"], frame["template_ids"], frame["split"], frame["label"], strict=True
     ):
@@ -184,6 +192,8 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
         known = not pd.isna(label)
         if split in ("train", "dev") and (not known or int(label) == 0):
             data[split].append(tokens)
+        elif split == "dev":
+            data["dev_anomalous"].append(tokens)
         elif split == "test" and known:
             data["test"].append({"session_id": str(sid), "tokens": tokens, "label": int(label)})
     return data
@@ -332,6 +342,8 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             ),
             seed=p.seed,
             metric="neg_dev_loss",
+            max_seconds=p.max_seconds,
+            min_improvement=p.min_improvement,
         ),
         step_loss,
         evaluate,
@@ -379,8 +391,12 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         "false_alarm_rate_resolution": 1.0 / len(dev_sessions) if dev_sessions else math.nan,
     }
     evaluation = {}
+    on_dev = dev_methods(scorer, dev_stats, data.get("dev_anomalous") or [])
+    for method, m in on_dev.items():
+        metrics.update({f"dev_{method}_{k}": m[k] for k in ("f1", "average_precision")})
     if data.get("test"):
         evaluation = evaluate_sessions(scorer, data["test"], dev_sessions)
+        evaluation["dev_methods"] = on_dev
         (folder / "evaluation.json").write_text(json.dumps(evaluation))
         for method, m in evaluation["methods"].items():
             metrics.update({f"test_{method}_{k}": v for k, v in m.items()})
@@ -419,15 +435,64 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
 
 
 def label_free_thresholds(dev_scores: dict, percentile: float) -> dict[str, float]:
-    """Each method's threshold from normal dev sessions alone: the ``percentile`` of its score,
-    taken as an observed score (not interpolated), so that a session is flagged only when it
-    scores above what that share of normal sessions showed. For the top-g miss count this
-    means at least one miss more than those normal sessions had: with most normal sessions at
-    0 misses and a few at 1, a session needs 2 (an interpolated 0.3 would flag at 1)."""
-    return {
-        m: float(np.percentile(np.asarray(dev_scores[m], dtype=float), percentile, method="higher"))
-        for m in METHODS
+    """Each method's threshold from normal dev sessions alone, for a target false-alarm rate
+    ``a = 1 - percentile / 100`` on new normal sessions.
+
+    With ``n`` normal dev scores sorted, the threshold is the ``k``-th smallest with ``k =
+    ceil((n + 1)(1 - a))`` (split-conformal): a new normal session exceeds it with probability
+    at most ``a`` when it is exchangeable with the dev ones. A plain percentile of the dev
+    scores (``k = ceil(n (1 - a))``) promises more than it keeps: on 485 normal sessions it
+    leaves 3 above the threshold, an expected 0.6% for a 0.5% target. With fewer than ``1/a - 1``
+    sessions the rule cannot reach the target: the threshold is the highest dev score and the
+    expected rate is ``1/(n + 1)`` (the metrics say how many sessions it rests on).
+
+    The threshold is an observed score, never interpolated: for the top-g miss count this means
+    at least one miss more than those normal sessions had (with most at 0 misses and a few at 1,
+    a session needs 2)."""
+    alpha = 1.0 - percentile / 100.0
+    out = {}
+    for m in METHODS:
+        values = np.sort(np.asarray(dev_scores[m], dtype=float))
+        values = values[~np.isnan(values)]
+        if not len(values):
+            out[m] = math.inf
+            continue
+        k = min(len(values), math.ceil((len(values) + 1) * (1.0 - alpha) - 1e-9))
+        out[m] = float(values[max(k, 1) - 1])
+    return out
+
+
+def dev_methods(scorer: TemplateScorer, normal: TokenStats | list, anomalous: list) -> dict:
+    """Each method on dev at its label-free threshold: F1, the false-alarm rate and average
+    precision, from the normal dev sessions and the anomalous ones (which set nothing)."""
+    from sklearn.metrics import average_precision_score
+
+    if not anomalous:
+        return {}
+    normal_scores = scorer.score(normal)
+    anomalous_scores = scorer.score(anomalous)
+    y = np.r_[np.zeros(len(normal_scores["max_nll"])), np.ones(len(anomalous))].astype(int)
+    flags = {
+        m: np.r_[a, b]
+        for (m, a), b in zip(
+            scorer.flags(normal_scores).items(), scorer.flags(anomalous_scores).values(), strict=True
+        )
     }
+    out = {}
+    for method in METHODS:
+        score = np.r_[normal_scores[method], anomalous_scores[method]]
+        # a session the model could not score ranks lowest (it is flagged by rule, if at all)
+        finite = score[np.isfinite(score)]
+        score = np.where(np.isfinite(score), score, (finite.min() if len(finite) else 0.0) - 1.0)
+        tp, fp, fn, tn = confusion_counts(y, flags[method].astype(int))
+        out[method] = {
+            **rates(tp, fp, fn, tn, empty=0.0),
+            "false_positive_rate": fp / (fp + tn) if fp + tn else 0.0,
+            "average_precision": float(average_precision_score(y, score)),
+            "anomalous": int(y.sum()),
+            "normal": int(len(y) - y.sum()),
+        }
+    return out
 
 
 def _mean_loss(model, windows_: list[list[int]], batch_size: int, device: str, mixed) -> float:
@@ -615,6 +680,53 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
             **{k: [float(x) for x in v] for k, v in scores.items()},
         },
     }
+
+
+def session_rows(evaluation: dict, thresholds: dict, unseen_rate: float) -> list[dict]:
+    """One row per test session and scoring method: score, threshold, flagged."""
+    scores = evaluation.get("scores", {})
+    rows = []
+    for method in METHODS:
+        for i, sid in enumerate(scores.get("session_id", [])):
+            value = scores[method][i]
+            rows.append(
+                {
+                    "session_id": sid,
+                    "label": scores["label"][i],
+                    "method": method,
+                    "score": value,
+                    "threshold": thresholds[method],
+                    "flagged": value > thresholds[method] or scores["unseen_rate"][i] > unseen_rate,
+                }
+            )
+    return rows
+
+
+def candidate_frame(folder: Path) -> pd.DataFrame:
+    """The test sessions of a trained folder as session-champion candidates, one per method,
+    with each method's dev figures (see :mod:`logfit_dagster.core.session_champion`)."""
+    import pandas as pd
+
+    from logfit_dagster.core.session_champion import CANDIDATE_COLUMNS
+
+    folder = Path(folder)
+    path = folder / "evaluation.json"
+    if not path.is_file():
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    evaluation = json.loads(path.read_text())
+    thresholds = json.loads((folder / "thresholds.json").read_text())
+    frame = pd.DataFrame(
+        session_rows(evaluation, thresholds, float(thresholds.get("unseen_rate", 0.05))),
+        columns=["session_id", "label", "method", "score", "threshold", "flagged"],
+    ).rename(columns={"method": "model"})
+    dev = evaluation.get("dev_methods") or {}
+    frame["family"] = FAMILY
+    frame["dev_average_precision"] = frame["model"].map(
+        lambda m: dev.get(m, {}).get("average_precision", math.nan)
+    )
+    frame["dev_f1"] = frame["model"].map(lambda m: dev.get(m, {}).get("f1", math.nan))
+    frame["path"] = str(folder)
+    return frame[CANDIDATE_COLUMNS]
 
 
 def load(folder: Path, manifest: Manifest) -> TemplateScorer:

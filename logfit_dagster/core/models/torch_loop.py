@@ -49,6 +49,12 @@ class LoopSpec:
     clip_norm: float = 1.0
     seed: int = 0
     metric: str = "dev_f1"  # the name of what evaluate() returns, higher is better
+    # Stop once training has run this long (seconds, this process; 0: no budget): the epoch
+    # under way ends there, is evaluated, and the best model so far is kept.
+    max_seconds: float = 0.0
+    # An epoch counts as a gain only when the metric beats the best by this share of the best's
+    # size (0: any gain): a dev loss that creeps down by 0.1% an epoch stops training.
+    min_improvement: float = 0.0
 
 
 @dataclass
@@ -218,11 +224,15 @@ def run(
         resumed_from = state["step"]
         progress(state["step"], total, resumed_from=resumed_from)
     started, seen = time.perf_counter(), 0
+    over_budget = False
     model.train()
     while not state["stopped"] and state["epoch"] < spec.max_epochs:
         epoch = state["epoch"]
         order = np.random.default_rng(spec.seed + epoch).permutation(spec.rows)
         for b in range(state["step"] - epoch * steps_per_epoch, steps_per_epoch):
+            if spec.max_seconds and time.perf_counter() - started >= spec.max_seconds:
+                over_budget = True
+                break
             idx = order[b * spec.batch_size : (b + 1) * spec.batch_size]
             loss = step_loss(idx)
             loss.backward()
@@ -242,7 +252,7 @@ def run(
                 loss=value,
                 lr=scheduler.get_last_lr()[0],
                 rows_per_s=rate,
-                eta_s=(total - state["step"]) * spec.batch_size / rate,
+                eta_s=_eta(spec, total - state["step"], rate, time.perf_counter() - started),
             )
             if state["step"] % spec.checkpoint_every == 0 and b + 1 < steps_per_epoch:
                 _save_checkpoint(folder, model, optimizer, scheduler, state, spec.keep_checkpoints)
@@ -251,7 +261,9 @@ def run(
             metric, extras = evaluate()
             model.train()
             record.update({spec.metric: metric, **extras})
-            if metric > state["best_metric"] + 1e-9:
+            best = state["best_metric"]
+            margin = spec.min_improvement * abs(best) if math.isfinite(best) else 0.0
+            if metric > best + max(margin, 1e-9):
                 state.update(best_metric=metric, best_epoch=epoch + 1, best_extra=extras)
                 state["bad_epochs"] = 0
                 _save_best(model, folder)
@@ -264,6 +276,10 @@ def run(
         else:
             state.update(best_epoch=epoch + 1)
             _save_best(model, folder)
+        if over_budget and not state["stopped"]:
+            state["stopped"] = (
+                f"time budget ({spec.max_seconds:g} s) reached at step {state['step']} of {total}"
+            )
         state["epochs"].append(record)
         progress(state["step"], total, **{k: v for k, v in record.items() if k != "step"})
         state["epoch"] += 1
@@ -282,6 +298,12 @@ def run(
         stopped=state["stopped"],
         resumed_from=resumed_from,
     )
+
+
+def _eta(spec: LoopSpec, steps_left: int, rows_per_s: float, elapsed: float) -> float:
+    """Seconds left: the steps left at the current rate, or the budget left if that is less."""
+    eta = steps_left * spec.batch_size / rows_per_s
+    return min(eta, max(0.0, spec.max_seconds - elapsed)) if spec.max_seconds else eta
 
 
 def clear_training_state(folder: Path) -> None:

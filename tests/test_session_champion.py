@@ -1,0 +1,80 @@
+"""The session champion: chosen across families on dev (never on test), stored with what was
+chosen and why, and scoring sessions by template text."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from logfit_dagster.core.session_champion import (
+    CANDIDATE_COLUMNS,
+    Candidate,
+    candidates_from_frame,
+    choose,
+    figures_at_threshold,
+)
+
+
+def _candidate(family, model, ap, f1, test_f1=0.5):
+    return Candidate(
+        family, model, 0.5, {"average_precision": ap, "f1": f1}, {"f1": test_f1}, path=""
+    )
+
+
+def test_the_best_dev_average_precision_wins_never_the_test_figures():
+    tree = _candidate("session_counts", "decision_tree", 0.90, 0.95, test_f1=1.0)
+    lm = _candidate("template_lm", "max_nll", 0.97, 0.80, test_f1=0.2)
+    choice = choose([tree, lm])
+    assert choice.name == "template_lm:max_nll"
+    assert "0.970" in choice.why and "next: session_counts:decision_tree" in choice.why
+
+
+def test_a_tie_in_average_precision_goes_to_dev_f1_then_to_the_cheaper_family():
+    lm = _candidate("template_lm", "max_nll", 0.998, 0.97)
+    tree = _candidate("session_counts", "decision_tree", 1.0, 0.97)
+    lr = _candidate("session_counts", "logistic_regression", 0.999, 0.99)
+    assert choose([lm, tree, lr]).name == "session_counts:logistic_regression"  # F1 first
+    assert choose([lm, tree]).name == "session_counts:decision_tree"  # equal F1: cheaper
+    far = _candidate("template_lm", "topg_misses", 0.99, 1.0)  # 0.01 below: not a tie
+    assert choose([tree, far]).name == "session_counts:decision_tree"
+
+
+def test_without_dev_anomalies_the_label_free_template_model_is_chosen_and_says_so():
+    forest = _candidate("session_counts", "isolation_forest", math.nan, math.nan)
+    mean = _candidate("template_lm", "mean_nll", math.nan, math.nan)
+    top = _candidate("template_lm", "max_nll", math.nan, math.nan)
+    choice = choose([forest, mean, top])
+    assert choice.name == "template_lm:max_nll"
+    assert "no anomalous dev session" in choice.why
+    assert choose([forest]).name == "session_counts:isolation_forest"
+    with pytest.raises(ValueError, match="no session model"):
+        choose([])
+
+
+def test_candidates_are_measured_from_the_frames_the_families_hand_over():
+    frame = pd.DataFrame(
+        {
+            "family": ["session_counts"] * 4,
+            "model": ["decision_tree"] * 4,
+            "session_id": list("abcd"),
+            "label": [1, 0, 0, None],  # an unlabelled session is scored, never counted
+            "score": [0.9, 0.8, 0.1, 0.5],
+            "threshold": [0.5] * 4,
+            "flagged": [True, True, False, True],
+            "dev_average_precision": [0.7] * 4,
+            "dev_f1": [0.6] * 4,
+            "path": ["/m"] * 4,
+        }
+    )[CANDIDATE_COLUMNS]
+    (c,) = candidates_from_frame(frame)
+    assert c.name == "session_counts:decision_tree" and c.path == "/m"
+    assert c.dev == {"average_precision": 0.7, "f1": 0.6}
+    assert (c.test["tp"], c.test["fp"], c.test["anomalous"], c.test["normal"]) == (1, 1, 1, 2)
+    assert c.test["false_positive_rate"] == 0.5 and c.test["precision"] == 0.5
+
+
+def test_a_count_of_zero_is_zero_never_nan():
+    m = figures_at_threshold(np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3]), np.array([False] * 3))
+    assert m["false_positive_rate"] == 0.0 and m["precision"] == 0.0 and m["recall"] == 0.0
+    assert m["anomalous"] == 0 and math.isnan(m["average_precision"])  # nothing to rank
