@@ -8,6 +8,7 @@ from logfit_dagster.assets import ASSET_MODULES
 from logfit_dagster.executors import executor_from_env
 from logfit_dagster.jobs import ALL_JOBS
 from logfit_dagster.resources.labelers import default_labeler
+from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
 from logfit_dagster.resources.model_store import ModelStore
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.storage import ParquetIOManager
@@ -25,6 +26,8 @@ defs = dg.Definitions(
         "labeler": default_labeler(),
         "tracker": ExperimentTracker(),
         "trainer": default_trainer(),
+        "judge": SessionJudgeResource(),
+        "fine_tuning": FineTuningResource(),
     },
     jobs=ALL_JOBS,
     executor=executor_from_env(),

@@ -14,6 +14,7 @@ def offline_resources(**overrides) -> dict:
     """The rule labeler, the in-process trainer, the local MLflow store and storage under
     ``LOGFIT_DATA_DIR``; ``overrides`` replace any of them."""
     from logfit_dagster.resources.labelers import RuleLabelerResource
+    from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
     from logfit_dagster.resources.model_store import ModelStore
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.resources.storage import ParquetIOManager
@@ -27,5 +28,7 @@ def offline_resources(**overrides) -> dict:
         "labeler": RuleLabelerResource(),
         "tracker": ExperimentTracker(),
         "trainer": InProcessTrainer(),
+        "judge": SessionJudgeResource(),
+        "fine_tuning": FineTuningResource(),
         **overrides,
     }

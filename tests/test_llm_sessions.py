@@ -148,6 +148,7 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
 
     from logfit_dagster.assets import datasets, ingest, llm_sessions
     from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.resources.storage import ParquetIOManager
     from logfit_dagster.resources.tracking import ExperimentTracker
@@ -163,6 +164,8 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
                 "io_manager": ParquetIOManager(),
                 "sources": LogSources(),
                 "tracker": ExperimentTracker(),
+                "judge": SessionJudgeResource(),
+                "fine_tuning": FineTuningResource(),
             },
             run_config={"ops": {"llm_session_examples": {"config": {"normal_per_anomalous": 3}}}},
         )
@@ -187,6 +190,7 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
 
     from logfit_dagster.assets import datasets, ingest, llm_sessions
     from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.resources.storage import ParquetIOManager
     from logfit_dagster.resources.tracking import ExperimentTracker
@@ -197,6 +201,8 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
         "io_manager": ParquetIOManager(),
         "sources": LogSources(),
         "tracker": ExperimentTracker(),
+        "judge": SessionJudgeResource(),
+        "fine_tuning": FineTuningResource(),
     }
     with FakeOpenAI() as server, dg.instance_for_test() as instance:
         monkeypatch.setenv("JUDGE_KEY", server.api_key)
@@ -213,6 +219,7 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
 
         server.fault = fault
         instance.add_dynamic_partitions(LOG_SOURCE, ["tiny_hdfs"])
+        # the judge is a resource, configured at run time like the UI's launchpad does
         config = {
             "model": "gpt-4o-mini",
             "base_url": f"{server.url}/v1",
@@ -227,7 +234,7 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
                 partition_key="tiny_hdfs",
                 instance=instance,
                 resources=resources,
-                run_config={"ops": {"llm_session_eval": {"config": config}}},
+                run_config={"resources": {"judge": {"config": config}}},
             )
 
         first = run()

@@ -156,6 +156,7 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
 
     from logfit_dagster.assets import datasets, ingest, llm_sessions
     from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.resources.storage import ParquetIOManager
     from logfit_dagster.resources.tracking import ExperimentTracker
@@ -165,6 +166,8 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
         "io_manager": ParquetIOManager(),
         "sources": LogSources(),
         "tracker": ExperimentTracker(),
+        "judge": SessionJudgeResource(),
+        "fine_tuning": FineTuningResource(),
     }
     with FakeOpenAIFineTuning(running_polls=2) as server, dg.instance_for_test() as instance:
         monkeypatch.setenv("RFT_KEY", server.api_key)
@@ -177,11 +180,8 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
             instance=instance,
             resources=resources,
             run_config={
-                "ops": {
-                    "rft_job": {
-                        "config": {"base_url": url, "api_key_env": "RFT_KEY", "poll_seconds": 0.01}
-                    }
-                }
+                "ops": {"rft_job": {"config": {"poll_seconds": 0.01}}},
+                "resources": {"fine_tuning": {"config": {"base_url": url, "api_key_env": "RFT_KEY"}}},
             },
         )
         assert tuned.success
@@ -194,10 +194,8 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
             instance=instance,
             resources=resources,
             run_config={
-                "ops": {
-                    "llm_session_eval": {
-                        "config": {"model": model, "base_url": url, "api_key_env": "RFT_KEY"}
-                    }
+                "resources": {
+                    "judge": {"config": {"model": model, "base_url": url, "api_key_env": "RFT_KEY"}}
                 }
             },
         )

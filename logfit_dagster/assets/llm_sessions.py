@@ -17,6 +17,7 @@ from logfit_dagster.core.llm_sessions import (
 )
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
+from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
 from logfit_dagster.resources.tracking import ExperimentTracker
 
 
@@ -135,23 +136,9 @@ api_asset = dg.asset(
 
 
 class SessionEvalConfig(dg.Config):
-    """Which chat model judges the test sessions, and what it may cost."""
+    """What one judging run may cost (which model judges, and where, is the ``judge``
+    resource's config)."""
 
-    model: str = Field(default="gpt-4o-mini", description="The model name the server knows.")
-    base_url: str = Field(
-        default="",
-        description="An OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama: "
-        "http://host:port/v1); empty: $LOGFIT_LLM_EVAL_URL, else OpenAI.",
-    )
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY",
-        description="The environment variable holding the API key (never the key itself).",
-    )
-    max_concurrency: int = Field(default=4, description="Sessions asked at once.")
-    max_retries: int = Field(default=5, description="Retries of a 429 or 5xx reply, with backoff.")
-    structured_output: bool = Field(
-        default=True, description="Ask for the JSON schema (servers without it: false)."
-    )
     max_cost_usd: float = Field(
         default=2.0, description="Largest estimated cost of one run; above it nothing is sent."
     )
@@ -165,52 +152,45 @@ def llm_session_eval(
     context: dg.AssetExecutionContext,
     config: SessionEvalConfig,
     llm_session_examples: pd.DataFrame,
+    judge: SessionJudgeResource,
     tracker: ExperimentTracker,
 ):
     """A chat model's verdict on every test session, scored against the labels: precision,
     recall, F1, the confusion matrix, unparseable answers (counted, never guessed), tokens and
     cost. Answers are cached by model, prompt version and session: a re-run pays nothing."""
-    import os
-
     from logfit_dagster.core.errors import LogfitError
-    from logfit_dagster.core.llm_eval import AnswerCache, SessionJudge, evaluate_sessions
+    from logfit_dagster.core.llm_eval import AnswerCache, evaluate_sessions
     from logfit_dagster.resources.labelers import scrub
 
     source = context.partition_key
-    key = os.environ.get(config.api_key_env, "")
+    secrets = judge.secrets()
+    model = judge.model
     test = llm_session_examples[llm_session_examples["split"] == "test"].reset_index(drop=True)
     try:
-        judge = SessionJudge(
-            api_key=key,
-            model=config.model,
-            base_url=config.base_url or os.environ.get("LOGFIT_LLM_EVAL_URL") or None,
-            max_concurrency=config.max_concurrency,
-            max_retries=config.max_retries,
-            structured_output=config.structured_output,
-        )
+        session_judge = judge.judge()
         try:
             frame, metrics, stats = evaluate_sessions(
                 test,
-                judge,
+                session_judge,
                 AnswerCache(data_dir() / "llm" / "answers.sqlite"),
                 max_cost_usd=config.max_cost_usd,
                 prices={k: tuple(v) for k, v in config.prices.items()},
                 log=context.log.info,
             )
         finally:
-            judge.close()
+            session_judge.close()
     except LogfitError as exc:
-        raise dg.Failure(description=scrub(str(exc), [key]), allow_retries=False) from None
+        raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
     if stats.failed:
         context.log.warning(
             f"{stats.failed} session(s) got no answer (they stay unanswered, never guessed; "
-            f"the next run asks again): {scrub('; '.join(stats.problems[:5]), [key])}"
+            f"the next run asks again): {scrub('; '.join(stats.problems[:5]), secrets)}"
         )
     cost = stats.cost_usd
     tracker.log_training(
-        run_name=f"llm_session_eval/{source}/{config.model}",
+        run_name=f"llm_session_eval/{source}/{model}",
         model_name="",
-        params={"source": source, "model": config.model, "base_url": config.base_url or "default"},
+        params={"source": source, "model": model, "base_url": judge.endpoint() or "default"},
         metrics={
             **metrics,
             "input_tokens": stats.input_tokens,
@@ -218,11 +198,11 @@ def llm_session_eval(
         },
         tags={"asset": "llm_session_eval", "family": "llm_judge", "source": source},
     )
-    frame["model"] = config.model
+    frame["model"] = model
     return dg.Output(
         frame,
         metadata={
-            "model": config.model,
+            "model": model,
             **{
                 k: dg.MetadataValue.float(float(v))
                 for k, v in metrics.items()
@@ -261,8 +241,6 @@ class RFTConfig(dg.Config):
         default="python",
         description="'python': the reward function itself; 'multi': its string_check form.",
     )
-    base_url: str = Field(default="", description="The API (empty: OpenAI).")
-    api_key_env: str = Field(default="OPENAI_API_KEY", description="The key's variable.")
     max_cost_usd: float = Field(
         default=50.0, description="Refuse to start a job estimated above this."
     )
@@ -287,16 +265,13 @@ def rft_job(
     context: dg.AssetExecutionContext,
     config: RFTConfig,
     llm_session_examples: pd.DataFrame,
+    fine_tuning: FineTuningResource,
     tracker: ExperimentTracker,
 ):
     """The source's sessions judged by a model fine-tuned with OpenAI's reinforcement
     fine-tuning, the grader being the reward every route shares. The job id is journaled before
     anything waits on it: a run that dies is followed up by the next, never started twice.
     Evaluate the model with llm_session_eval (``model``: this asset's ``fine_tuned_model``)."""
-    import os
-
-    import openai
-
     from logfit_dagster.core.errors import LogfitError
     from logfit_dagster.core.llm_sessions import multi_grader
     from logfit_dagster.core.openai_rft import Journal, RFTParams, run_rft
@@ -305,11 +280,8 @@ def rft_job(
     source = context.partition_key
     prompt_version = str(llm_session_examples["prompt_version"].iloc[0])
     folder = examples_folder(source, prompt_version)
-    key = os.environ.get(config.api_key_env, "")
-    if not key:
-        raise dg.Failure(
-            description=f"rft_job needs an API key in ${config.api_key_env}", allow_retries=False
-        )
+    client = fine_tuning.client()  # fails clearly without a key
+    secrets = fine_tuning.secrets()
     params = RFTParams(
         base_model=config.base_model,
         n_epochs=_number(config.n_epochs),
@@ -321,7 +293,6 @@ def rft_job(
         suffix=f"logfit-{source}"[:40],
     )
     grader = python_grader() if config.grader == "python" else multi_grader()
-    client = openai.OpenAI(api_key=key, base_url=config.base_url or None, max_retries=5)
     step = [0]
 
     def on_metrics(data: dict) -> None:
@@ -339,11 +310,11 @@ def rft_job(
             usd_per_million_training_tokens=config.usd_per_million_training_tokens or None,
             poll_seconds=config.poll_seconds,
             max_poll_seconds=config.max_poll_seconds,
-            log=lambda line: context.log.info(scrub(line, [key])),
+            log=lambda line: context.log.info(scrub(line, secrets)),
             on_metrics=on_metrics,
         )
     except LogfitError as exc:
-        raise dg.Failure(description=scrub(str(exc), [key]), allow_retries=False) from None
+        raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
     finally:
         client.close()
     history = [

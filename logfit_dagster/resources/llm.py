@@ -1,0 +1,88 @@
+"""OpenAI-compatible API resources: the session judge and the fine-tuning client.
+
+Each is configured at run time (the UI's launchpad, a job's run config, ``definitions.py``):
+where the API is and which environment variable holds its key. The key is read from that
+variable when a run uses the resource, never at import time, and never appears in config, in
+metadata or in error text (``secrets()`` lists what to scrub).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+
+class OpenAIAPIResource(dg.ConfigurableResource):
+    """An OpenAI-compatible endpoint and the environment variable holding its key."""
+
+    base_url: str = Field(
+        default="",
+        description="An OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, `transformers "
+        "serve`: http://host:port/v1); empty: OpenAI.",
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="The environment variable holding the API key (never the key itself).",
+    )
+    max_retries: int = Field(default=5, description="Retries of a 429 or 5xx reply, with backoff.")
+
+    def api_key(self) -> str:
+        """The key, read from the environment when a run asks for it."""
+        return os.environ.get(self.api_key_env, "")
+
+    def endpoint(self) -> str | None:
+        return self.base_url or None
+
+    def secrets(self) -> list[str]:
+        """Values to scrub from any text that leaves the run."""
+        key = self.api_key()
+        return [key] if key else []
+
+
+class SessionJudgeResource(OpenAIAPIResource):
+    """The chat model that judges sessions (``llm_session_eval``)."""
+
+    base_url: str = Field(
+        default="",
+        description="An OpenAI-compatible endpoint (http://host:port/v1); empty: "
+        "$LOGFIT_LLM_EVAL_URL when set, else OpenAI.",
+    )
+    model: str = Field(default="gpt-4o-mini", description="The model name the server knows.")
+    max_concurrency: int = Field(default=4, description="Sessions asked at once.")
+    structured_output: bool = Field(
+        default=True, description="Ask for the JSON schema (servers without it: false)."
+    )
+
+    def endpoint(self) -> str | None:
+        return self.base_url or os.environ.get("LOGFIT_LLM_EVAL_URL") or None
+
+    def judge(self):
+        """A :class:`~logfit_dagster.core.llm_eval.SessionJudge` for one run (close it)."""
+        from logfit_dagster.core.llm_eval import SessionJudge
+
+        return SessionJudge(
+            api_key=self.api_key(),
+            model=self.model,
+            base_url=self.endpoint(),
+            max_concurrency=self.max_concurrency,
+            max_retries=self.max_retries,
+            structured_output=self.structured_output,
+        )
+
+
+class FineTuningResource(OpenAIAPIResource):
+    """The API that runs fine-tuning jobs (``rft_job``)."""
+
+    def client(self):
+        """An ``openai.OpenAI`` client (close it); fails clearly without a key."""
+        import openai
+
+        key = self.api_key()
+        if not key:
+            raise dg.Failure(
+                description=f"fine-tuning needs an API key in ${self.api_key_env}",
+                allow_retries=False,
+            )
+        return openai.OpenAI(api_key=key, base_url=self.endpoint(), max_retries=self.max_retries)
