@@ -91,6 +91,14 @@ template_lm_job = dg.define_asset_job(
     description="One source's next-template model, fine-tuned from the pretrained one.",
 )
 
+line_adaptation_job = dg.define_asset_job(
+    "line_adaptation_job",
+    selection=dg.AssetSelection.assets("line_adaptation"),
+    description="The line champion adapted to one source with at most max_shapes LLM answers "
+    "about the shapes it is least sure of (a new system: logfit classify --model "
+    "data/models/line_adaptation/<source>).",
+)
+
 overview_job = dg.define_asset_job(
     "overview_job",
     selection=dg.AssetSelection.assets("metrics_overview"),
@@ -108,6 +116,7 @@ ALL_JOBS = [
     scoring_job,
     template_models_job,
     template_lm_job,
+    line_adaptation_job,
     overview_job,
 ]
 
@@ -115,7 +124,8 @@ ALL_JOBS = [
 JOB_SELECTIONS = {job.name: job.selection for job in ALL_JOBS}
 
 # What `logfit materialize` brings up to date: everything but the LLM judges and adapters, which
-# call a paid API or train for hours (their jobs and the UI run them when asked).
+# call a paid API or train for hours, and the adaptation of the line champion to one new system
+# (their jobs and the UI run them when asked).
 MATERIALIZE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.assets(
-    "llm_session_eval", "sft_adapter", "grpo_adapter", "rft_job"
+    "llm_session_eval", "sft_adapter", "grpo_adapter", "rft_job", "line_adaptation"
 )

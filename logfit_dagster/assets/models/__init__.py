@@ -11,6 +11,7 @@ from logfit_dagster.assets.models._shared import (
     line_champion_path,
     models_dir,
 )
+from logfit_dagster.assets.models.line_adaptation import line_adaptation
 from logfit_dagster.assets.models.line_champion import line_champion
 from logfit_dagster.assets.models.line_tfidf import (
     LINE_MODEL_NAME,
@@ -38,6 +39,7 @@ __all__ = [
     "TRAINING_POOL",
     "champion_model_path",
     "grpo_adapter",
+    "line_adaptation",
     "line_champion",
     "line_champion_path",
     "line_transformer_model",

@@ -436,6 +436,7 @@ def label_source(
     prices: dict | None = None,
     batch_discount: float = 0.5,
     log: logging.Logger | None = None,
+    shapes: set[str] | None = None,
 ) -> tuple[pd.DataFrame, LabelStats]:
     """Label every line of ``source``, paying only for what the cache does not have.
 
@@ -444,7 +445,9 @@ def label_source(
     labeler, model and prompt version), ``shape_samples`` times in different places, each
     shown with ``context_lines`` real neighbours on either side, at most ``window_size`` lines
     a request, and gives every other line of the shape that answer
-    (:mod:`logfit_dagster.core.labeling.distinct`).
+    (:mod:`logfit_dagster.core.labeling.distinct`); with ``shapes`` (shape hashes, see
+    ``distinct.digest``) only those shapes are asked, and lines of other shapes keep an answer
+    only where the cache has one.
 
     Returns one row per line (``label`` is missing where no usable answer came) and the stats.
     Raises :class:`BudgetExceededError` before sending anything when the estimated cost of
@@ -475,7 +478,7 @@ def label_source(
             run.stats.shapes = len(shaped.hashes)
             run.stats.shapes_answered_before = len(known)
             asks = distinct.plan_requests(
-                shaped, known, window_size, shape_samples, context_lines, run.key
+                shaped, known, window_size, shape_samples, context_lines, run.key, only=shapes
             )
         run.stats.windows = len(asks)
         run.ask(asks, source, max_cost_usd)

@@ -56,8 +56,10 @@ def plan_requests(
     samples: int,
     context: int,
     key: Callable[[Window, str], str],
+    only: set[str] | None = None,
 ):
-    """The requests that ask each shape still short of ``samples`` answers, greedily few.
+    """The requests that ask each shape still short of ``samples`` answers, greedily few
+    (only the shapes whose hash is in ``only``, when given).
 
     Each asked line is shown with ``context`` lines on either side (an excerpt); excerpts are
     chosen greedily, each covering as many shapes still wanted as it can, then packed in source
@@ -80,7 +82,11 @@ def plan_requests(
         if a.source == shaped.source
     }
     demand = np.array(
-        [max(0, samples - len(known.get(h, []))) for h in shaped.hashes], dtype=np.int64
+        [
+            max(0, samples - len(known.get(h, []))) if only is None or h in only else 0
+            for h in shaped.hashes
+        ],
+        dtype=np.int64,
     )
     if n == 0 or not demand.any():
         return []

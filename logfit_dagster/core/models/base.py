@@ -373,6 +373,11 @@ def load_line_scorer(path: Path):
     """A line scorer from an artifact folder (any line family) or a TF-IDF JSON export."""
     path = Path(path)
     if path.is_dir():
+        from logfit_dagster.core.line_adaptation import ADAPTATION_FILE, AdaptedScorer
+
+        if (path / ADAPTATION_FILE).is_file():  # adapted to one system with LLM answers
+            read_manifest(path)
+            return AdaptedScorer.load(path)
         return load(path, LINE_FAMILIES)
     from logfit_dagster.core.line_model import LineScorer
 

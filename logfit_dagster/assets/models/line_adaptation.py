@@ -1,0 +1,147 @@
+"""The line champion adapted to one system with a few LLM answers (the ``uncertain`` plan).
+
+Per source: the champion scores every line shape; the ``max_shapes`` shapes it is least sure
+of, weighted by their lines, are asked of the labeler (each once, among its real neighbours;
+shapes the label cache already answered, for any source, are not asked again); the answers
+adapt a copy of the champion for that system (see :mod:`logfit_dagster.core.line_adaptation`).
+The champion itself is never changed; ``logfit classify --model
+data/models/line_adaptation/<source>`` scores with the adapted copy.
+
+It reads the champion, and the champion is trained on every source's labels: so it is its own
+asset, after the champion, not a plan of ``llm_labels`` (which the champion depends on).
+"""
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from logfit_dagster.assets.labels import LLM_API_POOL
+from logfit_dagster.assets.models._shared import family_folder
+from logfit_dagster.core.errors import LogfitError
+from logfit_dagster.core.labeling.prompt import DEFAULT_PROMPT_VERSION, DEFAULT_SYSTEM_PROMPT
+from logfit_dagster.core.models.base import ModelArtifact
+from logfit_dagster.partitions import log_source_partitions
+from logfit_dagster.resources.labelers import LabelerResource, scrub
+
+
+class AdaptationConfig(dg.Config):
+    """How many shapes to ask, and what a run may spend."""
+
+    max_shapes: int = Field(
+        default=50,
+        description="At most this many line shapes are asked (those the champion is least sure "
+        "of, weighted by their lines).",
+    )
+    context_lines: int = Field(default=3, description="Lines shown on either side of one asked.")
+    window_size: int = Field(default=50, description="Lines per request.")
+    model: str = Field(default="", description="Model override; empty means the labeler's own.")
+    prompt_version: str = Field(default=DEFAULT_PROMPT_VERSION, description="Cache key part.")
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="The system prompt.")
+    max_cost_usd: float = Field(
+        default=1.0, description="Largest estimated cost of one run; above it nothing is sent."
+    )
+    prices: dict[str, list[float]] = Field(
+        default_factory=dict, description="USD per million input and output tokens, by model."
+    )
+    batch_discount: float = Field(default=0.5, description="Price factor of batch APIs.")
+
+
+@dg.asset(
+    partitions_def=log_source_partitions,
+    group_name="models",
+    code_version="1",
+    kinds={"parquet"},
+    io_manager_key="model_store",
+    pool=LLM_API_POOL,
+)
+def line_adaptation(
+    context: dg.AssetExecutionContext,
+    config: AdaptationConfig,
+    raw_logs: pa.Table,
+    line_champion: ModelArtifact,
+    labeler: LabelerResource,
+) -> ModelArtifact:
+    """The line champion adapted to this source with at most ``max_shapes`` LLM answers: the
+    answered shapes take their answer, and the threshold is chosen on them."""
+    from logfit_dagster.core.labeling.base import label_source
+    from logfit_dagster.core.labeling.distinct import digest
+    from logfit_dagster.core.labeling.prompt import PromptSpec
+    from logfit_dagster.core.line_adaptation import (
+        adapt_threshold,
+        ask_order,
+        shape_table,
+        write_adaptation,
+    )
+    from logfit_dagster.core.models.base import load_line_scorer
+
+    source = context.partition_key
+    lines = raw_logs.column("raw").to_pylist()
+    champion = load_line_scorer(line_champion.folder)
+    table, shape_index = shape_table(lines, champion.score_lines(lines))
+    ranked = ask_order(table, champion.threshold)
+    wanted = ranked.head(max(0, config.max_shapes))
+    secrets = labeler.secrets()
+    try:
+        frame, stats = label_source(
+            source,
+            lines,
+            labeler.build(config.model),
+            cache=labeler.cache(),
+            prompt=PromptSpec(system=config.system_prompt, version=config.prompt_version),
+            window_size=config.window_size,
+            plan="distinct",
+            context_lines=config.context_lines,
+            max_cost_usd=config.max_cost_usd,
+            prices={k: tuple(v) for k, v in config.prices.items()},
+            batch_discount=config.batch_discount,
+            log=context.log,
+            shapes={digest(s) for s in wanted["shape"]},
+        )
+    except LogfitError as exc:
+        raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
+    # each wanted shape's answer: the one its lines were given (direct or propagated; a shape
+    # answered two ways stays unanswered, never guessed)
+    text = dict(zip(table["shape_index"], table["shape"], strict=True))
+    frame["shape"] = [text[i] for i in shape_index.tolist()]
+    answered = (
+        frame[frame["label"].notna() & frame["shape"].isin(set(wanted["shape"]))]
+        .groupby("shape", sort=False)
+        .agg(label=("label", "first"), reason=("reason", "first"))
+    )
+    asked = wanted.merge(answered, left_on="shape", right_index=True, how="inner")
+    known = dict(zip(asked["shape_index"], (asked["label"] == "LOOK").astype(int), strict=True))
+    threshold = adapt_threshold(table, known, champion.threshold)
+    folder = write_adaptation(
+        line_champion.folder,
+        family_folder("line_adaptation_runs", f"{source}/{context.run_id}"),
+        source,
+        asked,
+        threshold,
+        config.max_shapes,
+    )
+    covered = int(asked["lines"].sum())
+    context.add_output_metadata(
+        {
+            "shapes": len(table),
+            "asked_shapes": len(wanted),
+            "answered_shapes": len(asked),
+            "lines_covered_by_answers": covered,
+            "share_of_lines_answered": dg.MetadataValue.float(
+                round(covered / max(len(lines), 1), 4)
+            ),
+            "requests": stats.requests,
+            "cache_hits": stats.cache_hits,
+            "estimated_cost_usd": dg.MetadataValue.float(round(stats.estimated_cost_usd, 6)),
+            "shipped_threshold": dg.MetadataValue.float(float(champion.threshold)),
+            "threshold": dg.MetadataValue.float(float(threshold)),
+            "champion_family": line_champion.family,
+            "answers": dg.MetadataValue.md(
+                asked[["shape", "lines", "probability", "label"]]
+                .head(20)
+                .round(4)
+                .to_markdown(index=False)
+            ),
+        }
+    )
+    return ModelArtifact.read(folder)
+
