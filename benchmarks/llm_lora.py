@@ -31,6 +31,7 @@ def examples(token_budget: int) -> pd.DataFrame:
 
     from logfit_dagster.assets import datasets, ingest, llm_sessions
     from logfit_dagster.partitions import LOG_SOURCE
+    from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.resources.storage import ParquetIOManager
     from logfit_dagster.resources.tracking import ExperimentTracker
@@ -46,6 +47,8 @@ def examples(token_budget: int) -> pd.DataFrame:
                 "io_manager": ParquetIOManager(),
                 "sources": LogSources(),
                 "tracker": ExperimentTracker(),
+                "judge": SessionJudgeResource(),
+                "fine_tuning": FineTuningResource(),
             },
             run_config={
                 "ops": {

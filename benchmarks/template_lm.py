@@ -87,25 +87,12 @@ def main() -> None:
 def run_all():
     import dagster as dg
 
-    from logfit_dagster.assets import datasets, ingest, labels, models, reports
-    from logfit_dagster.assets.models import line_transformer, template_lm
     from logfit_dagster.partitions import LOG_SOURCE
-    from logfit_dagster.resources.labelers import RuleLabelerResource
     from logfit_dagster.resources.sources import LogSources
-    from logfit_dagster.resources.storage import ParquetIOManager
-    from logfit_dagster.resources.tracking import ExperimentTracker
-    from logfit_dagster.resources.trainer import InProcessTrainer
+    from tests.graph import ASSETS, offline_resources
 
-    assets = dg.load_assets_from_modules(
-        [ingest, datasets, labels, models, line_transformer, template_lm, reports]
-    )
-    resources = {
-        "io_manager": ParquetIOManager(),
-        "sources": LogSources(),
-        "labeler": RuleLabelerResource(),
-        "tracker": ExperimentTracker(),
-        "trainer": InProcessTrainer(),
-    }
+    assets = ASSETS
+    resources = offline_resources()
     names = list(LogSources().registered())
     rows, runs = [], []
     with dg.instance_for_test() as instance:

@@ -85,7 +85,7 @@ def prepare_all() -> dict:
         instance.add_dynamic_partitions(LOG_SOURCE, names)
         for name in names:
             fractions = (0.6, 0.2, 0.2) if name == "hdfs_sampled_blocks" else (0.8, 0.1, 0.1)
-            split = dict(zip(("train_fraction", "dev_fraction", "test_fraction"), fractions))
+            split = dict(zip(("train_fraction", "dev_fraction", "test_fraction"), fractions, strict=True))
             assert dg.materialize(
                 ASSETS,
                 selection=[

@@ -122,10 +122,7 @@ def test_sft_and_grpo_adapters_of_a_source(workdir, tiny):
     from logfit_dagster.assets import datasets, ingest, llm_sessions
     from logfit_dagster.assets.models import llm_lora
     from logfit_dagster.partitions import LOG_SOURCE
-    from logfit_dagster.resources.sources import LogSources
-    from logfit_dagster.resources.storage import ParquetIOManager
-    from logfit_dagster.resources.tracking import ExperimentTracker
-    from logfit_dagster.resources.trainer import InProcessTrainer
+    from tests.graph import offline_resources
 
     small = {
         "base_model": tiny,
@@ -143,12 +140,7 @@ def test_sft_and_grpo_adapters_of_a_source(workdir, tiny):
             selection=dg.AssetSelection.assets("sft_adapter", "grpo_adapter").upstream(),
             partition_key="tiny_hdfs",
             instance=instance,
-            resources={
-                "io_manager": ParquetIOManager(),
-                "sources": LogSources(),
-                "tracker": ExperimentTracker(),
-                "trainer": InProcessTrainer(),
-            },
+            resources=offline_resources(),
             run_config={
                 "ops": {
                     "llm_session_examples": {

@@ -30,6 +30,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -51,6 +52,9 @@ from logfit_dagster.core.models.torch_loop import (
 )
 from logfit_dagster.core.models.torch_loop import run as run_loop
 from logfit_dagster.core.scores import confusion_counts, rates
+
+if TYPE_CHECKING:  # pandas is imported where it is used: scoring needs only numpy
+    import pandas as pd
 
 FAMILY = "template_lm"
 FORMAT_VERSION = 1
