@@ -33,7 +33,11 @@ def test_synthetic_lineage_materializes_with_checks(workdir):
         result = _materialize(instance, "tiny_hdfs")
         assert result.success
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-        assert checks == {"parse_failure_rate": True, "sessions_in_one_split": True}
+        assert checks == {
+            "parse_failure_rate": True,
+            "sessions_in_one_split": True,
+            "anomalies_distinguishable": True,
+        }
     assets = workdir / "data" / "assets"
     parsed = pd.read_parquet(assets / "parsed_logs" / "tiny_hdfs.parquet")
     assert len(parsed) == 1500 and parsed["parse_ok"].all()

@@ -131,3 +131,25 @@ def test_chronological_split_tests_on_the_latest_sessions():
 def test_split_fractions_must_sum_to_one():
     with pytest.raises(ValueError, match="sum to 1"):
         split_sessions(_sessions(), fractions=(0.8, 0.1, 0.2))
+
+
+def test_repeated_content_is_counted_per_split_and_anomalies_equal_to_normal_ones_named():
+    from logfit_dagster.core.splits import repeated_content
+
+    sessions = pd.DataFrame(
+        {
+            "session_id": list("abcdef"),
+            "template_ids": [[1, 2], [1, 2], [3], [1, 2], [9], [3]],
+        }
+    )
+    splits = pd.DataFrame(
+        {
+            "session_id": list("abcdef"),
+            "split": ["train", "dev", "dev", "test", "test", "test"],
+            "label": [0, 0, 0, 1, 1, 1],
+        }
+    )
+    counts = repeated_content(sessions, splits)
+    # b repeats a (train); d and f repeat a and c, normal sessions: the events cannot tell them
+    assert counts["dev_seen_in_train"] == 1 and counts["test_seen_in_train"] == 1
+    assert counts["anomalous"] == 3 and counts["anomalous_equal_to_normal"] == 2

@@ -14,10 +14,13 @@ from logfit_dagster.assets._common import (
 )
 from logfit_dagster.core.ground_truth import collect_stored_ground_truth
 from logfit_dagster.core.sessions import SESSION_SCHEMA, SessionStats, sessions_of_batches
-from logfit_dagster.core.splits import split_sessions
+from logfit_dagster.core.splits import repeated_content, split_sessions
 from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
+
+# more anomalous sessions than this share with exactly the events of a normal one: warned
+MAX_INDISTINGUISHABLE = 0.10
 
 
 @dg.asset(
@@ -125,7 +128,7 @@ class SplitConfig(dg.Config):
     code_version="1",
     kinds={"parquet"},
     ins={
-        "sessions": columns_of("session_id", "first_line"),
+        "sessions": columns_of("session_id", "first_line", "template_ids"),
         # the session labels only: the line labels of a big source are millions of rows
         "ground_truth_labels": parts_of("sessions"),
     },
@@ -135,7 +138,14 @@ class SplitConfig(dg.Config):
             asset="dataset_splits",
             blocking=True,
             description="No session is in two splits, and every session is in one.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            "anomalies_distinguishable",
+            asset="dataset_splits",
+            description="Warns when more than 10% of anomalous sessions have exactly the events "
+            "of a normal one; counts the dev and test sessions whose events a training session "
+            "repeats (identical content in two splits is the data's, not a leak).",
+        ),
     ],
 )
 def dataset_splits(
@@ -179,4 +189,22 @@ def dataset_splits(
         check_name="sessions_in_one_split",
         passed=duplicated == 0 and missing == 0,
         metadata={"sessions_in_two_splits": duplicated, "sessions_without_split": missing},
+    )
+    repeated = repeated_content(sessions, splits)
+    share = repeated["anomalous_equal_to_normal"] / max(repeated["anomalous"], 1)
+    if share > MAX_INDISTINGUISHABLE:
+        context.log.warning(
+            f"{repeated['anomalous_equal_to_normal']} of {repeated['anomalous']} anomalous "
+            "sessions have exactly the events of a normal session: no model of the events can "
+            "tell them apart, and recall is capped at "
+            f"{1 - share:.0%}"
+        )
+    yield dg.AssetCheckResult(
+        check_name="anomalies_distinguishable",
+        passed=share <= MAX_INDISTINGUISHABLE,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            **repeated,
+            "share_anomalous_equal_to_normal": dg.MetadataValue.float(round(share, 4)),
+        },
     )

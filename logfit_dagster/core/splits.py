@@ -57,3 +57,33 @@ def split_sessions(
             split[members[n_train + n_dev :]] = "test"
     frame["split"] = split
     return frame[["session_id", "split", "label", "first_line"]]
+
+
+def repeated_content(sessions: pd.DataFrame, splits: pd.DataFrame) -> dict:
+    """What identical event sequences mean for a split (a property of the data, not a leak).
+
+    Args:
+        sessions: ``session_id`` and ``template_ids`` (the session's event sequence).
+        splits: ``session_id``, ``split`` and ``label``.
+
+    Returns:
+        ``dev_seen_in_train`` and ``test_seen_in_train``: sessions whose sequence a training
+        session has too; ``anomalous_equal_to_normal``: labelled anomalous sessions whose sequence
+        a normal session has too (nothing in the events can tell them apart), out of
+        ``anomalous``.
+    """
+    frame = sessions[["session_id", "template_ids"]].merge(
+        splits[["session_id", "split", "label"]], on="session_id", how="inner"
+    )
+    key = frame["template_ids"].map(lambda ids: " ".join(map(str, ids)))
+    train = set(key[frame["split"] == "train"])
+    normal = set(key[frame["label"] == 0])
+    anomalous = frame["label"] == 1
+    return {
+        "dev_seen_in_train": int(key[frame["split"] == "dev"].isin(train).sum()),
+        "test_seen_in_train": int(key[frame["split"] == "test"].isin(train).sum()),
+        "dev_sessions": int((frame["split"] == "dev").sum()),
+        "test_sessions": int((frame["split"] == "test").sum()),
+        "anomalous": int(anomalous.sum()),
+        "anomalous_equal_to_normal": int(key[anomalous].isin(normal).sum()),
+    }
