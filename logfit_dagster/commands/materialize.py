@@ -134,6 +134,8 @@ class _Driver:
         self.rows: list[dict] = []
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[str] = []
+        # per source, the metadata of its first stage (the summary row's)
+        self.meta: dict[str, dict] = {}
         # (asset name, source or None) whose stage ran or was up to date in this command
         self.settled: set[tuple[str, str | None]] = set()
 
@@ -151,8 +153,15 @@ class _Driver:
                         succeeded.remove(name)  # its later stages would read what failed
                         continue
                     label = stage.label(name, True)
+                    self.meta[name] = dict(meta)
                     self.rows.append(
                         _summary_row(name, meta, time.perf_counter() - t0, label in self.skipped)
+                    )
+                elif "session_champion" in meta and name in self.meta:
+                    # the champion is chosen in a later stage: the row names it once it is
+                    row = next(r for r in self.rows if r["source"] == name)
+                    row["session F1 (test)"] = _session_f1(
+                        self.meta[name].get("session_model", {}), meta["session_champion"]
                     )
 
     def _fresh(self):

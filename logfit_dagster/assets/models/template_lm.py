@@ -35,8 +35,8 @@ from logfit_dagster.resources.trainer import Trainer
 PRETRAINED_MODEL_NAME = "logfit-template-lm-pretrained"
 # Default training budgets (early stopping usually ends training well before them): a big or
 # slow source's template model never trains for hours by default.
-PRETRAIN_SECONDS = 120.0
-FINETUNE_SECONDS = 60.0
+PRETRAIN_SECONDS = 60.0
+FINETUNE_SECONDS = 30.0
 TEMPLATE_SCORE_COLUMNS = [
     "session_id",
     "label",
@@ -124,6 +124,9 @@ class TemplateLMConfig(dg.Config):
         default=0.01,
         description="A dev-loss gain counts when it is at least this share of the loss (early "
         "stopping fires once the loss has flattened).",
+    )
+    min_delta: float = Field(
+        default=0.001, description="... and at least this many nats (a tiny loss's noise)."
     )
     learning_rate: float = Field(default=3e-4, description="AdamW peak learning rate.")
     checkpoint_every_samples: int = Field(

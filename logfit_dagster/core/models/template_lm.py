@@ -79,6 +79,7 @@ class TemplateLMParams:
     # an epoch must lower the dev loss by this share to count as a gain (early stopping that
     # fires once the loss has flattened)
     min_improvement: float = 0.01
+    min_delta: float = 0.001  # nats: on a loss of 0.02 a 1% gain is noise
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
     warmup: float = 0.05
@@ -348,6 +349,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             metric="neg_dev_loss",
             max_seconds=p.max_seconds,
             min_improvement=p.min_improvement,
+            min_delta=p.min_delta,
         ),
         step_loss,
         evaluate,

@@ -55,6 +55,8 @@ class LoopSpec:
     # An epoch counts as a gain only when the metric beats the best by this share of the best's
     # size (0: any gain): a dev loss that creeps down by 0.1% an epoch stops training.
     min_improvement: float = 0.0
+    # and by at least this much (the metric's units; 0: any gain)
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -263,7 +265,7 @@ def run(
             record.update({spec.metric: metric, **extras})
             best = state["best_metric"]
             margin = spec.min_improvement * abs(best) if math.isfinite(best) else 0.0
-            if metric > best + max(margin, 1e-9):
+            if metric > best + max(margin, spec.min_delta, 1e-9):
                 state.update(best_metric=metric, best_epoch=epoch + 1, best_extra=extras)
                 state["bad_epochs"] = 0
                 _save_best(model, folder)
