@@ -37,8 +37,8 @@ PRETRAINED_MODEL_NAME = "logfit-template-lm-pretrained"
 # a fine-tuned model and its scratch twin) train in about a minute on 2 cores, and a big or slow
 # source never trains for hours unasked. A model stopped by its budget says so (recommendations);
 # raise max_seconds for a real source (benchmarks train without a budget).
-PRETRAIN_SECONDS = 20.0
-FINETUNE_SECONDS = 8.0
+PRETRAIN_SECONDS = 15.0
+FINETUNE_SECONDS = 6.0
 TEMPLATE_SCORE_COLUMNS = [
     "session_id",
     "label",
