@@ -238,3 +238,21 @@ def test_the_threshold_keeps_its_false_alarm_target_on_new_normal_sessions():
     assert label_free_thresholds({m: few for m in METHODS}, 99.5)["max_nll"] == 99.0
     gaps = {m: np.array([np.nan, 1.0, 2.0]) for m in METHODS}
     assert label_free_thresholds(gaps, 99.5)["max_nll"] == 2.0
+
+
+def test_training_stops_on_its_time_budget_and_on_a_flat_dev_loss(tmp_path):
+    budget = base.train(
+        "template_lm", _data(), {**PARAMS, "max_epochs": 50, "max_seconds": 0.05}, tmp_path / "b"
+    )
+    stopped = budget.manifest.extra["stopped"]
+    assert stopped.startswith("time budget (0.05 s) reached") and budget.metrics["epochs_run"] < 50
+    assert budget.manifest.params["max_seconds"] == 0.05  # the budget is in the manifest
+    # a gain must be 50% of the loss to count: early stopping fires after `patience` epochs
+    flat = base.train(
+        "template_lm",
+        _data(),
+        {**PARAMS, "max_epochs": 50, "patience": 2, "min_improvement": 0.5},
+        tmp_path / "f",
+    )
+    assert flat.manifest.extra["stopped"].startswith("early stop")
+    assert flat.metrics["epochs_run"] <= 4
