@@ -65,15 +65,19 @@ def _command(module: str, name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="logfit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="logfit",
+        description="The logfit command: materialize the lineage, manage sources, open the UI.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("materialize", help="run the lineage for every source (or the ones named)")
     m.add_argument("sources", nargs="*", help="source names (default: every registered source)")
     m.add_argument(
         "--job",
         default=None,
-        help="run only this job's assets (e.g. ingest_job); default: the whole lineage but the "
-        "LLM judges and adapters, in the stages the asset graph gives",
+        help="run only this job's assets (e.g. ingest_job, line_adaptation_job; `--job list` "
+        "lists them); default: the whole lineage but the LLM judges and adapters and the line "
+        "adaptation, in the stages the asset graph gives",
     )
     m.add_argument("--log-level", default="WARNING", help="Dagster console log level")
     m.add_argument(

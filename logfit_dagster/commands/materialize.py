@@ -52,7 +52,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from logfit_dagster.commands.progress import RunProgress
     from logfit_dagster.commands.stages import plan_stages
     from logfit_dagster.definitions import defs
-    from logfit_dagster.jobs import JOB_SELECTIONS, MATERIALIZE_SELECTION
+    from logfit_dagster.jobs import ALL_JOBS, JOB_SELECTIONS, MATERIALIZE_SELECTION
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.resources.sources import LogSources
     from logfit_dagster.runs import CtrlC, Interrupted, data_folder_lock, fail_orphaned_runs
@@ -82,6 +82,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.job == "list":
+        for name, job in ((j.name, j) for j in ALL_JOBS):
+            print(f"{name}\t{job.description or ''}")
+        return 0
     if args.job is not None and args.job not in JOB_SELECTIONS:
         print(f"unknown job {args.job!r}; jobs: {', '.join(JOB_SELECTIONS)}", file=sys.stderr)
         return 2

@@ -156,8 +156,11 @@ class LogSources(dg.ConfigurableResource):
         if name not in sources:
             raise RegistryError(
                 f"log source {name!r} is not in the registry {self.registry_file()} nor under "
-                f"{self.incoming_dir()}; its partition and past materializations stay, but it "
-                "cannot be run until it is registered again"
+                f"{self.incoming_dir()}: add it to the registry (or drop its files in a folder "
+                "of that name there), or check the name "
+                f"({', '.join(sorted(sources)) or 'no source is registered'}); a source removed "
+                "from the registry keeps its past materializations but cannot run until it is "
+                "registered again"
             )
         return sources[name]
 
