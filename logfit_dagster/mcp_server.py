@@ -150,7 +150,7 @@ class Lineage:
 
     def champion(self):
         """The line champion, loaded once."""
-        from logfit_dagster.core.models.base import load_line_scorer
+        from logfit_dagster.core.line_scorers import load_line_scorer
 
         if self._scorer is None:
             folder = self.data_dir / "models" / "line_champion"

@@ -54,7 +54,8 @@ def test_answers_override_their_shapes_and_the_threshold_moves_only_when_it_pays
 
 @pytest.mark.slow  # trains the line champion first
 def test_the_adaptation_asset_asks_the_least_sure_shapes_once_and_leaves_the_champion(workdir):
-    from logfit_dagster.core.models.base import load_line_scorer, read_manifest
+    from logfit_dagster.core.line_scorers import load_line_scorer
+    from logfit_dagster.core.models.base import read_manifest
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.resources.labelers import AnthropicLabelerResource
     from tests.graph import ASSETS, offline_resources

@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 
 from logfit_dagster.core.errors import ModelFileError, TrainingDataError  # noqa: E402
 from logfit_dagster.core.line_features import shape_of  # noqa: E402
+from logfit_dagster.core.line_scorers import load_line_scorer  # noqa: E402
 from logfit_dagster.core.models import base  # noqa: E402
 from logfit_dagster.core.models.line_transformer import (  # noqa: E402
     TransformerLineScorer,
@@ -137,7 +138,7 @@ def test_training_exports_a_folder_that_reloads_to_the_same_probabilities(bert, 
     )
     assert again.manifest.created_at == manifest.created_at
 
-    scorer = base.load_line_scorer(tmp_path / "model")
+    scorer = load_line_scorer(tmp_path / "model")
     assert isinstance(scorer, TransformerLineScorer) and scorer.tfidf is None
     lines = ["2024-01-01 10:00:00 delta ERROR disk failed timeout 3", "x INFO job done 4"]
     again = base.load(tmp_path / "model")
@@ -243,7 +244,7 @@ def test_missing_corrupt_or_outdated_artifacts_fail_with_their_path(bert, tmp_pa
         base.load(folder)
     (folder / "manifest.json").unlink()
     with pytest.raises(ModelFileError, match="no manifest.json: not a finished logfit model"):
-        base.load_line_scorer(folder)
+        load_line_scorer(folder)
 
 
 @pytest.mark.gpu

@@ -159,7 +159,7 @@ def test_the_cascade_trains_through_pipes_is_gated_tracked_promoted_and_scores(w
 def _check_tracking_pyfunc_and_classify(workdir, data, champion):
     import mlflow
 
-    from logfit_dagster.core.models.base import load_line_scorer
+    from logfit_dagster.core.line_scorers import load_line_scorer
 
     uri = f"sqlite:///{data / 'mlflow' / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)

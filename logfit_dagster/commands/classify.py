@@ -13,7 +13,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """Score a log file with the line champion (or a given model), whichever family it is."""
     from logfit_dagster.assets.models import line_champion_path
     from logfit_dagster.core.classify import classify_file
-    from logfit_dagster.core.models.base import load_line_scorer
+    from logfit_dagster.core.line_scorers import load_line_scorer
 
     model = Path(args.model) if args.model else line_champion_path()
     if not args.model and not model.exists():

@@ -108,7 +108,13 @@ ADAPTATION_FILE = "adaptation.json"
 
 
 def write_adaptation(
-    champion: Path, folder: Path, source: str, asked: pd.DataFrame, threshold: float, k: int
+    champion: Path,
+    folder: Path,
+    source: str,
+    asked: pd.DataFrame,
+    threshold: float,
+    shipped: float,
+    k: int,
 ) -> Path:
     """An adapted model folder: a copy of the champion's, with ``adaptation.json`` (what it was
     adapted on: the source, the shapes asked with their lines, probability and answer, the
@@ -126,7 +132,6 @@ def write_adaptation(
         shutil.rmtree(folder)
     manifest = read_manifest(champion)
     shutil.copytree(champion, folder)
-    shipped = float(_threshold_of(champion))
     record = {
         "source": source,
         "max_shapes": k,
@@ -156,12 +161,6 @@ def write_adaptation(
     }
     write_manifest(folder, manifest)
     return folder
-
-
-def _threshold_of(folder: Path) -> float:
-    from logfit_dagster.core.models.base import load_line_scorer
-
-    return float(load_line_scorer(folder).threshold)
 
 
 class AdaptedScorer:

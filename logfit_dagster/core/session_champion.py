@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from logfit_dagster.core.errors import ModelFileError
+from logfit_dagster.core.models.base import SESSION_CANDIDATE_COLUMNS
 from logfit_dagster.core.scores import confusion_counts, rates
 
 AP_TIE = 0.005
@@ -39,18 +40,7 @@ FAMILY_ORDER = ("session_counts", "template_lm")
 CHAMPION_FILE = "champion.json"
 TEMPLATES_FILE = "templates.json"
 # the candidate frame both session families hand to the champion
-CANDIDATE_COLUMNS = [
-    "family",
-    "model",
-    "session_id",
-    "label",
-    "score",
-    "threshold",
-    "flagged",
-    "dev_average_precision",
-    "dev_f1",
-    "path",
-]
+CANDIDATE_COLUMNS = SESSION_CANDIDATE_COLUMNS
 
 
 @dataclass

@@ -79,7 +79,7 @@ def line_adaptation(
         shape_table,
         write_adaptation,
     )
-    from logfit_dagster.core.models.base import load_line_scorer
+    from logfit_dagster.core.line_scorers import load_line_scorer
 
     source = context.partition_key
     lines = raw_logs.column("raw").to_pylist()
@@ -128,6 +128,7 @@ def line_adaptation(
         source,
         asked,
         threshold,
+        float(champion.threshold),
         config.max_shapes,
     )
     covered = int(asked["lines"].sum())

@@ -187,6 +187,23 @@ def read_manifest(folder: Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+# What a session family hands the session champion: its test sessions scored, one candidate per
+# model (or scoring method), each with its dev figures (``candidate_frame`` of the family's
+# module; the rule is in ``core/session_champion.py``).
+SESSION_CANDIDATE_COLUMNS = [
+    "family",
+    "model",
+    "session_id",
+    "label",
+    "score",
+    "threshold",
+    "flagged",
+    "dev_average_precision",
+    "dev_f1",
+    "path",
+]
+
+
 @runtime_checkable
 class ModelFamily(Protocol):
     """The contract a family's module keeps (the module docstring says what each part does):
@@ -368,17 +385,3 @@ def finished_model(folder: Path, params: dict, ignore: tuple[str, ...] = ()) -> 
 
     return TrainResult(folder, manifest) if kept(manifest.params) == kept(params) else None
 
-
-def load_line_scorer(path: Path):
-    """A line scorer from an artifact folder (any line family) or a TF-IDF JSON export."""
-    path = Path(path)
-    if path.is_dir():
-        from logfit_dagster.core.line_adaptation import ADAPTATION_FILE, AdaptedScorer
-
-        if (path / ADAPTATION_FILE).is_file():  # adapted to one system with LLM answers
-            read_manifest(path)
-            return AdaptedScorer.load(path)
-        return load(path, LINE_FAMILIES)
-    from logfit_dagster.core.line_model import LineScorer
-
-    return LineScorer.load(path)

@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 
 from logfit_dagster.core.errors import ModelFileError
-from logfit_dagster.core.models.base import Manifest, Progress, TrainResult, write_manifest
+from logfit_dagster.core.models.base import (
+    SESSION_CANDIDATE_COLUMNS,
+    Manifest,
+    Progress,
+    TrainResult,
+    write_manifest,
+)
 from logfit_dagster.core.session_model import SessionTraining, scores, train_session_models
 
 FAMILY = "session_counts"
@@ -147,8 +153,6 @@ class SessionScorer:
 def candidate_frame(folder: Path) -> pd.DataFrame:
     """The test sessions of a trained folder as session-champion candidates, one per model,
     with each model's dev figures (see :mod:`logfit_dagster.core.session_champion`)."""
-    from logfit_dagster.core.session_champion import CANDIDATE_COLUMNS
-
     folder = Path(folder)
     stored = json.loads((folder / "results.json").read_text())
     frame = pd.read_parquet(folder / "test_scores.parquet")
@@ -162,7 +166,7 @@ def candidate_frame(folder: Path) -> pd.DataFrame:
         dev_f1=frame["model"].map(lambda k: dev[k].get("f1", np.nan)),
         path=str(folder),
     )
-    return frame[CANDIDATE_COLUMNS]
+    return frame[SESSION_CANDIDATE_COLUMNS]
 
 
 def load(folder: Path, manifest: Manifest) -> SessionScorer:

@@ -36,6 +36,7 @@ import numpy as np
 
 from logfit_dagster.core.errors import ModelFileError, TrainingDataError
 from logfit_dagster.core.models.base import (
+    SESSION_CANDIDATE_COLUMNS,
     Manifest,
     Progress,
     TrainResult,
@@ -713,12 +714,10 @@ def candidate_frame(folder: Path) -> pd.DataFrame:
     with each method's dev figures (see :mod:`logfit_dagster.core.session_champion`)."""
     import pandas as pd
 
-    from logfit_dagster.core.session_champion import CANDIDATE_COLUMNS
-
     folder = Path(folder)
     path = folder / "evaluation.json"
     if not path.is_file():
-        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+        return pd.DataFrame(columns=SESSION_CANDIDATE_COLUMNS)
     evaluation = json.loads(path.read_text())
     thresholds = json.loads((folder / "thresholds.json").read_text())
     frame = pd.DataFrame(
@@ -732,7 +731,7 @@ def candidate_frame(folder: Path) -> pd.DataFrame:
     )
     frame["dev_f1"] = frame["model"].map(lambda m: dev.get(m, {}).get("f1", math.nan))
     frame["path"] = str(folder)
-    return frame[CANDIDATE_COLUMNS]
+    return frame[SESSION_CANDIDATE_COLUMNS]
 
 
 def load(folder: Path, manifest: Manifest) -> TemplateScorer:
