@@ -78,3 +78,28 @@ def test_a_count_of_zero_is_zero_never_nan():
     m = figures_at_threshold(np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3]), np.array([False] * 3))
     assert m["false_positive_rate"] == 0.0 and m["precision"] == 0.0 and m["recall"] == 0.0
     assert m["anomalous"] == 0 and math.isnan(m["average_precision"])  # nothing to rank
+
+
+def test_a_stored_count_vector_champion_scores_sessions_by_template_text(tmp_path):
+    from logfit_dagster.core.models import session_counts
+    from logfit_dagster.core.models.base import read_manifest, train
+    from logfit_dagster.core.session_champion import ChampionScorer, read_choice, write_champion
+    from tests.test_models import _sessions
+
+    sessions, splits = _sessions(200, anomalous_every=5)
+    trained = train("session_counts", (sessions, splits), {}, tmp_path / "counts")
+    choice = choose(candidates_from_frame(session_counts.candidate_frame(trained.folder)))
+    texts = {t: f"event {t} <*>" for t in (1, 2, 3, 4, 5, 9)}
+    folder = write_champion(choice, texts, tmp_path / "champion", version="3")
+    assert read_manifest(folder).extra["champion"]["version"] == "3"
+    assert read_choice(folder)["champion"]["model"] == choice.champion.model
+    scorer = ChampionScorer(folder)
+    normal = [texts[t] for t in [1, 2, 3, 3, 4, 5]]
+    anomalous = [texts[t] for t in [1, 2, 3, 3, 4, 9, 9]]
+    unseen = [*normal, "a template this source never had"]
+    scored = scorer.score([normal, anomalous, unseen])
+    assert scored["flagged"].tolist() == [False, True, False]
+    # a template the model never saw is left out of the counts and shows in the unseen rate
+    assert scored["unseen_rate"].tolist() == pytest.approx([0.0, 0.0, 1 / 7])
+    direct = scorer._model.score([[1, 2, 3, 3, 4, 9, 9]])
+    assert scored["score"].iloc[1] == pytest.approx(float(direct[0]))
