@@ -17,7 +17,11 @@ next-template NLL (lower is better) and top-1 accuracy; and, with how many anoma
 on, F1 and the false-alarm rate of max NLL at the label-free threshold. The gain is fine-tuned
 minus scratch.
 
+With ``--seed-templates`` each target's template miner starts from its pretraining source's
+state (the registry's ``templates_from``), so that the same messages get the same templates.
+
     python benchmarks/template_pretraining.py -> benchmarks/results/template_pretraining.{json,md}
+    python benchmarks/template_pretraining.py --seed-templates -> .../template_pretraining_seeded.*
 """
 
 import os
@@ -38,6 +42,9 @@ FRACTIONS = (0.01, 0.05, 0.2, 1.0)
 DRAWS = 3  # seeded draws of the target's training sessions below 100%
 BLOCK = re.compile(r"blk_-?\d+")
 PAIRS = (("hdfs_first_20000_rest", "hdfs_sampled_blocks"), ("synth_hdfs", "hdfs_first_20000"))
+
+
+SEEDED = "--seed-templates" in sys.argv
 
 
 def registry(data: Path, tmp: Path) -> str:
@@ -61,11 +68,14 @@ def registry(data: Path, tmp: Path) -> str:
         "sources:",
         "  - {name: synth_hdfs, origin: synthetic, kind: hdfs, lines: 60000, seed: 1}",
     ]
+    # with --seed-templates each target starts from its pretraining source's template state
+    seeds = dict((target, source) for source, target in PAIRS) if SEEDED else {}
     for name, path in files.items():
+        seed = f", templates_from: {seeds[name]}" if name in seeds else ""
         lines.append(
             f"  - {{name: {name}, origin: files, path: '{path}', format: HDFS, "
             f"session: {{by: block_id}}, ground_truth: {{provider: hdfs_blocks, "
-            f"path: '{labels}', unlisted: normal}}}}"
+            f"path: '{labels}', unlisted: normal}}{seed}}}"
         )
     return "\n".join(lines) + "\n"
 
@@ -235,7 +245,14 @@ def main() -> None:
         + summary.round(4).to_markdown(index=False)
         + "\n"
     )
-    write_results("template_pretraining", {"rows": rows, "runs": runs}, markdown)
+    if SEEDED:
+        markdown = markdown.replace(
+            "# Pretraining the next-template model: the gain on a target with few sessions",
+            "# Pretraining the next-template model, each target's templates seeded from its "
+            "pretraining source (templates_from)",
+        )
+    name = "template_pretraining_seeded" if SEEDED else "template_pretraining"
+    write_results(name, {"rows": rows, "runs": runs, "seeded": SEEDED}, markdown)
 
 
 if __name__ == "__main__":

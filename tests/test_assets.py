@@ -218,3 +218,42 @@ def test_readers_load_only_the_columns_they_name(workdir):
     }
     stored = pd.read_parquet(workdir / "data" / "assets" / "sessions" / "tiny_hdfs.parquet")
     assert "text" in stored.columns  # the stored table is whole; only the read is narrow
+
+
+def test_a_source_with_templates_from_mines_on_from_that_sources_templates(workdir):
+    # two clusters of one system: the same messages, other ids and numbers
+    def lines(offset: int, n: int) -> str:
+        kinds = (
+            "INFO dfs.DataNode: Receiving block blk_{i} src: /10.0.0.{j}:50010",
+            "INFO dfs.DataNode: PacketResponder {j} for block blk_{i} terminating",
+            "WARN dfs.DataNode: Slow BlockReceiver write packet to mirror took {j}ms",
+        )
+        return "".join(
+            f"081109 2035{i % 60:02d} 143 "
+            + kinds[i % 3].format(i=offset + i, j=(offset + i) % 250)
+            + "\n"
+            for i in range(n)
+        )
+
+    (workdir / "a.log").write_text(lines(0, 300))
+    (workdir / "b.log").write_text(lines(10_000, 60))
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: a, origin: files, path: a.log, format: HDFS}\n"
+        "  - {name: b, origin: files, path: b.log, format: HDFS, templates_from: a}\n"
+    )
+    with dg.instance_for_test() as instance:
+        first = _materialize(instance, "b", selection=["raw_logs", "parsed_logs"])
+        assert not first.success  # a has no templates yet: named, nothing half-done
+        failure = next(e for e in first.all_events if e.is_step_failure)
+        words = failure.step_failure_data.user_failure_data.description
+        assert "materialize parsed_logs of a first" in words
+        assert not (workdir / "data" / "sources" / "b" / "drain_state.json").exists()
+        for source in ("a", "b"):
+            assert _materialize(instance, source, selection=["raw_logs", "parsed_logs"]).success
+    assets = workdir / "data" / "assets" / "parsed_logs"
+    a = pd.read_parquet(assets / "a.parquet")
+    b = pd.read_parquet(assets / "b.parquet")
+    # b's lines got a's templates, ids and all
+    pairs_a = set(zip(a["template_id"], a["template"].astype(str), strict=True))
+    assert set(zip(b["template_id"], b["template"].astype(str), strict=True)) <= pairs_a

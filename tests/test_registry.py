@@ -10,6 +10,7 @@ from logfit_dagster.core.registry import (
     check_source_name,
     load_registry,
     parse_source,
+    read_registry,
 )
 
 
@@ -203,3 +204,25 @@ def test_a_registry_named_but_missing_is_an_error_and_the_default_missing_is_not
     monkeypatch.delenv("LOGFIT_SOURCES")
     monkeypatch.chdir(workdir / "data")
     assert LogSources().all_sources() == {}
+
+
+def test_templates_from_names_another_mined_source(tmp_path):
+    path = tmp_path / "sources.yaml"
+    path.write_text(
+        "sources:\n"
+        "  - {name: a, origin: synthetic, kind: hdfs}\n"
+        "  - {name: b, origin: files, path: b.log, templates_from: a}\n"
+        "  - {name: c, origin: files, path: c.log, templates_from: nosuch}\n"
+        "  - {name: s, origin: sequences, path: s, layout: deeplog}\n"
+        "  - {name: d, origin: files, path: d.log, templates_from: s}\n"
+        "  - {name: e, origin: files, path: e.log, templates_from: e}\n"
+        "  - {name: f, origin: sequences, path: f, layout: deeplog, templates_from: a}\n"
+    )
+    sources, problems = read_registry(path)
+    assert sources["b"].templates_from == "a" and sources["a"].templates_from == ""
+    # each bad entry fails alone, named, and the others stay
+    assert set(sources) == {"a", "b", "s"}
+    assert "templates_from' names 'nosuch', not a registered source" in problems["c"]
+    assert "names 's', a sequences source" in problems["d"]
+    assert "names the source itself" in problems["e"]
+    assert "is for mined sources" in problems["f"]

@@ -106,7 +106,8 @@ def parsed_logs(context: dg.AssetExecutionContext, raw_logs: StoredTable, source
             yield from _sequence_events(spec, raw_logs.read(), sources)
             return
         fmt = get_line_format(spec.format, spec.multiline)
-        miner = TemplateMiner(profile_for(spec.format), sources.miner_state_path(spec.name))
+        # a source with templates_from starts from that source's templates (its first run)
+        miner = TemplateMiner(profile_for(spec.format), sources.seeded_miner_state(spec))
     stats = ParseStats()
 
     def counts(head: pd.DataFrame) -> dict:
@@ -126,7 +127,8 @@ def parsed_logs(context: dg.AssetExecutionContext, raw_logs: StoredTable, source
         raw_logs.batches(["line_number", "raw"]), fmt, miner, stats, raw_logs.path.parent
     )
     yield dg.Output(
-        output_stream(batches, counts, done=miner.save), metadata={"format": spec.format}
+        output_stream(batches, counts, done=miner.save),
+        metadata={"format": spec.format, "templates_from": spec.templates_from or "none"},
     )
     # the stream is written by now: its counts are complete
     yield dg.AssetCheckResult(

@@ -137,6 +137,10 @@ class SourceSpec:
     layout: str = ""
     templates: str = ""
     labels: tuple[tuple[str, str], ...] = ()
+    # another source whose Drain3 template state this one starts from (mined sources only), so
+    # that the same messages get the same templates: what a template model pretrained there
+    # needs to carry over
+    templates_from: str = ""
 
     @property
     def has_ground_truth(self) -> bool:
@@ -196,14 +200,18 @@ class _Entry(_Fields):
     ground_truth: _TruthFields | None = None
 
 
-class _SyntheticEntry(_Entry):
+class _MinedEntry(_Entry):
+    templates_from: str | None = None
+
+
+class _SyntheticEntry(_MinedEntry):
     origin: Literal["synthetic"]
     kind: Literal[SYNTHETIC_KINDS]
     lines: Annotated[WholeNumber, Field(ge=1)] = 20000
     seed: WholeNumber = 0
 
 
-class _LoghubEntry(_Entry):
+class _LoghubEntry(_MinedEntry):
     origin: Literal["loghub"]
     system: str
     release: Literal[RELEASES] = "2k"
@@ -223,7 +231,7 @@ class _LoghubEntry(_Entry):
         return self
 
 
-class _FilesEntry(_Entry):
+class _FilesEntry(_MinedEntry):
     origin: Literal["files"]
     path: Patterns
 
@@ -258,6 +266,7 @@ _ONLY_FOR = {
     "layout": "origin 'sequences'",
     "templates": "origin 'sequences'",
     "labels": "origin 'sequences'",
+    "templates_from": "mined sources (origins synthetic, loghub and files)",
 }
 _MAPPING_EXAMPLE = {"session": "{by: block_id}", "ground_truth": "{provider: none}"}
 
@@ -357,6 +366,8 @@ def _spec_of(fields: _Entry) -> SourceSpec:
         }
     if isinstance(fields, _LoghubEntry):
         extra.update(system=fields.system, release=fields.release)
+    if isinstance(fields, _MinedEntry) and fields.templates_from:
+        extra["templates_from"] = fields.templates_from
     raw_path = getattr(fields, "path", None) or ()
     patterns = (raw_path,) if isinstance(raw_path, str) else tuple(raw_path)
 
@@ -415,6 +426,8 @@ def _check_consistent(spec: SourceSpec, where: str) -> None:
             f"{where}: origin 'sequences' takes ground_truth provider 'sequence_labels', "
             f"'hdfs_blocks' or 'none', got {truth.provider!r}"
         )
+    if spec.templates_from == spec.name:
+        raise RegistryError(f"{where}: field 'templates_from' names the source itself")
     if truth.provider == "synthetic" and spec.origin != "synthetic":
         raise RegistryError(
             f"{where}: ground_truth provider 'synthetic' is only for synthetic sources"
@@ -487,6 +500,16 @@ def read_registry(path: Path) -> tuple[dict[str, SourceSpec], dict[str, str]]:
             sources.pop(spec.name, None)
             continue
         sources[spec.name] = spec
+    for name, spec in list(sources.items()):
+        seed = spec.templates_from
+        if seed and (seed not in sources or sources[seed].is_sequences):
+            what = "a sequences source (its templates are not mined)" if seed in sources else (
+                "not a registered source"
+            )
+            problems[name] = (
+                f"{path}: source {name!r}: field 'templates_from' names {seed!r}, {what}"
+            )
+            sources.pop(name)
     return sources, problems
 
 

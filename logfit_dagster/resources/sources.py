@@ -170,6 +170,33 @@ class LogSources(dg.ConfigurableResource):
     def miner_state_path(self, name: str) -> Path:
         return self.source_dir(name) / "drain_state.json"
 
+    def seeded_miner_state(self, spec: SourceSpec) -> Path:
+        """The source's Drain3 state file; a source with ``templates_from`` and no state of its
+        own yet starts from a copy of that source's, so the same messages get the same
+        templates. The copy is written whole or not at all (the other source's is never
+        changed).
+
+        Raises:
+            LogInputError: when the source named has no template state yet.
+        """
+        import shutil
+        import tempfile
+
+        own = self.miner_state_path(spec.name)
+        if not spec.templates_from or own.exists():
+            return own
+        seed = self.miner_state_path(spec.templates_from)
+        if not seed.is_file():
+            raise LogInputError(
+                f"source {spec.name!r}: templates_from {spec.templates_from!r} has no template "
+                f"state yet ({seed}): materialize parsed_logs of {spec.templates_from} first"
+            )
+        own.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=own.parent, delete=False, suffix=".tmp") as tmp:
+            shutil.copyfile(seed, tmp.name)
+        os.replace(tmp.name, own)
+        return own
+
     def synthetic_labels_path(self, name: str) -> Path:
         return self.source_dir(name) / f"{name}.labels.parquet"
 
