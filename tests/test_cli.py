@@ -67,8 +67,8 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
         _row(again, "tiny_hdfs")[-1] == "unchanged" and _row(again, "tiny_bgl")[-1] == "unchanged"
     )
     assert (
-        "up to date, not run: tiny_hdfs, tiny_bgl, all sources labels+models, tiny_hdfs models, "
-        "tiny_bgl models, all sources reports" in again.stdout
+        "up to date, not run: tiny_hdfs, tiny_bgl, all sources labels+models, "
+        "tiny_hdfs models+reports, tiny_bgl models+reports, all sources reports" in again.stdout
     )
     assert _run_count(workdir) == runs
     assert {p: p.stat().st_mtime_ns for p in outputs} == outputs
