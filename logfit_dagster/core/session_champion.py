@@ -10,8 +10,9 @@ normal dev sessions alone). The choice uses the dev split, never test:
 3. then the cheaper family (count vectors before the transformer), then the name.
 
 Without dev anomalies nothing can be measured: the label-free template model (max NLL) is the
-champion when it was trained (its thresholds need no labels), else the count-vector model, and
-the choice says so.
+champion when it is a candidate (its thresholds need no labels), else the count-vector model,
+and the choice says so. (A source with no labels at all has no template-model candidate: the
+template model scores labelled test sessions only, so its champion is the IsolationForest.)
 
 The champion is stored as a copy of the chosen family's model folder with ``champion.json``
 (what was chosen, on what, and why) and ``templates.json`` (the source's template id -> text),
