@@ -103,3 +103,43 @@ def test_a_stored_count_vector_champion_scores_sessions_by_template_text(tmp_pat
     assert scored["unseen_rate"].tolist() == pytest.approx([0.0, 0.0, 1 / 7])
     direct = scorer._model.score([[1, 2, 3, 3, 4, 9, 9]])
     assert scored["score"].iloc[1] == pytest.approx(float(direct[0]))
+
+
+def test_scoring_a_file_warns_when_its_sessions_are_one_line_or_mostly_unseen():
+    from logfit_dagster.core.session_scoring import score_sessions
+
+    class Scorer:  # scores nothing in particular: what is checked is what the user is told
+        name, model, threshold = "session_counts:decision_tree", "decision_tree", 0.5
+
+        def __init__(self, unseen: float):
+            self.unseen = unseen
+
+        def score(self, sessions):
+            n = len(sessions)
+            return pd.DataFrame(
+                {"score": [0.9] * n, "flagged": [True] * n, "unseen_rate": [self.unseen] * n}
+            )
+
+    # Loghub's HDFS_2k sample by block: nearly every session one line long
+    short = pd.DataFrame(
+        {
+            "session_id": [f"blk_{i}" for i in range(10)],
+            "first_line": range(10),
+            "last_line": range(10),
+            "n_lines": [1] * 9 + [3],
+            "templates": [["t"]] * 9 + [["t", "u", "v"]],
+            "label": pd.array([pd.NA] * 10, dtype="Int8"),
+        }
+    )
+    frame, warnings = score_sessions(short, Scorer(unseen=0.0))
+    assert len(frame) == 10 and (frame["model"] == "session_counts:decision_tree").all()
+    assert warnings == [
+        "9 of 10 sessions are one line long: the source's session rule may not fit this file, "
+        "and a one-line session's score says little"
+    ]
+    long = short.assign(n_lines=5)
+    _, warnings = score_sessions(long, Scorer(unseen=0.8))
+    assert len(warnings) == 1 and "10 of 10 sessions are mostly templates the model never saw" in (
+        warnings[0]
+    )
+    assert score_sessions(long, Scorer(unseen=0.0))[1] == []
