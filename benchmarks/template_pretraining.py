@@ -85,6 +85,7 @@ def prepare_all() -> dict:
     import dagster as dg
 
     from logfit_dagster.core.models.template_lm import prepare_sequences
+    from logfit_dagster.jobs import ingest_selection
     from logfit_dagster.partitions import LOG_SOURCE
     from logfit_dagster.resources.sources import LogSources
     from tests.graph import ASSETS, offline_resources
@@ -95,17 +96,12 @@ def prepare_all() -> dict:
         instance.add_dynamic_partitions(LOG_SOURCE, names)
         for name in names:
             fractions = (0.6, 0.2, 0.2) if name == "hdfs_sampled_blocks" else (0.8, 0.1, 0.1)
-            split = dict(zip(("train_fraction", "dev_fraction", "test_fraction"), fractions, strict=True))
+            split = dict(
+                zip(("train_fraction", "dev_fraction", "test_fraction"), fractions, strict=True)
+            )
             assert dg.materialize(
                 ASSETS,
-                selection=[
-                    "raw_logs",
-                    "parsed_logs",
-                    "log_templates",
-                    "sessions",
-                    "ground_truth_labels",
-                    "dataset_splits",
-                ],
+                selection=ingest_selection,  # raw lines to splits, as ingest_job runs them
                 partition_key=name,
                 instance=instance,
                 resources=offline_resources(),

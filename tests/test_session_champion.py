@@ -101,7 +101,8 @@ def test_a_stored_count_vector_champion_scores_sessions_by_template_text(tmp_pat
     assert scored["flagged"].tolist() == [False, True, False]
     # a template the model never saw is left out of the counts and shows in the unseen rate
     assert scored["unseen_rate"].tolist() == pytest.approx([0.0, 0.0, 1 / 7])
-    direct = scorer._model.score([[1, 2, 3, 3, 4, 9, 9]])
+    stored = session_counts.SessionScorer(folder, read_manifest(folder), choice.champion.model)
+    direct = stored.score([[1, 2, 3, 3, 4, 9, 9]])
     assert scored["score"].iloc[1] == pytest.approx(float(direct[0]))
 
 

@@ -25,21 +25,9 @@ LLM_API_POOL = "llm_api"
 MIN_LABEL_COVERAGE = 0.95
 
 
-class LabelConfig(dg.Config):
-    """What the labeler is asked and what a run may spend."""
+class AskConfig(dg.Config):
+    """How the labeler is asked and what a run may spend (every asset that asks it)."""
 
-    plan: Literal["windows", "distinct"] = Field(
-        default="windows",
-        description="windows: every line is sent, window_size consecutive lines a request. "
-        "distinct: one line per line shape not answered yet (for any source, by this labeler, "
-        "model and prompt version) is sent among its neighbours, and every other line of the "
-        "shape takes its answer (label_source 'propagated').",
-    )
-    shape_samples: int = Field(
-        default=1,
-        description="distinct plan: answers wanted per shape, each from another place; shapes "
-        "answered two ways are flagged and their propagated lines left unlabelled.",
-    )
     context_lines: int = Field(
         default=3, description="distinct plan: lines shown on either side of a line asked."
     )
@@ -60,6 +48,34 @@ class LabelConfig(dg.Config):
     )
     batch_discount: float = Field(
         default=0.5, description="Price factor of batch APIs (Message Batches are half price)."
+    )
+
+    def ask_options(self) -> dict:
+        """The keyword arguments of ``label_source`` this config sets."""
+        return {
+            "prompt": PromptSpec(system=self.system_prompt, version=self.prompt_version),
+            "window_size": self.window_size,
+            "context_lines": self.context_lines,
+            "max_cost_usd": self.max_cost_usd,
+            "prices": {k: tuple(v) for k, v in self.prices.items()},
+            "batch_discount": self.batch_discount,
+        }
+
+
+class LabelConfig(AskConfig):
+    """What the labeler is asked and what a run may spend."""
+
+    plan: Literal["windows", "distinct"] = Field(
+        default="windows",
+        description="windows: every line is sent, window_size consecutive lines a request. "
+        "distinct: one line per line shape not answered yet (for any source, by this labeler, "
+        "model and prompt version) is sent among its neighbours, and every other line of the "
+        "shape takes its answer (label_source 'propagated').",
+    )
+    shape_samples: int = Field(
+        default=1,
+        description="distinct plan: answers wanted per shape, each from another place; shapes "
+        "answered two ways are flagged and their propagated lines left unlabelled.",
     )
 
 
@@ -99,7 +115,8 @@ def llm_labels(
     with bad_input_fails_partition():
         sequences = sources.get(source).is_sequences
     lines = [] if sequences else raw_logs.column("raw").to_pylist()
-    prompt = PromptSpec(system=config.system_prompt, version=config.prompt_version)
+    options = config.ask_options()
+    prompt = options["prompt"]
     secrets = labeler.secrets()
     try:
         built = labeler.build(config.model)
@@ -108,15 +125,10 @@ def llm_labels(
             lines,
             built,
             cache=labeler.cache(),
-            prompt=prompt,
-            window_size=config.window_size,
             plan=config.plan,
             shape_samples=config.shape_samples,
-            context_lines=config.context_lines,
-            max_cost_usd=config.max_cost_usd,
-            prices={k: tuple(v) for k, v in config.prices.items()},
-            batch_discount=config.batch_discount,
             log=context.log,
+            **options,
         )
     except LogfitError as exc:
         raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None

@@ -24,12 +24,7 @@ def _scorer(folder: Path, method: str | None):
     if (folder / CHAMPION_FILE).is_file():
         champion = ChampionScorer(folder)
         if method and method != champion.model:
-            if champion.family != "template_lm":
-                raise ValueError(
-                    f"--method {method}: the champion of this source is {champion.name}, "
-                    "not a template model"
-                )
-            return TemplateFolderScorer(champion._model, method)
+            return champion.with_method(method)
         return champion
     if read_manifest(folder).family != "template_lm":
         raise ValueError(

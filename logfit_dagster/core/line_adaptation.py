@@ -24,14 +24,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from logfit_dagster.core.line_features import shape_column
+from logfit_dagster.core.line_features import MAX_SHAPE_CHARS, shape_column
 
 
-def shape_table(lines: list[str], probability: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per shape of ``lines``: ``shape_index``, ``shape``, ``lines`` and ``probability`` (the
-    mean over its lines; the champion scores a shape once, so they are equal); and each line's
-    shape index."""
-    shapes, index = shape_column(pa.array(lines, type=pa.large_string()))
+def shape_table(
+    lines: list[str], probability: np.ndarray, max_chars: int = MAX_SHAPE_CHARS
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per shape of ``lines`` (cut at the model's ``max_chars``): ``shape_index``, ``shape``,
+    ``lines`` and ``probability`` (the mean over its lines; the champion scores a shape once, so
+    they are equal); and each line's shape index."""
+    shapes, index = shape_column(pa.array(lines, type=pa.large_string()), max_chars)
     index = np.asarray(index, dtype=np.int64)
     counts = np.bincount(index, minlength=len(shapes))
     sums = np.bincount(index, weights=np.asarray(probability, dtype=float), minlength=len(shapes))
@@ -185,18 +187,16 @@ class AdaptedScorer:
         return getattr(self.base, name)
 
     def score_lines(self, lines) -> np.ndarray:
-        probability = np.asarray(self.base.score_lines(lines), dtype=float).copy()
-        if not self.answers:
-            return probability
+        """LOOK probability of every line: one pass over the shapes (the base model's cut),
+        each shape answered or scored by the base model once."""
         if not isinstance(lines, pa.Array | pa.ChunkedArray):
             lines = pa.array(list(lines), type=pa.large_string())
-        shapes, index = shape_column(lines)
-        answer = np.array(
-            [self.answers.get(s, -1) for s in shapes.to_pylist()], dtype=np.int64
-        )
-        given = answer[np.asarray(index, dtype=np.int64)] if len(index) else answer[:0]
-        hit = given >= 0
-        probability[hit] = given[hit].astype(float)
-        return probability
+        shapes, index = shape_column(lines, self.base.max_chars)
+        shapes = shapes.to_pylist()
+        probability = np.asarray(self.base.score_shapes(shapes), dtype=float).copy()
+        for i, shape in enumerate(shapes):
+            if shape in self.answers:
+                probability[i] = float(self.answers[shape])
+        return probability[np.asarray(index, dtype=np.int64)]
 
     score = score_lines

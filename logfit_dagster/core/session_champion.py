@@ -264,8 +264,20 @@ class ChampionScorer:
 
             self._model = SessionScorer(folder, manifest, kind=self.model)
         else:
-            self._model = load(folder, families=("template_lm",))
-        self.unseen_limit = float(getattr(getattr(self._model, "p", None), "unseen_rate", 0.05))
+            from logfit_dagster.core.session_scoring import TemplateFolderScorer
+
+            self._model = TemplateFolderScorer(
+                load(folder, families=("template_lm",)), self.model
+            )
+
+    def with_method(self, method: str):
+        """The same template model flagging by another of its scoring methods."""
+        if self.family != "template_lm":
+            raise ValueError(
+                f"--method {method}: the champion of this source is {self.name}, not a template "
+                "model"
+            )
+        return self._model.with_method(method)
 
     @property
     def name(self) -> str:
@@ -283,12 +295,5 @@ class ChampionScorer:
             )
             flagged = score >= self.threshold
         else:
-            from logfit_dagster.core.models.template_lm import UNK
-
-            index = {t: i for i, t in enumerate(self._model.vocabulary)}
-            tokens = [[index.get(t, UNK) for t in s] for s in sessions]
-            scores = self._model.score(tokens)
-            score = np.asarray(scores[self.model], dtype=float)
-            unseen = np.asarray(scores["unseen_rate"], dtype=float)
-            flagged = self._model.flags(scores)[self.model]
+            return self._model.score(sessions)[["score", "flagged", "unseen_rate"]]
         return pd.DataFrame({"score": score, "flagged": flagged, "unseen_rate": unseen})

@@ -107,6 +107,10 @@ class TemplateFolderScorer:
     def name(self) -> str:
         return f"template_lm:{self.model}"
 
+    def with_method(self, method: str) -> TemplateFolderScorer:
+        """The same model flagging by another of its scoring methods."""
+        return TemplateFolderScorer(self._model, method)
+
     def score(self, sessions: list[list[str]]) -> pd.DataFrame:
         index = {t: i for i, t in enumerate(self._model.vocabulary)}
         scores = self._model.score([[index.get(t, UNK) for t in s] for s in sessions])

@@ -15,35 +15,25 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from logfit_dagster.assets.labels import LLM_API_POOL
+from logfit_dagster.assets.labels import LLM_API_POOL, AskConfig
 from logfit_dagster.assets.models._shared import family_folder
 from logfit_dagster.core.errors import LogfitError
-from logfit_dagster.core.labeling.prompt import DEFAULT_PROMPT_VERSION, DEFAULT_SYSTEM_PROMPT
 from logfit_dagster.core.models.base import ModelArtifact
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.labelers import LabelerResource, scrub
 
 
-class AdaptationConfig(dg.Config):
-    """How many shapes to ask, and what a run may spend."""
+class AdaptationConfig(AskConfig):
+    """How many shapes to ask, how they are asked, and what a run may spend."""
 
     max_shapes: int = Field(
         default=50,
         description="At most this many line shapes are asked (those the champion is least sure "
         "of, weighted by their lines).",
     )
-    context_lines: int = Field(default=3, description="Lines shown on either side of one asked.")
-    window_size: int = Field(default=50, description="Lines per request.")
-    model: str = Field(default="", description="Model override; empty means the labeler's own.")
-    prompt_version: str = Field(default=DEFAULT_PROMPT_VERSION, description="Cache key part.")
-    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="The system prompt.")
     max_cost_usd: float = Field(
         default=1.0, description="Largest estimated cost of one run; above it nothing is sent."
     )
-    prices: dict[str, list[float]] = Field(
-        default_factory=dict, description="USD per million input and output tokens, by model."
-    )
-    batch_discount: float = Field(default=0.5, description="Price factor of batch APIs.")
     adapt_threshold: bool = Field(
         default=False,
         description="Also choose the source's threshold on the answered shapes. Off by default: "
@@ -72,7 +62,6 @@ def line_adaptation(
     on them)."""
     from logfit_dagster.core.labeling.base import label_source
     from logfit_dagster.core.labeling.distinct import digest
-    from logfit_dagster.core.labeling.prompt import PromptSpec
     from logfit_dagster.core.line_adaptation import (
         adapt_threshold,
         ask_order,
@@ -84,7 +73,7 @@ def line_adaptation(
     source = context.partition_key
     lines = raw_logs.column("raw").to_pylist()
     champion = load_line_scorer(line_champion.folder)
-    table, shape_index = shape_table(lines, champion.score_lines(lines))
+    table, shape_index = shape_table(lines, champion.score_lines(lines), champion.max_chars)
     ranked = ask_order(table, champion.threshold)
     wanted = ranked.head(max(0, config.max_shapes))
     secrets = labeler.secrets()
@@ -94,15 +83,10 @@ def line_adaptation(
             lines,
             labeler.build(config.model),
             cache=labeler.cache(),
-            prompt=PromptSpec(system=config.system_prompt, version=config.prompt_version),
-            window_size=config.window_size,
             plan="distinct",
-            context_lines=config.context_lines,
-            max_cost_usd=config.max_cost_usd,
-            prices={k: tuple(v) for k, v in config.prices.items()},
-            batch_discount=config.batch_discount,
             log=context.log,
             shapes={digest(s) for s in wanted["shape"]},
+            **config.ask_options(),
         )
     except LogfitError as exc:
         raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
