@@ -6,17 +6,33 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
-from logfit_dagster.assets._common import bad_input_fails_partition, on_new_data, preview
+from logfit_dagster.assets._common import (
+    bad_input_fails_partition,
+    columns_of,
+    on_new_data,
+    output_stream,
+    parts_of,
+    preview,
+    streamed,
+)
 from logfit_dagster.core.errors import LogfitError
-from logfit_dagster.core.labeling.base import label_source
+from logfit_dagster.core.labeling.base import (
+    LABEL_SCHEMA,
+    ColumnLabeler,
+    LabelStats,
+    label_batches,
+    label_source,
+)
 from logfit_dagster.core.labeling.prompt import (
     DEFAULT_PROMPT_VERSION,
     DEFAULT_SYSTEM_PROMPT,
     PromptSpec,
 )
 from logfit_dagster.core.labeling.quality import agreement, finite_or_none, look_as_int
+from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.labelers import LabelerResource, scrub
 from logfit_dagster.resources.sources import LogSources
@@ -86,6 +102,7 @@ class LabelConfig(AskConfig):
     kinds={"parquet"},
     pool=LLM_API_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    ins={"raw_logs": streamed()},
     # API-bound: no backfill policy, so a backfill is Dagster's default of one run per source
     # and one source's failure stops only itself. (An explicit multi_run(1) would mean the same,
     # but jobs that mix it with the ingest assets' default warn on every load.)
@@ -102,11 +119,16 @@ class LabelConfig(AskConfig):
 def llm_labels(
     context: dg.AssetExecutionContext,
     config: LabelConfig,
-    raw_logs: pa.Table,
+    raw_logs: StoredTable,
     labeler: LabelerResource,
     sources: LogSources,
 ):
     """One LOOK/SKIP label per line, from the configured labeler, windows already paid for reused.
+
+    A labeler that answers each line from the line alone (rules, recorded labels) labels the
+    source batch by batch, in columns, and the label set is written as it comes: memory stays
+    flat however long the source. An API labeler reads the source's lines and asks in windows
+    (or distinct shapes) through the cache.
 
     A sequence source (pre-parsed sessions) has no log lines: nothing is sent, and its label set
     is empty.
@@ -114,12 +136,18 @@ def llm_labels(
     source = context.partition_key
     with bad_input_fails_partition():
         sequences = sources.get(source).is_sequences
-    lines = [] if sequences else raw_logs.column("raw").to_pylist()
     options = config.ask_options()
     prompt = options["prompt"]
     secrets = labeler.secrets()
     try:
         built = labeler.build(config.model)
+    except LogfitError as exc:
+        raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
+    if isinstance(built, ColumnLabeler) and not sequences:
+        yield from _label_in_columns(context, config, raw_logs, built, prompt.version)
+        return
+    lines = [] if sequences else raw_logs.read(["raw"]).column("raw").to_pylist()
+    try:
         frame, stats = label_source(
             source,
             lines,
@@ -134,21 +162,72 @@ def llm_labels(
         raise dg.Failure(description=scrub(str(exc), secrets), allow_retries=False) from None
     except Exception as exc:  # an API or network failure: retried by the retry policy
         raise dg.Failure(description=f"{type(exc).__name__}: {scrub(str(exc), secrets)}") from None
+    del lines
     frame["line_number"] = (
-        raw_logs.column("line_number").to_pandas().to_numpy()[: len(frame)]
+        raw_logs.read(["line_number"]).column("line_number").to_numpy()[: len(frame)]
         if len(frame)
         else pd.Series(dtype="int64")
     )
-    counts = frame["label"].value_counts()
-    metadata = {
+    looks = frame[frame["label"] == "LOOK"]
+    stats.look_lines = len(looks)
+    metadata = _label_metadata(
+        stats, built, config, sequences, looks[["line_number", "raw", "reason"]], secrets
+    )
+    _warn_about(context, stats, built, source)
+    yield dg.Output(frame, metadata=metadata)
+    yield _coverage_check(stats)
+
+
+def _label_in_columns(context, config: LabelConfig, raw_logs: StoredTable, built, version: str):
+    """``llm_labels`` through a labeler that answers in columns, written as a stream."""
+    stats = LabelStats()
+    look_rows: list[pd.DataFrame] = []
+
+    def keep_looks(table: pa.Table) -> None:
+        looks = pc.equal(table.column("label"), "LOOK")
+        stats.look_lines += int(pc.sum(looks).as_py() or 0)
+        if sum(len(f) for f in look_rows) < PREVIEW_ROWS:
+            picked = table.filter(looks).select(["line_number", "raw", "reason"])
+            look_rows.append(picked.slice(0, PREVIEW_ROWS).to_pandas())
+
+    batches = label_batches(
+        context.partition_key,
+        raw_logs.batches(["line_number", "raw"]),
+        built,
+        version,
+        stats,
+        on_batch=keep_looks,
+    )
+    # the stream's metadata is read once it is written: the counts are complete then
+    stream = output_stream(
+        batches,
+        lambda head: _label_metadata(
+            stats,
+            built,
+            config,
+            False,
+            pd.concat(look_rows) if look_rows else pd.DataFrame(columns=["line_number"]),
+        ),
+        LABEL_SCHEMA,
+    )
+    yield dg.Output(stream)
+    _warn_about(context, stats, built, context.partition_key)
+    yield _coverage_check(stats)
+
+
+PREVIEW_ROWS = 8
+
+
+def _label_metadata(stats, built, config, sequences, looks, secrets=()) -> dict:
+    return {
         "labeler": built.name,
         "model": built.model,
-        "prompt_version": prompt.version,
+        "prompt_version": config.prompt_version,
         "plan": stats.plan,
         "window_size": config.window_size,
         "lines": stats.lines,
-        "look_lines": int(counts.get("LOOK", 0)),
-        "skip_lines": int(counts.get("SKIP", 0)),
+        "look_lines": stats.look_lines,
+        "skip_lines": stats.lines - stats.look_lines - stats.unlabeled_lines,
         "unlabeled_lines": stats.unlabeled_lines,
         "windows": stats.windows,
         "cache_hits": stats.cache_hits,
@@ -178,8 +257,11 @@ def llm_labels(
         "repaired_replies": stats.repairs,
         "reply_problems": dg.MetadataValue.json([scrub(p, secrets) for p in stats.problems[:20]]),
         "note": label_note(stats, sequences),
-        "preview": preview(frame[frame["label"] == "LOOK"][["line_number", "raw", "reason"]]),
+        "preview": preview(looks),
     }
+
+
+def _warn_about(context, stats, built, source: str) -> None:
     if stats.conflicted_shapes:
         context.log.warning(
             f"{stats.conflicted_shapes} line shape(s) of {source} were answered two ways: both "
@@ -193,9 +275,11 @@ def llm_labels(
         )
     if not stats.price_known:
         context.log.warning(f"no price known for model {built.model}: cost not estimated")
-    yield dg.Output(frame, metadata=metadata)
+
+
+def _coverage_check(stats) -> dg.AssetCheckResult:
     coverage = 1 - stats.unlabeled_lines / max(stats.lines, 1)
-    yield dg.AssetCheckResult(
+    return dg.AssetCheckResult(
         check_name="label_coverage",
         passed=coverage >= MIN_LABEL_COVERAGE,
         metadata={
@@ -213,6 +297,11 @@ def label_note(stats, sequences: bool = False) -> str:
             "nothing to label"
         )
     what = "window" if stats.plan == "windows" else "request"
+    if stats.plan == "columns":
+        return (
+            "each line answered from itself by the offline labeler, in columns: nothing was "
+            "sent, nothing paid"
+        )
     if stats.requests == 0 and not stats.batches_resumed:
         if stats.plan == "distinct":
             return (
@@ -247,6 +336,10 @@ class QualityConfig(dg.Config):
     code_version="1",
     kinds={"parquet"},
     automation_condition=on_new_data(),
+    ins={
+        "llm_labels": columns_of("line_number", "label", "label_source", "labeler", "model"),
+        "ground_truth_labels": parts_of("lines"),
+    },
     check_specs=[
         dg.AssetCheckSpec(
             "look_agrees_with_ground_truth",
@@ -336,12 +429,16 @@ def label_quality(
     )
 
 
+#: The columns of ``labeled_lines``: the training set of the line classifier.
+LABELED_COLUMNS = ["line_number", "raw", "label", "reason", "labeler", "model", "prompt_version"]
+
+
 @dg.asset(
     group_name="labels",
     code_version="1",
     kinds={"parquet"},
     automation_condition=on_new_data(),
-    ins={"llm_labels": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    ins={"llm_labels": streamed(partition_mapping=dg.AllPartitionMapping())},
     check_specs=[
         dg.AssetCheckSpec(
             "class_balance",
@@ -352,75 +449,99 @@ def label_quality(
     ],
 )
 def labeled_lines(
-    context: dg.AssetExecutionContext, llm_labels: dict[str, pd.DataFrame], sources: LogSources
+    context: dg.AssetExecutionContext, llm_labels: dict[str, StoredTable], sources: LogSources
 ):
     """The latest labelled lines of every source, ``source`` kept as the group key: the training
-    set of the line classifier. Unlabeled lines are left out and counted."""
-    frames, per_source, left_out = [], {}, 0
+    set of the line classifier. Unlabeled lines are left out and counted.
+
+    Read and written batch by batch (memory flat in lines): a first pass counts and takes the
+    content's digest (the data version), the second writes.
+    """
     known = sources.all_sources()
     removed = sorted(set(llm_labels) - set(known))
-    for source, frame in sorted(llm_labels.items()):
-        if source not in known:
-            continue  # removed from the registry: its labels no longer train anything
-        labelled = frame[frame["label"].notna()]
-        left_out += len(frame) - len(labelled)
-        per_source[source] = {
-            "lines": len(labelled),
-            "look_rate": round(float((labelled["label"] == "LOOK").mean()), 4)
-            if len(labelled)
-            else None,
-            "labeler": str(frame["labeler"].iloc[0]) if len(frame) else "",
-        }
-        if len(labelled):
-            frames.append(labelled.assign(source=source))
+    kept = {s: t for s, t in sorted(llm_labels.items()) if s in known}
+
+    def labelled(columns: list[str]):
+        for source, table in kept.items():
+            for batch in table.batches(columns):
+                batch = batch.filter(pc.is_valid(batch.column("label")))
+                if batch.num_rows:
+                    yield source, batch
+
+    per_source: dict[str, dict] = {}
+    digest = hashlib.sha256()
+    for source in kept:
+        per_source[source] = {"lines": 0, "look": 0, "labeler": "", "rows": kept[source].num_rows}
+    for source, batch in labelled(["raw", "label", "labeler"]):
+        entry = per_source[source]
+        entry["lines"] += batch.num_rows
+        entry["look"] += int(pc.sum(pc.equal(batch.column("label"), "LOOK")).as_py() or 0)
+        entry["labeler"] = entry["labeler"] or str(batch.column("labeler")[0].as_py() or "")
+        # the data version is the training set's content: a new source's labels (or a removed
+        # source) move it and the line model is requested again; an identical set requests
+        # nothing
+        frame = batch.select(["raw", "label"]).to_pandas().astype("string")
+        frame.insert(0, "source", source)
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    left_out = sum(e["rows"] - e["lines"] for e in per_source.values())
+    with_lines = [s for s, e in per_source.items() if e["lines"]]
+    lines = sum(e["lines"] for e in per_source.values())
+    look = sum(e["look"] for e in per_source.values())
     missing = sorted(
         name for name, spec in known.items() if name not in llm_labels and not spec.is_sequences
     )
-    columns = [
-        "source",
-        "line_number",
-        "raw",
-        "label",
-        "reason",
-        "labeler",
-        "model",
-        "prompt_version",
-    ]
-    result = (
-        pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-    )
-    look = int((result["label"] == "LOOK").sum())
+
+    def written():
+        for source, batch in labelled(LABELED_COLUMNS):
+            batch = batch.select(LABELED_COLUMNS)
+            yield batch.add_column(0, "source", pa.repeat(pa.scalar(source), batch.num_rows))
+
     metadata = {
-        "sources": len(frames),
-        "lines": len(result),
+        "sources": len(with_lines),
+        "lines": lines,
         "look_lines": look,
         "unlabeled_lines_left_out": left_out,
-        "per_source": dg.MetadataValue.json(per_source),
+        "per_source": dg.MetadataValue.json(
+            {
+                s: {
+                    "lines": e["lines"],
+                    "look_rate": round(e["look"] / e["lines"], 4) if e["lines"] else None,
+                    "labeler": e["labeler"],
+                }
+                for s, e in per_source.items()
+            }
+        ),
         "registered_sources_without_labels": dg.MetadataValue.json(missing),
         "removed_sources_left_out": dg.MetadataValue.json(removed),
         # which sources' labels were read: logfit materialize re-runs this asset (and the line
         # model below it) when that set changes, a source added or removed
-        "label_sources": dg.MetadataValue.json(sorted(s for s in llm_labels if s in known)),
+        "label_sources": dg.MetadataValue.json(sorted(kept)),
     }
     if missing:
         context.log.warning(
             f"no labels yet for {', '.join(missing)}: materialize llm_labels for them"
         )
-    # the data version is the training set's content: a new source's labels (or a removed
-    # source) move it and the line model is requested again; an identical set requests nothing
-    content = pd.util.hash_pandas_object(
-        result[["source", "raw", "label"]].astype("string"), index=False
+    first = next(iter(kept.values()), None)
+    schema = pa.schema(
+        [("source", pa.string())]
+        + [
+            first.schema.field(c)
+            if first is not None and c in first.schema.names
+            else pa.field(c, pa.string())
+            for c in LABELED_COLUMNS
+        ]
     )
-    version = hashlib.sha256(content.to_numpy().tobytes()).hexdigest()[:24]
-    yield dg.Output(result, metadata=metadata, data_version=dg.DataVersion(version))
+    stream = TableStream(written(), schema)
+    version = digest.hexdigest()[:24]
+    yield dg.Output(stream, metadata=metadata, data_version=dg.DataVersion(version))
     # a warning, not a stop: with one source (or one class) the line model says itself why it
     # trained nothing, and the rest of the lineage stands
     yield dg.AssetCheckResult(
         check_name="class_balance",
-        passed=0 < look < len(result) and len(frames) >= 2,
+        passed=0 < look < lines and len(with_lines) >= 2,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "look_rate": dg.MetadataValue.float(round(look / max(len(result), 1), 4)),
-            "sources": len(frames),
+            "look_rate": dg.MetadataValue.float(round(look / max(lines, 1), 4)),
+            "sources": len(with_lines),
         },
     )

@@ -131,9 +131,13 @@ def training_rows(lines: pd.DataFrame, max_chars: int = MAX_SHAPE_CHARS) -> pd.D
             "source": lines["source"].to_numpy(),
             "shape_id": index,
             "y": (lines["label"] == "LOOK").to_numpy().astype(np.int8),
+            # a row that stands for several lines (see ``collect_labelled_lines``) weighs them all
+            "weight": lines["weight"].to_numpy().astype(np.int64)
+            if "weight" in lines
+            else np.ones(len(lines), dtype=np.int64),
         }
     )
-    rows = frame.groupby(["source", "shape_id", "y"], sort=True).size().reset_index(name="weight")
+    rows = frame.groupby(["source", "shape_id", "y"], sort=True)["weight"].sum().reset_index()
     shape_text = shapes.to_pylist()
     normalized = normalize_column(shapes).to_pylist()
     rows["shape"] = [shape_text[i] for i in rows["shape_id"]]
@@ -142,6 +146,100 @@ def training_rows(lines: pd.DataFrame, max_chars: int = MAX_SHAPE_CHARS) -> pd.D
     for j, name in enumerate(HAND_FEATURES):
         rows[name] = hand[:, j]
     return rows
+
+
+#: Lines of each source kept whole for what must see raw lines (the char n-gram baseline): every
+#: line of a source up to this many, else a seeded uniform sample of this many.
+SAMPLE_LINES_PER_SOURCE = 50_000
+
+
+def collect_labelled_lines(
+    batches,
+    max_chars: int = MAX_SHAPE_CHARS,
+    per_source: int = SAMPLE_LINES_PER_SOURCE,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Labelled lines read batch by batch into a frame that stands for all of them, in memory
+    bounded by the distinct shapes and ``per_source``, not by the lines.
+
+    ``batches``: tables of ``source``, ``raw`` and ``label`` (LOOK/SKIP). The result has those
+    columns, ``weight`` (how many lines a row stands for) and ``sampled``:
+
+    - ``sampled`` rows are lines kept as they are: every line of a source with at most
+      ``per_source`` lines, else a uniform sample of ``per_source`` of them (seeded: the same
+      lines every run); each weighs 1;
+    - the other rows, one per ``(source, shape, label)`` (shape at ``max_chars``, as
+      :func:`training_rows` cuts it), stand for that group's lines the sample left out: one of
+      them, weighing how many they are.
+
+    So :func:`training_rows` of the result equals :func:`training_rows` of every line, and the
+    ``sampled`` rows are a fair sample of each source for what needs raw lines.
+    """
+    rng = np.random.default_rng(seed)
+    kept: dict[str, pd.DataFrame] = {}  # per source: the sample so far, with its random keys
+    groups: dict[tuple, list] = {}  # (source, shape, y) -> [lines, one raw line]
+    seen = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        frame = batch.select(["source", "raw", "label"]).to_pandas()
+        if frame["label"].isna().any():
+            raise TrainingDataError("labelled lines include unlabeled rows; leave them out first")
+        shapes, index = shape_column(pa.array(frame["raw"].astype(str), pa.string()), max_chars)
+        shape_text = np.asarray(shapes.to_pylist(), dtype=object)
+        frame["shape"] = shape_text[index]
+        frame["key"] = rng.random(len(frame))
+        frame["position"] = np.arange(seen, seen + len(frame))
+        seen += len(frame)
+        for (source, shape, label), part in frame.groupby(["source", "shape", "label"], sort=False):
+            group = groups.setdefault((source, shape, label), [0, part["raw"].iloc[0]])
+            group[0] += len(part)
+        for source, part in frame.groupby("source", sort=False):
+            sample = pd.concat([kept[source], part]) if source in kept else part
+            if len(sample) > per_source:
+                sample = sample.nsmallest(per_source, "key")
+            kept[str(source)] = sample.copy()
+    if not kept:
+        return pd.DataFrame(
+            {
+                "source": pd.Series(dtype=object),
+                "raw": pd.Series(dtype=object),
+                "label": pd.Series(dtype=object),
+                "weight": pd.Series(dtype="int64"),
+                "sampled": pd.Series(dtype=bool),
+            }
+        )
+    sample = pd.concat(kept.values(), ignore_index=True)
+    in_sample = sample.groupby(["source", "shape", "label"]).size().to_dict()
+    rest = [
+        (source, raw, label, count - in_sample.get((source, shape, label), 0))
+        for (source, shape, label), (count, raw) in groups.items()
+        if count > in_sample.get((source, shape, label), 0)
+    ]
+    sample = sample.sort_values("position")  # the lines' own order
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "source": sample["source"].to_numpy(),
+                    "raw": sample["raw"].to_numpy(),
+                    "label": sample["label"].to_numpy(),
+                    "weight": np.ones(len(sample), dtype=np.int64),
+                    "sampled": True,
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "source": [r[0] for r in rest],
+                    "raw": [r[1] for r in rest],
+                    "label": [r[2] for r in rest],
+                    "weight": np.array([r[3] for r in rest], dtype=np.int64),
+                    "sampled": False,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
 
 
 def weighted_scores(

@@ -182,11 +182,15 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
 def _read(path: Path, context: dg.InputContext):
     """One stored table, as Arrow or pandas, with only the columns the input's ``columns``
-    metadata names (``dg.AssetIn(metadata={"columns": [...]})``): a reader that needs two
-    columns of a million-line table does not load its text."""
+    metadata names (``dg.AssetIn(metadata={"columns": [...]})``) and the file has: a reader that
+    needs two columns of a million-line table does not load its text."""
     columns = (context.definition_metadata or {}).get("columns")
     if (context.definition_metadata or {}).get("format") == "stream":
         return StoredTable(path)
+    if columns is not None:  # those of them the file has (one written before a column was new)
+        with unreadable_names(path):
+            present = set(pq.read_schema(path).names)
+        columns = [c for c in columns if c in present]
     if _wants_arrow(context):
         with unreadable_names(path):
             return pq.read_table(path, columns=columns)

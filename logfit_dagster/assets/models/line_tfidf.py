@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
+from logfit_dagster.assets._common import on_new_data, preview, streamed, training_op_tags
 from logfit_dagster.assets.models._shared import (
     TRAINING_DATA_TAG,
     TRAINING_POOL,
@@ -22,6 +22,7 @@ from logfit_dagster.assets.models._shared import (
     write_json,
 )
 from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.resources.tracking import ExperimentTracker
 
 # scikit-learn and matplotlib are imported in the steps that train, score and plot: every step
@@ -54,6 +55,15 @@ class LineModelConfig(dg.Config):
     )
 
 
+def labelled_rows(labeled_lines: StoredTable, max_chars: int) -> pd.DataFrame:
+    """The labelled lines as the line families train on them, read batch by batch: every
+    distinct shape with its line count, and each source's sample of raw lines for the baseline
+    (``collect_labelled_lines``): memory bounded by shapes, not lines."""
+    from logfit_dagster.core.line_model import collect_labelled_lines
+
+    return collect_labelled_lines(labeled_lines.batches(["source", "raw", "label"]), max_chars)
+
+
 @dg.asset(
     group_name="models",
     code_version="2",
@@ -62,6 +72,7 @@ class LineModelConfig(dg.Config):
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
     output_required=False,
+    ins={"labeled_lines": streamed()},
     check_specs=[
         dg.AssetCheckSpec(
             "champion_gate",
@@ -74,7 +85,7 @@ class LineModelConfig(dg.Config):
 def look_skip_model(
     context: dg.AssetExecutionContext,
     config: LineModelConfig,
-    labeled_lines: pd.DataFrame,
+    labeled_lines: StoredTable,
     tracker: ExperimentTracker,
 ):
     """TF-IDF (word 1-3, char 3-6) + 17 handcrafted features, logistic regression; selected by
@@ -89,7 +100,7 @@ def look_skip_model(
         # seconds on a CPU: trained in the step itself, on the same contract as every family
         result = train(
             "line_tfidf",
-            labeled_lines[["source", "raw", "label"]],
+            labelled_rows(labeled_lines, config.max_line_chars),
             params,
             folder,
             lambda step, total, **m: context.log.info(

@@ -8,14 +8,17 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, preview, training_op_tags
+from logfit_dagster.assets._common import on_new_data, preview, streamed, training_op_tags
 from logfit_dagster.assets.models._shared import (
     TRAINING_POOL,
     family_folder,
     finite,
     not_trained,
 )
+from logfit_dagster.assets.models.line_tfidf import labelled_rows
 from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.core.line_features import MAX_SHAPE_CHARS
+from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.resources.tracking import ExperimentTracker
 from logfit_dagster.resources.trainer import Trainer
 
@@ -74,6 +77,7 @@ class LineTransformerConfig(dg.Config):
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
     output_required=False,
+    ins={"labeled_lines": streamed()},
     check_specs=[
         # not blocking: line_champion reads the outcome and keeps the TF-IDF model
         dg.AssetCheckSpec(
@@ -88,7 +92,7 @@ class LineTransformerConfig(dg.Config):
 def line_transformer_model(
     context: dg.AssetExecutionContext,
     config: LineTransformerConfig,
-    labeled_lines: pd.DataFrame,
+    labeled_lines: StoredTable,
     look_skip_model: dict[str, pd.DataFrame],
     trainer: Trainer,
     tracker: ExperimentTracker,
@@ -102,7 +106,7 @@ def line_transformer_model(
     tfidf_params = json.loads(look_skip_model["summary"].iloc[0]["params"])
     try:
         data = prepare_data(
-            labeled_lines[["source", "raw", "label"]],
+            labelled_rows(labeled_lines, MAX_SHAPE_CHARS),
             tfidf_params,
             config.dev_sources or None,
             config.test_sources or None,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from logfit_dagster.core.errors import BudgetExceededError
 from logfit_dagster.core.labeling.cache import CachedWindow, LabelCache, ShapeAnswer, cache_key
@@ -128,6 +130,20 @@ class DirectLabeler(Labeler, ABC):
         """Answer each request, yielding replies as they complete (any order)."""
 
 
+class ColumnLabeler(DirectLabeler):
+    """A labeler whose answer for a line depends on that line alone (rules, recorded labels).
+
+    Besides windows it answers a whole column of lines at once, with no prompt rendered and no
+    reply parsed: :func:`label_batches` streams a source through it in bounded memory.
+    """
+
+    @abstractmethod
+    def label_column(
+        self, source: str, line_numbers: np.ndarray, lines: pa.Array
+    ) -> tuple[pa.Array, pa.Array]:
+        """The label (LOOK, SKIP or null) and reason of every line, as string arrays."""
+
+
 class BatchLabeler(Labeler, ABC):
     batch = True
     max_resubmits: int = 2
@@ -164,6 +180,7 @@ class LabelStats:
     repairs: int = 0
     problems: list[str] = field(default_factory=list)
     unlabeled_lines: int = 0
+    look_lines: int = 0
     lines: int = 0
     plan: str = "windows"
     # the distinct plan: shapes in the source, those with an answer from an earlier run (of
@@ -495,6 +512,68 @@ def label_source(
     frame["prompt_version"] = prompt.version
     run.stats.unlabeled_lines = int(frame["label"].isna().sum())
     return frame, run.stats
+
+
+#: The columns of a label set, as both routes write them.
+LABEL_SCHEMA = pa.schema(
+    [
+        ("line_number", pa.int64()),
+        ("raw", pa.string()),
+        ("label", pa.string()),
+        ("reason", pa.string()),
+        ("window_key", pa.string()),
+        ("label_source", pa.string()),
+        ("shape_conflict", pa.bool_()),
+        ("labeler", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+    ]
+)
+
+
+def label_batches(
+    source: str,
+    batches: Iterable[pa.Table],
+    labeler: ColumnLabeler,
+    prompt_version: str,
+    stats: LabelStats,
+    on_batch=None,
+) -> Iterator[pa.Table]:
+    """Label a source batch by batch through a labeler that answers in columns.
+
+    ``batches`` are tables of ``line_number`` and ``raw``; each comes back as a table of
+    :data:`LABEL_SCHEMA`, every label ``direct`` (its line's own answer). Nothing is sent or
+    cached: such a labeler is free and answers the same way every time. ``stats`` counts as the
+    batches pass (``plan`` is ``columns``); ``on_batch`` sees each labelled table.
+    """
+    stats.plan = "columns"
+    for batch in batches:
+        n = batch.num_rows
+        numbers = batch.column("line_number").combine_chunks()
+        raw = batch.column("raw").combine_chunks().cast(pa.string())
+        labels, reasons = labeler.label_column(source, numbers.to_numpy(zero_copy_only=False), raw)
+        labelled = pc.is_valid(labels)
+        table = pa.table(
+            [
+                numbers.cast(pa.int64()),
+                raw,
+                labels,
+                reasons,
+                pa.nulls(n, pa.string()),
+                pc.if_else(labelled, pa.scalar("direct"), pa.scalar(None, pa.string())),
+                pa.array(np.zeros(n, dtype=bool)),
+                pa.repeat(pa.scalar(labeler.name, pa.string()), n),
+                pa.repeat(pa.scalar(labeler.model, pa.string()), n),
+                pa.repeat(pa.scalar(prompt_version, pa.string()), n),
+            ],
+            schema=LABEL_SCHEMA,
+        )
+        stats.lines += n
+        stats.direct_lines += int(pc.sum(labelled).as_py() or 0)
+        stats.unlabeled_lines += n - int(pc.sum(labelled).as_py() or 0)
+        if on_batch is not None:
+            on_batch(table)
+        yield table
 
 
 def _unique(requests: list[Request]) -> list[Request]:

@@ -9,15 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from logfit_dagster.core.errors import LabelerError
-from logfit_dagster.core.labeling.base import DirectLabeler, Reply, Request
+from logfit_dagster.core.labeling.base import ColumnLabeler, Reply, Request
 from logfit_dagster.core.labeling.prompt import LABELS, PromptSpec
 
 RECORDED_FIELDS = ("system", "line_number", "raw_line", "label")
 
 
-class RecordedLabeler(DirectLabeler):
+class RecordedLabeler(ColumnLabeler):
     """Labels recorded earlier, as JSONL ``{"system","line_number","raw_line","label","reason"}``.
 
     Lines are matched by content: a recorded line of the same system with the same number wins,
@@ -69,6 +71,19 @@ class RecordedLabeler(DirectLabeler):
                         {"line": i, "label": found[0], "reason": f"recorded: {found[1]}"}
                     )
             yield Reply(request.custom_id, entries)
+
+    def label_column(
+        self, source: str, line_numbers: np.ndarray, lines: pa.Array
+    ) -> tuple[pa.Array, pa.Array]:
+        system = self.system or source
+        found = [
+            self._match(system, int(number), raw)
+            for number, raw in zip(line_numbers, lines.to_pylist(), strict=True)
+        ]
+        return (
+            pa.array([f[0] if f else None for f in found], pa.string()),
+            pa.array([f"recorded: {f[1]}" if f else None for f in found], pa.string()),
+        )
 
 
 def _record(path: Path, number: int, line: str) -> tuple[str, int, str, str, str]:
@@ -126,15 +141,25 @@ RULES: tuple[tuple[str, re.Pattern], ...] = (
 )
 
 
+SKIP_REASON = "rule: no severity word, negative keyword or stack trace"
+#: the reason of each rule code: ``RULES[i]`` matched for code ``i``; ``len(RULES)``: none did
+RULE_REASONS = tuple(f"rule: {reason}" for reason, _ in RULES) + (SKIP_REASON,)
+
+
 def rule_label(line: str) -> tuple[str, str]:
     """LOOK with the rule that matched, or SKIP."""
-    for reason, pattern in RULES:
+    code = _rule_code(line)
+    return ("LOOK" if code < len(RULES) else "SKIP"), RULE_REASONS[code]
+
+
+def _rule_code(line: str) -> int:
+    for code, (_, pattern) in enumerate(RULES):
         if pattern.search(line):
-            return "LOOK", f"rule: {reason}"
-    return "SKIP", "rule: no severity word, negative keyword or stack trace"
+            return code
+    return len(RULES)
 
 
-class RuleLabeler(DirectLabeler):
+class RuleLabeler(ColumnLabeler):
     """The offline default: severity words, negative keywords and stack traces mean LOOK."""
 
     name = "rule"
@@ -151,31 +176,39 @@ class RuleLabeler(DirectLabeler):
                 entries.append({"line": i, "label": label, "reason": reason})
             yield Reply(request.custom_id, entries)
 
+    def label_column(
+        self, source: str, line_numbers: np.ndarray, lines: pa.Array
+    ) -> tuple[pa.Array, pa.Array]:
+        codes = pa.array(rule_codes(lines))
+        labels = pa.array(["LOOK"] * len(RULES) + ["SKIP"], pa.string())
+        return pc.take(labels, codes), pc.take(pa.array(RULE_REASONS, pa.string()), codes)
+
 
 def rule_labels(lines: list[str]) -> list[tuple[str, str]]:
-    """``rule_label`` of many lines, column-wise: each rule runs once over the ASCII lines in
-    RE2 (where ``\\b`` and ``\\w`` mean what Python's mean), the others line by line."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """``rule_label`` of many lines (see :func:`rule_codes`)."""
+    return [
+        ("LOOK" if code < len(RULES) else "SKIP", RULE_REASONS[code])
+        for code in rule_codes(pa.array(lines, pa.string())).tolist()
+    ]
 
-    column = pa.array(lines, pa.string())
+
+def rule_codes(column: pa.Array) -> np.ndarray:
+    """The rule code of every line (see :data:`RULE_REASONS`), column-wise: each rule runs once
+    over the ASCII lines in RE2 (where ``\\b`` and ``\\w`` mean what Python's mean), the others
+    line by line."""
     # RE2's \\s has no vertical tab: such lines (and non-ASCII ones) take Python's regex
     plain = pc.and_(pc.string_is_ascii(column), pc.invert(pc.match_substring(column, "\x0b")))
     ascii_rows = plain.to_numpy(zero_copy_only=False)
-    out: list[tuple[str, str] | None] = [None] * len(lines)
+    codes = np.full(len(column), len(RULES), dtype=np.int8)
     undecided = np.flatnonzero(ascii_rows)
-    for reason, pattern in RULES:
+    for code, (_, pattern) in enumerate(RULES):
         if not len(undecided):
             break
         hit = pc.match_substring_regex(
             column.take(pa.array(undecided)), pattern=pattern.pattern
         ).to_numpy(zero_copy_only=False)
-        for row in undecided[hit]:
-            out[row] = ("LOOK", f"rule: {reason}")
+        codes[undecided[hit]] = code
         undecided = undecided[~hit]
-    skip = ("SKIP", "rule: no severity word, negative keyword or stack trace")
-    for row in undecided:
-        out[row] = skip
     for row in np.flatnonzero(~ascii_rows):
-        out[row] = rule_label(lines[row])
-    return out
+        codes[row] = _rule_code(column[int(row)].as_py())
+    return codes

@@ -65,7 +65,9 @@ def train(
     """Select by GroupKFold over sources, refit the best on every row, export and check parity.
 
     Args:
-        lines: labelled lines with ``source``, ``raw`` and ``label`` (LOOK/SKIP).
+        lines: labelled lines with ``source``, ``raw`` and ``label`` (LOOK/SKIP); or, for
+            sources too big to hold, what ``collect_labelled_lines`` makes of them (rows with
+            a ``weight``, the raw-line sample marked ``sampled``).
         params: grid lists (``C``, ``class_weight``, ``char_max_features``,
             ``word_max_features``, ``row_weight``), ``max_folds`` and ``max_line_chars`` (a
             line's features come from its first that many characters; kept in the export).
@@ -146,6 +148,7 @@ def train(
             "lines": int(rows["weight"].sum()),
             "look_lines": int(rows.loc[rows["y"] == 1, "weight"].sum()),
             "distinct_rows": len(rows),
+            "baseline_lines": int(lines["sampled"].sum()) if "sampled" in lines else len(lines),
             "evaluation": f"{selection.protocol}, {selection.folds} folds (GroupKFold)",
             "families": sorted(set(family_groups(sources))),
         },
@@ -165,8 +168,11 @@ def train(
 def baseline_scores(
     lines: pd.DataFrame, rows: pd.DataFrame, selection
 ) -> tuple[dict, dict[str, dict]]:
-    """The char n-gram baseline in the model's own folds, on every labelled line: at 0.5 and at
-    its own out-of-fold best threshold (as the model's is chosen), with average precision."""
+    """The char n-gram baseline in the model's own folds, on every labelled line (on each
+    source's sample of lines where ``lines`` marks one ``sampled``): at 0.5 and at its own
+    out-of-fold best threshold (as the model's is chosen), with average precision."""
+    if "sampled" in lines:
+        lines = lines[lines["sampled"].astype(bool)].reset_index(drop=True)
     source = rows["source"].to_numpy()
     fold_sources = [set(source[test]) for _, test in selection.splits]
     probability = baseline_out_of_fold(lines, fold_sources)
