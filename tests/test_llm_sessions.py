@@ -172,8 +172,11 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
         assert result.success
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks["no_test_session_in_training_files"]
-        examples = result.output_for_node("llm_session_examples")
         splits = result.output_for_node("dataset_splits")
+    # a stream, written as it is made: what was stored
+    examples = pd.read_parquet(
+        workdir / "data" / "assets" / "llm_session_examples" / "tiny_hdfs.parquet"
+    )
     folder = workdir / "data" / "llm" / "tiny_hdfs" / ls.PROMPT_VERSION
     lines = (folder / "test.jsonl").read_text().splitlines()
     assert len(lines) == (splits["split"] == "test").sum()  # test is whole

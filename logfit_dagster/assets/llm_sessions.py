@@ -2,19 +2,29 @@
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, parts_of, preview
+from logfit_dagster.assets._common import (
+    columns_of,
+    on_new_data,
+    output_stream,
+    parts_of,
+    preview,
+    streamed,
+)
 from logfit_dagster.assets.labels import LLM_API_POOL
 from logfit_dagster.core.llm_sessions import (
+    EXAMPLE_SCHEMA,
     PROMPT_VERSION,
     ExampleParams,
-    build_examples,
+    JsonlFiles,
+    example_batches,
     leaked_test_sessions,
     python_grader,
     repeated_test_prompts,
-    write_jsonl,
 )
+from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.paths import data_dir
 from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
@@ -52,7 +62,11 @@ class ExamplesConfig(dg.Config):
     code_version="1",
     automation_condition=on_new_data(),
     kinds={"parquet", "openai"},
-    ins={"ground_truth_labels": parts_of("sessions")},
+    ins={
+        "ground_truth_labels": parts_of("sessions"),
+        "sessions": streamed(),
+        "dataset_splits": columns_of("session_id", "split"),
+    },
     check_specs=[
         dg.AssetCheckSpec(
             "no_test_session_in_training_files",
@@ -65,54 +79,82 @@ class ExamplesConfig(dg.Config):
 def llm_session_examples(
     context: dg.AssetExecutionContext,
     config: ExamplesConfig,
-    sessions: pd.DataFrame,
+    sessions: StoredTable,
     ground_truth_labels: dict[str, pd.DataFrame],
     dataset_splits: pd.DataFrame,
 ):
     """Each labelled session as chat messages (a system prompt with the task and the answer
     schema, the session's lines as the user turn) with its label and split; written as JSONL in
-    the OpenAI fine-tuning layouts (chat SFT, and RFT with the field the grader reads)."""
+    the OpenAI fine-tuning layouts (chat SFT, and RFT with the field the grader reads).
+
+    Sessions are read, turned into examples and written batch by batch: memory stays flat in
+    the source's length."""
     params = ExampleParams(
         token_budget=config.token_budget,
         normal_per_anomalous=config.normal_per_anomalous,
         seed=config.seed,
         prompt_version=config.prompt_version,
     )
-    examples, stats = build_examples(
-        sessions, ground_truth_labels["sessions"], dataset_splits, params
-    )
     folder = examples_folder(context.partition_key, params.prompt_version)
-    counts = write_jsonl(examples, folder)
-    test_ids = set(dataset_splits.loc[dataset_splits["split"] == "test", "session_id"])
-    leaked = leaked_test_sessions(folder, test_ids)
-    repeated = repeated_test_prompts(folder)
-    balance = examples.groupby(["split", "label"]).size()
-    yield dg.Output(
-        examples,
-        metadata={
+    stats: dict = {}
+    seen = {"balance": {}, "tokens": [0, 0, 0], "train_tokens": 0, "head": None}
+
+    def tally(examples: pd.DataFrame) -> None:
+        for (split, label), n in examples.groupby(["split", "label"]).size().items():
+            key = f"{split}/{'anomalous' if label else 'normal'}"
+            seen["balance"][key] = seen["balance"].get(key, 0) + int(n)
+        tokens = seen["tokens"]
+        tokens[0] += int(examples["est_tokens"].sum())
+        tokens[1] += len(examples)
+        tokens[2] = max(tokens[2], int(examples["est_tokens"].max()) if len(examples) else 0)
+        seen["train_tokens"] += int(examples.loc[examples["split"] == "train", "est_tokens"].sum())
+        if seen["head"] is None and len(examples):
+            seen["head"] = examples.head(8)[["session_id", "split", "label", "est_tokens", "lines"]]
+
+    files = JsonlFiles(folder)
+
+    def produce():
+        with files:
+            for examples in example_batches(
+                (b.to_pandas() for b in sessions.batches(["session_id", "text", "n_lines"])),
+                sessions.read(["session_id"]).column("session_id").to_pandas(),
+                ground_truth_labels["sessions"],
+                dataset_splits,
+                params,
+                stats,
+            ):
+                files.write(examples)
+                tally(examples)
+                yield pa.Table.from_pandas(examples, schema=EXAMPLE_SCHEMA, preserve_index=False)
+
+    def metadata(head) -> dict:
+        total, count, largest = seen["tokens"]
+        return {
             "prompt_version": params.prompt_version,
-            "examples": len(examples),
-            **{
-                f"{split}/{'anomalous' if label else 'normal'}": int(n)
-                for (split, label), n in balance.items()
-            },
+            "examples": count,
+            **seen["balance"],
             **stats,
-            "files": dg.MetadataValue.json(counts),
+            "files": dg.MetadataValue.json(files.counts),
             "folder": dg.MetadataValue.path(str(folder)),
-            "est_tokens_total": int(examples["est_tokens"].sum()),
-            "est_tokens_mean": dg.MetadataValue.float(
-                round(float(examples["est_tokens"].mean()), 1) if len(examples) else 0.0
-            ),
-            "est_tokens_max": int(examples["est_tokens"].max()) if len(examples) else 0,
-            "est_train_tokens": int(examples.loc[examples["split"] == "train", "est_tokens"].sum()),
+            "est_tokens_total": total,
+            "est_tokens_mean": dg.MetadataValue.float(round(total / count, 1) if count else 0.0),
+            "est_tokens_max": largest,
+            "est_train_tokens": seen["train_tokens"],
             "grader": dg.MetadataValue.md(
                 "OpenAI python grader (the reward of core/llm_sessions.py):\n\n```python\n"
                 + python_grader()["source"]
                 + "```"
             ),
-            "preview": preview(examples[["session_id", "split", "label", "est_tokens", "lines"]]),
-        },
-    )
+            "preview": preview(
+                seen["head"] if seen["head"] is not None else pd.DataFrame(columns=["session_id"])
+            ),
+        }
+
+    # the stream is written when the output is stored: its files and counts are complete after
+    yield dg.Output(output_stream(produce(), metadata, EXAMPLE_SCHEMA))
+    test_ids = set(dataset_splits.loc[dataset_splits["split"] == "test", "session_id"])
+    leaked = leaked_test_sessions(folder, test_ids)
+    repeated = repeated_test_prompts(folder)
     yield dg.AssetCheckResult(
         check_name="no_test_session_in_training_files",
         passed=not leaked,

@@ -249,17 +249,37 @@ def ingest_file_streaming(
 
 def write_synthetic(log: SyntheticLog, log_path: Path, labels_path: Path) -> None:
     """Write a generated log and its line labels, each file atomically."""
-    with atomic_path(log_path) as tmp:
-        Path(tmp).write_text("\n".join(log.lines) + "\n", encoding="utf-8")
-    labels = pa.table(
-        {
-            "line_number": pa.array(range(1, len(log.lines) + 1), type=pa.int64()),
-            "label": pa.array(log.line_labels, type=pa.int8()),
-            "detail": pa.array(log.line_details, type=pa.string()),
-        }
-    )
-    with atomic_path(labels_path) as tmp:
-        pq.write_table(labels, tmp)
+    write_synthetic_chunks([log], log_path, labels_path)
+
+
+def write_synthetic_chunks(
+    chunks: Iterable[SyntheticLog], log_path: Path, labels_path: Path
+) -> int:
+    """Write a generated log chunk by chunk (``generate_chunks``) with its line labels, each
+    file atomically, in the memory of one chunk; returns the lines written."""
+    schema = pa.schema([("line_number", pa.int64()), ("label", pa.int8()), ("detail", pa.string())])
+    written = 0
+    with (
+        atomic_path(log_path) as log_tmp,
+        atomic_path(labels_path) as labels_tmp,
+        open(log_tmp, "w", encoding="utf-8") as log_out,
+        pq.ParquetWriter(labels_tmp, schema) as labels_out,
+    ):
+        for chunk in chunks:
+            log_out.write("\n".join(chunk.lines) + "\n")
+            n = len(chunk.lines)
+            labels_out.write_table(
+                pa.table(
+                    {
+                        "line_number": pa.array(range(written + 1, written + n + 1), pa.int64()),
+                        "label": pa.array(chunk.line_labels, type=pa.int8()),
+                        "detail": pa.array(chunk.line_details, type=pa.string()),
+                    },
+                    schema=schema,
+                )
+            )
+            written += n
+    return written
 
 
 def source_fingerprint(spec_text: str, paths: Iterable[Path]) -> str:

@@ -14,15 +14,18 @@ the same thing.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
 import random
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from logfit_dagster.core.reading import atomic_path
 
@@ -138,15 +141,43 @@ def build_examples(
         Columns ``session_id``, ``split``, ``label`` (0/1), ``answer``, ``messages`` (JSON),
         ``prompt_version``, ``est_tokens``, ``lines``, ``lines_left_out``; and counts.
     """
+    stats: dict = {}
+    parts = list(
+        example_batches(
+            [sessions[["session_id", "text", "n_lines"]]],
+            sessions["session_id"],
+            labels,
+            splits,
+            params,
+            stats,
+        )
+    )
+    examples = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    )
+    return examples, stats
+
+
+def example_batches(
+    session_batches,
+    session_ids: pd.Series,
+    labels: pd.DataFrame,
+    splits: pd.DataFrame,
+    params: ExampleParams,
+    stats: dict,
+):
+    """:func:`build_examples` batch by batch: ``session_batches`` are frames of ``session_id``,
+    ``text`` and ``n_lines`` in the order of ``session_ids`` (every session's id, which the
+    rebalancing draw needs first); yields frames of examples and fills ``stats`` as they pass.
+    """
     frame = (
-        sessions[["session_id", "text", "n_lines"]]
+        pd.DataFrame({"session_id": session_ids.to_numpy()})
         .merge(splits[["session_id", "split"]], on="session_id", how="inner")
         .merge(labels[["session_id", "label"]], on="session_id", how="left")
     )
     unlabelled = int(frame["label"].isna().sum())
-    frame = frame[frame["label"].notna()].copy()
-    frame["label"] = frame["label"].astype(int)
-    dropped = 0
+    frame = frame[frame["label"].notna()]
+    dropped: set = set()
     if params.normal_per_anomalous > 0:
         train = frame["split"] == "train"
         anomalous = int((train & (frame["label"] == 1)).sum())
@@ -154,32 +185,37 @@ def build_examples(
         keep = int(params.normal_per_anomalous * anomalous)
         if anomalous and keep < len(normal_ids):
             kept = set(random.Random(params.seed).sample(normal_ids, keep))
-            drop = train & (frame["label"] == 0) & ~frame["session_id"].isin(kept)
-            dropped = int(drop.sum())
-            frame = frame[~drop]
-    rows = []
-    for row in frame.itertuples(index=False):
-        messages, left_out = messages_for(str(row.text), params.token_budget)
-        rows.append(
-            {
-                "session_id": str(row.session_id),
-                "split": row.split,
-                "label": int(row.label),
-                "answer": answer_for(row.label),
-                "messages": json.dumps(messages, ensure_ascii=False),
-                "prompt_version": params.prompt_version,
-                "est_tokens": sum(estimate_tokens(m["content"]) for m in messages),
-                "lines": int(row.n_lines),
-                "lines_left_out": left_out,
-            }
-        )
-    examples = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
-    stats = {
-        "unlabelled_sessions_left_out": unlabelled,
-        "normal_train_sessions_dropped_by_rebalancing": dropped,
-        "sessions_cut_to_budget": int((examples["lines_left_out"] > 0).sum()),
-    }
-    return examples, stats
+            dropped = {sid for sid in normal_ids if sid not in kept}
+    wanted = frame[~frame["session_id"].isin(dropped)][["session_id", "split", "label"]]
+    del frame
+    stats.update(
+        {
+            "unlabelled_sessions_left_out": unlabelled,
+            "normal_train_sessions_dropped_by_rebalancing": len(dropped),
+            "sessions_cut_to_budget": 0,
+        }
+    )
+    for batch in session_batches:
+        part = batch[["session_id", "text", "n_lines"]].merge(wanted, on="session_id")
+        rows = []
+        for row in part.itertuples(index=False):
+            messages, left_out = messages_for(str(row.text), params.token_budget)
+            rows.append(
+                {
+                    "session_id": str(row.session_id),
+                    "split": row.split,
+                    "label": int(row.label),
+                    "answer": answer_for(int(row.label)),
+                    "messages": json.dumps(messages, ensure_ascii=False),
+                    "prompt_version": params.prompt_version,
+                    "est_tokens": sum(estimate_tokens(m["content"]) for m in messages),
+                    "lines": int(row.n_lines),
+                    "lines_left_out": left_out,
+                }
+            )
+        examples = pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+        stats["sessions_cut_to_budget"] += int((examples["lines_left_out"] > 0).sum())
+        yield examples
 
 
 EXAMPLE_COLUMNS = [
@@ -193,6 +229,19 @@ EXAMPLE_COLUMNS = [
     "lines",
     "lines_left_out",
 ]
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.int64()),
+        ("answer", pa.string()),
+        ("messages", pa.string()),
+        ("prompt_version", pa.string()),
+        ("est_tokens", pa.int64()),
+        ("lines", pa.int64()),
+        ("lines_left_out", pa.int64()),
+    ]
+)
 # split -> the JSONL files it feeds
 SESSION_IDS = "session_ids.json"
 FILES = {
@@ -205,28 +254,47 @@ FILES = {
 
 
 def write_jsonl(examples: pd.DataFrame, folder: Path) -> dict[str, int]:
-    """The OpenAI fine-tuning layouts, each file written whole or not at all.
+    """The OpenAI fine-tuning layouts, each file written whole or not at all (see
+    :class:`JsonlFiles`).
+
+    Returns:
+        Rows per file.
+    """
+    with JsonlFiles(folder) as files:
+        files.write(examples)
+    return files.counts
+
+
+class JsonlFiles:
+    """The OpenAI fine-tuning layouts, written batch by batch of examples, each file renamed
+    into place only once every batch is in (a failure leaves the previous files):
 
     - ``sft_*``: ``{"messages": [system, user, assistant]}`` (chat supervised fine-tuning);
     - ``rft_*`` and ``test``: ``{"messages": [system, user], "label", "session_id"}``: the
       conversation ends on the user turn and the grader reads ``label`` (``item.label``).
 
-    Returns:
-        Rows per file.
+    ``counts``: rows per file, once closed.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    # which sessions each file holds: SFT records carry only messages (the layout OpenAI takes)
-    ids = {
-        name: examples.loc[examples["split"] == split, "session_id"].astype(str).tolist()
-        for name, split in FILES.items()
-    }
-    with atomic_path(folder / SESSION_IDS) as tmp:
-        Path(tmp).write_text(json.dumps(ids), encoding="utf-8")
-    for name, split in FILES.items():
-        part = examples[examples["split"] == split]
-        with atomic_path(folder / name) as tmp, open(tmp, "w", encoding="utf-8") as out:
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.counts = {name: 0 for name in FILES}
+        # which sessions each file holds: SFT records carry only messages (OpenAI's layout)
+        self.ids: dict[str, list[str]] = {name: [] for name in FILES}
+
+    def __enter__(self) -> JsonlFiles:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._stack = ExitStack()
+        self._out = {}
+        for name in FILES:
+            tmp = self._stack.enter_context(atomic_path(self.folder / name))
+            self._out[name] = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        return self
+
+    def write(self, examples: pd.DataFrame) -> None:
+        for name, split in FILES.items():
+            part = examples[examples["split"] == split]
+            out = self._out[name]
             for row in part.itertuples(index=False):
                 messages = json.loads(row.messages)
                 word = LABELS[0] if row.label == 1 else LABELS[1]
@@ -235,8 +303,23 @@ def write_jsonl(examples: pd.DataFrame, folder: Path) -> dict[str, int]:
                 else:
                     record = {"messages": messages, "label": word, "session_id": row.session_id}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        counts[name] = len(part)
-    return counts
+            self.counts[name] += len(part)
+            self.ids[name] += part["session_id"].astype(str).tolist()
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            for out in self._out.values():
+                out.close()
+            with atomic_path(self.folder / SESSION_IDS) as tmp:
+                Path(tmp).write_text(json.dumps(self.ids), encoding="utf-8")
+        self._stack.__exit__(kind, value, traceback)
+
+
+def _records(path: Path):
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
 
 
 def leaked_test_sessions(folder: Path, test_ids: set[str]) -> list[str]:
@@ -253,14 +336,13 @@ def leaked_test_sessions(folder: Path, test_ids: set[str]) -> list[str]:
     for name in FILES:
         if name == "test.jsonl":
             continue
-        records = [
-            json.loads(line)
-            for line in (folder / name).read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-        in_file = [r["session_id"] for r in records if r.get("session_id") is not None]
-        if len(in_file) < len(records):  # SFT records: the ids written beside them
-            in_file += listed.get(name, [])[: len(records) - len(in_file)]
+        in_file, records = [], 0
+        for record in _records(folder / name):
+            records += 1
+            if record.get("session_id") is not None:
+                in_file.append(record["session_id"])
+        if len(in_file) < records:  # SFT records: the ids written beside them
+            in_file += listed.get(name, [])[: records - len(in_file)]
         leaked += [sid for sid in in_file if sid in test_ids]
     return leaked
 
@@ -270,21 +352,16 @@ def repeated_test_prompts(folder: Path) -> int:
     sessions (HDFS sequence sets do, hundreds of times). Not a leak; reported, never blocked."""
     folder = Path(folder)
 
-    def prompts(name: str) -> set[str]:
-        out = set()
-        for line in (folder / name).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                out.add(next(m["content"] for m in record["messages"] if m["role"] == "user"))
-        return out
+    def user_turn(record: dict) -> bytes:
+        text = next(m["content"] for m in record["messages"] if m["role"] == "user")
+        return hashlib.sha256(text.encode()).digest()
 
-    seen = prompts("rft_train.jsonl") | prompts("rft_valid.jsonl")
-    test = [
-        next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user")
-        for line in (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    return sum(prompt in seen for prompt in test)
+    seen = {
+        user_turn(r)
+        for name in ("rft_train.jsonl", "rft_valid.jsonl")
+        for r in _records(folder / name)
+    }
+    return sum(user_turn(r) in seen for r in _records(folder / "test.jsonl"))
 
 
 # ---- the reward: standard library only, its source is the OpenAI python grader ----

@@ -15,9 +15,10 @@ kinds also label each session (block or instance).
 from __future__ import annotations
 
 import calendar
+import hashlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,6 +33,8 @@ class SyntheticLog:
     line_labels: list[int]
     line_details: list[str]
     session_labels: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: the time of the last line: where the next chunk of a long source starts
+    end: datetime | None = None
 
 
 @dataclass(order=True)
@@ -296,7 +299,9 @@ def _interleave(events: list[_Event], start: datetime, stamp: Callable[[datetime
     return [(stamp(start + timedelta(seconds=e.time)), e) for e in events]
 
 
-def generate_hdfs(n_lines: int, seed: int, anomaly_rate: float = 0.03) -> SyntheticLog:
+def generate_hdfs(
+    n_lines: int, seed: int, anomaly_rate: float = 0.03, start: datetime | None = None
+) -> SyntheticLog:
     """HDFS_v1-style logs: blocks are sessions, labelled by whether an anomaly was injected."""
     rng = random.Random(seed)
     seq = [0]
@@ -309,13 +314,14 @@ def generate_hdfs(n_lines: int, seed: int, anomaly_rate: float = 0.03) -> Synthe
         sessions[block] = (int(anomaly is not None), anomaly or "")
         events.extend(block_events)
         t += rng.expovariate(1 / 2.0)
-    start = datetime(2008, 11, 9, 20, 35, 18)
+    start = start or datetime(2008, 11, 9, 20, 35, 18)
     stamped = _interleave(events, start, lambda d: d.strftime("%y%m%d %H%M%S"))[:n_lines]
     return SyntheticLog(
         lines=[f"{ts} {e.text}" for ts, e in stamped],
         line_labels=[e.label for _, e in stamped],
         line_details=[e.detail for _, e in stamped],
         session_labels=sessions,
+        end=start + timedelta(seconds=events[min(n_lines, len(events)) - 1].time),
     )
 
 
@@ -327,7 +333,9 @@ def _uuid(rng: random.Random) -> str:
 _OPENSTACK_FAILURES = ("spawn_failed", "network_failed", "unexpected_shutdown", "libvirt_error")
 
 
-def generate_openstack(n_lines: int, seed: int, anomaly_rate: float = 0.08) -> SyntheticLog:
+def generate_openstack(
+    n_lines: int, seed: int, anomaly_rate: float = 0.08, start: datetime | None = None
+) -> SyntheticLog:
     """nova-style logs: instances are sessions; failing instances are anomalous."""
     rng = random.Random(seed)
     tenant = f"{rng.getrandbits(128):032x}"
@@ -539,7 +547,7 @@ def generate_openstack(n_lines: int, seed: int, anomaly_rate: float = 0.08) -> S
             f"{i} VM Stopped (Lifecycle Event)",
         )
         t += 4 + rng.random() * 4
-    start = datetime(2017, 5, 16, 0, 0, 0)
+    start = start or datetime(2017, 5, 16, 0, 0, 0)
     stamped = _interleave(
         events, start, lambda d: d.strftime("%Y-%m-%d %H:%M:%S.") + f"{d.microsecond // 1000:03d}"
     )[:n_lines]
@@ -552,6 +560,7 @@ def generate_openstack(n_lines: int, seed: int, anomaly_rate: float = 0.08) -> S
         line_labels=[e.label for _, e in stamped],
         line_details=[e.detail for _, e in stamped],
         session_labels=sessions,
+        end=start + timedelta(seconds=events[min(n_lines, len(events)) - 1].time),
     )
 
 
@@ -612,10 +621,12 @@ _BGL_ALERTS = (
 )
 
 
-def generate_bgl(n_lines: int, seed: int, burst_rate: float = 0.002) -> SyntheticLog:
+def generate_bgl(
+    n_lines: int, seed: int, burst_rate: float = 0.002, start: datetime | None = None
+) -> SyntheticLog:
     """BGL-style RAS lines; alerts come in bursts and their first field names the category."""
     rng = random.Random(seed)
-    t = datetime(2005, 6, 3, 15, 42, 50)
+    t = start or datetime(2005, 6, 3, 15, 42, 50)
     lines, labels, details = [], [], []
     nodes = [
         f"R{r:02d}-M{m}-N{n}-C:J{j:02d}-U{u:02d}"
@@ -650,7 +661,7 @@ def generate_bgl(n_lines: int, seed: int, burst_rate: float = 0.002) -> Syntheti
         )
         labels.append(int(category != "-"))
         details.append("" if category == "-" else category)
-    return SyntheticLog(lines, labels, details)
+    return SyntheticLog(lines, labels, details, end=t)
 
 
 _JAVA_OK = (
@@ -730,10 +741,12 @@ _JAVA_ERRORS = (
 )
 
 
-def generate_javaapp(n_lines: int, seed: int, error_rate: float = 0.005) -> SyntheticLog:
+def generate_javaapp(
+    n_lines: int, seed: int, error_rate: float = 0.005, start: datetime | None = None
+) -> SyntheticLog:
     """An application log; an ERROR record and its stack-trace lines are anomalous."""
     rng = random.Random(seed)
-    t = datetime(2024, 3, 1, 12, 0, 0)
+    t = start or datetime(2024, 3, 1, 12, 0, 0)
     lines, labels, details = [], [], []
     while len(lines) < n_lines:
         t += timedelta(milliseconds=rng.randint(1, 2000))
@@ -756,10 +769,10 @@ def generate_javaapp(n_lines: int, seed: int, error_rate: float = 0.005) -> Synt
             lines.append(f"{stamp} {level} [{thread}] {comp}: {text(rng)}")
             labels.append(0)
             details.append("")
-    return SyntheticLog(lines[:n_lines], labels[:n_lines], details[:n_lines])
+    return SyntheticLog(lines[:n_lines], labels[:n_lines], details[:n_lines], end=t)
 
 
-GENERATORS: dict[str, Callable[[int, int], SyntheticLog]] = {
+GENERATORS: dict[str, Callable[..., SyntheticLog]] = {
     "hdfs": generate_hdfs,
     "openstack": generate_openstack,
     "bgl": generate_bgl,
@@ -769,17 +782,51 @@ GENERATORS: dict[str, Callable[[int, int], SyntheticLog]] = {
 # The line format of each kind's output.
 FORMAT_OF_KIND = {"hdfs": "HDFS", "openstack": "OpenStack", "bgl": "BGL", "javaapp": "JavaApp"}
 
+#: Lines generated at a time: a longer source is made of chunks, each with its own seed (the
+#: first with the source's), each starting where the last ended, so that memory stays flat.
+CHUNK_LINES = 250_000
+
 
 def generate(kind: str, n_lines: int, seed: int) -> SyntheticLog:
-    """Generate ``n_lines`` lines of a kind, the same lines for the same seed."""
+    """Generate ``n_lines`` lines of a kind, the same lines for the same seed (the chunks of
+    :func:`generate_chunks`, joined)."""
+    chunks = list(generate_chunks(kind, n_lines, seed))
+    if len(chunks) == 1:
+        return chunks[0]
+    joined = SyntheticLog([], [], [], end=chunks[-1].end)
+    for chunk in chunks:
+        joined.lines += chunk.lines
+        joined.line_labels += chunk.line_labels
+        joined.line_details += chunk.line_details
+        joined.session_labels.update(chunk.session_labels)
+    return joined
+
+
+def generate_chunks(
+    kind: str, n_lines: int, seed: int, chunk_lines: int = CHUNK_LINES
+) -> Iterator[SyntheticLog]:
+    """``n_lines`` lines of a kind, ``chunk_lines`` at a time, in order: a source of any length
+    in the memory of one chunk. Sessions never span chunks (each chunk's are its own)."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown synthetic kind {kind!r}; known: {', '.join(SYNTHETIC_KINDS)}")
     if n_lines < 1:
         raise ValueError(f"synthetic source needs at least one line, got lines={n_lines}")
-    log = GENERATORS[kind](n_lines, seed)
-    if kind in _SESSION_ID:
-        log.session_labels = _labels_of_kept_sessions(log, _SESSION_ID[kind])
-    return log
+    start, done, number = None, 0, 0
+    while done < n_lines:
+        size = min(chunk_lines, n_lines - done)
+        log = GENERATORS[kind](
+            size, seed if number == 0 else _chunk_seed(seed, number), start=start
+        )
+        if kind in _SESSION_ID:
+            log.session_labels = _labels_of_kept_sessions(log, _SESSION_ID[kind])
+        yield log
+        start = log.end + timedelta(seconds=1)
+        done += size
+        number += 1
+
+
+def _chunk_seed(seed: int, number: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{number}".encode()).digest()[:8], "big")
 
 
 _SESSION_ID = {

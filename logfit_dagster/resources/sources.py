@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from logfit_dagster.core.errors import LogInputError, RegistryError
-from logfit_dagster.core.ingest import source_fingerprint, write_synthetic
+from logfit_dagster.core.ingest import source_fingerprint, write_synthetic_chunks
 from logfit_dagster.core.loghub import (
     DEFAULT_LOGHUB_BASE_URL,
     DEFAULT_ZENODO_URL,
@@ -26,7 +26,7 @@ from logfit_dagster.core.registry import (
     parse_source,
     read_registry,
 )
-from logfit_dagster.core.synthetic import generate
+from logfit_dagster.core.synthetic import generate_chunks
 from logfit_dagster.paths import data_dir, registry_path
 
 INCOMING = "incoming"
@@ -267,6 +267,7 @@ class LogSources(dg.ConfigurableResource):
         if log_path.exists() and labels.exists() and stamp_path.exists():
             if json.loads(stamp_path.read_text()) == stamp:
                 return log_path
-        write_synthetic(generate(spec.kind, spec.lines, spec.seed), log_path, labels)
+        # generated and written a chunk at a time: a source of any length in flat memory
+        write_synthetic_chunks(generate_chunks(spec.kind, spec.lines, spec.seed), log_path, labels)
         stamp_path.write_text(json.dumps(stamp))
         return log_path

@@ -105,7 +105,10 @@ def _score_lines(scorer, raw_logs: StoredTable, top: int = 8) -> tuple[pd.DataFr
             {
                 "line_number": batch.column("line_number").to_numpy(),
                 "probability": probability,
-                "label": np.where(probability >= scorer.threshold, "LOOK", "SKIP"),
+                # two values: a categorical, not a Python string per line
+                "label": pd.Categorical.from_codes(
+                    (probability >= scorer.threshold).astype(np.int8), categories=["SKIP", "LOOK"]
+                ),
             }
         )
         parts.append(part)

@@ -1,5 +1,6 @@
-"""The labels and the line models' training set, read in batches: they give what the whole-table
-route gives, so a source of any length goes through in bounded memory."""
+"""Past the ingest, batch by batch: the labels, the line models' training set and the LLM
+examples read and written in batches give what the whole-table route gives, so a source of any
+length goes through in bounded memory."""
 
 from __future__ import annotations
 
@@ -132,3 +133,80 @@ def test_collected_lines_refuse_unlabelled_rows():
     empty = collect_labelled_lines([])
     assert empty.empty and list(empty.columns) == ["source", "raw", "label", "weight", "sampled"]
     assert np.issubdtype(empty["weight"].dtype, np.integer)
+
+
+def test_examples_in_batches_equal_the_whole_table_and_a_failure_keeps_the_old_files(tmp_path):
+    import logfit_dagster.core.llm_sessions as ls
+
+    n = 230
+    ids = [f"s{i:03d}" for i in range(n)]
+    sessions = pd.DataFrame(
+        {
+            "session_id": ids,
+            "text": [f"INFO app: step {i}\nWARN app: slow {i % 7}" for i in range(n)],
+            "n_lines": 2,
+        }
+    )
+    labels = pd.DataFrame(
+        {"session_id": ids[:-5], "label": [int(i % 9 == 0) for i in range(n - 5)]}
+    )
+    splits = pd.DataFrame(
+        {
+            "session_id": ids,
+            "split": (["train"] * 6 + ["dev", "test"]) * (n // 8) + ["test"] * (n % 8),
+        }
+    )
+    params = ls.ExampleParams(normal_per_anomalous=2, seed=4)
+    whole, whole_stats = ls.build_examples(sessions, labels, splits, params)
+    stats: dict = {}
+    pieces = (sessions.iloc[i : i + 37] for i in range(0, n, 37))
+    streamed = list(
+        ls.example_batches(pieces, sessions["session_id"], labels, splits, params, stats)
+    )
+    assert len(streamed) == -(-n // 37)
+    pd.testing.assert_frame_equal(pd.concat(streamed, ignore_index=True), whole)
+    assert stats == whole_stats and stats["unlabelled_sessions_left_out"] == 5
+    with ls.JsonlFiles(tmp_path) as files:
+        for piece in streamed:
+            files.write(piece)
+    assert files.counts == ls.write_jsonl(whole, tmp_path / "whole")
+    for name in ls.FILES:
+        assert (tmp_path / name).read_text() == (tmp_path / "whole" / name).read_text()
+    before = {name: (tmp_path / name).read_text() for name in ls.FILES}
+    with pytest.raises(RuntimeError), ls.JsonlFiles(tmp_path) as files:
+        files.write(streamed[0])
+        raise RuntimeError("killed midway")
+    assert {name: (tmp_path / name).read_text() for name in ls.FILES} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("kind", ["hdfs", "openstack", "bgl", "javaapp"])
+def test_a_synthetic_source_is_generated_and_written_a_chunk_at_a_time(tmp_path, kind):
+    from logfit_dagster.core.ingest import write_synthetic_chunks
+    from logfit_dagster.core.synthetic import generate_chunks
+
+    chunks = list(generate_chunks(kind, 2_500, 11, chunk_lines=1_000))
+    assert [len(c.lines) for c in chunks] == [1_000, 1_000, 500]
+    # the first chunk is the source a short one would be: the default sources are unchanged
+    assert chunks[0].lines == generate(kind, 1_000, 11).lines
+    # each chunk starts after the last ended: time never runs back at a chunk's edge
+    stamp = {
+        "hdfs": lambda line: line[:13],
+        "openstack": lambda line: " ".join(line.split(" ")[1:3]),
+        "bgl": lambda line: int(line.split(" ")[1]),
+        "javaapp": lambda line: line[:23] if line[:1].isdigit() else None,
+    }[kind]
+    stamps = [stamp(x) for c in chunks for x in c.lines]
+    stamps = [x for x in stamps if x is not None]
+    assert stamps == sorted(stamps)
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        assert after.end > before.end
+    # sessions never span chunks
+    keys = [set(c.session_labels) for c in chunks]
+    assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1 :])
+    n = write_synthetic_chunks(iter(chunks), tmp_path / "log", tmp_path / "labels.parquet")
+    assert n == 2_500
+    labels = pd.read_parquet(tmp_path / "labels.parquet")
+    assert labels["line_number"].tolist() == list(range(1, 2_501))
+    assert labels["label"].tolist() == [x for c in chunks for x in c.line_labels]
+    assert (tmp_path / "log").read_text().splitlines() == [x for c in chunks for x in c.lines]
