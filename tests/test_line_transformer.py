@@ -145,6 +145,15 @@ def test_training_exports_a_folder_that_reloads_to_the_same_probabilities(bert, 
     assert np.allclose(scorer.score_lines(lines), again.score_lines(lines), atol=1e-6)
 
 
+def test_training_stops_on_its_time_budget_and_the_manifest_says_so(bert, tmp_path):
+    params = {**PARAMS, "base_model": str(bert), "max_epochs": 50, "max_seconds": 0.5}
+    result = base.train("line_transformer", _data(), params, tmp_path / "model")
+    manifest = result.manifest
+    assert manifest.params["max_seconds"] == 0.5  # the budget is recorded with the model
+    assert "time budget" in manifest.extra["stopped"]
+    assert manifest.metrics["epochs_run"] < 50
+
+
 @pytest.mark.faults
 def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(bert, tmp_path):
     data = _data(400)

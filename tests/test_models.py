@@ -4,6 +4,7 @@ with a real MLflow store in a temporary folder."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from logfit_dagster.core.line_model import (
     source_folds,
     training_rows,
 )
+from logfit_dagster.core.line_scorers import load_line_scorer
 from logfit_dagster.core.session_model import train_session_models
 from logfit_dagster.partitions import LOG_SOURCE
 from tests.graph import ASSETS as GRAPH
@@ -105,6 +107,58 @@ def test_json_export_reproduces_sklearn_on_held_out_lines(shared_data):
     )
     assert np.abs(batched - by_line).max() < 1e-12
     assert bounded.shapes_cached <= 50 < len(set(rows["shape"])) <= bounded.shapes_scored
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a",
+        "ab",
+        "Error  at   x\t\tY",
+        "ÉCHEC: connexion refusée à 10.0.0.1",
+        "one two three four five",
+        "  leading and trailing  ",
+        "tab\tand\nnewline",
+    ],
+)
+def test_the_scorers_n_grams_are_scikit_learns(text):
+    """The scorer counts n-grams without scikit-learn (so that loading a model to score never
+    imports it): the same n-grams, in the same multiplicity, as scikit-learn's analyzers."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from logfit_dagster.core.line_model import CHAR_NGRAMS, TOKEN_PATTERN, WORD_NGRAMS
+    from logfit_dagster.core.line_scoring import char_ngrams, word_ngrams
+
+    for low, high in (CHAR_NGRAMS, (1, 3), (2, 2)):
+        ours = char_ngrams(text, low, high)
+        theirs = CountVectorizer(analyzer="char", ngram_range=(low, high)).build_analyzer()(text)
+        assert ours == theirs
+    token = re.compile(TOKEN_PATTERN)
+    for low, high in (WORD_NGRAMS, (1, 1), (2, 3)):
+        ours = word_ngrams(text, token, low, high)
+        analyzer = CountVectorizer(token_pattern=TOKEN_PATTERN, ngram_range=(low, high))
+        assert ours == analyzer.build_analyzer()(text)
+
+
+def test_the_arrow_twin_of_an_export_scores_as_the_json_does(tmp_path):
+    from logfit_dagster.core.line_scoring import read_binary, write_binary
+
+    model = fit(training_rows(labelled_lines()), SMALL)
+    spec = export_model(model, {"threshold": 0.37, "cv": {"f1": 0.5}})
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    write_binary(spec, tmp_path / "m.arrow")
+    shapes = training_rows(labelled_lines())["shape"].tolist()
+    from_json, from_arrow = (
+        LineScorer.load(tmp_path / "m.json"),
+        LineScorer.load(tmp_path / "m.arrow"),
+    )
+    assert np.array_equal(from_json.score_shapes(shapes), from_arrow.score_shapes(shapes))
+    assert from_arrow.threshold == 0.37 and read_binary(tmp_path / "m.arrow")["cv"] == {"f1": 0.5}
+    assert (tmp_path / "m.arrow").stat().st_size < (tmp_path / "m.json").stat().st_size
+    (tmp_path / "bad.arrow").write_bytes(b"ARROW1 but not really")
+    with pytest.raises(ModelFileError, match="bad.arrow: binary model file is corrupt"):
+        LineScorer.load(tmp_path / "bad.arrow")
 
 
 def test_bad_model_files_are_named(tmp_path):
@@ -431,6 +485,12 @@ def test_the_tfidf_family_reports_the_baseline_in_the_same_folds_and_ships_its_t
         assert 0 <= metrics[key] <= 1
     scorer = LineScorer.load(tmp_path / "m" / "model.json")
     assert scorer.threshold == metrics["threshold"]
+    # the folder keeps the Arrow twin under the manifest's digests, and loads from it
+    assert {"model.json", "model.arrow"} <= set(result.manifest.files)
+    loaded = load_line_scorer(tmp_path / "m")
+    assert loaded.threshold == scorer.threshold
+    shapes = training_rows(lines)["shape"].tolist()
+    assert np.array_equal(loaded.score_shapes(shapes), scorer.score_shapes(shapes))
     per_source = json.loads((tmp_path / "m" / "per_source.json").read_text())
     assert {"baseline_f1", "f1"} <= set(per_source[0])
 
@@ -454,3 +514,35 @@ def test_every_registered_family_keeps_the_typed_contract(monkeypatch):
         match=r"does not keep the model-family contract \(missing \['load', 'feature_version'\]",
     ):
         base.family_module("broken")
+
+
+def test_classify_scores_without_importing_scikit_learn_or_dagster(tmp_path):
+    """``logfit classify`` starts fast: loading a model folder and scoring a file needs numpy and
+    pyarrow (which loads pandas for its arrays' conversions), never scikit-learn, scipy, dagster
+    or torch, which take seconds to import."""
+    from logfit_dagster.core.models.base import train
+
+    lines = labelled_lines().assign(
+        source=lambda f: f["source"].map(
+            {"alpha": "HDFS", "beta": "Linux", "gamma": "Apache", "delta": "Android"}
+        )
+    )
+    train("line_tfidf", lines, SMALL_GRID, tmp_path / "model")
+    log = tmp_path / "app.log"
+    log.write_text("".join(f"{raw}\n" for raw in lines["raw"]))
+    out = tmp_path / "scored.jsonl"
+    probe = (
+        "import sys, json\n"
+        "from logfit_dagster.cli import main\n"
+        f"code = main(['classify', {str(log)!r}, '--model', {str(tmp_path / 'model')!r},"
+        f" '--output', {str(out)!r}])\n"
+        "heavy = sorted(m for m in ('sklearn', 'scipy', 'dagster', 'torch')"
+        " if m in sys.modules)\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "heavy": []}, done.stderr
+    assert sum(1 for _ in out.open()) == len(lines)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Score a log file with the line champion (or a given model), whichever family it is."""
-    from logfit_dagster.assets.models import line_champion_path
     from logfit_dagster.core.classify import classify_file
     from logfit_dagster.core.line_scorers import load_line_scorer
+    from logfit_dagster.paths import line_champion_path
 
     model = Path(args.model) if args.model else line_champion_path()
     if not args.model and not model.exists():
@@ -70,7 +70,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
 
 
 def _output_target(name: str, force: bool) -> Path | int:

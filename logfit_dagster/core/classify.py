@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from logfit_dagster.core.errors import LogInputError
-from logfit_dagster.core.line_model import LineScorer
+from logfit_dagster.core.line_scoring import LineScorer
 from logfit_dagster.core.reading import atomic_path, iter_line_batches
 
 OUTPUT_FORMATS = (".parquet", ".jsonl")

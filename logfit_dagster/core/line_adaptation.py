@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from logfit_dagster.core.line_features import MAX_SHAPE_CHARS, shape_column
+from logfit_dagster.core.line_scorers import ADAPTATION_FILE
 
 
 def shape_table(
@@ -106,7 +107,6 @@ def adapt_threshold(table: pd.DataFrame, known: dict, shipped: float) -> float:
     return float(best)
 
 
-ADAPTATION_FILE = "adaptation.json"
 
 
 def write_adaptation(

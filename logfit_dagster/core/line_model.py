@@ -11,12 +11,10 @@ to score.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from itertools import product
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.preprocessing import normalize as sk_normalize
 
-from logfit_dagster.core.errors import ModelFileError, TrainingDataError
+from logfit_dagster.core.errors import TrainingDataError
 from logfit_dagster.core.line_features import (
     FEATURE_VERSION,
     HAND_FEATURES,
@@ -42,12 +40,17 @@ from logfit_dagster.core.line_features import (
     shape_column,
 )
 from logfit_dagster.core.line_protocol import family_groups
+from logfit_dagster.core.line_scoring import (  # noqa: F401 (the scorer's home before)
+    MAX_CACHED_SHAPES,
+    MODEL_FORMAT,
+    SCORE_BATCH,
+    LineScorer,
+)
 from logfit_dagster.core.scores import best_threshold, weighted_f1
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 WORD_NGRAMS = (1, 3)
 CHAR_NGRAMS = (3, 6)
-MODEL_FORMAT = "logfit-look-skip-v1"
 
 
 @dataclass(frozen=True)
@@ -447,7 +450,7 @@ def fit(rows: pd.DataFrame, params: LineModelParams) -> Pipeline:
 
 
 def export_model(pipeline: Pipeline, extra: dict | None = None) -> dict:
-    """The fitted pipeline as plain JSON-able data."""
+    """The fitted pipeline as plain JSON-able data (what :class:`LineScorer` reads)."""
     features: ColumnTransformer = pipeline.named_steps["features"]
     clf: LogisticRegression = pipeline.named_steps["clf"]
     word: TfidfVectorizer = features.named_transformers_["word"]
@@ -481,138 +484,3 @@ def export_model(pipeline: Pipeline, extra: dict | None = None) -> dict:
         "threshold": 0.5,
         **(extra or {}),
     }
-
-
-class _TfidfPart:
-    """One TF-IDF block of an exported model, scored for many texts at once."""
-
-    def __init__(self, spec: dict, **analyzer):
-        self.vocabulary: dict[str, int] = spec["vocabulary"]
-        self.idf = np.asarray(spec["idf"], dtype=np.float64)
-        self.coef = np.asarray(spec["coef"], dtype=np.float64)
-        self.min_n, self.max_n = spec["ngram_range"]
-        self.analyzer = analyzer
-        self._counter: CountVectorizer | None = None
-
-    def score_many(self, texts: list[str]) -> np.ndarray:
-        """coef · l2-normalized sublinear tf-idf of each text, as one sparse product.
-
-        The counts come from scikit-learn's own analyzer over the model's vocabulary, so the
-        n-grams are the ones the training vectorizer saw; tf, idf and the norm follow
-        ``TfidfVectorizer(sublinear_tf=True)``. A text with no known n-gram scores 0.
-        """
-        if self._counter is None:
-            self._counter = CountVectorizer(
-                ngram_range=(self.min_n, self.max_n), dtype=np.float64, **self.analyzer
-            )
-            # the exported vocabulary as the fitted one: no re-validation of 100k n-grams
-            self._counter.vocabulary_ = self.vocabulary
-            self._counter.fixed_vocabulary_ = True
-        counts = self._counter.transform(texts).tocsr()
-        counts.data = (1.0 + np.log(counts.data)) * self.idf[counts.indices]
-        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
-        dots = counts @ self.coef
-        return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
-
-
-# Shapes whose probability a scorer keeps: a week of logs whose lines mostly have new shapes
-# (numbers in odd places) would otherwise grow the cache without end. Past the bound the
-# oldest half is dropped; a dropped shape seen again is scored again, with the same result.
-MAX_CACHED_SHAPES = 500_000
-# New shapes are scored this many at a time (bounds the sparse matrices of one batch).
-SCORE_BATCH = 20_000
-
-
-class LineScorer:
-    """Scores lines from an exported model: the same probabilities as the sklearn pipeline."""
-
-    def __init__(self, spec: dict, source: str = "<memory>", max_cached: int = MAX_CACHED_SHAPES):
-        if spec.get("format") != MODEL_FORMAT:
-            raise ModelFileError(
-                f"{source}: not a logfit LOOK/SKIP model (format {spec.get('format')!r})"
-            )
-        if spec.get("feature_version") != FEATURE_VERSION:
-            raise ModelFileError(
-                f"{source}: made for features {spec.get('feature_version')!r}, this logfit computes "
-                f"{FEATURE_VERSION!r}: retrain look_skip_model"
-            )
-        try:
-            self.word = _TfidfPart(spec["word"], token_pattern=spec["word"]["token_pattern"])
-            self.char = _TfidfPart(spec["char"], analyzer="char")
-            self.hand_mean = np.asarray(spec["hand"]["mean"], dtype=np.float64)
-            self.hand_scale = np.asarray(spec["hand"]["scale"], dtype=np.float64)
-            self.hand_coef = np.asarray(spec["hand"]["coef"], dtype=np.float64)
-            self.intercept = float(spec["intercept"])
-            self.threshold = float(spec.get("threshold", 0.5))
-            # the cut the model was trained with: a line's features come from this many chars
-            self.max_chars = int(spec.get("max_shape_chars", MAX_SHAPE_CHARS))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(
-                f"{source}: model file is incomplete or corrupt ({exc!r})"
-            ) from None
-        self.spec = spec
-        self._cache: dict[str, float] = {}
-        self.max_cached = max(1, max_cached)
-        self._scored = 0
-
-    @classmethod
-    def load(cls, path: Path) -> LineScorer:
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"model file not found: {path}")
-        try:
-            spec = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{path}: model file is corrupt ({exc})") from None
-        if not isinstance(spec, dict):
-            raise ModelFileError(f"{path}: model file is corrupt (not a JSON object)")
-        return cls(spec, str(path))
-
-    def _logits(self, shapes: list[str]) -> np.ndarray:
-        """The model's logit of each shape, in one batch of sparse products."""
-        normalized = normalize_column(pa.array(shapes, pa.string())).to_pylist()
-        hand = (handcrafted_matrix(shapes) - self.hand_mean) / self.hand_scale
-        return (
-            self.word.score_many(normalized)
-            + self.char.score_many(shapes)
-            + hand @ self.hand_coef
-            + self.intercept
-        )
-
-    @property
-    def shapes_scored(self) -> int:
-        """Shapes this scorer has computed (a shape dropped from the bounded cache and seen
-        again counts twice)."""
-        return self._scored
-
-    @property
-    def shapes_cached(self) -> int:
-        return len(self._cache)
-
-    def score_shapes(self, shapes: list[str]) -> np.ndarray:
-        """LOOK probability of each shape; shapes seen before come from a bounded cache."""
-        distinct = list(dict.fromkeys(shapes))
-        todo = [s for s in distinct if s not in self._cache]
-        found = {s: self._cache[s] for s in distinct if s in self._cache}
-        for start in range(0, len(todo), SCORE_BATCH):
-            batch = todo[start : start + SCORE_BATCH]
-            probability = 1.0 / (1.0 + np.exp(-self._logits(batch)))
-            found.update(zip(batch, probability.tolist(), strict=True))
-        if todo:
-            self._scored += len(todo)
-            self._cache.update((s, found[s]) for s in todo)
-            if len(self._cache) > self.max_cached:  # keep the newest half of the bound
-                newest = list(self._cache.items())[-max(1, self.max_cached // 2) :]
-                self._cache = dict(newest)
-        return np.fromiter((found[s] for s in shapes), dtype=np.float64, count=len(shapes))
-
-    def score(self, lines: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
-        """The model-family contract's name for :meth:`score_lines`."""
-        return self.score_lines(lines)
-
-    def score_lines(self, lines: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
-        """LOOK probability of every line, each distinct shape scored once."""
-        if isinstance(lines, list):
-            lines = pa.array(lines, pa.string())
-        shapes, index = shape_column(lines, self.max_chars)
-        return self.score_shapes(shapes.to_pylist())[index]

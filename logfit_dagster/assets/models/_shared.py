@@ -10,31 +10,14 @@ from pathlib import Path
 import dagster as dg
 
 from logfit_dagster.core.reading import atomic_path
-from logfit_dagster.paths import data_dir
+from logfit_dagster.paths import (  # noqa: F401 (where the assets have always found them)
+    champion_model_path,
+    line_champion_dir,
+    line_champion_path,
+    models_dir,
+)
 
 TRAINING_POOL = "training"
-
-
-def models_dir() -> Path:
-    return data_dir() / "models"
-
-
-def champion_model_path() -> Path:
-    """The TF-IDF champion's portable JSON (one file, no pickle)."""
-    return models_dir() / "look_skip_champion.json"
-
-
-def line_champion_dir() -> Path:
-    """The artifact folder of the line champion, whichever family it is: where the model
-    store keeps the ``line_champion`` asset."""
-    return models_dir() / "line_champion"
-
-
-def line_champion_path() -> Path:
-    """What ``scored_lines`` and ``logfit classify`` load: the line champion's folder, else
-    (a data folder from before model families) the TF-IDF champion's JSON."""
-    folder = line_champion_dir()
-    return folder if folder.exists() else champion_model_path()
 
 
 def family_folder(family: str, key: str) -> Path:

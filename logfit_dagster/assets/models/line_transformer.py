@@ -43,6 +43,12 @@ class LineTransformerConfig(dg.Config):
         "(classes are balanced on top).",
     )
     checkpoint_every: int = Field(default=200, description="Steps between checkpoints.")
+    max_seconds: float = Field(
+        default=900.0,
+        description="Training stops after this many seconds (0: no budget) and keeps the best "
+        "epoch so far; the manifest says it stopped on the budget. The default run needs well "
+        "under a minute; a big source's many shapes would otherwise train for hours on a CPU.",
+    )
     cascade_low: float = Field(
         default=0.05,
         description="Shapes whose TF-IDF LOOK probability reaches this go to the transformer.",

@@ -14,30 +14,27 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from logfit_dagster.core.errors import TrainingDataError
+
+if TYPE_CHECKING:
+    import pandas
 from logfit_dagster.core.line_features import FEATURE_VERSION, MAX_SHAPE_CHARS
-from logfit_dagster.core.line_model import (
-    LineModelParams,
-    LineScorer,
-    export_model,
-    fit,
-    parameter_grid,
-    select_model,
-    training_rows,
-    weighted_scores,
-)
-from logfit_dagster.core.line_protocol import baseline_out_of_fold, family_groups
+from logfit_dagster.core.line_scoring import LineScorer, write_binary
 from logfit_dagster.core.models.base import Manifest, Progress, TrainResult, write_manifest
-from logfit_dagster.core.scores import best_threshold
+
+# scikit-learn (line_model, line_protocol) is imported where the model trains: loading one to
+# score (``logfit classify``) needs only numpy and pyarrow
 
 FAMILY = "line_tfidf"
 FORMAT_VERSION = 1
 PARITY_TOLERANCE = 1e-6
 MODEL_FILE = "model.json"
+#: the same export as Arrow arrays (``line_scoring.write_binary``): what loading reads
+BINARY_FILE = "model.arrow"
 
 
 class ParityError(RuntimeError):
@@ -48,7 +45,9 @@ def feature_version(manifest: Manifest) -> str:
     return FEATURE_VERSION
 
 
-def grid_from_params(params: dict) -> list[LineModelParams]:
+def grid_from_params(params: dict) -> list:
+    from logfit_dagster.core.line_model import parameter_grid
+
     """The grid of a params dict whose values are lists (``class_weight`` 'none' is None)."""
     return parameter_grid(
         list(params.get("C", [1.0, 4.0])),
@@ -60,7 +59,7 @@ def grid_from_params(params: dict) -> list[LineModelParams]:
 
 
 def train(
-    lines: pd.DataFrame, params: dict, folder: Path, progress: Progress | None = None
+    lines: pandas.DataFrame, params: dict, folder: Path, progress: Progress | None = None
 ) -> TrainResult:
     """Select by GroupKFold over sources, refit the best on every row, export and check parity.
 
@@ -72,6 +71,11 @@ def train(
             ``word_max_features``, ``row_weight``), ``max_folds`` and ``max_line_chars`` (a
             line's features come from its first that many characters; kept in the export).
     """
+    import pandas
+
+    from logfit_dagster.core.line_model import export_model, fit, select_model, training_rows
+    from logfit_dagster.core.line_protocol import family_groups
+
     progress = progress or (lambda *a, **k: None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,15 @@ def train(
             f"exported scorer differs from sklearn by {parity:.2e} (> {PARITY_TOLERANCE})"
         )
     (folder / MODEL_FILE).write_text(json.dumps(export))
+    write_binary(export, folder / BINARY_FILE)
+    twin = float(
+        np.abs(
+            LineScorer.load(folder / BINARY_FILE).score_shapes(check["shape"].tolist())
+            - LineScorer(export).score_shapes(check["shape"].tolist())
+        ).max()
+    )
+    if twin > 0:
+        raise ParityError(f"the Arrow twin of the export scores differently (by {twin:.2e})")
     (folder / "grid.json").write_text(json.dumps(selection.grid))
     per_source = [
         {
@@ -124,7 +137,7 @@ def train(
         for s, m in selection.per_source.items()
     ]
     (folder / "per_source.json").write_text(json.dumps(per_source))
-    pd.DataFrame(
+    pandas.DataFrame(
         {
             "source": rows["source"].to_numpy(),
             "y": rows["y"].to_numpy(),
@@ -166,11 +179,15 @@ def train(
 
 
 def baseline_scores(
-    lines: pd.DataFrame, rows: pd.DataFrame, selection
+    lines: pandas.DataFrame, rows: pandas.DataFrame, selection
 ) -> tuple[dict, dict[str, dict]]:
     """The char n-gram baseline in the model's own folds, on every labelled line (on each
     source's sample of lines where ``lines`` marks one ``sampled``): at 0.5 and at its own
     out-of-fold best threshold (as the model's is chosen), with average precision."""
+    from logfit_dagster.core.line_model import weighted_scores
+    from logfit_dagster.core.line_protocol import baseline_out_of_fold
+    from logfit_dagster.core.scores import best_threshold
+
     if "sampled" in lines:
         lines = lines[lines["sampled"].astype(bool)].reset_index(drop=True)
     source = rows["source"].to_numpy()
@@ -197,4 +214,8 @@ def baseline_scores(
 
 
 def load(folder: Path, manifest: Manifest) -> LineScorer:
+    """The scorer of a model folder (its files already checked against the manifest): from the
+    Arrow twin where the folder has one, else (a folder trained before it) from the JSON."""
+    if BINARY_FILE in manifest.files:  # under the manifest's digest: of this very training
+        return LineScorer.load(Path(folder) / BINARY_FILE)
     return LineScorer.load(Path(folder) / MODEL_FILE)

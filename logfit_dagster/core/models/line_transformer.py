@@ -116,6 +116,8 @@ class TransformerParams:
     # (benchmarks/line_transformer_quality.py).
     cascade_blend: str = "mean"
     max_rows: int = 0  # 0: every distinct row; else a seeded sample (a quick run)
+    # Stop training after this many seconds (0: no budget); the manifest's ``stopped`` says why
+    max_seconds: float = 0.0
     text: str = "message"  # what the encoder reads: the line's message, or the whole "line"
     # LOOK from this probability on. Training is class-balanced, so 0.5 is the natural cut;
     # a threshold fitted on the dev sources (threshold_from_dev) carried badly to held-out
@@ -319,6 +321,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             checkpoint_every=p.checkpoint_every,
             keep_checkpoints=p.keep_checkpoints,
             seed=p.seed,
+            max_seconds=p.max_seconds,
         ),
         step_loss,
         evaluate if dev_texts else None,
