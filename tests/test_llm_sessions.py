@@ -143,7 +143,8 @@ def test_parse_answer_never_guesses():
     assert ls.parse_answer('{"label": "maybe"}') is None
 
 
-def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
+@pytest.mark.parametrize("form", ["lines", "templates"])
+def test_the_examples_asset_writes_the_layouts_of_a_source(workdir, form):
     import dagster as dg
 
     from logfit_dagster.assets import datasets, ingest, llm_sessions
@@ -167,17 +168,33 @@ def test_the_examples_asset_writes_the_layouts_of_a_source(workdir):
                 "judge": SessionJudgeResource(),
                 "fine_tuning": FineTuningResource(),
             },
-            run_config={"ops": {"llm_session_examples": {"config": {"normal_per_anomalous": 3}}}},
+            run_config={
+                "ops": {
+                    "llm_session_examples": {
+                        "config": {"normal_per_anomalous": 3, "prompt_form": form}
+                    }
+                }
+            },
         )
         assert result.success
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks["no_test_session_in_training_files"]
         splits = result.output_for_node("dataset_splits")
+        meta = {
+            k: v.value
+            for k, v in result.asset_materializations_for_node("llm_session_examples")[
+                0
+            ].metadata.items()
+        }
+    # tokens per example of both forms, whichever was written: repeats collapse
+    assert meta["prompt_form"] == form and meta["prompt_version"] == ls.PROMPT_FORMS[form]
+    lines_form = meta["est_tokens_per_example_lines_form"]
+    assert 0 < meta["est_tokens_per_example_templates_form"] < lines_form
     # a stream, written as it is made: what was stored
     examples = pd.read_parquet(
         workdir / "data" / "assets" / "llm_session_examples" / "tiny_hdfs.parquet"
     )
-    folder = workdir / "data" / "llm" / "tiny_hdfs" / ls.PROMPT_VERSION
+    folder = workdir / "data" / "llm" / "tiny_hdfs" / ls.PROMPT_FORMS[form]
     lines = (folder / "test.jsonl").read_text().splitlines()
     assert len(lines) == (splits["split"] == "test").sum()  # test is whole
     train = examples[examples["split"] == "train"]
@@ -267,3 +284,38 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
     assert server.api_key not in (workdir / "data" / "mlflow" / "mlflow.db").read_bytes().decode(
         "latin-1"
     )
+
+
+def test_the_templates_form_collapses_repeats_and_shows_rare_events_as_written():
+    lines = [
+        "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.1:5000",
+        "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.2:5001",
+        "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.3:5002",
+        "WARN dfs.DataNode: Checksum mismatch on blk_123 reported by /10.0.0.9",
+        "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.4:5003",
+    ]
+    text, left_out = ls.template_prompt("\n".join(lines), [1, 1, 1, 7, 1], {7}, 2000)
+    shown = text.splitlines()
+    assert left_out == 0 and len(shown) == 3
+    assert shown[0].endswith(" x3") and "10.0.0.1" not in shown[0]  # a pattern, counted
+    assert shown[1] == lines[3]  # rare: as written
+    assert not shown[2].endswith("x1") and "blk_123" not in shown[2]
+    messages, _ = ls.messages_for("\n".join(lines), 2000, "templates", [1, 1, 1, 7, 1], {7})
+    assert messages[0]["content"] == ls.SYSTEM_PROMPT_TEMPLATES and messages[1]["content"] == text
+    # the budget cuts events, and counts the lines they stood for
+    long = "\n".join(f"INFO app: step {i} of a long job {'x' * 40}" for i in range(600))
+    cut, left = ls.template_prompt(long, list(range(600)), set(range(600)), 300)
+    assert ls.estimate_tokens(cut) <= 300 and f"[... {left} lines left out ...]" in cut
+    with pytest.raises(ValueError, match="2 lines and 3 template ids"):
+        ls.template_prompt("a\nb", [1, 2, 3], set(), 100)
+    with pytest.raises(ValueError, match="prompt form must be one of"):
+        ls.ExampleParams(form="prose")
+    assert ls.ExampleParams(form="templates").prompt_version == ls.PROMPT_FORMS["templates"]
+    assert ls.ExampleParams().prompt_version == ls.PROMPT_VERSION == ls.PROMPT_FORMS["lines"]
+
+
+def test_rare_templates_are_those_of_few_training_sessions():
+    sequences = [[1, 2, 2, 3]] * 200 + [[1, 4]] * 2 + [[1, 5]] * 5
+    assert ls.rare_templates(sequences, share=0.01) == {4}  # 5 of 207 is over 1% (2.07)
+    assert ls.rare_templates(sequences, share=0.05) == {4, 5}
+    assert ls.rare_templates([], share=0.5) == set()

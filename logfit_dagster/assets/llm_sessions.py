@@ -1,5 +1,7 @@
 """LLMs that judge sessions: the examples every fine-tuning and evaluation route reads."""
 
+from typing import Literal
+
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -16,12 +18,13 @@ from logfit_dagster.assets._common import (
 from logfit_dagster.assets.labels import LLM_API_POOL
 from logfit_dagster.core.llm_sessions import (
     EXAMPLE_SCHEMA,
-    PROMPT_VERSION,
+    PROMPT_FORMS,
     ExampleParams,
     JsonlFiles,
     example_batches,
     leaked_test_sessions,
     python_grader,
+    rare_of_training,
     repeated_test_prompts,
 )
 from logfit_dagster.core.tables import StoredTable
@@ -50,9 +53,23 @@ class ExamplesConfig(dg.Config):
         "(0 keeps every one). Dev and test sets are never rebalanced.",
     )
     seed: int = Field(default=0, description="Seed of the rebalancing draw.")
+    prompt_form: Literal["lines", "templates"] = Field(
+        default="lines",
+        description="lines: the session's lines as written. templates: its events in order, a "
+        "run of one template as one line with xN, common events as their pattern (numbers as 0, "
+        "ids masked), rare ones (in under rare_share of training sessions) as written; fewer "
+        "tokens for a long session. The metadata gives the tokens of both forms.",
+    )
+    rare_share: float = Field(
+        default=0.01,
+        description="templates form: a template in fewer than this share of the training "
+        "sessions (or fewer than 3 of them) is rare, and its lines are shown as written.",
+    )
     prompt_version: str = Field(
-        default=PROMPT_VERSION,
-        description="Recorded with every example; change it whenever the prompt text changes.",
+        default="",
+        description="Recorded with every example; empty: the form's own (lines: "
+        f"{PROMPT_FORMS['lines']}, templates: {PROMPT_FORMS['templates']}). Change it whenever "
+        "the prompt text changes.",
     )
 
 
@@ -94,8 +111,12 @@ def llm_session_examples(
         normal_per_anomalous=config.normal_per_anomalous,
         seed=config.seed,
         prompt_version=config.prompt_version,
+        form=config.prompt_form,
+        rare_share=config.rare_share,
     )
     folder = examples_folder(context.partition_key, params.prompt_version)
+    ids = sessions.read(["session_id", "template_ids"]).to_pandas()
+    rare = rare_of_training(ids, dataset_splits, params)
     stats: dict = {}
     seen = {"balance": {}, "tokens": [0, 0, 0], "train_tokens": 0, "head": None}
 
@@ -116,12 +137,16 @@ def llm_session_examples(
     def produce():
         with files:
             for examples in example_batches(
-                (b.to_pandas() for b in sessions.batches(["session_id", "text", "n_lines"])),
-                sessions.read(["session_id"]).column("session_id").to_pandas(),
+                (
+                    b.to_pandas()
+                    for b in sessions.batches(["session_id", "text", "n_lines", "template_ids"])
+                ),
+                ids["session_id"],
                 ground_truth_labels["sessions"],
                 dataset_splits,
                 params,
                 stats,
+                rare,
             ):
                 files.write(examples)
                 tally(examples)
@@ -131,6 +156,8 @@ def llm_session_examples(
         total, count, largest = seen["tokens"]
         return {
             "prompt_version": params.prompt_version,
+            "prompt_form": params.form,
+            "rare_templates": len(rare),
             "examples": count,
             **seen["balance"],
             **stats,
@@ -139,6 +166,14 @@ def llm_session_examples(
             "est_tokens_total": total,
             "est_tokens_mean": dg.MetadataValue.float(round(total / count, 1) if count else 0.0),
             "est_tokens_max": largest,
+            # what each form would cost, per example (the chosen one is the one above)
+            **{
+                f"est_tokens_per_example_{form}_form": dg.MetadataValue.float(
+                    round(stats[f"est_tokens_{form}_form"] / count, 1) if count else 0.0
+                )
+                for form in PROMPT_FORMS
+                if f"est_tokens_{form}_form" in stats
+            },
             "est_train_tokens": seen["train_tokens"],
             "grader": dg.MetadataValue.md(
                 "OpenAI python grader (the reward of core/llm_sessions.py):\n\n```python\n"

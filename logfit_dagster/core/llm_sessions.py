@@ -30,6 +30,8 @@ import pyarrow as pa
 from logfit_dagster.core.reading import atomic_path
 
 PROMPT_VERSION = "sessions-1"
+#: how a session is shown, and the prompt version of each form
+PROMPT_FORMS = {"lines": "sessions-1", "templates": "sessions-2"}
 LABELS = ("anomalous", "normal")
 SYSTEM_PROMPT = (
     "You are an SRE reviewing the logs of one session of a system (a storage block, a virtual "
@@ -37,6 +39,16 @@ SYSTEM_PROMPT = (
     "'<LEVEL> <COMPONENT>: <CONTENT>'. Decide whether the session is anomalous: a failure, an "
     "error path, a missing or out-of-order step, an event a healthy session never shows. "
     'Answer with JSON only: {"label": "anomalous" or "normal", "reason": "<at most 30 words>"}.'
+)
+SYSTEM_PROMPT_TEMPLATES = (
+    "You are an SRE reviewing the events of one session of a system (a storage block, a virtual "
+    "machine's lifecycle, a window of a service's log), in order. Each line is one event, "
+    "'<LEVEL> <COMPONENT>: <CONTENT>'; 'xN' at its end means it happened N times in a row. "
+    "Common events show their pattern (numbers as 0, ids masked); rare events (seen in few "
+    "training sessions) are shown as written. Decide whether the session is anomalous: a "
+    "failure, an error path, a missing or out-of-order step, an event a healthy session never "
+    'shows. Answer with JSON only: {"label": "anomalous" or "normal", "reason": "<at most 30 '
+    'words>"}.'
 )
 ANSWER_SCHEMA = {
     "name": "session_label",
@@ -70,10 +82,63 @@ def session_prompt(text: str, token_budget: int) -> tuple[str, int]:
     Returns:
         The text and the number of lines left out.
     """
-    lines = [
-        line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …"
-        for line in text.split("\n")
-    ]
+    lines = [_cut(line) for line in text.split("\n")]
+    return _fit(lines, [1] * len(lines), token_budget)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …"
+
+
+def template_prompt(
+    text: str, template_ids: list[int], rare: set[int], token_budget: int
+) -> tuple[str, int]:
+    """A session as its events in order, the ``templates`` form of the user turn.
+
+    A run of lines of one template is one line with ``xN``; a line of a ``rare`` template
+    (see :func:`rare_templates`) is shown as written, any other as its shape (numbers as 0, ids
+    masked: ``line_features.shape_of``). Cut to ``token_budget`` as :func:`session_prompt` cuts.
+
+    Returns:
+        The text and the number of lines left out.
+    """
+    from logfit_dagster.core.line_features import shape_of
+
+    lines = text.split("\n")
+    if len(lines) != len(template_ids):
+        raise ValueError(
+            f"a session has {len(lines)} lines and {len(template_ids)} template ids: they must "
+            "pair up"
+        )
+    entries, counts = [], []
+    previous = None
+    for line, template in zip(lines, template_ids, strict=True):
+        if template == previous:
+            counts[-1] += 1
+            continue
+        previous = template
+        entries.append(_cut(line if template in rare else shape_of(line)))
+        counts.append(1)
+    shown = [e if n == 1 else f"{e} x{n}" for e, n in zip(entries, counts, strict=True)]
+    return _fit(shown, counts, token_budget)
+
+
+def rare_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int]:
+    """Templates found in fewer than ``share`` of the sessions (``sequences``: each session's
+    template ids), or in fewer than ``at_least`` of them."""
+    seen: dict[int, int] = {}
+    total = 0
+    for sequence in sequences:
+        total += 1
+        for template in set(sequence):
+            seen[template] = seen.get(template, 0) + 1
+    floor = max(share * total, at_least)
+    return {template for template, n in seen.items() if n < floor}
+
+
+def _fit(lines: list[str], weights: list[int], token_budget: int) -> tuple[str, int]:
+    """``lines`` whole when they fit ``token_budget``, else their head and tail and a marker
+    saying how many lines (``weights``: the lines each one stands for) were left out."""
     whole = "\n".join(lines)
     if estimate_tokens(whole) <= token_budget:
         return whole, 0
@@ -93,18 +158,32 @@ def session_prompt(text: str, token_budget: int) -> tuple[str, int]:
             tail.append(line)
             high -= 1
         take_head = not take_head
-    left_out = high - low + 1
+    left_out = sum(weights[low : high + 1])
     marker = f"[... {left_out} lines left out ...]"
     return "\n".join([*head, marker, *reversed(tail)]), left_out
 
 
-def messages_for(text: str, token_budget: int) -> tuple[list[dict], int]:
-    """The chat messages of a session (system, then the session as the user turn)."""
-    body, left_out = session_prompt(text, token_budget)
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": body},
-    ], left_out
+def messages_for(
+    text: str,
+    token_budget: int,
+    form: str = "lines",
+    template_ids: list[int] | None = None,
+    rare: set[int] | None = None,
+) -> tuple[list[dict], int]:
+    """The chat messages of a session (system, then the session as the user turn), in the
+    ``lines`` form (every line as written) or the ``templates`` form (events in order, repeats
+    collapsed, rare events as written: needs each line's template id and the rare set)."""
+    if form == "templates":
+        if template_ids is None:
+            raise ValueError("the templates form needs the session's template ids")
+        body, left_out = template_prompt(text, list(template_ids), rare or set(), token_budget)
+        system = SYSTEM_PROMPT_TEMPLATES
+    elif form == "lines":
+        body, left_out = session_prompt(text, token_budget)
+        system = SYSTEM_PROMPT
+    else:
+        raise ValueError(f"prompt form must be one of {', '.join(PROMPT_FORMS)}, got {form!r}")
+    return [{"role": "system", "content": system}, {"role": "user", "content": body}], left_out
 
 
 def answer_for(label: int) -> str:
@@ -125,7 +204,17 @@ class ExampleParams:
     token_budget: int = 2000
     normal_per_anomalous: float = 0.0  # training sets only; 0 keeps every normal session
     seed: int = 0
-    prompt_version: str = PROMPT_VERSION
+    prompt_version: str = ""  # empty: the form's own (PROMPT_FORMS)
+    form: str = "lines"  # or "templates" (see messages_for)
+    rare_share: float = 0.01  # templates form: rare below this share of training sessions
+
+    def __post_init__(self):
+        if self.form not in PROMPT_FORMS:
+            raise ValueError(
+                f"prompt form must be one of {', '.join(PROMPT_FORMS)}, got {self.form!r}"
+            )
+        if not self.prompt_version:
+            object.__setattr__(self, "prompt_version", PROMPT_FORMS[self.form])
 
 
 def build_examples(
@@ -142,20 +231,30 @@ def build_examples(
         ``prompt_version``, ``est_tokens``, ``lines``, ``lines_left_out``; and counts.
     """
     stats: dict = {}
+    with_ids = "template_ids" in sessions
+    columns = ["session_id", "text", "n_lines"] + (["template_ids"] if with_ids else [])
     parts = list(
         example_batches(
-            [sessions[["session_id", "text", "n_lines"]]],
+            [sessions[columns]],
             sessions["session_id"],
             labels,
             splits,
             params,
             stats,
+            rare_of_training(sessions, splits, params) if with_ids else None,
         )
     )
     examples = (
         pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EXAMPLE_COLUMNS)
     )
     return examples, stats
+
+
+def rare_of_training(sessions: pd.DataFrame, splits: pd.DataFrame, params: ExampleParams):
+    """The rare templates of the training sessions (``session_id``, ``template_ids``)."""
+    train = set(splits.loc[splits["split"] == "train", "session_id"])
+    sequences = sessions.loc[sessions["session_id"].isin(train), "template_ids"]
+    return rare_templates(sequences, params.rare_share)
 
 
 def example_batches(
@@ -165,10 +264,14 @@ def example_batches(
     splits: pd.DataFrame,
     params: ExampleParams,
     stats: dict,
+    rare: set[int] | None = None,
 ):
     """:func:`build_examples` batch by batch: ``session_batches`` are frames of ``session_id``,
-    ``text`` and ``n_lines`` in the order of ``session_ids`` (every session's id, which the
-    rebalancing draw needs first); yields frames of examples and fills ``stats`` as they pass.
+    ``text`` and ``n_lines`` (and ``template_ids``, which the ``templates`` form needs) in the
+    order of ``session_ids`` (every session's id, which the rebalancing draw needs first);
+    ``rare``: the rare templates of the training sessions. Yields frames of examples and fills
+    ``stats`` as they pass; where template ids are given, ``stats`` also holds the estimated
+    tokens of both forms (``est_tokens_lines_form``, ``est_tokens_templates_form``).
     """
     frame = (
         pd.DataFrame({"session_id": session_ids.to_numpy()})
@@ -196,10 +299,30 @@ def example_batches(
         }
     )
     for batch in session_batches:
-        part = batch[["session_id", "text", "n_lines"]].merge(wanted, on="session_id")
+        with_ids = "template_ids" in batch
+        if params.form == "templates" and not with_ids:
+            raise ValueError("the templates form needs each session's template_ids")
+        if with_ids:
+            for form in PROMPT_FORMS:
+                stats.setdefault(f"est_tokens_{form}_form", 0)
+        columns = ["session_id", "text", "n_lines"] + (["template_ids"] if with_ids else [])
+        part = batch[columns].merge(wanted, on="session_id")
         rows = []
         for row in part.itertuples(index=False):
-            messages, left_out = messages_for(str(row.text), params.token_budget)
+            ids = list(row.template_ids) if with_ids else None
+            messages, left_out = messages_for(
+                str(row.text), params.token_budget, params.form, ids, rare
+            )
+            if with_ids:  # what each form costs, for the metadata
+                for form in PROMPT_FORMS:
+                    shown = (
+                        messages
+                        if form == params.form
+                        else messages_for(str(row.text), params.token_budget, form, ids, rare)[0]
+                    )
+                    stats[f"est_tokens_{form}_form"] += sum(
+                        estimate_tokens(m["content"]) for m in shown
+                    )
             rows.append(
                 {
                     "session_id": str(row.session_id),
