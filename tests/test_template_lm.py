@@ -256,3 +256,51 @@ def test_training_stops_on_its_time_budget_and_on_a_flat_dev_loss(tmp_path):
     )
     assert flat.manifest.extra["stopped"].startswith("early stop")
     assert flat.metrics["epochs_run"] <= 4
+
+
+def test_a_source_added_to_the_vocabulary_leaves_other_sources_models_unchanged(tmp_path):
+    """Templates another source adds go to the end of the shared vocabulary: a model of this
+    source (pretrained or fine-tuned) is the same model, with the same results, before and
+    after."""
+    import pandas as pd
+
+    from logfit_dagster.core.models.template_lm import prepare_sequences
+
+    rng = np.random.default_rng(3)
+    sequences = [_normal(rng) for _ in range(90)]
+    ids = {token: token + 100 for token in T.values()}  # the source's own template ids
+    sessions = pd.DataFrame(
+        {
+            "session_id": [f"s{i}" for i in range(90)],
+            "template_ids": [[ids[t] for t in s] for s in sequences],
+        }
+    )
+    splits = pd.DataFrame(
+        {
+            "session_id": sessions["session_id"],
+            "split": ["train"] * 60 + ["dev"] * 20 + ["test"] * 10,
+            "label": [0] * 85 + [1] * 5,
+        }
+    )
+    templates = {ids[t]: text for text, t in T.items() if text != "template 9 <NUM>"}
+    grown = extend_vocabulary(VOCAB, ["another source <*>", "and another <*>"])
+    params = {**PARAMS, "max_epochs": 2}
+    results = {}
+    for name, vocabulary in (("before", VOCAB), ("after", grown)):
+        data = prepare_sequences(sessions, splits, templates, vocabulary)
+        reached = max(T[text] for text in templates.values())
+        assert data["vocabulary"] == VOCAB[: reached + 1]  # the prefix the source reaches
+        pre = base.train(
+            "template_lm", {**data, "source": "a", "init": None}, params, tmp_path / name / "pre"
+        )
+        tuned = base.train(
+            "template_lm",
+            {**data, "source": "a", "init": str(tmp_path / name / "pre")},
+            params,
+            tmp_path / name / "tuned",
+        )
+        results[name] = (data["vocabulary"], pre.manifest.metrics, tuned.manifest.metrics)
+        for folder in ("pre", "tuned"):
+            results[name] += ((tmp_path / name / folder / "thresholds.json").read_text(),)
+    assert results["before"] == results["after"]
+    assert len(results["after"][0]) < len(grown)  # the other source's tokens are not in it

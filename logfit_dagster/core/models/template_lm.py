@@ -190,7 +190,17 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
             f"sessions use template ids {sorted(unknown)[:5]} that log_templates lacks: "
             "materialize parsed_logs and log_templates again"
         )
-    data: dict = {"vocabulary": vocabulary, "train": [], "dev": [], "dev_anomalous": [], "test": []}
+    # the model's vocabulary is the prefix of the shared one its source reaches: tokens that
+    # other sources added later (the vocabulary only grows at its end) leave it, its weights'
+    # initialisation and so its results unchanged
+    used = max(mapping.values(), default=len(SPECIALS) - 1)
+    data: dict = {
+        "vocabulary": list(vocabulary[: max(used + 1, len(SPECIALS))]),
+        "train": [],
+        "dev": [],
+        "dev_anomalous": [],
+        "test": [],
+    }
     for sid, ids, split, label in zip(
         frame["session_id"], frame["template_ids"], frame["split"], frame["label"], strict=True
     ):
@@ -293,6 +303,15 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocabulary = data["vocabulary"]
+    if data.get("init"):  # at least the pretrained model's tokens (a prefix of the same list)
+        pretrained = json.loads((Path(data["init"]) / "vocabulary.json").read_text())["tokens"]
+        shared = min(len(pretrained), len(vocabulary))
+        if pretrained[:shared] != vocabulary[:shared]:
+            raise TrainingDataError(
+                f"{data['init']}: pretrained on another template vocabulary: materialize "
+                "template_lm_pretrained again"
+            )
+        vocabulary = vocabulary if len(vocabulary) >= len(pretrained) else list(pretrained)
     train_sessions, dev_sessions = data["train"], data["dev"]
     if not train_sessions or not dev_sessions:
         raise TrainingDataError(
