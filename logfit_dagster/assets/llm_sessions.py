@@ -39,6 +39,11 @@ def examples_folder(source: str, prompt_version: str):
     return data_dir() / "llm" / source / prompt_version
 
 
+#: Sessions made into examples at a time: a session's text and its JSON messages weigh some
+#: kilobytes each, so a batch of the tables' 65,536 rows would hold hundreds of megabytes.
+SESSION_BATCH = 2048
+
+
 class ExamplesConfig(dg.Config):
     """How sessions become chat examples."""
 
@@ -139,7 +144,9 @@ def llm_session_examples(
             for examples in example_batches(
                 (
                     b.to_pandas()
-                    for b in sessions.batches(["session_id", "text", "n_lines", "template_ids"])
+                    for b in sessions.batches(
+                        ["session_id", "text", "n_lines", "template_ids"], rows=SESSION_BATCH
+                    )
                 ),
                 ids["session_id"],
                 ground_truth_labels["sessions"],
