@@ -67,6 +67,21 @@ def test_rule_labels_quality_and_a_rerun_that_sends_nothing(workdir):
     frame = pd.read_parquet(workdir / "data" / "assets" / "llm_labels" / "tiny_hdfs.parquet")
     assert frame["reason"].str.startswith("rule:").all()
     assert list(frame.columns[:5]) == ["line_number", "raw", "label", "reason", "window_key"]
+    # label_quality reads the labels in batches: what the whole table gives
+    from logfit_dagster.core.labeling.quality import agreement, look_as_int
+
+    truth = pd.read_parquet(
+        workdir / "data" / "assets" / "ground_truth_labels" / "tiny_hdfs" / "lines.parquet"
+    )
+    joined = frame.merge(
+        truth[["line_number", "label"]].rename(columns={"label": "truth"}),
+        on="line_number",
+        how="left",
+    )
+    whole = agreement(look_as_int(joined["label"]), joined["truth"].astype("Float64"))
+    assert quality["compared_lines"] == whole["compared"] > 0
+    assert quality["f1"] == pytest.approx(round(whole["f1"], 4))
+    assert quality["kappa"] == pytest.approx(round(whole["kappa"], 4))
 
 
 def test_the_distinct_plan_through_claude_batches_reports_what_it_propagated(workdir, monkeypatch):

@@ -4,6 +4,7 @@ import hashlib
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,7 +12,6 @@ from pydantic import Field
 
 from logfit_dagster.assets._common import (
     bad_input_fails_partition,
-    columns_of,
     on_new_data,
     output_stream,
     parts_of,
@@ -31,7 +31,7 @@ from logfit_dagster.core.labeling.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     PromptSpec,
 )
-from logfit_dagster.core.labeling.quality import agreement, finite_or_none, look_as_int
+from logfit_dagster.core.labeling.quality import agreement, finite_or_none
 from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.labelers import LabelerResource, scrub
@@ -336,10 +336,7 @@ class QualityConfig(dg.Config):
     code_version="1",
     kinds={"parquet"},
     automation_condition=on_new_data(),
-    ins={
-        "llm_labels": columns_of("line_number", "label", "label_source", "labeler", "model"),
-        "ground_truth_labels": parts_of("lines"),
-    },
+    ins={"llm_labels": streamed(), "ground_truth_labels": parts_of("lines")},
     check_specs=[
         dg.AssetCheckSpec(
             "look_agrees_with_ground_truth",
@@ -351,41 +348,59 @@ class QualityConfig(dg.Config):
 def label_quality(
     context: dg.AssetExecutionContext,
     config: QualityConfig,
-    llm_labels: pd.DataFrame,
+    llm_labels: StoredTable,
     ground_truth_labels: dict[str, pd.DataFrame],
 ):
-    """Agreement of LOOK labels with ground-truth anomalous lines, where the source has them."""
-    truth = ground_truth_labels["lines"][["line_number", "label"]].rename(
-        columns={"label": "truth"}
-    )
-    labels = llm_labels.assign(
-        # label sets written before the distinct plan: every label answered for its own line
-        label_source=llm_labels["label_source"]
-        if "label_source" in llm_labels
-        else llm_labels["label"].notna().map({True: "direct", False: None})
-    )
-    joined = labels[["line_number", "label", "label_source"]].merge(
-        truth, on="line_number", how="left"
-    )
-    has_truth = bool(joined["truth"].notna().any())
-    stats = agreement(look_as_int(joined["label"]), joined["truth"].astype("Float64"))
+    """Agreement of LOOK labels with ground-truth anomalous lines, where the source has them.
+
+    The labels are read batch by batch into a few bytes a line (label, truth, how the label was
+    given): memory stays flat in the source's length."""
+    truth = ground_truth_labels["lines"][["line_number", "label"]].sort_values("line_number")
+    truth_lines = truth["line_number"].to_numpy()
+    truth_values = truth["label"].astype("float64").to_numpy()
+    columns = ["line_number", "label", "labeler", "model"]
+    # label sets written before the distinct plan: every label answered for its own line
+    has_source = "label_source" in llm_labels.column_names
+    predicted, reference, kinds = [], [], []
+    labeler = model = ""
+    for batch in llm_labels.batches(columns + (["label_source"] if has_source else [])):
+        if not labeler and batch.num_rows:
+            labeler = str(batch.column("labeler")[0].as_py() or "")
+            model = str(batch.column("model")[0].as_py() or "")
+        label = batch.column("label").to_pandas()
+        predicted.append(label.map({"LOOK": 1.0, "SKIP": 0.0}).astype("float64").to_numpy())
+        numbers = batch.column("line_number").to_numpy()
+        at = np.clip(np.searchsorted(truth_lines, numbers), 0, max(len(truth_lines) - 1, 0))
+        found = truth_lines[at] == numbers if len(truth_lines) else np.zeros(len(numbers), bool)
+        reference.append(np.where(found, truth_values[at] if len(truth_lines) else 0.0, np.nan))
+        given = batch.column("label_source").to_pandas() if has_source else None
+        kinds.append(
+            np.where(given == "propagated", 2, np.where(given == "direct", 1, 0)).astype(np.int8)
+            if given is not None
+            else np.where(label.notna(), 1, 0).astype(np.int8)
+        )
+    predicted_all = pd.Series(np.concatenate(predicted) if predicted else [], dtype="float64")
+    reference_all = pd.Series(np.concatenate(reference) if reference else [], dtype="float64")
+    kind_all = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
+    has_truth = bool(reference_all.notna().any())
+    stats = agreement(predicted_all, reference_all)
     confusion = stats.pop("confusion")
     # how the lines that took their shape's answer fare against those asked themselves
     by_source = {}
-    for kind in ("direct", "propagated"):
-        part = joined[joined["label_source"] == kind]
-        if len(part):
-            found = agreement(look_as_int(part["label"]), part["truth"].astype("Float64"))
+    for code, kind in ((1, "direct"), (2, "propagated")):
+        part = kind_all == code
+        if part.any():
+            found = agreement(predicted_all[part], reference_all[part])
             by_source[kind] = {
-                "lines": len(part),
+                "lines": int(part.sum()),
                 "compared": found["compared"],
                 **{m: finite_or_none(found[m]) for m in ("precision", "recall", "f1")},
             }
     row = {
         "source": context.partition_key,
         "has_ground_truth": has_truth,
-        "labeler": str(llm_labels["labeler"].iloc[0]) if len(llm_labels) else "",
-        "model": str(llm_labels["model"].iloc[0]) if len(llm_labels) else "",
+        "labeler": labeler,
+        "model": model,
         **stats,
         **confusion,
         **{
