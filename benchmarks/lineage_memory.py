@@ -178,7 +178,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="logfit-lineage-"))
     try:
         results = [run_size(size, work) for size in sizes]
-        # the command's default: every step in its one process, which then holds the peak
+        # every step in the command's one process (the default for a small source; ``auto``
+        # gives these sizes a process per step), which then holds the peak
         whole = [run_size(size, work, "in_process") for size in sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -215,9 +216,10 @@ def main() -> None:
         "rule labels, every model family of the default selection with its default budget, "
         "the multiprocess executor (one process per step), both cores. Peak RSS is each step "
         "process's VmHWM sampled four times a second, matched to its step by the process ids of its "
-        "events; seconds are those of `big`'s run (or the unpartitioned one). The same "
-        "command with its default executor (`in_process`: every step in the command's one "
-        "process) gives the peak of the whole lineage in one process.\n\n"
+        "events; seconds are those of `big`'s run (or the unpartitioned one). The default "
+        "executor (`auto`) runs sources this big so; `--executor in_process` (every step in the "
+        "command's one process, the default for a smaller source) gives the peak of the whole "
+        "lineage in one process.\n\n"
         + totals.to_markdown(index=False)
         + "\n\n"
         + table.to_markdown(index=False)

@@ -52,7 +52,6 @@ def _probability(text: str) -> float:
     return value
 
 
-
 def _command(module: str, name: str):
     """A subcommand, imported only when it runs: ``logfit classify`` does not load Dagster."""
 
@@ -82,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--log-level", default="WARNING", help="Dagster console log level")
     m.add_argument(
         "--executor",
-        choices=["in_process", "multiprocess"],
-        default="in_process",
-        help="in_process (default): every step in this process; multiprocess: each run out of "
-        "process with the code location's executor (LOGFIT_EXECUTOR, one process per step "
-        "unless set otherwise)",
+        choices=["auto", "in_process", "multiprocess"],
+        default="auto",
+        help="auto (default): in_process, but a source of over 128 MB of log (about a million "
+        "lines) runs multiprocess; in_process: every step in this process; multiprocess: each "
+        "run out of process with the code location's executor (LOGFIT_EXECUTOR, one process "
+        "per step unless set otherwise)",
     )
     m.add_argument(
         "--force", action="store_true", help="recompute every asset, even the up-to-date ones"
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         help="when another logfit materialize holds the data folder, wait for it instead of "
         "refusing",
     )
-    m.set_defaults(func=_command('materialize', 'cmd_materialize'))
+    m.set_defaults(func=_command("materialize", "cmd_materialize"))
     s = sub.add_parser(
         "sources", help="list sources, enable Loghub systems, or download full Loghub data sets"
     )
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--full", action="store_true", help="enable-loghub: the full data sets, not the samples"
     )
-    s.set_defaults(func=_command('sources', 'cmd_sources'))
+    s.set_defaults(func=_command("sources", "cmd_sources"))
     c = sub.add_parser("classify", help="score a log file LOOK/SKIP with an exported model")
     c.add_argument("file", help="a log file, plain or .gz")
     c.add_argument(
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="LOOK threshold, between 0 and 1 (default: the model's)",
     )
-    c.set_defaults(func=_command('classify', 'cmd_classify'))
+    c.set_defaults(func=_command("classify", "cmd_classify"))
     t = sub.add_parser(
         "sessions",
         help="score the sessions of a log or sequence file with a source's session champion",
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "topg_misses for a template_lm folder)",
     )
     t.add_argument("--output", help="write every session scored to a .parquet or .jsonl file")
-    t.set_defaults(func=_command('sessions', 'cmd_sessions'))
+    t.set_defaults(func=_command("sessions", "cmd_sessions"))
     mc = sub.add_parser(
         "mcp",
         help="serve the lineage to coding agents over MCP (stdio; --http PORT on 127.0.0.1)",
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument(
         "rest", nargs=argparse.REMAINDER, help="after --: more arguments for dagster dev"
     )
-    d.set_defaults(func=_command('dev', 'cmd_dev'))
+    d.set_defaults(func=_command("dev", "cmd_dev"))
     args = parser.parse_args(argv)
     # Dagster marks data versions and backfill policies as beta; a CLI user cannot act on that.
     warnings.filterwarnings("ignore", message=".*currently in beta")

@@ -226,3 +226,32 @@ def test_templates_from_names_another_mined_source(tmp_path):
     assert "names 's', a sequences source" in problems["d"]
     assert "names the source itself" in problems["e"]
     assert "is for mined sources" in problems["f"]
+
+
+def test_a_big_source_runs_a_process_per_step_under_the_auto_executor(workdir):
+    """``logfit materialize --executor auto`` (the default) sizes each source without reading,
+    generating or downloading it, and gives the big ones a process per step."""
+    from logfit_dagster.commands.materialize import BIG_SOURCE_BYTES, _Executor
+    from logfit_dagster.resources.sources import LogSources
+
+    big = workdir / "big.log"
+    with open(big, "wb") as handle:  # sparse: its size without its bytes
+        handle.truncate(BIG_SOURCE_BYTES + 1)
+    registry = workdir / "sources.yaml"
+    registry.write_text(
+        registry.read_text()
+        + f"  - {{name: huge, origin: files, path: {big}, format: HDFS}}\n"
+        + "  - {name: many, origin: synthetic, kind: hdfs, lines: 2000000, seed: 3}\n"
+        + "  - {name: full, origin: loghub, system: HDFS_v1, release: full}\n"
+    )
+    sources = LogSources()
+    every = sources.all_sources()
+    sizes = {name: sources.estimated_bytes(spec) for name, spec in every.items()}
+    assert sizes["huge"] == BIG_SOURCE_BYTES + 1 and sizes["tiny_hdfs"] < BIG_SOURCE_BYTES
+    assert sizes["many"] >= BIG_SOURCE_BYTES and sizes["full"] >= BIG_SOURCE_BYTES
+    assert not (workdir / "data" / "sources").exists()  # nothing generated or fetched
+    auto = _Executor("auto", None, None, {}, big={"huge"})
+    assert auto.kind_for("huge") == "multiprocess" and auto.kind_for("tiny_hdfs") == "in_process"
+    assert auto.kind_for(None) == "multiprocess"  # the all-source stages read the big one too
+    assert _Executor("auto", None, None, {}).kind_for(None) == "in_process"
+    assert _Executor("in_process", None, None, {}, big={"huge"}).kind_for("huge") == "in_process"

@@ -12,6 +12,12 @@ from pathlib import Path
 from logfit_dagster.cli import ensure_dagster_home
 from logfit_dagster.paths import data_dir
 
+#: A source with this much log (about a million lines) runs each step in a process of its own
+#: under ``--executor auto``: one process holding every step's libraries (torch, scikit-learn,
+#: dagster) beside a big step's data went past 1.5 GB at 4M lines, where a process per step
+#: stays near 1.1 GB (``benchmarks/lineage_memory.py``).
+BIG_SOURCE_BYTES = 128 << 20
+
 
 def _open_instance(home: Path):
     """Dagster's instance under ``home``, or an error naming its damaged database."""
@@ -96,12 +102,24 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     selection = JOB_SELECTIONS[args.job] if args.job else MATERIALIZE_SELECTION
     stages = plan_stages(defs, list(selection.resolve(list(defs.assets))))
     log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    big = {
+        n
+        for n in names
+        if n in all_sources and sources.estimated_bytes(all_sources[n]) >= BIG_SOURCE_BYTES
+    }
+    if big and args.executor == "auto":
+        print(
+            f"logfit: {', '.join(sorted(big))}: over {BIG_SOURCE_BYTES >> 20} MB of log, so each "
+            "step runs in a process of its own (memory per step, not the lineage's sum; "
+            "--executor in_process keeps one process)",
+            file=sys.stderr,
+        )
     driver = _Driver(
         args,
         defs,
         instance,
         sources,
-        _Executor(args.executor, defs, instance, log_config, args.job),
+        _Executor(args.executor, defs, instance, log_config, args.job, big),
     )
     failed = [(n, problems[n]) for n in invalid]
     started = time.perf_counter()
@@ -363,16 +381,34 @@ class _Executor:
     """Runs a selection of assets for one partition (or none) in this process, or with the
     code location's executor (out of process)."""
 
-    def __init__(self, kind: str, defs, instance, run_config: dict, job: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        defs,
+        instance,
+        run_config: dict,
+        job: str | None = None,
+        big: set[str] | None = None,
+    ):
         self.kind, self.defs, self.instance, self.run_config = kind, defs, instance, run_config
         self.job = job  # a job named by --job, else every asset
+        # sources too big for one process to hold every step's imports and data: with the
+        # ``auto`` kind their runs (and the all-source ones) take a process per step
+        self.big = big or set()
+
+    def kind_for(self, partition: str | None) -> str:
+        if self.kind != "auto":
+            return self.kind
+        if partition is None:
+            return "multiprocess" if self.big else "in_process"
+        return "multiprocess" if partition in self.big else "in_process"
 
     def run(self, partition: str | None, selection: list):
         import dagster as dg
 
         from logfit_dagster.runs import process_tags
 
-        if self.kind == "in_process":
+        if self.kind_for(partition) == "in_process":
             job = (
                 self.defs.resolve_job_def(self.job)
                 if self.job
@@ -388,7 +424,9 @@ class _Executor:
             )
             return self._outcome(result)
         job = (
-            dg.build_reconstructable_job("logfit_dagster.commands.materialize", "job_of", (self.job,))
+            dg.build_reconstructable_job(
+                "logfit_dagster.commands.materialize", "job_of", (self.job,)
+            )
             if self.job
             else dg.build_reconstructable_job("logfit_dagster.commands.materialize", "asset_job")
         )

@@ -32,6 +32,12 @@ from logfit_dagster.paths import data_dir, registry_path
 INCOMING = "incoming"
 
 
+#: bytes a generated line takes, about (HDFS-style lines run 110 to 150)
+SYNTHETIC_BYTES_PER_LINE = 130
+#: a full Loghub data set, without downloading it to see: the smallest is over 100 MB
+FULL_LOGHUB_BYTES = 1 << 30
+
+
 class LogSources(dg.ConfigurableResource):
     """Resolves a log source's name to its description and its files on disk.
 
@@ -257,6 +263,22 @@ class LogSources(dg.ConfigurableResource):
                 raise LogInputError(f"source {spec.name!r}: no file matches {pattern}")
             found += [m for m in matches if m not in found]
         return found
+
+    def estimated_bytes(self, spec: SourceSpec) -> int:
+        """About how many bytes of log a source holds, without generating, downloading or
+        reading anything (what ``logfit materialize`` sizes its executor by)."""
+        if spec.origin == "synthetic":
+            return spec.lines * SYNTHETIC_BYTES_PER_LINE
+        if spec.origin == "loghub":
+            return FULL_LOGHUB_BYTES if spec.release == "full" else 0
+        total = 0
+        for pattern in [str(self.resolve(p)) for p in spec.patterns or (spec.path,)]:
+            for path in glob.glob(pattern):
+                try:
+                    total += Path(path).stat().st_size
+                except OSError:
+                    continue  # gone meanwhile, or unreadable: the ingest says which
+        return total
 
     def _ensure_synthetic(self, spec: SourceSpec) -> Path:
         folder = self.source_dir(spec.name)
