@@ -12,7 +12,7 @@ While it runs, every process under the command is sampled four times a second: i
 (``VmHWM``, exact however short the peak) is kept by process id, and each step's process id is
 read back from Dagster's own event log (every event a step's process wrote). The table gives, per
 step, its peak RSS over the runs that executed it and its seconds on ``big``'s partition. Then
-the same command with its default executor (``in_process``: every step in the command's own
+the same command with ``--executor in_process`` (every step in the command's own
 process), whose peak is the whole lineage's in one process.
 
     python benchmarks/lineage_memory.py [--sizes 1000000 4000000]
