@@ -289,7 +289,10 @@ def example_batches(
         if anomalous and keep < len(normal_ids):
             kept = set(random.Random(params.seed).sample(normal_ids, keep))
             dropped = {sid for sid in normal_ids if sid not in kept}
+    # indexed once: each batch's join reuses the index's hash table (a merge would rebuild it
+    # for every batch, hundreds of thousands of sessions a time)
     wanted = frame[~frame["session_id"].isin(dropped)][["session_id", "split", "label"]]
+    wanted = wanted.set_index("session_id")
     del frame
     stats.update(
         {
@@ -306,7 +309,7 @@ def example_batches(
             for form in PROMPT_FORMS:
                 stats.setdefault(f"est_tokens_{form}_form", 0)
         columns = ["session_id", "text", "n_lines"] + (["template_ids"] if with_ids else [])
-        part = batch[columns].merge(wanted, on="session_id")
+        part = batch[columns].join(wanted, on="session_id", how="inner")
         rows = []
         for row in part.itertuples(index=False):
             ids = list(row.template_ids) if with_ids else None
