@@ -141,7 +141,10 @@ class CtrlC:
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        # after a first Ctrl-C, one that lands while the command winds up (its summary, its
+        # exit) is the second: it ends the process at once, as it does inside
+        later = (lambda signum, frame: self._force()) if self.requested else None
+        signal.signal(signal.SIGINT, later or self._previous or signal.default_int_handler)
         signal.set_wakeup_fd(self._previous_fd)
         self._closed.set()
         assert self._pipe is not None

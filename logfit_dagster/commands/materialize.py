@@ -142,6 +142,11 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             "before is kept; the next `logfit materialize` goes on from there.",
             file=sys.stderr,
         )
+        # a further Ctrl-C while the interpreter winds down would kill it by the signal (status
+        # -2, Python having restored the default handler): the command has stopped already
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
     return 1 if failed else 0
 
