@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from logfit_dagster.core.line_features import MAX_SHAPE_CHARS, shape_column
-from logfit_dagster.core.line_scorers import ADAPTATION_FILE
+from logfit_dagster.core.models.base import ADAPTATION_FILE
 
 
 def shape_table(
@@ -105,8 +105,6 @@ def adapt_threshold(table: pd.DataFrame, known: dict, shipped: float) -> float:
         if score > best_f1 + 1e-12:
             best, best_f1 = candidate, score
     return float(best)
-
-
 
 
 def write_adaptation(

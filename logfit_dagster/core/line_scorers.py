@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: the file that marks a folder adapted to one system (``line_adaptation``)
-ADAPTATION_FILE = "adaptation.json"
-
 
 def load_line_scorer(path: Path):
     """A line scorer from an artifact folder (any line family, or adapted to one system with
     LLM answers) or a TF-IDF JSON export."""
     path = Path(path)
     if path.is_dir():
-        from logfit_dagster.core.models.base import LINE_FAMILIES, load, read_manifest
+        from logfit_dagster.core.models.base import (
+            ADAPTATION_FILE,
+            LINE_FAMILIES,
+            load,
+            read_manifest,
+        )
 
         if (path / ADAPTATION_FILE).is_file():
             from logfit_dagster.core.line_adaptation import AdaptedScorer

@@ -35,6 +35,8 @@ MANIFEST = "manifest.json"
 #: subfolders of an artifact folder that hold training state, not the model: checkpoints, the
 #: best weights so far, the spec and data of a training process. Never digested, copied or logged.
 TRAINING_STATE = ("checkpoints", "best", "spec")
+#: the file that marks a line model folder adapted to one system (``core/line_adaptation.py``)
+ADAPTATION_FILE = "adaptation.json"
 
 #: family name -> module. A family that needs torch is imported only when used.
 FAMILIES = {
@@ -384,4 +386,3 @@ def finished_model(folder: Path, params: dict, ignore: tuple[str, ...] = ()) -> 
         return {k: v for k, v in values.items() if k not in ignore}
 
     return TrainResult(folder, manifest) if kept(manifest.params) == kept(params) else None
-
