@@ -1,8 +1,9 @@
 """Peak memory of a big `synthetic` source's ingest: generated and written a chunk at a time.
 
 ``logfit materialize big --job ingest_job`` on a registry of one synthetic HDFS source of each
-size given (default 2M lines), in its own data folder: wall time, the peak RSS of the command's
-processes (its own process: the default in-process executor runs every step in it), and the
+size given (default 2M lines), in its own data folder, with the default executor (``auto``: a
+source this big runs a process per step): wall time, the peak RSS of the largest of the
+command's processes (its own included: it generates the source before its first run), and the
 seconds of each step; beside it, a ``files`` source of the same lines, so that what the
 generation adds is visible.
 
@@ -95,9 +96,11 @@ def main() -> None:
     table = pd.DataFrame(rows).assign(lines=lambda d: d["lines"].map("{:,}".format))
     markdown = (
         "# A big synthetic source's ingest: peak memory\n\n"
-        "`logfit materialize big --job ingest_job` (the default in-process executor: every "
-        "step in the command's process), a synthetic HDFS source generated and written 250,000 "
-        "lines at a time, beside a `files` source of the same lines.\n\n"
+        "`logfit materialize big --job ingest_job` with the default executor (`auto`: a source "
+        "this big runs a process per step), a synthetic HDFS source generated and written "
+        "250,000 lines at a time (by the command, before its first run), beside a `files` "
+        "source of the same lines. Peak RSS: the largest of the command's processes, its own "
+        "included.\n\n"
         + table.to_markdown(index=False)
         + "\n"
     )
