@@ -100,9 +100,7 @@ def main() -> None:
         "this big runs a process per step), a synthetic HDFS source generated and written "
         "250,000 lines at a time (by the command, before its first run), beside a `files` "
         "source of the same lines. Peak RSS: the largest of the command's processes, its own "
-        "included.\n\n"
-        + table.to_markdown(index=False)
-        + "\n"
+        "included.\n\n" + table.to_markdown(index=False) + "\n"
     )
     write_results("synthetic_ingest_memory", {"rows": rows}, markdown)
 
