@@ -31,7 +31,7 @@ from logfit_dagster.core.labeling.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     PromptSpec,
 )
-from logfit_dagster.core.labeling.quality import agreement, finite_or_none
+from logfit_dagster.core.labeling.quality import agreement_of_codes, finite_or_none
 from logfit_dagster.core.tables import StoredTable, TableStream
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.labelers import LabelerResource, scrub
@@ -357,7 +357,8 @@ def label_quality(
     given): memory stays flat in the source's length."""
     truth = ground_truth_labels["lines"][["line_number", "label"]].sort_values("line_number")
     truth_lines = truth["line_number"].to_numpy()
-    truth_values = truth["label"].astype("float64").to_numpy()
+    # a byte a line: 1, 0, or -1 where there is no label or no truth
+    truth_values = truth["label"].astype("float64").fillna(-1).to_numpy().astype(np.int8)
     columns = ["line_number", "label", "labeler", "model"]
     # label sets written before the distinct plan: every label answered for its own line
     has_source = "label_source" in llm_labels.column_names
@@ -368,29 +369,33 @@ def label_quality(
             labeler = str(batch.column("labeler")[0].as_py() or "")
             model = str(batch.column("model")[0].as_py() or "")
         label = batch.column("label").to_pandas()
-        predicted.append(label.map({"LOOK": 1.0, "SKIP": 0.0}).astype("float64").to_numpy())
+        predicted.append(
+            np.where(label == "LOOK", 1, np.where(label == "SKIP", 0, -1)).astype(np.int8)
+        )
         numbers = batch.column("line_number").to_numpy()
         at = np.clip(np.searchsorted(truth_lines, numbers), 0, max(len(truth_lines) - 1, 0))
         found = truth_lines[at] == numbers if len(truth_lines) else np.zeros(len(numbers), bool)
-        reference.append(np.where(found, truth_values[at] if len(truth_lines) else 0.0, np.nan))
+        reference.append(
+            np.where(found, truth_values[at] if len(truth_lines) else -1, -1).astype(np.int8)
+        )
         given = batch.column("label_source").to_pandas() if has_source else None
         kinds.append(
             np.where(given == "propagated", 2, np.where(given == "direct", 1, 0)).astype(np.int8)
             if given is not None
             else np.where(label.notna(), 1, 0).astype(np.int8)
         )
-    predicted_all = pd.Series(np.concatenate(predicted) if predicted else [], dtype="float64")
-    reference_all = pd.Series(np.concatenate(reference) if reference else [], dtype="float64")
+    predicted_all = np.concatenate(predicted) if predicted else np.zeros(0, np.int8)
+    reference_all = np.concatenate(reference) if reference else np.zeros(0, np.int8)
     kind_all = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
-    has_truth = bool(reference_all.notna().any())
-    stats = agreement(predicted_all, reference_all)
+    has_truth = bool((reference_all >= 0).any())
+    stats = agreement_of_codes(predicted_all, reference_all)
     confusion = stats.pop("confusion")
     # how the lines that took their shape's answer fare against those asked themselves
     by_source = {}
     for code, kind in ((1, "direct"), (2, "propagated")):
         part = kind_all == code
         if part.any():
-            found = agreement(predicted_all[part], reference_all[part])
+            found = agreement_of_codes(predicted_all[part], reference_all[part])
             by_source[kind] = {
                 "lines": int(part.sum()),
                 "compared": found["compared"],
