@@ -16,8 +16,8 @@ does (read, shape column-wise, score each distinct shape once, count LOOK), writ
 Then whole processes, as a user runs them: ``logfit classify FILE --model FOLDER`` (a line_tfidf
 folder trained on the same labels, loaded from its Arrow arrays) against a Python process that
 loads a fitted scikit-learn pipeline and scores every line of the file, for two pipelines: the
-plain one a user would write (``TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5))`` and a
-balanced logistic regression) and the heavier word + char one above. CPU seconds (user + system
+plain one a user would write (``line_protocol.baseline_pipeline``: ``TfidfVectorizer(analyzer=
+"char_wb", ngram_range=(3, 5))`` and a balanced logistic regression) and the heavier word + char one above. CPU seconds (user + system
 of the child process, best of 3), on the 16 Loghub samples one process each and on the mixed
 file; and the seconds from the start of ``logfit classify`` to its first LOOK line on stdout.
 The pipelines are stored with joblib in the benchmark's own temporary folder (a comparator made
@@ -72,13 +72,13 @@ def mixed_files(data: Path, folder: Path) -> list[Path]:
     return [mixed, heavy]
 
 
-def sklearn_baseline(lines: pd.DataFrame, paths: list[Path]) -> list[dict]:
-    """Lines/s of a plain scikit-learn pipeline scoring every line (best of 3)."""
+def word_char_pipeline():
+    """The heavier comparator: word (1-3) and char (3-6) TF-IDF, logistic regression."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
 
-    pipeline = make_pipeline(
+    return make_pipeline(
         make_union(
             TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 3), max_features=50_000),
             TfidfVectorizer(
@@ -87,6 +87,11 @@ def sklearn_baseline(lines: pd.DataFrame, paths: list[Path]) -> list[dict]:
         ),
         LogisticRegression(solver="liblinear"),
     )
+
+
+def sklearn_baseline(lines: pd.DataFrame, paths: list[Path]) -> list[dict]:
+    """Lines/s of a plain scikit-learn pipeline scoring every line (best of 3)."""
+    pipeline = word_char_pipeline()
     pipeline.fit(lines["raw"], lines["label"] == "LOOK")
     rows = []
     for path in paths:
@@ -220,27 +225,15 @@ def _cpu(command: list[str]) -> tuple[float, float | None]:
 def whole_process(lines: pd.DataFrame, data: Path, tmp: Path) -> dict:
     """``logfit classify`` and the two scikit-learn pipelines, each a whole process per file."""
     import joblib
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
 
+    from logfit_dagster.core.line_protocol import baseline_pipeline
     from logfit_dagster.core.models import base
 
     base.train("line_tfidf", lines, {"C": [1.0]}, tmp / "model")
     y = lines["label"] == "LOOK"
-    plain = make_pipeline(
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)),
-        LogisticRegression(class_weight="balanced", max_iter=1000),
-    ).fit(lines["raw"], y)
-    heavy = make_pipeline(
-        make_union(
-            TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 3), max_features=50_000),
-            TfidfVectorizer(
-                analyzer="char", ngram_range=(3, 6), sublinear_tf=True, max_features=100_000
-            ),
-        ),
-        LogisticRegression(solver="liblinear"),
-    ).fit(lines["raw"], y)
+    # the plain pipeline is the project's own baseline, the one every line model is reported by
+    plain = baseline_pipeline().fit(lines["raw"], y)
+    heavy = word_char_pipeline().fit(lines["raw"], y)
     joblib.dump(plain, tmp / "plain.joblib")
     joblib.dump(heavy, tmp / "heavy.joblib")
     logfit = str(Path(sys.executable).parent / "logfit")

@@ -344,17 +344,6 @@ def example_batches(
         yield examples
 
 
-EXAMPLE_COLUMNS = [
-    "session_id",
-    "split",
-    "label",
-    "answer",
-    "messages",
-    "prompt_version",
-    "est_tokens",
-    "lines",
-    "lines_left_out",
-]
 EXAMPLE_SCHEMA = pa.schema(
     [
         ("session_id", pa.string()),
@@ -368,6 +357,7 @@ EXAMPLE_SCHEMA = pa.schema(
         ("lines_left_out", pa.int64()),
     ]
 )
+EXAMPLE_COLUMNS = EXAMPLE_SCHEMA.names
 # split -> the JSONL files it feeds
 SESSION_IDS = "session_ids.json"
 FILES = {
