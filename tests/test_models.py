@@ -141,6 +141,49 @@ def test_the_scorers_n_grams_are_scikit_learns(text):
         assert ours == analyzer.build_analyzer()(text)
 
 
+def test_the_packed_char_lookup_counts_what_the_python_n_grams_count():
+    """A char block looks its n-grams up as packed integer keys in numpy; what it finds, and
+    so every score, is what the n-gram lists of :func:`char_ngrams` give, on texts with chars
+    outside the vocabulary's alphabet, lone surrogates, whitespace runs, texts shorter than an
+    n-gram, and more chars than one numpy pass takes."""
+    from logfit_dagster.core.line_model import CHAR_NGRAMS
+    from logfit_dagster.core.line_scoring import PACKED_CHARS, _TfidfPart, char_ngrams
+
+    rng = np.random.default_rng(0)
+    texts = [
+        "",
+        "ab",
+        "Error  at   x\t\tY",
+        "ÉCHEC: connexion refusée à 10.0.0.1",
+        "bad byte \udcff here",
+        "kernel: core dump NA ND " * 3,
+        "∑ not in the alphabet ∑ at all",
+    ]
+    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789 :.=-_/") + ["É", "é"]
+    texts += ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(1, 4096, 600)]
+    assert sum(map(len, texts)) > PACKED_CHARS  # the texts take more than one numpy pass
+    low, high = CHAR_NGRAMS
+    grams = sorted({g for text in texts[:200] for g in char_ngrams(text, low, high)})
+    vocabulary = {g: i for i, g in enumerate(grams[::3])}
+    spec = {
+        "vocabulary": vocabulary,
+        "idf": rng.uniform(1, 5, len(vocabulary)).tolist(),
+        "coef": rng.normal(size=len(vocabulary)).tolist(),
+        "ngram_range": [low, high],
+    }
+    part = _TfidfPart(spec)
+    assert part.packed is not None
+    packed = part.score_many(texts)
+    part.packed = None  # the Python lookup, n-gram by n-gram
+    assert np.abs(packed - part.score_many(texts)).max() < 1e-12
+    assert np.count_nonzero(packed) > len(texts) // 2
+    # an alphabet whose keys would not fit 63 bits is looked up in Python
+    wide = {chr(0x4E00 + i) * 3: i for i in range(1100)}
+    spec = {**spec, "vocabulary": wide, "idf": [1.0] * 1100, "coef": [1.0] * 1100}
+    assert _TfidfPart(spec).packed is None
+    assert _TfidfPart(spec).score_many([chr(0x4E00) * 4, "abc"]).tolist() == [1.0, 0.0]
+
+
 def test_the_arrow_twin_of_an_export_scores_as_the_json_does(tmp_path):
     from logfit_dagster.core.line_scoring import read_binary, write_binary
 

@@ -56,6 +56,82 @@ def word_ngrams(text: str, token: re.Pattern, min_n: int, max_n: int) -> list[st
     return grams
 
 
+def _code_points(text: str) -> np.ndarray:
+    """The code points of a text, one uint32 each (lone surrogates kept as they are)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+# Texts a packed char block scores per numpy pass: bounds its arrays (about 50 MB).
+PACKED_CHARS = 1 << 20
+
+
+class _PackedCharNgrams:
+    """A char n-gram vocabulary as sorted int64 keys, so that many texts are looked up in numpy.
+
+    Each char of the vocabulary's alphabet gets a code 1..A; an n-gram's key packs its codes
+    ``bits`` apart, first char lowest. The key is the n-gram, not a hash of it: two n-grams
+    share a key only if they are equal, and an n-gram holding a char outside the alphabet is in
+    no vocabulary. :meth:`build` gives None when the keys would not fit 63 bits (an alphabet of
+    over 1,023 chars at 6-grams), and the block scores in Python instead.
+    """
+
+    def __init__(self, alphabet: np.ndarray, bits: int, keys: np.ndarray, ids: np.ndarray):
+        self.alphabet, self.bits, self.keys, self.ids = alphabet, bits, keys, ids
+
+    @classmethod
+    def build(cls, terms: list[str], max_n: int) -> _PackedCharNgrams | None:
+        if not terms:
+            return None
+        joined = "".join(terms)
+        alphabet = np.unique(_code_points(joined))
+        bits = len(alphabet).bit_length()  # codes 1..A, 0 for a char outside the alphabet
+        if bits * max_n > 63:
+            return None
+        codes = np.searchsorted(alphabet, _code_points(joined)).astype(np.int64) + 1
+        lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
+        starts = np.cumsum(lengths) - lengths
+        offset = np.arange(len(codes), dtype=np.int64) - np.repeat(starts, lengths)
+        keys = np.add.reduceat(codes << (bits * offset), starts)
+        order = np.argsort(keys, kind="stable")
+        return cls(alphabet, bits, keys[order], order.astype(np.int64))
+
+    def _codes(self, text: str) -> np.ndarray:
+        points = _code_points(text)
+        at = np.minimum(np.searchsorted(self.alphabet, points), len(self.alphabet) - 1)
+        return np.where(self.alphabet[at] == points, at + 1, 0).astype(np.int64)
+
+    def matches(self, texts: list[str], min_n: int, max_n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row, vocabulary index) of every n-gram occurrence of the texts that the
+        vocabulary holds, n from min_n to max_n: what :func:`char_ngrams` yields, looked up."""
+        texts = [_WHITE_SPACES.sub(" ", text.lower()) for text in texts]
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        codes = self._codes("".join(texts))
+        total = len(codes)
+        # where each char's text ends: an n-gram from i is whole if i + n <= end
+        room = np.repeat(np.cumsum(lengths), lengths) - np.arange(total, dtype=np.int64)
+        row = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        key = np.zeros(total, dtype=np.int64)
+        known = np.ones(total, dtype=bool)
+        rows, ids = [], []
+        for n in range(1, max_n + 1):
+            starts = total - n + 1  # n-grams start at 0 .. total - n
+            if starts <= 0:
+                break
+            key[:starts] |= codes[n - 1 :] << (self.bits * (n - 1))
+            known[:starts] &= codes[n - 1 :] != 0
+            if n < min_n:
+                continue
+            whole = np.flatnonzero(known[:starts] & (room[:starts] >= n))
+            found = key[whole]
+            at = np.minimum(np.searchsorted(self.keys, found), len(self.keys) - 1)
+            hit = self.keys[at] == found
+            rows.append(row[whole[hit]])
+            ids.append(self.ids[at[hit]])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(rows), np.concatenate(ids)
+
+
 class _TfidfPart:
     """One TF-IDF block of an exported model, scored for many texts at once."""
 
@@ -65,11 +141,38 @@ class _TfidfPart:
         self.coef = np.asarray(spec["coef"], dtype=np.float64)
         self.min_n, self.max_n = spec["ngram_range"]
         self.token = re.compile(token_pattern) if token_pattern else None
+        self.packed = None
+        if self.token is None:
+            terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+            self.packed = _PackedCharNgrams.build(terms, self.max_n)
 
     def _grams(self, text: str) -> list[str]:
         if self.token is None:
             return char_ngrams(text, self.min_n, self.max_n)
         return word_ngrams(text, self.token, self.min_n, self.max_n)
+
+    def _matches(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(row, vocabulary index) of every known n-gram occurrence."""
+        if self.packed is not None:
+            rows, ids, size, start = [], [], 0, 0
+            for end, text in enumerate(texts, start=1):
+                size += len(text)
+                if size >= PACKED_CHARS or end == len(texts):
+                    row, index = self.packed.matches(texts[start:end], self.min_n, self.max_n)
+                    rows.append(row + start)
+                    ids.append(index)
+                    size, start = 0, end
+            if rows:
+                return np.concatenate(rows), np.concatenate(ids)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        get = self.vocabulary.get
+        ids, lengths = [], np.zeros(len(texts), dtype=np.int64)
+        for row, text in enumerate(texts):
+            known = [i for i in map(get, self._grams(text)) if i is not None]
+            ids.extend(known)
+            lengths[row] = len(known)
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        return rows, np.asarray(ids, dtype=np.int64)
 
     def score_many(self, texts: list[str]) -> np.ndarray:
         """coef · l2-normalized sublinear tf-idf of each text.
@@ -78,27 +181,15 @@ class _TfidfPart:
         idf and the norm follow ``TfidfVectorizer(sublinear_tf=True)``. A text with no known
         n-gram scores 0.
         """
-        vocabulary = self.vocabulary
-        indices: list[int] = []
-        counts: list[int] = []
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        for row, text in enumerate(texts):
-            found: dict[int, int] = {}
-            for gram in self._grams(text):
-                index = vocabulary.get(gram)
-                if index is not None:
-                    found[index] = found.get(index, 0) + 1
-            indices.extend(found)
-            counts.extend(found.values())
-            lengths[row] = len(found)
         out = np.zeros(len(texts), dtype=np.float64)
-        if not indices:
+        rows, ids = self._matches(texts)
+        if not len(ids):
             return out
-        index = np.asarray(indices, dtype=np.int64)
-        weight = (1.0 + np.log(np.asarray(counts, dtype=np.float64))) * self.idf[index]
-        rows = np.repeat(np.arange(len(texts)), lengths)
-        dots = np.bincount(rows, weights=weight * self.coef[index], minlength=len(texts))
-        norms = np.sqrt(np.bincount(rows, weights=weight * weight, minlength=len(texts)))
+        pair, counts = np.unique(rows * len(self.idf) + ids, return_counts=True)
+        row, index = np.divmod(pair, len(self.idf))
+        weight = (1.0 + np.log(counts)) * self.idf[index]
+        dots = np.bincount(row, weights=weight * self.coef[index], minlength=len(texts))
+        norms = np.sqrt(np.bincount(row, weights=weight * weight, minlength=len(texts)))
         np.divide(dots, norms, out=out, where=norms > 0)
         return out
 
