@@ -136,8 +136,7 @@ def normal_test_figures(folder: Path, test: list[dict]) -> dict:
     scorer = load(folder)
     normal = [t["tokens"] for t in test if t["label"] == 0]
     stats = scorer.token_stats(normal)
-    nll = np.concatenate([np.asarray(x, dtype=float) for x in stats.nll if x])
-    ranks = np.concatenate([np.asarray(x) for x in stats.ranks if x])
+    nll, ranks = stats.nll.astype(float), stats.ranks
     evaluation = json.loads((folder / "evaluation.json").read_text())
     m = evaluation["methods"]["max_nll"]
     return {

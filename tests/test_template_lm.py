@@ -127,6 +127,29 @@ def test_a_model_of_normal_sessions_flags_order_and_unseen_templates(tmp_path):
     assert again.manifest.extra["export_parity_max_abs_diff"] <= 1e-4
 
 
+def test_scores_from_the_flat_token_arrays_are_each_sessions_own(tmp_path):
+    """Sessions are scored in batches of windows into flat per-token arrays; every session's
+    scores are what it gets scored alone, with overlapping windows scoring each token once,
+    an empty session, and sessions longer than a window."""
+    base.train("template_lm", _data(), PARAMS, tmp_path / "lm")
+    scorer = base.load(tmp_path / "lm")
+    scorer.p.stride = 3  # windows of 9 tokens, 3 apart: most targets are predicted twice
+    scorer.p.eval_batch_size = 5
+    rng = np.random.default_rng(1)
+    sessions = [_normal(rng) * int(rng.integers(1, 6)) for _ in range(20)] + [[]]
+    stats = scorer.token_stats(sessions)
+    assert np.diff(stats.offsets).tolist() == [len(s) + 1 for s in sessions]  # targets and end
+    together = scorer.score(stats)
+    alone = [scorer.score([s]) for s in sessions]
+    for method in ("max_nll", "mean_nll", "topg_misses", "unseen_rate"):
+        assert np.allclose(together[method], [a[method][0] for a in alone], atol=1e-5)
+    picked = stats.take([3, 0, 20])
+    assert np.allclose(scorer.score(picked)["max_nll"], together["max_nll"][[3, 0, 20]])
+    by_position = scorer.loss_by_position(stats)
+    assert len(by_position) == max(len(s) for s in sessions) + 1
+    assert by_position[0] == pytest.approx(float(np.mean(stats.nll[stats.offsets[:-1]])))
+
+
 def test_fine_tuning_keeps_the_rows_pretraining_learned_and_starts_new_ones_at_their_mean(
     tmp_path,
 ):
@@ -238,6 +261,29 @@ def test_the_threshold_keeps_its_false_alarm_target_on_new_normal_sessions():
     assert label_free_thresholds({m: few for m in METHODS}, 99.5)["max_nll"] == 99.0
     gaps = {m: np.array([np.nan, 1.0, 2.0]) for m in METHODS}
     assert label_free_thresholds(gaps, 99.5)["max_nll"] == 2.0
+
+
+def test_a_step_budget_gives_the_same_model_on_any_machine(tmp_path):
+    """The default budget counts steps, not seconds: a run stops at the same step however fast
+    the machine is, and two runs give the same weights and scores; the learning rate decays to
+    0 over the budget."""
+    params = {**PARAMS, "max_epochs": 50, "max_steps": 7, "min_improvement": 0.0}
+    first = base.train("template_lm", _data(), params, tmp_path / "a")
+    again = base.train("template_lm", _data(), params, tmp_path / "b")
+    assert first.manifest.extra["stopped"] == "step budget (7) reached"
+    assert first.metrics["steps"] == 7 and first.manifest.params["max_steps"] == 7
+    history = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert [h["step"] for h in history["steps"]] == list(range(1, 8))
+    assert first.metrics == again.metrics
+    weights = [(tmp_path / run / "model" / "model.safetensors").read_bytes() for run in ("a", "b")]
+    assert weights[0] == weights[1]
+    # the schedule runs over the budget: the last step's learning rate is near 0
+    from logfit_dagster.core.models.template_lm import train
+
+    rates = []
+    train(_data(), params, tmp_path / "c", lambda step, total, **kw: rates.append(kw.get("lr")))
+    rates = [r for r in rates if r is not None]
+    assert len(rates) == 7 and rates[-1] < 0.1 * max(rates)
 
 
 def test_training_stops_on_its_time_budget_and_on_a_flat_dev_loss(tmp_path):

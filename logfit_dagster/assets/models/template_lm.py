@@ -33,12 +33,16 @@ from logfit_dagster.resources.tracking import ExperimentTracker
 from logfit_dagster.resources.trainer import Trainer
 
 PRETRAINED_MODEL_NAME = "logfit-template-lm-pretrained"
-# Default training budgets: the default sources' template models (one pretrained, and per source
-# a fine-tuned model and its scratch twin) train in about a minute on 2 cores, and a big or slow
-# source never trains for hours unasked. A model stopped by its budget says so (recommendations);
-# raise max_seconds for a real source (benchmarks train without a budget).
-PRETRAIN_SECONDS = 15.0
-FINETUNE_SECONDS = 6.0
+# Default training budgets. Steps, so that a model and its results are the same on any machine
+# (a time budget trains fewer steps on a slower or busier CPU): on 2 cores the default sources'
+# template models (one pretrained, and per source a fine-tuned model and its scratch twin) train
+# in about a minute. The time budget is a safety net ten times the steps' time here: a slow or
+# big source never trains for hours unasked. A model stopped by either budget says so
+# (recommendations); raise both for a real source (benchmarks train without a budget).
+PRETRAIN_STEPS = 450
+FINETUNE_STEPS = 240
+PRETRAIN_SECONDS = 150.0
+FINETUNE_SECONDS = 60.0
 TEMPLATE_SCORE_COLUMNS = [
     "session_id",
     "label",
@@ -165,18 +169,30 @@ class PretrainConfig(TemplateLMConfig):
     source: str = Field(
         default="", description="Source to pretrain on; empty: the first HDFS-kind source."
     )
+    max_steps: int = Field(
+        default=PRETRAIN_STEPS,
+        description="Training stops after this many steps (0: no budget), keeping the best "
+        "epoch so far: the same model on any machine. The manifest records the budget and why "
+        "training stopped.",
+    )
     max_seconds: float = Field(
         default=PRETRAIN_SECONDS,
-        description="Training stops after this many seconds (0: no budget), keeping the best "
-        "epoch so far; the manifest records the budget and why training stopped.",
+        description="... or after this many seconds (0: no budget), a safety net: a model "
+        "stopped by time depends on the machine's speed.",
     )
 
 
 class FineTuneConfig(TemplateLMConfig):
+    max_steps: int = Field(
+        default=FINETUNE_STEPS,
+        description="Each model (the fine-tuned one, and its scratch twin) stops training after "
+        "this many steps (0: no budget), keeping the best epoch so far: the same model on any "
+        "machine.",
+    )
     max_seconds: float = Field(
         default=FINETUNE_SECONDS,
-        description="Each model (the fine-tuned one, and its scratch twin) stops training after "
-        "this many seconds (0: no budget), keeping the best epoch so far.",
+        description="... or after this many seconds (0: no budget), a safety net: a model "
+        "stopped by time depends on the machine's speed.",
     )
     from_scratch: bool = Field(
         default=False,
@@ -355,7 +371,11 @@ def template_lm(
     # the scratch twin on the same test sessions, for the pretraining gain in the overview
     scratch = pd.DataFrame(twin or [], columns=TEMPLATE_SCORE_COLUMNS[:6])
     scratch = scratch.rename(
-        columns={"score": "scratch_score", "threshold": "scratch_threshold", "flagged": "scratch_flagged"}
+        columns={
+            "score": "scratch_score",
+            "threshold": "scratch_threshold",
+            "flagged": "scratch_flagged",
+        }
     )[["session_id", "method", "scratch_score", "scratch_threshold", "scratch_flagged"]]
     frame = frame.merge(scratch, on=["session_id", "method"], how="left")
     frame["path"] = str(folder)
@@ -437,7 +457,13 @@ def recommendations(summary: dict, metrics: dict, stopped: str = "") -> list[str
     if stopped.startswith("time budget"):
         notes.append(
             f"training stopped on its {stopped.split('(')[1].split(')')[0]} budget before early "
-            "stopping: the model may improve with a larger max_seconds (config)"
+            "stopping, so the model depends on this machine's speed: it may improve with a "
+            "larger max_seconds (config)"
+        )
+    if stopped.startswith("step budget"):
+        notes.append(
+            f"training stopped on its budget of {stopped.split('(')[1].split(')')[0]} steps "
+            "before early stopping: the model may improve with a larger max_steps (config)"
         )
     if summary.get("template_coverage", 1.0) < 0.95:
         notes.append(

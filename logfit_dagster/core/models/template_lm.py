@@ -25,6 +25,7 @@ cosine decay, early stopping on the dev loss. Needs only torch, transformers and
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -101,6 +102,8 @@ class TemplateLMParams:
     # Stop training after this many seconds (0: no budget); the manifest's ``stopped`` says why
     # training ended.
     max_seconds: float = 0.0
+    # Stop after this many optimizer steps (0: no budget): the same model on any machine.
+    max_steps: int = 0
 
     @classmethod
     def from_dict(cls, params: dict) -> TemplateLMParams:
@@ -368,6 +371,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             seed=p.seed,
             metric="neg_dev_loss",
             max_seconds=p.max_seconds,
+            max_steps=p.max_steps,
             min_improvement=p.min_improvement,
             min_delta=p.min_delta,
         ),
@@ -501,7 +505,9 @@ def dev_methods(scorer: TemplateScorer, normal: TokenStats | list, anomalous: li
     flags = {
         m: np.r_[a, b]
         for (m, a), b in zip(
-            scorer.flags(normal_scores).items(), scorer.flags(anomalous_scores).values(), strict=True
+            scorer.flags(normal_scores).items(),
+            scorer.flags(anomalous_scores).values(),
+            strict=True,
         )
     }
     out = {}
@@ -545,16 +551,37 @@ def _mean_loss(model, windows_: list[list[int]], batch_size: int, device: str, m
 
 @dataclass
 class TokenStats:
-    """Per session: each predicted token's NLL, its rank among the model's choices, whether it
-    fell outside the top g, and the share of templates never seen in training."""
+    """Every predicted token of some sessions, session after session, in flat arrays: its NLL
+    and its rank among the model's choices (0: the first); where each session's tokens start
+    (``offsets``, one more than sessions); per session, the share of templates never seen in
+    training. A few bytes a token, whatever the number of sessions."""
 
-    nll: list[list[float]]
-    miss: list[list[bool]]
-    ranks: list[list[int]]
-    unseen: list[float]
+    nll: np.ndarray  # float32
+    ranks: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    unseen: np.ndarray  # float64
+
+    @property
+    def sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    def owners(self) -> np.ndarray:
+        """The session of every token."""
+        return np.repeat(np.arange(self.sessions, dtype=np.int64), np.diff(self.offsets))
+
+    def positions(self) -> np.ndarray:
+        """Every token's position in its session (0: the first predicted)."""
+        lengths = np.diff(self.offsets)
+        return np.arange(len(self.nll), dtype=np.int64) - np.repeat(self.offsets[:-1], lengths)
 
     def take(self, indices) -> TokenStats:
-        return TokenStats(*([part[i] for i in indices] for part in vars(self).values()))
+        indices = np.asarray(indices, dtype=np.int64)
+        lengths = np.diff(self.offsets)[indices]
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        gather = np.repeat(self.offsets[indices] - offsets[:-1], lengths) + np.arange(
+            offsets[-1], dtype=np.int64
+        )
+        return TokenStats(self.nll[gather], self.ranks[gather], offsets, self.unseen[indices])
 
 
 class TemplateScorer:
@@ -587,26 +614,24 @@ class TemplateScorer:
         """Tokens never seen in training become the unknown token."""
         return [t if t in self.trained else UNK for t in tokens]
 
+    def _windows(self, sessions: list[list[int]]):
+        """(session, window, targets already scored) of every session, in order."""
+        stride = self.p.stride or self.p.context
+        for i, s in enumerate(sessions):
+            for w, skip in scored_windows(self.known(s), self.p.context, stride):
+                yield i, w, skip
+
     def token_stats(self, sessions: list[list[int]]) -> TokenStats:
-        """One pass of the model over the sessions: what every score is computed from."""
+        """One pass of the model over the sessions, ``eval_batch_size`` windows at a time:
+        what every score is computed from. Only the flat per-token arrays are kept."""
         import torch
 
-        p = self.p
-        stride = p.stride or p.context
-        flat, owner, skips = [], [], []
-        for i, s in enumerate(sessions):
-            for w, skip in scored_windows(self.known(s), p.context, stride):
-                flat.append(w)
-                owner.append(i)
-                skips.append(skip)
-        nll = [[] for _ in sessions]
-        miss = [[] for _ in sessions]
-        ranks = [[] for _ in sessions]
+        nll, ranks, owner = [], [], []
         mixed, _ = autocast(self.device, "auto")
+        windows_ = self._windows(sessions)
         with torch.no_grad(), mixed:
-            for start in range(0, len(flat), p.eval_batch_size):
-                chunk = flat[start : start + p.eval_batch_size]
-                ids, mask = _pad(chunk)
+            while chunk := list(itertools.islice(windows_, self.p.eval_batch_size)):
+                ids, mask = _pad([w for _, w, _ in chunk])
                 ids, mask = ids.to(self.device), mask.to(self.device)
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1]
                 target = ids[:, 1:]
@@ -615,16 +640,28 @@ class TemplateScorer:
                 )
                 true_logit = logits.gather(2, target.unsqueeze(-1))
                 rank = (logits > true_logit).sum(-1)  # 0: the model's first choice
-                keep = mask[:, 1:].bool()
-                for j in range(len(chunk)):
-                    i, skip = owner[start + j], skips[start + j]
-                    k = keep[j]
-                    nll[i].extend(token_nll[j][k].cpu().tolist()[skip:])
-                    r = rank[j][k].cpu().tolist()[skip:]
-                    ranks[i].extend(r)
-                    miss[i].extend(x >= p.top_g for x in r)
-        unseen = [sum(t not in self.trained for t in s) / len(s) if s else 0.0 for s in sessions]
-        return TokenStats(nll, miss, ranks, unseen)
+                # a window's tokens, less those an earlier window of its session scored
+                skip = torch.tensor([k for _, _, k in chunk], device=mask.device)
+                keep = mask[:, 1:].bool() & (
+                    torch.arange(target.shape[1], device=mask.device)[None, :] >= skip[:, None]
+                )
+                nll.append(token_nll[keep].cpu().numpy().astype(np.float32))
+                ranks.append(rank[keep].cpu().numpy().astype(np.int32))
+                owner.append(
+                    np.repeat([i for i, _, _ in chunk], keep.sum(1).cpu().numpy()).astype(np.int64)
+                )
+        owners = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int64)
+        counts = np.bincount(owners, minlength=len(sessions))
+        unseen = np.array(
+            [sum(t not in self.trained for t in s) / len(s) if s else 0.0 for s in sessions],
+            dtype=np.float64,
+        )
+        return TokenStats(
+            np.concatenate(nll) if nll else np.zeros(0, dtype=np.float32),
+            np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int32),
+            np.r_[0, np.cumsum(counts)].astype(np.int64),
+            unseen,
+        )
 
     def _stats(self, sessions: list[list[int]] | TokenStats) -> TokenStats:
         return sessions if isinstance(sessions, TokenStats) else self.token_stats(sessions)
@@ -632,13 +669,28 @@ class TemplateScorer:
     def score(self, sessions: list[list[int]] | TokenStats) -> dict[str, np.ndarray]:
         """Each method's score per session, and the unseen-template rate."""
         stats = self._stats(sessions)
-        mean = np.array([np.mean(x) if x else np.nan for x in stats.nll])
+        lengths = np.diff(stats.offsets)
+        owners = stats.owners()
+        nll = stats.nll.astype(np.float64)
+        scored = lengths > 0
+        mean = np.full(stats.sessions, np.nan)
+        mean[scored] = (
+            np.bincount(owners, weights=nll, minlength=stats.sessions)[scored] / (lengths[scored])
+        )
+        largest = np.full(stats.sessions, np.nan)
+        if scored.any():  # each scored session's tokens run from its offset to the next one's
+            largest[scored] = np.maximum.reduceat(nll, stats.offsets[:-1][scored])
+        misses = np.bincount(
+            owners,
+            weights=(stats.ranks >= self.p.top_g).astype(np.float64),
+            minlength=stats.sessions,
+        )
         return {
-            "max_nll": np.array([max(x) if x else np.nan for x in stats.nll]),
+            "max_nll": largest,
             "mean_nll": mean,
             "perplexity": np.exp(mean),
-            "topg_misses": np.array([float(sum(x)) for x in stats.miss]),
-            "unseen_rate": np.array(stats.unseen),
+            "topg_misses": misses,
+            "unseen_rate": np.asarray(stats.unseen, dtype=np.float64),
         }
 
     def flags(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -650,20 +702,20 @@ class TemplateScorer:
     def loss_by_position(self, sessions: list[list[int]] | TokenStats) -> list[float]:
         """Mean next-template NLL at each position of a session (0: the first template), up
         to the longest session: where in a session the model is unsure."""
-        nll = self._stats(sessions).nll
-        width = max((len(x) for x in nll), default=0)
-        sums, counts = np.zeros(width), np.zeros(width)
-        for values in nll:
-            sums[: len(values)] += values
-            counts[: len(values)] += 1
+        stats = self._stats(sessions)
+        positions = stats.positions()
+        if not len(positions):
+            return []
+        sums = np.bincount(positions, weights=stats.nll.astype(np.float64))
+        counts = np.bincount(positions)
         return [float(v) for v in sums / np.maximum(counts, 1)]
 
     def top_k_accuracy(
         self, sessions: list[list[int]] | TokenStats, ks=(1, 3, 5, 10)
     ) -> dict[int, float]:
         """The share of next templates among the model's first k choices."""
-        flat = np.array([r for rs in self._stats(sessions).ranks for r in rs])
-        return {k: float((flat < k).mean()) if len(flat) else math.nan for k in ks}
+        ranks = self._stats(sessions).ranks
+        return {k: float((ranks < k).mean()) if len(ranks) else math.nan for k in ks}
 
 
 def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[int]]) -> dict:
@@ -685,8 +737,9 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
     normal = stats.take(np.flatnonzero(y == 0))
 
     def coverage(sessions: list[list[int]]) -> float:
-        seen = [t in scorer.trained for s in sessions for t in s]
-        return float(np.mean(seen)) if seen else math.nan
+        seen = sum(t in scorer.trained for s in sessions for t in s)
+        total = sum(map(len, sessions))
+        return seen / total if total else math.nan
 
     return {
         "methods": methods,

@@ -52,6 +52,10 @@ class LoopSpec:
     # Stop once training has run this long (seconds, this process; 0: no budget): the epoch
     # under way ends there, is evaluated, and the best model so far is kept.
     max_seconds: float = 0.0
+    # Stop after this many optimizer steps in all, resumed steps included (0: no budget). Unlike
+    # the time budget it gives the same model on any machine; the learning-rate schedule then
+    # runs over these steps (or the epochs' steps, if fewer).
+    max_steps: int = 0
     # An epoch counts as a gain only when the metric beats the best by this share of the best's
     # size (0: any gain): a dev loss that creeps down by 0.1% an epoch stops training.
     min_improvement: float = 0.0
@@ -201,6 +205,8 @@ def run(
     folder = Path(folder)
     steps_per_epoch = math.ceil(spec.rows / spec.batch_size)
     total = steps_per_epoch * spec.max_epochs
+    if spec.max_steps:
+        total = min(total, spec.max_steps)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=spec.learning_rate,
@@ -226,12 +232,15 @@ def run(
         resumed_from = state["step"]
         progress(state["step"], total, resumed_from=resumed_from)
     started, seen = time.perf_counter(), 0
-    over_budget = False
+    over_budget = over_steps = False
     model.train()
     while not state["stopped"] and state["epoch"] < spec.max_epochs:
         epoch = state["epoch"]
         order = np.random.default_rng(spec.seed + epoch).permutation(spec.rows)
         for b in range(state["step"] - epoch * steps_per_epoch, steps_per_epoch):
+            if spec.max_steps and state["step"] >= spec.max_steps:
+                over_steps = True
+                break
             if spec.max_seconds and time.perf_counter() - started >= spec.max_seconds:
                 over_budget = True
                 break
@@ -258,6 +267,9 @@ def run(
             )
             if state["step"] % spec.checkpoint_every == 0 and b + 1 < steps_per_epoch:
                 _save_checkpoint(folder, model, optimizer, scheduler, state, spec.keep_checkpoints)
+            if spec.max_steps and state["step"] >= spec.max_steps:
+                over_steps = True
+                break
         record: dict = {"epoch": epoch + 1, "step": state["step"]}
         if evaluate is not None:
             metric, extras = evaluate()
@@ -278,6 +290,8 @@ def run(
         else:
             state.update(best_epoch=epoch + 1)
             _save_best(model, folder)
+        if over_steps and not state["stopped"]:
+            state["stopped"] = f"step budget ({spec.max_steps}) reached"
         if over_budget and not state["stopped"]:
             state["stopped"] = (
                 f"time budget ({spec.max_seconds:g} s) reached at step {state['step']} of {total}"
