@@ -248,10 +248,13 @@ def llm_session_eval(
 
     source = context.partition_key
     secrets = judge.secrets()
-    model = judge.model
     test = llm_session_examples[llm_session_examples["split"] == "test"].reset_index(drop=True)
     try:
         session_judge = judge.judge()
+        model = session_judge.name  # a served model's name says which weights answered
+        endpoint = str(session_judge.client.base_url) if judge.serve else judge.endpoint()
+        if judge.serve:
+            context.log.info(f"judging with {judge.serve} served at {endpoint}")
         try:
             frame, metrics, stats = evaluate_sessions(
                 test,
@@ -274,7 +277,13 @@ def llm_session_eval(
     tracker.log_training(
         run_name=f"llm_session_eval/{source}/{model}",
         model_name="",
-        params={"source": source, "model": model, "base_url": judge.endpoint() or "default"},
+        params={
+            "source": source,
+            "model": model,
+            "base_url": endpoint or "default",
+            "served": judge.serve or "",
+            "max_answer_tokens": session_judge.max_tokens or 0,
+        },
         metrics={
             **metrics,
             "input_tokens": stats.input_tokens,

@@ -40,7 +40,10 @@ class AnswerCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with named_errors(self.path, "the cache of judged sessions", _REMEDY), self._connect() as db:
+        with (
+            named_errors(self.path, "the cache of judged sessions", _REMEDY),
+            self._connect() as db,
+        ):
             db.execute(
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, text TEXT, "
                 "input_tokens INTEGER, output_tokens INTEGER)"
@@ -77,10 +80,24 @@ def answer_key(model: str, prompt_version: str, messages: str) -> str:
 
 
 class SessionJudge(ChatModel):
-    """A chat model asked for ``{"label", "reason"}``, a few sessions at a time."""
+    """A chat model asked for ``{"label", "reason"}``, a few sessions at a time.
+
+    Args:
+        max_tokens: the longest answer (None: the server's default); a local model judged
+            in-process and through a server answers alike with the same cap.
+        server: a :class:`~logfit_dagster.core.serving.LocalServer` the judge asks, stopped
+            when the judge is closed.
+        name: what answers are cached and reported under (default: the model): a served
+            folder's name and digest, where the server knows the model by its path.
+    """
 
     key_owner = "the session judge"
     key_variable = "the variable named in the config"
+
+    def __init__(self, *, max_tokens: int | None = None, server=None, name: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.max_tokens, self.server = max_tokens, server
+        self.name = name or self.model
 
     def ask(self, messages: list[dict]) -> ChatReply:
         response_format = (
@@ -88,7 +105,14 @@ class SessionJudge(ChatModel):
             if self.structured_output
             else None
         )
-        return chat(self.client, self.model, messages, response_format)
+        return chat(self.client, self.model, messages, response_format, max_tokens=self.max_tokens)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.server is not None:
+                self.server.close()
 
 
 @dataclass
@@ -132,7 +156,7 @@ def evaluate_sessions(
     """
     stats = EvalStats(sessions=len(test))
     keys = [
-        answer_key(judge.model, str(v), str(m))
+        answer_key(judge.name, str(v), str(m))
         for v, m in zip(test["prompt_version"], test["messages"], strict=True)
     ]
     answers = cache.get_many(keys)
@@ -148,7 +172,7 @@ def evaluate_sessions(
                 f"${estimate:.2f}, over the cap of ${max_cost_usd:.2f}: nothing was sent"
             )
     if todo:
-        log(f"asking {judge.model} about {len(todo)} session(s) ({stats.cached} cached)")
+        log(f"asking {judge.name} about {len(todo)} session(s) ({stats.cached} cached)")
     with ThreadPoolExecutor(judge.max_concurrency, thread_name_prefix="session-judge") as pool:
         futures = {pool.submit(judge.ask, json.loads(test["messages"].iloc[i])): i for i in todo}
         for future in as_completed(futures):

@@ -54,14 +54,32 @@ class SessionJudgeResource(OpenAIAPIResource):
     structured_output: bool = Field(
         default=True, description="Ask for the JSON schema (servers without it: false)."
     )
+    max_answer_tokens: int = Field(
+        default=0,
+        description="The longest answer in tokens (0: the server's default). A served adapter "
+        "is judged with its own cap (eval_max_new_tokens) unless this is set.",
+    )
+    serve: str = Field(
+        default="",
+        description="A local model to judge with, served for the run by `transformers serve` "
+        "on 127.0.0.1 and asked through the same OpenAI-compatible path as a hosted model: "
+        "'embedded' (SmolLM2-135M-Instruct), an llm_lora folder (an SFT or GRPO adapter, "
+        "merged into its base once, in its merged/), or a model folder. Empty: base_url.",
+    )
+    serve_device: str = Field(
+        default="auto", description="Where the served model runs: cpu, cuda or auto."
+    )
 
     def endpoint(self) -> str | None:
         return self.base_url or os.environ.get("LOGFIT_LLM_EVAL_URL") or None
 
     def judge(self):
-        """A :class:`~logfit_dagster.core.llm_eval.SessionJudge` for one run (close it)."""
+        """A :class:`~logfit_dagster.core.llm_eval.SessionJudge` for one run (close it: a
+        served model's server stops with it)."""
         from logfit_dagster.core.llm_eval import SessionJudge
 
+        if self.serve:
+            return self._served_judge()
         return SessionJudge(
             api_key=self.api_key(),
             model=self.model,
@@ -69,7 +87,43 @@ class SessionJudgeResource(OpenAIAPIResource):
             max_concurrency=self.max_concurrency,
             max_retries=self.max_retries,
             structured_output=self.structured_output,
+            max_tokens=self.max_answer_tokens or None,
         )
+
+    def _served_judge(self):
+        from logfit_dagster.core.llm_eval import SessionJudge
+        from logfit_dagster.core.models.threads import torch_threads
+        from logfit_dagster.core.serving import (
+            LocalServer,
+            adapter_answer_tokens,
+            model_digest,
+            servable_folder,
+        )
+
+        folder = servable_folder(self.serve)
+        device = self.serve_device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        server = LocalServer(folder, device=device, threads=torch_threads()[0]).__enter__()
+        try:
+            return SessionJudge(
+                api_key="local",  # the local server checks none
+                model=str(folder),  # the server answers to the path it was started with
+                # answers are cached under the weights they came from
+                name=f"served:{folder.parent.name if folder.name == 'merged' else folder.name}"
+                f"@{model_digest(folder)}",
+                base_url=server.base_url,
+                max_concurrency=1,  # one model generating: requests queue anyway
+                max_retries=self.max_retries,
+                structured_output=False,  # transformers serve ignores response_format
+                max_tokens=self.max_answer_tokens or adapter_answer_tokens(self.serve),
+                server=server,
+            )
+        except BaseException:
+            server.close()
+            raise
 
 
 class FineTuningResource(OpenAIAPIResource):

@@ -46,16 +46,24 @@ def openai_client(
 
 
 def chat(
-    client, model: str, messages: list[dict], response_format: dict | None, who: str = ""
+    client,
+    model: str,
+    messages: list[dict],
+    response_format: dict | None,
+    who: str = "",
+    max_tokens: int | None = None,
 ) -> ChatReply:
-    """One chat completion at temperature 0; ``who`` names the caller in a refusal.
+    """One chat completion at temperature 0; ``who`` names the caller in a refusal;
+    ``max_tokens`` caps the answer (None: the server's default).
 
     Raises:
         LabelerError: when the server refuses the key, the permission or the model (a retry
             cannot help); a 429 or 5xx left after the SDK's retries, or a dropped connection,
             is an unanswered reply instead (the next run asks again).
     """
-    kwargs = {"response_format": response_format} if response_format else {}
+    kwargs: dict = {"response_format": response_format} if response_format else {}
+    if max_tokens:
+        kwargs["max_tokens"] = max_tokens
     try:
         completion = client.chat.completions.create(
             model=model, temperature=0, messages=messages, **kwargs

@@ -544,3 +544,30 @@ def load(folder: Path, manifest: Manifest) -> SessionJudgeModel:
     if not adapter.is_dir():
         raise ModelFileError(f"{folder}: no adapter folder")
     return SessionJudgeModel(PeftModel.from_pretrained(model, adapter), tokenizer, p, device)
+
+
+def merged_folder(folder: Path) -> Path:
+    """The folder's adapter merged into its base model, as a plain model folder that any
+    server loads (``merged/``): written the first time it is asked for (or kept from training
+    with ``merge``), whole or not at all."""
+    import os
+    import shutil
+    import tempfile
+
+    from logfit_dagster.core.models.base import read_manifest
+
+    folder = Path(folder)
+    merged = folder / "merged"
+    if (merged / "config.json").is_file():
+        return merged
+    model = load(folder, read_manifest(folder))
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".merged-"))
+    try:
+        plain = model.model.merge_and_unload()
+        plain.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(merged, ignore_errors=True)
+        os.replace(tmp, merged)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return merged
