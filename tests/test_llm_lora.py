@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from logfit_dagster.core.llm_sessions import answer_for, messages_for  # noqa: E402
+from logfit_dagster.core.llm_sessions import LABELS, answer_for, messages_for  # noqa: E402
 from logfit_dagster.core.models import base  # noqa: E402
 from tests.tiny_models import tiny_chat_lm  # noqa: E402
 
@@ -102,6 +102,55 @@ def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
     # the same data and params: the finished folder, not a second training
     again = base.train("llm_lora", data, {**common, "stage": "sft"}, tmp_path / "sft")
     assert again.manifest.created_at == sft.manifest.created_at
+
+
+def test_label_scores_are_the_answers_log_likelihood_ratio_and_make_a_curve(tiny, tmp_path):
+    """A label score is log p(the answer opening with "anomalous") - log p(... "normal"),
+    computed from where the two answers part; the curve records dev F1 and average precision
+    at its steps, and the evaluation gives the same figures for test."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from logfit_dagster.core.models.llm_lora import ANSWER_PREFIX, label_scores
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    rows = _rows(3, 50)
+
+    def log_likelihood(text: str) -> float:
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+        return float(logp[0, :-1].gather(1, ids[0, 1:, None]).sum())
+
+    for row, score in zip(rows, label_scores(model, tokenizer, rows, "cpu"), strict=True):
+        prompt = tokenizer.apply_chat_template(
+            row["messages"], add_generation_prompt=True, tokenize=False
+        )
+        whole = [log_likelihood(prompt + ANSWER_PREFIX + label + '"') for label in LABELS]
+        assert score == pytest.approx(whole[0] - whole[1], abs=1e-3)
+
+    data = {"train": _rows(8), "dev": _rows(6, 100), "test": _rows(3, 200), "source": "t"}
+    params = {
+        "base_model": tiny,
+        "max_steps": 3,
+        "batch_size": 2,
+        "eval_every": 3,
+        "save_steps": 3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "eval_max_new_tokens": 8,
+        "device": "cpu",
+        "stage": "sft",
+        "curve_every": 2,
+    }
+    result = base.train("llm_lora", data, params, tmp_path / "sft")
+    curve = json.loads((tmp_path / "sft" / "dev_curve.json").read_text())
+    assert [c["step"] for c in curve] == [2, 3]  # every 2 steps, and the last
+    assert all(c["sessions"] == 6 and 0 <= c["f1"] <= 1 for c in curve)
+    assert result.metrics["curve_best_dev_f1"] == max(c["f1"] for c in curve)
+    assert result.metrics["test_label_sessions"] == 3
+    assert 0 <= result.metrics["test_label_average_precision"] <= 1
 
 
 def test_without_a_base_model_the_error_says_what_to_set(tmp_path):

@@ -58,6 +58,13 @@ class LoraConfig(dg.Config):
     merge: bool = Field(default=False, description="Also save the merged model.")
     eval_limit: int = Field(default=200, description="Dev and test sessions judged at most.")
     eval_max_new_tokens: int = Field(default=64, description="Tokens an answer may take.")
+    curve_every: int = Field(
+        default=20,
+        description="A learning curve: every this many steps (0: never), dev F1 and average "
+        "precision of the label the adapter prefers (two forward passes a session, no "
+        "generation), in MLflow and dev_curve.json.",
+    )
+    curve_limit: int = Field(default=100, description="Dev sessions the curve scores at most.")
     seed: int = Field(default=0, description="Seed of initialisation, data order, sampling.")
 
     def params(self) -> dict:
@@ -130,6 +137,8 @@ def _record(context, tracker, stage, folder, result, params, started) -> dg.Outp
     source = context.partition_key
     metrics = result.metrics
     history = json.loads((folder / "history.json").read_text())
+    curve_path = folder / "dev_curve.json"
+    curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
     record = tracker.log_training(
         run_name=f"{stage}_adapter/{source}",
         model_name=f"logfit-llm-lora-{stage}-{source}",
@@ -140,6 +149,14 @@ def _record(context, tracker, stage, folder, result, params, started) -> dg.Outp
             {"step": h["step"], **{k: v for k, v in h.items() if isinstance(v, int | float)}}
             for h in history
             if "step" in h
+        ]
+        + [
+            {
+                "step": c["step"],
+                "dev_label_f1": c["f1"],
+                "dev_label_average_precision": c["average_precision"],
+            }
+            for c in curve
         ],
         tags={"asset": f"{stage}_adapter", "family": "llm_lora", "source": source},
     )

@@ -76,6 +76,11 @@ class LoraParams:
     merge: bool = False
     eval_max_new_tokens: int = 64
     eval_limit: int = 200  # dev and test sessions judged at most (greedy generation)
+    # A learning curve: every this many steps (0: never) the label the adapter prefers on at
+    # most curve_limit dev sessions (label_scores: two forward passes, no generation), with
+    # dev F1 and average precision, in history.json and dev_curve.json.
+    curve_every: int = 0
+    curve_limit: int = 100
     seed: int = 0
     device: str = "auto"
 
@@ -235,6 +240,82 @@ def _progress_callback(progress: Progress, total: int):
     return Report()
 
 
+ANSWER_PREFIX = '{"label": "'
+
+
+def label_scores(model, tokenizer, rows: list[dict], device: str) -> list[float]:
+    """How much the model prefers "anomalous" to "normal" as each session's label: the log
+    probability of the answer opening ``{"label": "anomalous"`` minus that of ``{"label":
+    "normal"`` after the chat prompt. Positive: it would answer anomalous once it writes the
+    schema's opening (what greedy generation does after SFT). Two forward passes a session,
+    no generation: fast enough for a learning curve, and a ranking for average precision."""
+    import torch
+
+    scores = []
+    was_training = model.training
+    model.eval()
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            row["messages"], add_generation_prompt=True, tokenize=False
+        )
+        seqs = [
+            tokenizer(prompt + ANSWER_PREFIX + label + '"', add_special_tokens=False)["input_ids"]
+            for label in LABELS
+        ]
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(*seqs, strict=False)) if a != b),
+            min(map(len, seqs)),
+        )
+        width = max(map(len, seqs))
+        ids = torch.full((2, width), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((2, width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        total = []
+        for i, seq in enumerate(seqs):
+            positions = torch.arange(max(shared, 1), len(seq))
+            total.append(float(logp[i, positions - 1, torch.tensor(seq)[positions]].sum()))
+        scores.append(total[0] - total[1])
+    if was_training:
+        model.train()
+    return scores
+
+
+def label_metrics(rows: list[dict], scores: list[float]) -> dict:
+    """F1 (anomalous where the score is positive: the model's own preference, no threshold
+    fitted) and average precision of label scores."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    y = np.array([int(r["label"] == LABELS[0]) for r in rows])
+    pred = (np.asarray(scores) > 0).astype(int)
+    tp, fp, fn, tn = confusion_counts(y, pred)
+    both = 0 < y.sum() < len(y)
+    return {
+        **rates(tp, fp, fn, tn, empty=0.0),
+        "average_precision": float(average_precision_score(y, scores)) if both else math.nan,
+        "flagged": int(pred.sum()),
+        "sessions": len(rows),
+    }
+
+
+def _curve_callback(model_rows: list[dict], every: int, tokenizer, device: str, curve: list):
+    from transformers import TrainerCallback
+
+    class Curve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every and state.global_step != state.max_steps:
+                return
+            figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
+            curve.append({"step": state.global_step, **figures})
+
+    return Curve()
+
+
 def _latest_checkpoint(folder: Path) -> str | None:
     """The newest complete checkpoint: a run killed while saving leaves a folder without its
     trainer state (written last), which is passed over, never resumed from."""
@@ -376,6 +457,11 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         lora = None
     recorder = None
     callbacks = [_progress_callback(progress, p.max_steps)]
+    curve: list[dict] = []
+    if p.curve_every:
+        callbacks.append(
+            _curve_callback(dev_rows[: p.curve_limit], p.curve_every, tokenizer, device, curve)
+        )
     if p.stage == "sft":
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -456,6 +542,8 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         merged.save_pretrained(folder / "merged")
         tokenizer.save_pretrained(folder / "merged")
     (folder / "history.json").write_text(json.dumps(history, default=str))
+    if curve:
+        (folder / "dev_curve.json").write_text(json.dumps(curve))
     if recorder is not None:
         with open(folder / "completions.jsonl", "w", encoding="utf-8") as out:
             for record in recorder.sample:
@@ -464,6 +552,12 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         split: evaluate(tuned, tokenizer, rows[: p.eval_limit], p.eval_max_new_tokens, device)
         for split, rows in (("dev", dev_rows), ("test", data.get("test") or []))
     }
+    for split, rows in (("dev", dev_rows), ("test", data.get("test") or [])):
+        if rows:  # the label the adapter prefers, and a ranking: average precision
+            limited = rows[: p.eval_limit]
+            evaluation[split]["by_label_score"] = label_metrics(
+                limited, label_scores(tuned, tokenizer, limited, device)
+            )
     (folder / "evaluation.json").write_text(json.dumps(evaluation))
     metrics = {
         "train_loss": float(output.training_loss),
@@ -475,9 +569,17 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             f"{split}_{k}": v
             for split, e in evaluation.items()
             for k, v in e.items()
-            if k != "answers"
+            if k not in ("answers", "by_label_score")
+        },
+        **{
+            f"{split}_label_{k}": v
+            for split, e in evaluation.items()
+            for k, v in e.get("by_label_score", {}).items()
         },
     }
+    if curve:
+        metrics["curve_best_dev_f1"] = max(c["f1"] for c in curve)
+        metrics["curve_best_step"] = max(curve, key=lambda c: c["f1"])["step"]
     if p.stage == "grpo":
         rewards = [h["reward"] for h in history if "reward" in h]
         zero = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
