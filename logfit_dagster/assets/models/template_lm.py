@@ -326,7 +326,7 @@ def template_lm(
     scratch): per test session its scores by max and mean NLL, perplexity and the DeepLog top-g
     rule, each with a threshold from normal dev sessions."""
     from logfit_dagster.core import plots
-    from logfit_dagster.core.models.template_lm import prepare_sequences, session_rows
+    from logfit_dagster.core.models.template_lm import prepare_sequences, session_frame
 
     source = context.partition_key
     started = time.perf_counter()
@@ -357,19 +357,17 @@ def template_lm(
         )
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    rows = session_rows(evaluation, thresholds, config.unseen_rate)
-    twin = None
+    frame = session_frame(evaluation, thresholds, config.unseen_rate)
+    frame["mode"] = "scratch" if config.from_scratch else "fine-tuned"
+    # the scratch twin on the same test sessions, for the pretraining gain in the overview
+    scratch = session_frame({}, {}, config.unseen_rate)
     if baseline is not None and evaluation:
         twin_folder = baseline[0]
-        twin = session_rows(
+        scratch = session_frame(
             json.loads((twin_folder / "evaluation.json").read_text()),
             json.loads((twin_folder / "thresholds.json").read_text()),
             config.unseen_rate,
         )
-    frame = pd.DataFrame(rows, columns=TEMPLATE_SCORE_COLUMNS[:6])
-    frame["mode"] = "scratch" if config.from_scratch else "fine-tuned"
-    # the scratch twin on the same test sessions, for the pretraining gain in the overview
-    scratch = pd.DataFrame(twin or [], columns=TEMPLATE_SCORE_COLUMNS[:6])
     scratch = scratch.rename(
         columns={
             "score": "scratch_score",

@@ -761,24 +761,36 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
     }
 
 
-def session_rows(evaluation: dict, thresholds: dict, unseen_rate: float) -> list[dict]:
-    """One row per test session and scoring method: score, threshold, flagged."""
+SESSION_ROW_COLUMNS = ["session_id", "label", "method", "score", "threshold", "flagged"]
+
+
+def session_frame(evaluation: dict, thresholds: dict, unseen_rate: float) -> pd.DataFrame:
+    """One row per test session and scoring method: score, threshold, flagged (above the
+    threshold, or too many unseen templates). Built column by column: a big source's test
+    sessions are a few arrays, not a dict a row."""
+    import pandas as pd
+
     scores = evaluation.get("scores", {})
-    rows = []
+    ids = list(scores.get("session_id", []))
+    if not ids:
+        return pd.DataFrame(columns=SESSION_ROW_COLUMNS)
+    unseen = np.asarray(scores["unseen_rate"], dtype=float) > unseen_rate
+    parts = []
     for method in METHODS:
-        for i, sid in enumerate(scores.get("session_id", [])):
-            value = scores[method][i]
-            rows.append(
+        value = np.asarray(scores[method], dtype=float)
+        parts.append(
+            pd.DataFrame(
                 {
-                    "session_id": sid,
-                    "label": scores["label"][i],
+                    "session_id": ids,
+                    "label": scores["label"],
                     "method": method,
                     "score": value,
-                    "threshold": thresholds[method],
-                    "flagged": value > thresholds[method] or scores["unseen_rate"][i] > unseen_rate,
+                    "threshold": float(thresholds[method]),
+                    "flagged": (value > thresholds[method]) | unseen,
                 }
             )
-    return rows
+        )
+    return pd.concat(parts, ignore_index=True)
 
 
 def candidate_frame(folder: Path) -> pd.DataFrame:
@@ -792,9 +804,8 @@ def candidate_frame(folder: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=SESSION_CANDIDATE_COLUMNS)
     evaluation = json.loads(path.read_text())
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    frame = pd.DataFrame(
-        session_rows(evaluation, thresholds, float(thresholds.get("unseen_rate", 0.05))),
-        columns=["session_id", "label", "method", "score", "threshold", "flagged"],
+    frame = session_frame(
+        evaluation, thresholds, float(thresholds.get("unseen_rate", 0.05))
     ).rename(columns={"method": "model"})
     dev = evaluation.get("dev_methods") or {}
     frame["family"] = FAMILY
