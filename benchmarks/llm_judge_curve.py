@@ -66,8 +66,11 @@ def lineage(token_budget: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             },
         )
         assert result.success
+        # the examples are written as a stream: read them back from the asset's file
+        from logfit_dagster.paths import data_dir
+
         return (
-            result.output_for_node("llm_session_examples"),
+            pd.read_parquet(data_dir() / "assets" / "llm_session_examples" / "synth_hdfs.parquet"),
             result.output_for_node("session_model"),
         )
 

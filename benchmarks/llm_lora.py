@@ -59,7 +59,12 @@ def examples(token_budget: int) -> pd.DataFrame:
             },
         )
         assert result.success
-        return result.output_for_node("llm_session_examples")
+        # the examples are written as a stream: read them back from the asset's file
+        from logfit_dagster.paths import data_dir
+
+        return pd.read_parquet(
+            data_dir() / "assets" / "llm_session_examples" / "synth_hdfs.parquet"
+        )
 
 
 def rows(frame: pd.DataFrame, split: str, limit: int | None = None) -> list[dict]:

@@ -247,8 +247,11 @@ def label_scores(model, tokenizer, rows: list[dict], device: str) -> list[float]
     """How much the model prefers "anomalous" to "normal" as each session's label: the log
     probability of the answer opening ``{"label": "anomalous"`` minus that of ``{"label":
     "normal"`` after the chat prompt. Positive: it would answer anomalous once it writes the
-    schema's opening (what greedy generation does after SFT). Two forward passes a session,
-    no generation: fast enough for a learning curve, and a ranking for average precision."""
+    schema's opening (what greedy generation does after SFT). One forward pass over the prompt
+    and the shared opening, then the few tokens of each label from its cache: no generation,
+    fast enough for a learning curve, and a ranking for average precision."""
+    import copy
+
     import torch
 
     scores = []
@@ -262,23 +265,28 @@ def label_scores(model, tokenizer, rows: list[dict], device: str) -> list[float]
             tokenizer(prompt + ANSWER_PREFIX + label + '"', add_special_tokens=False)["input_ids"]
             for label in LABELS
         ]
+        # where the two answers part (at least one token of each is scored)
         shared = next(
             (i for i, (a, b) in enumerate(zip(*seqs, strict=False)) if a != b),
-            min(map(len, seqs)),
+            min(map(len, seqs)) - 1,
         )
-        width = max(map(len, seqs))
-        ids = torch.full((2, width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((2, width), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
+        shared = max(1, min(shared, min(map(len, seqs)) - 1))
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = torch.log_softmax(logits.float(), -1)
-        total = []
-        for i, seq in enumerate(seqs):
-            positions = torch.arange(max(shared, 1), len(seq))
-            total.append(float(logp[i, positions - 1, torch.tensor(seq)[positions]].sum()))
+            head = model(input_ids=torch.tensor([seqs[0][:shared]], device=device), use_cache=True)
+            first = torch.log_softmax(head.logits[0, -1].float(), -1)
+            total = []
+            for seq in seqs:
+                logp = float(first[seq[shared]])
+                rest = seq[shared:]
+                if len(rest) > 1:
+                    tail = model(
+                        input_ids=torch.tensor([rest[:-1]], device=device),
+                        past_key_values=copy.deepcopy(head.past_key_values),
+                        use_cache=True,
+                    )
+                    steps = torch.log_softmax(tail.logits[0].float(), -1)
+                    logp += float(steps[torch.arange(len(rest) - 1), torch.tensor(rest[1:])].sum())
+                total.append(logp)
         scores.append(total[0] - total[1])
     if was_training:
         model.train()
