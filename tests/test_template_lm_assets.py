@@ -5,6 +5,7 @@ scored per session with thresholds from normal dev sessions, tracked in MLflow."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -87,6 +88,12 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
             runs[scratch] = next(iter(result.get_asset_materialization_events())).materialization
         tuned, scratch = runs[False].metadata, runs[True].metadata
         assert "fine-tuned" in tuned["mode"].value and "scratch" in scratch["mode"].value
+        # the pretrained model reached template_lm as a value: the model store's copy
+        stored = data / "models" / "template_lm_pretrained"
+        tuned_manifest = json.loads(
+            (Path(tuned["model_folder"].value) / "manifest.json").read_text()
+        )
+        assert tuned_manifest["extra"]["init"] == str(stored)
         assert {"methods", "score_distributions", "loss_by_position"} <= set(tuned)
         # pretrained vs scratch in one report; the twin is the scratch run's folder, reused
         assert "pretraining_gain" in tuned and "pretraining_gain" not in scratch
@@ -132,6 +139,26 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
         champion = overview_meta["session_champion"]["champion"].value
         assert f"flagged by {champion}" in stderr and (scored["model"] == champion).all()
 
+        # a pretrained model trained again (another seed) is another starting point: the
+        # fine-tuned model is trained again, in a folder of its own
+        assert dg.materialize(
+            ASSETS,
+            selection=["template_lm_pretrained"],
+            instance=instance,
+            resources=_resources(),
+            run_config={"ops": {"template_lm_pretrained": {"config": {**SMALL, "seed": 1}}}},
+        ).success
+        retuned = dg.materialize(
+            ASSETS,
+            selection=["template_lm"],
+            partition_key="p_nova",
+            instance=instance,
+            resources=_resources(),
+            run_config={"ops": {"template_lm": {"config": SMALL}}},
+        )
+        folder_after = next(iter(retuned.get_asset_materialization_events())).materialization
+        assert folder_after.metadata["model_folder"].value != tuned["model_folder"].value
+
         # a second vocabulary run keeps every id
         again = dg.materialize(
             ASSETS, selection=["template_vocabulary"], instance=instance, resources=_resources()
@@ -141,7 +168,7 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
 
     client = mlflow.MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
     versions = client.search_model_versions("name='logfit-template-lm-p_nova'")
-    assert len(versions) == 2
+    assert len(versions) == 3  # from scratch, fine-tuned, fine-tuned from the retrained model
     assert client.get_metric_history(versions[0].run_id, "train_loss")
 
 

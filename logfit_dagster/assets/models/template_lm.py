@@ -27,6 +27,7 @@ from logfit_dagster.assets.models._shared import (
     write_json,
 )
 from logfit_dagster.core.errors import TrainingDataError
+from logfit_dagster.core.models.base import ModelArtifact
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.tracking import ExperimentTracker
@@ -223,6 +224,13 @@ def _pretraining_source(config: PretrainConfig, sources: LogSources, available: 
     return candidates[0]
 
 
+def _files_digest(artifact: ModelArtifact) -> str:
+    """Which model a stored artifact is: a digest of its manifest's file digests."""
+    return hashlib.sha256(json.dumps(artifact.manifest.files, sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
+
+
 def _train_source(
     context, trainer: Trainer, family_key: str, data: dict, params: dict
 ) -> tuple[Path, object]:
@@ -233,12 +241,14 @@ def _train_source(
 
 @dg.asset(
     group_name="models",
-    code_version="1",
+    code_version="2",
     # new data anywhere re-plans it, and the same data and params reuse the finished folder
     automation_condition=on_new_data(),
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
     op_tags=training_op_tags(),
+    # the model is the asset's value: stored by the model store, handed to template_lm
+    io_manager_key="model_store",
     ins={
         "sessions": columns_of(*SESSION_SEQUENCES, partition_mapping=dg.AllPartitionMapping()),
         "dataset_splits": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
@@ -279,23 +289,15 @@ def template_lm_pretrained(
         step_metrics=_histories(folder),
         tags={"asset": "template_lm_pretrained", "family": "template_lm", "source": source},
     )
-    # an Output, not a bare frame: a step that ran a Pipes session must return one
+    # an Output, not a bare value: a step that ran a Pipes session must return one
     return dg.Output(
-        pd.DataFrame(
-            [
-                {
-                    "source": source,
-                    "path": str(folder),
-                    "version": record.version,
-                    "run_id": record.run_id,
-                }
-            ]
-        ),
+        ModelArtifact.read(folder),
         metadata={
             "source": source,
             **finite(result.metrics),
             "model_folder": dg.MetadataValue.path(str(folder)),
             "registered_version": str(record.version),
+            "run_id": record.run_id,
             "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
         },
     )
@@ -318,7 +320,7 @@ def template_lm(
     dataset_splits: pd.DataFrame,
     log_templates: pd.DataFrame,
     template_vocabulary: pd.DataFrame,
-    template_lm_pretrained: pd.DataFrame,
+    template_lm_pretrained: ModelArtifact,
     trainer: Trainer,
     tracker: ExperimentTracker,
 ):
@@ -337,18 +339,26 @@ def template_lm(
             _templates(log_templates),
             template_vocabulary["template"].tolist(),
         )
-        init = None if config.from_scratch else str(template_lm_pretrained["path"].iloc[0])
-        data.update(source=source, init=init)
+        pretrained = template_lm_pretrained
+        init = None if config.from_scratch else str(pretrained.folder)
+        # the stored model's place never changes: its files say which model it is, so a
+        # retrained pretrained model retrains the fine-tuned ones
+        init_files = None if init is None else _files_digest(pretrained)
+        data.update(source=source, init=init, init_files=init_files)
         mode = "scratch" if config.from_scratch else "finetuned"
         folder, result = _train_source(context, trainer, f"{source}/{mode}", data, config.params())
         baseline = None
         # the twin shows what pretraining on another source gains; on the pretraining source
         # itself there is nothing to transfer
-        pretrained_on = str(template_lm_pretrained["source"].iloc[0])
+        pretrained_on = str(pretrained.manifest.data.get("source", ""))
         if init is not None and config.compare_with_scratch and pretrained_on != source:
             context.log.info("training the same model from scratch, to measure the gain")
             baseline = _train_source(
-                context, trainer, f"{source}/scratch", {**data, "init": None}, config.params()
+                context,
+                trainer,
+                f"{source}/scratch",
+                {**data, "init": None, "init_files": None},
+                config.params(),
             )
     except TrainingDataError as exc:
         context.log.warning(f"no template_lm for {source}: {exc}")
