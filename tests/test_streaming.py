@@ -238,6 +238,32 @@ def test_a_stream_that_fails_midway_leaves_the_previous_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
 
 
+def test_a_part_of_a_folder_output_is_read_with_only_the_columns_asked(tmp_path):
+    """``parts_of(..., columns=...)``: a reader of two columns of a million-line part never
+    loads its text column."""
+    import pandas as pd
+
+    from logfit_dagster.assets._common import parts_of
+    from logfit_dagster.resources.storage import ParquetIOManager
+
+    @dg.asset
+    def truth() -> dict[str, pd.DataFrame]:
+        lines = pd.DataFrame({"line_number": [1, 2], "label": [0, 1], "detail": ["a", "b"]})
+        return {"lines": lines, "sessions": pd.DataFrame({"session": ["s"]})}
+
+    seen = {}
+
+    @dg.asset(ins={"truth": parts_of("lines", columns=["line_number", "label", "gone"])})
+    def reader(truth: dict[str, pd.DataFrame]) -> None:
+        seen.update({name: list(frame.columns) for name, frame in truth.items()})
+
+    assert dg.materialize(
+        [truth, reader], resources={"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
+    ).success
+    # only the part asked, with the columns it has of those asked
+    assert seen == {"lines": ["line_number", "label"]}
+
+
 def _materialize_ingest(instance, source: str):
     from logfit_dagster.assets import datasets, ingest
     from logfit_dagster.resources.sources import LogSources

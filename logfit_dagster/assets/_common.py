@@ -119,9 +119,13 @@ def output_stream(
     return TableStream(produce(), schema, lambda: counts(head[0] if head else None))
 
 
-def parts_of(*parts: str, **asset_in) -> dg.AssetIn:
-    """An input of a folder output (a dict of tables) that loads only these of its tables."""
-    return dg.AssetIn(metadata={"parts": list(parts)}, **asset_in)
+def parts_of(*parts: str, columns: list[str] | None = None, **asset_in) -> dg.AssetIn:
+    """An input of a folder output (a dict of tables) that loads only these of its tables (and
+    of each, only ``columns`` where given)."""
+    metadata: dict = {"parts": list(parts)}
+    if columns is not None:
+        metadata["columns"] = list(columns)
+    return dg.AssetIn(metadata=metadata, **asset_in)
 
 
 def optional(**asset_in) -> dg.AssetIn:

@@ -148,7 +148,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             metadata = context.definition_metadata or {}
             streamed, parts = metadata.get("format") == "stream", metadata.get("parts")
             return {
-                p.stem: StoredTable(p) if streamed else _read_frame(p)
+                p.stem: StoredTable(p) if streamed else _read_frame(p, _present(p, metadata))
                 for p in sorted(target.glob("*.parquet"))
                 if parts is None or p.stem in parts
             }
@@ -184,17 +184,24 @@ def _read(path: Path, context: dg.InputContext):
     """One stored table, as Arrow or pandas, with only the columns the input's ``columns``
     metadata names (``dg.AssetIn(metadata={"columns": [...]})``) and the file has: a reader that
     needs two columns of a million-line table does not load its text."""
-    columns = (context.definition_metadata or {}).get("columns")
     if (context.definition_metadata or {}).get("format") == "stream":
         return StoredTable(path)
-    if columns is not None:  # those of them the file has (one written before a column was new)
-        with unreadable_names(path):
-            present = set(pq.read_schema(path).names)
-        columns = [c for c in columns if c in present]
+    columns = _present(path, context.definition_metadata or {})
     if _wants_arrow(context):
         with unreadable_names(path):
             return pq.read_table(path, columns=columns)
     return _read_frame(path, columns)
+
+
+def _present(path: Path, metadata: dict) -> list[str] | None:
+    """The columns an input's ``columns`` metadata names that the file has (one written before
+    a column was new has fewer); None: every column."""
+    columns = metadata.get("columns")
+    if columns is None:
+        return None
+    with unreadable_names(path):
+        present = set(pq.read_schema(path).names)
+    return [c for c in columns if c in present]
 
 
 def _read_frame(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
