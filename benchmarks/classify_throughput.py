@@ -186,7 +186,6 @@ def main() -> None:
         + "\n".join(f"- {k}: {v}" for k, v in whole["summary"].items())
         + "\n\nThe cascade's figures are one pass over the real files pooled, with one scorer "
         "(the TF-IDF stage on every shape, the encoder on the band at or above 0.05).\n"
-        "\nReference system's Rust scorer: 1.3 million lines/s.\n"
     )
     write_results(
         "classify_throughput",
