@@ -14,8 +14,8 @@ from logfit_dagster.paths import data_dir
 
 #: A source with this much log (about a million lines) runs each step in a process of its own
 #: under ``--executor auto``: one process holding every step's libraries (torch, scikit-learn,
-#: dagster) beside a big step's data went past 1.5 GB at 4M lines, where a process per step
-#: stays near 1.1 GB (``benchmarks/lineage_memory.py``).
+#: dagster) beside a big step's data peaked at 1.47 GB at 4M lines, where a process per step
+#: stays near 1.05 GB (``benchmarks/lineage_memory.py``).
 BIG_SOURCE_BYTES = 128 << 20
 
 
