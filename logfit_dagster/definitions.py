@@ -7,7 +7,7 @@ import dagster as dg
 from logfit_dagster.assets import ASSET_MODULES
 from logfit_dagster.executors import executor_from_env
 from logfit_dagster.jobs import ALL_JOBS
-from logfit_dagster.resources.labelers import default_labeler
+from logfit_dagster.resources.labelers import ChosenLabelerResource
 from logfit_dagster.resources.llm import FineTuningResource, SessionJudgeResource
 from logfit_dagster.resources.model_store import ModelStore
 from logfit_dagster.resources.sources import LogSources
@@ -23,7 +23,8 @@ defs = dg.Definitions(
         "io_manager": ParquetIOManager(),
         "model_store": ModelStore(),
         "sources": LogSources(),
-        "labeler": default_labeler(),
+        # chosen when a run starts (config, else the environment), not when this module loads
+        "labeler": ChosenLabelerResource(),
         "tracker": ExperimentTracker(),
         "trainer": default_trainer(),
         "judge": SessionJudgeResource(),

@@ -193,6 +193,34 @@ def test_default_labeler_follows_the_environment():
         default_labeler({"LOGFIT_LABELER": "anthropic"}).build()
 
 
+def test_the_definitions_labeler_is_chosen_when_a_run_starts(monkeypatch, tmp_path):
+    """The environment as it is when a run builds the labeler, not when the code loaded; the
+    run's config wins over it."""
+    from logfit_dagster.core.errors import LabelerError
+    from logfit_dagster.core.labeling.offline import RecordedLabeler, RuleLabeler
+    from logfit_dagster.definitions import defs
+    from logfit_dagster.resources.labelers import ChosenLabelerResource
+
+    labeler = defs.resources["labeler"]
+    assert isinstance(labeler, ChosenLabelerResource)
+    monkeypatch.delenv("LOGFIT_LABELER", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert isinstance(labeler.build(), RuleLabeler)
+    recorded = tmp_path / "labels.jsonl"
+    recorded.write_text(
+        '{"system": "x", "line_number": 1, "raw_line": "a", "label": "SKIP", "reason": "r"}\n'
+    )
+    monkeypatch.setenv("LOGFIT_LABELER", "recorded")
+    monkeypatch.setenv("LOGFIT_RECORDED_LABELS", str(recorded))
+    assert isinstance(labeler.build(), RecordedLabeler)  # the variable set after loading
+    assert isinstance(ChosenLabelerResource(kind="rule").build(), RuleLabeler)  # config wins
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    openai = ChosenLabelerResource(kind="openai", model="m", base_url="http://127.0.0.1:9/v1")
+    assert openai.secrets() == ["sk-secret"] and openai.chosen().model == "m"
+    with pytest.raises(LabelerError, match="the labeler's kind is 'gpt5'"):
+        ChosenLabelerResource(kind="gpt5").build()
+
+
 def test_recorded_labels_match_by_content(shared_data, tmp_path):
     from logfit_dagster.core.labeling.base import label_source
     from logfit_dagster.core.labeling.cache import LabelCache

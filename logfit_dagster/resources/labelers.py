@@ -147,30 +147,78 @@ class OpenAILabelerResource(LabelerResource):
         )
 
 
-def default_labeler(environ: dict[str, str] | None = None) -> LabelerResource:
-    """``LOGFIT_LABELER`` (rule, recorded, anthropic, openai), else Claude when a key is set,
-    else the rule labeler."""
-    env = os.environ if environ is None else environ
-    choice = env.get("LOGFIT_LABELER", "").strip().lower()
-    if not choice:
-        choice = "anthropic" if env.get("ANTHROPIC_API_KEY") else "rule"
-    if choice == "rule":
-        return RuleLabelerResource()
-    if choice == "recorded":
-        return RecordedLabelerResource()
-    if choice == "anthropic":
-        key = dg.EnvVar("ANTHROPIC_API_KEY") if env.get("ANTHROPIC_API_KEY") else None
-        return AnthropicLabelerResource(api_key=key)
-    if choice == "openai":
-        key = dg.EnvVar("OPENAI_API_KEY") if env.get("OPENAI_API_KEY") else None
-        return OpenAILabelerResource(
-            api_key=key,
-            base_url=env.get("OPENAI_BASE_URL") or None,
-            model=env.get("LOGFIT_OPENAI_MODEL") or "gpt-4o-mini",
-        )
-    raise LabelerError(
-        f"LOGFIT_LABELER is {choice!r}: expected rule, recorded, anthropic or openai"
+LABELER_KINDS = ("rule", "recorded", "anthropic", "openai")
+
+
+class ChosenLabelerResource(LabelerResource):
+    """The labeler of the definitions: chosen when a run starts, not when the code loads.
+
+    ``kind`` (config: the launchpad, a job's run config) wins; else ``$LOGFIT_LABELER``; else
+    Claude where ``$ANTHROPIC_API_KEY`` is set; else the rules. An API key is read from its
+    variable when the run builds the labeler, never at import, and never shown as config.
+    """
+
+    kind: str = Field(
+        default="",
+        description="rule, recorded, anthropic or openai; empty: $LOGFIT_LABELER when the run "
+        "starts, else anthropic where $ANTHROPIC_API_KEY is set, else rule.",
     )
+    model: str = Field(
+        default="",
+        description="An API labeler's model; empty: its default ($LOGFIT_OPENAI_MODEL for openai).",
+    )
+    base_url: str = Field(
+        default="",
+        description="An API labeler's endpoint; empty: its default ($OPENAI_BASE_URL for openai).",
+    )
+    recorded_paths: list[str] = Field(
+        default_factory=list,
+        description="recorded: JSONL files or globs; empty: $LOGFIT_RECORDED_LABELS.",
+    )
+
+    def chosen(self, environ: dict[str, str] | None = None) -> LabelerResource:
+        """The labeler resource this run uses, from the config and the environment now."""
+        env = os.environ if environ is None else environ
+        kind = (self.kind or env.get("LOGFIT_LABELER", "")).strip().lower()
+        if not kind:
+            kind = "anthropic" if env.get("ANTHROPIC_API_KEY") else "rule"
+        common: dict = {"cache_path": self.cache_path}
+        if kind == "rule":
+            return RuleLabelerResource(**common)
+        if kind == "recorded":
+            return RecordedLabelerResource(**common, paths=self.recorded_paths)
+        if kind == "anthropic":
+            if self.model:
+                common["model"] = self.model
+            return AnthropicLabelerResource(
+                **common,
+                api_key=env.get("ANTHROPIC_API_KEY") or None,
+                base_url=self.base_url or None,
+            )
+        if kind == "openai":
+            model = self.model or env.get("LOGFIT_OPENAI_MODEL")
+            if model:
+                common["model"] = model
+            return OpenAILabelerResource(
+                **common,
+                api_key=env.get("OPENAI_API_KEY") or None,
+                base_url=self.base_url or env.get("OPENAI_BASE_URL") or None,
+            )
+        where = "the labeler's kind" if self.kind else "LOGFIT_LABELER"
+        raise LabelerError(
+            f"{where} is {kind!r}: expected {', '.join(LABELER_KINDS[:-1])} or {LABELER_KINDS[-1]}"
+        )
+
+    def build(self, model: str = "") -> Labeler:
+        return self.chosen().build(model)
+
+    def secrets(self) -> list[str]:
+        return self.chosen().secrets()
+
+
+def default_labeler(environ: dict[str, str] | None = None) -> LabelerResource:
+    """The labeler resource an environment chooses (see :class:`ChosenLabelerResource`)."""
+    return ChosenLabelerResource().chosen(environ)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
