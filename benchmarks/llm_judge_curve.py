@@ -143,7 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--token-budget", type=int, default=256)
     parser.add_argument("--sweep-steps", type=int, default=12)
-    parser.add_argument("--sweep", default="2e-4:16,1e-3:16,1e-3:4", help="lr:rank,...")
+    parser.add_argument(
+        "--sweep", default="2e-4:16,1e-3:16,1e-3:4", help="lr:rank,... (one: no sweep, taken)"
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--curve-every", type=int, default=4)
@@ -252,7 +254,8 @@ def main() -> None:
             return folder
 
         sweep = []
-        for setting in args.sweep.split(","):
+        # a single setting is no sweep: it is taken as given (an earlier run's choice)
+        for setting in args.sweep.split(",") if "," in args.sweep else []:
             lr, rank = setting.split(":")
             params = {
                 "stage": "sft",
@@ -266,8 +269,18 @@ def main() -> None:
             run(f"sweep sft lr={lr} r={rank}", params, tmp / f"sweep-{lr}-{rank}")
             last = out["curves"][f"sweep sft lr={lr} r={rank}"][-1]
             sweep.append((last["average_precision"], last["f1"], params))
-        best = max(sweep, key=lambda s: (s[0], s[1]))[2]  # dev only: AP, then F1
+        if sweep:
+            best = max(sweep, key=lambda s: (s[0], s[1]))[2]  # dev only: AP, then F1
+        else:
+            lr, rank = args.sweep.split(":")
+            best = {
+                "stage": "sft",
+                "learning_rate": float(lr),
+                "lora_r": int(rank),
+                "lora_alpha": 2 * int(rank),
+            }
         out["chosen"] = {k: best[k] for k in ("learning_rate", "lora_r")}
+        out["chosen"]["by"] = "this run's sweep" if sweep else "given (--sweep with one setting)"
         long_params = {**best, "max_steps": args.steps, "eval_every": 10, "save_steps": 10}
         sft = run("sft (chosen setting)", long_params, tmp / "sft")
         grpo = None
