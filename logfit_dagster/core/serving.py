@@ -11,6 +11,7 @@ folder of a causal LM with a chat template.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -157,14 +158,15 @@ class LocalServer:
         return text[-LOG_TAIL_CHARS:].strip()
 
     def __enter__(self) -> LocalServer:
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn  # noqa: F401
-        except ImportError as exc:
+        # the server's own libraries (transformers[serving]), looked for, not imported here
+        missing = [
+            name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None
+        ]
+        if missing:
             raise ServingError(
-                f"serving a local model needs transformers[serving] ({exc.name} is missing): "
+                f"serving a local model needs transformers[serving] ({missing[0]} is missing): "
                 "pip install -e '.[llm-train]'"
-            ) from None
+            )
         self.port = _free_port()
         self._log_dir = tempfile.mkdtemp(prefix="logfit-serve-")
         env = dict(os.environ)
