@@ -257,9 +257,12 @@ def test_a_part_of_a_folder_output_is_read_with_only_the_columns_asked(tmp_path)
     def reader(truth: dict[str, pd.DataFrame]) -> None:
         seen.update({name: list(frame.columns) for name, frame in truth.items()})
 
-    assert dg.materialize(
-        [truth, reader], resources={"io_manager": ParquetIOManager(base_dir=str(tmp_path))}
-    ).success
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(
+            [truth, reader],
+            instance=instance,
+            resources={"io_manager": ParquetIOManager(base_dir=str(tmp_path))},
+        ).success
     # only the part asked, with the columns it has of those asked
     assert seen == {"lines": ["line_number", "label"]}
 
