@@ -92,6 +92,7 @@ class SessionJudgeResource(OpenAIAPIResource):
 
     def _served_judge(self):
         from logfit_dagster.core.llm_eval import SessionJudge
+        from logfit_dagster.core.models.llm_lora import judge_device
         from logfit_dagster.core.models.threads import torch_threads
         from logfit_dagster.core.serving import (
             LocalServer,
@@ -101,11 +102,8 @@ class SessionJudgeResource(OpenAIAPIResource):
         )
 
         folder = servable_folder(self.serve)
-        device = self.serve_device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        # the device the in-process judge would use: the same answers either way
+        device = judge_device(self.serve_device)
         server = LocalServer(folder, device=device, threads=torch_threads()[0]).__enter__()
         try:
             return SessionJudge(

@@ -170,7 +170,9 @@ def load_base(base_model: str, device: str):
     return model.to(device), tokenizer
 
 
-def _device(name: str) -> str:
+def judge_device(name: str) -> str:
+    """``auto``: cuda where there is one, else cpu: where an adapter trains, judges in process
+    and is served."""
     import torch
 
     if name != "auto":
@@ -427,7 +429,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     if not data.get("train") or not data.get("dev"):
         raise TrainingDataError("llm_lora needs training and dev sessions")
     set_seed(p.seed)
-    device = _device(p.device)
+    device = judge_device(p.device)
     model, tokenizer = load_base(p.base_model, device)
     budget = p.max_length - (p.max_completion_length if p.stage == "grpo" else 64)
     train_rows, too_long = _fits(tokenizer, data["train"], budget)
@@ -648,7 +650,7 @@ def load(folder: Path, manifest: Manifest) -> SessionJudgeModel:
     from peft import PeftModel
 
     p = LoraParams.from_dict(manifest.params)
-    device = _device("auto")
+    device = judge_device("auto")
     model, tokenizer = load_base(p.base_model, device)
     adapter = Path(folder) / "adapter"
     if not adapter.is_dir():
