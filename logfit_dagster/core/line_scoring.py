@@ -82,12 +82,12 @@ class _PackedCharNgrams:
     def build(cls, terms: list[str], max_n: int) -> _PackedCharNgrams | None:
         if not terms:
             return None
-        joined = "".join(terms)
-        alphabet = np.unique(_code_points(joined))
+        points = _code_points("".join(terms))
+        alphabet = np.unique(points)
         bits = len(alphabet).bit_length()  # codes 1..A, 0 for a char outside the alphabet
         if bits * max_n > 63:
             return None
-        codes = np.searchsorted(alphabet, _code_points(joined)).astype(np.int64) + 1
+        codes = np.searchsorted(alphabet, points).astype(np.int64) + 1
         lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
         starts = np.cumsum(lengths) - lengths
         offset = np.arange(len(codes), dtype=np.int64) - np.repeat(starts, lengths)
