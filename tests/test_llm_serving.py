@@ -83,6 +83,9 @@ def test_a_served_model_answers_as_it_does_in_process(tiny, tmp_path):
     judge = SessionJudgeResource(serve=str(adapter), serve_device="cpu").judge()
     try:
         assert judge.max_tokens == 12  # the adapter's own cap, from its manifest
+        # and its decision: the dev threshold's logit bias, sent with every request
+        decided = llm_lora.logit_bias(base.read_manifest(adapter))
+        assert decided and judge.logit_bias == decided
         frame, _, stats = evaluate_sessions(
             _test_frame(rows), judge, AnswerCache(tmp_path / "answers.sqlite")
         )

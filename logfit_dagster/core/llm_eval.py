@@ -89,15 +89,26 @@ class SessionJudge(ChatModel):
             when the judge is closed.
         name: what answers are cached and reported under (default: the model): a served
             folder's name and digest, where the server knows the model by its path.
+        logit_bias: token id -> bias sent with every request: how an llm_lora adapter
+            decides at its dev threshold (``llm_lora.decision_bias``).
     """
 
     key_owner = "the session judge"
     key_variable = "the variable named in the config"
 
-    def __init__(self, *, max_tokens: int | None = None, server=None, name: str = "", **kwargs):
+    def __init__(
+        self,
+        *,
+        max_tokens: int | None = None,
+        server=None,
+        name: str = "",
+        logit_bias: dict[int, float] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.max_tokens, self.server = max_tokens, server
         self.name = name or self.model
+        self.logit_bias = logit_bias or {}
 
     def ask(self, messages: list[dict]) -> ChatReply:
         response_format = (
@@ -105,7 +116,14 @@ class SessionJudge(ChatModel):
             if self.structured_output
             else None
         )
-        return chat(self.client, self.model, messages, response_format, max_tokens=self.max_tokens)
+        return chat(
+            self.client,
+            self.model,
+            messages,
+            response_format,
+            max_tokens=self.max_tokens,
+            logit_bias=self.logit_bias,
+        )
 
     def close(self) -> None:
         try:

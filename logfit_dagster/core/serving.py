@@ -86,6 +86,16 @@ def adapter_answer_tokens(name: str) -> int | None:
     return int(params["eval_max_new_tokens"]) if "eval_max_new_tokens" in params else None
 
 
+def adapter_logit_bias(name: str) -> dict[int, float]:
+    """How an llm_lora folder decides (its dev threshold as a logit bias, see
+    ``llm_lora.decision_bias``), for the server's requests; {} for other folders."""
+    manifest = Path(name).expanduser() / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    extra = json.loads(manifest.read_text()).get("extra") or {}
+    return {int(k): float(v) for k, v in (extra.get("logit_bias") or {}).items()}
+
+
 def model_digest(folder: Path) -> str:
     """A short digest of a model folder's files (names, sizes, modification times): answers
     cached under it are never taken for another model's after the folder is retrained."""

@@ -97,11 +97,13 @@ class SessionJudgeResource(OpenAIAPIResource):
         from logfit_dagster.core.serving import (
             LocalServer,
             adapter_answer_tokens,
+            adapter_logit_bias,
             model_digest,
             servable_folder,
         )
 
         folder = servable_folder(self.serve)
+        bias = adapter_logit_bias(self.serve)
         # the device the in-process judge would use: the same answers either way
         device = judge_device(self.serve_device)
         server = LocalServer(folder, device=device, threads=torch_threads()[0]).__enter__()
@@ -109,14 +111,17 @@ class SessionJudgeResource(OpenAIAPIResource):
             return SessionJudge(
                 api_key="local",  # the local server checks none
                 model=str(folder),  # the server answers to the path it was started with
-                # answers are cached under the weights they came from
+                # answers are cached under the weights and the bias they came from
                 name=f"served:{folder.parent.name if folder.name == 'merged' else folder.name}"
-                f"@{model_digest(folder)}",
+                f"@{model_digest(folder)}"
+                + "".join(f"+bias{t}:{v:g}" for t, v in sorted(bias.items())),
                 base_url=server.base_url,
                 max_concurrency=1,  # one model generating: requests queue anyway
                 max_retries=self.max_retries,
                 structured_output=False,  # transformers serve ignores response_format
                 max_tokens=self.max_answer_tokens or adapter_answer_tokens(self.serve),
+                # an adapter decides at its dev threshold, served as in process
+                logit_bias=bias,
                 server=server,
             )
         except BaseException:

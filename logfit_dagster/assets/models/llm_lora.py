@@ -49,6 +49,11 @@ class LoraConfig(dg.Config):
         description="Modules that get adapters (all-linear: attention and MLP layers).",
     )
     max_steps: int = Field(default=60, description="Optimizer steps.")
+    max_seconds: float = Field(
+        default=0.0,
+        description="A time budget (0: none): training stops after the step that passes it "
+        "(stopped_by_time in the metrics; the model then depends on the machine's speed).",
+    )
     batch_size: int = Field(default=4, description="Sessions per step (SFT).")
     gradient_accumulation: int = Field(default=1, description="Steps per optimizer update.")
     max_length: int = Field(
@@ -196,7 +201,7 @@ def sft_adapter(
 ):
     """A LoRA adapter taught the answer format and the labels by SFT (TRL's SFTTrainer, loss on
     the answer alone), early-stopped on dev loss; dev and test sessions judged by greedy
-    generation."""
+    generation, and by label score at a threshold chosen on dev (``test_thresholded_*``)."""
     started = time.perf_counter()
     params = {**config.params(), "stage": "sft"}
     folder, result = _train(context, trainer, "sft", llm_session_examples, params)

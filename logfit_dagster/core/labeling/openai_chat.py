@@ -52,9 +52,11 @@ def chat(
     response_format: dict | None,
     who: str = "",
     max_tokens: int | None = None,
+    logit_bias: dict[int, float] | None = None,
 ) -> ChatReply:
     """One chat completion at temperature 0; ``who`` names the caller in a refusal;
-    ``max_tokens`` caps the answer (None: the server's default).
+    ``max_tokens`` caps the answer (None: the server's default); ``logit_bias`` is added to
+    those tokens' logits (OpenAI's parameter: token id -> bias).
 
     Raises:
         LabelerError: when the server refuses the key, the permission or the model (a retry
@@ -64,6 +66,8 @@ def chat(
     kwargs: dict = {"response_format": response_format} if response_format else {}
     if max_tokens:
         kwargs["max_tokens"] = max_tokens
+    if logit_bias:
+        kwargs["logit_bias"] = {str(k): v for k, v in logit_bias.items()}
     try:
         completion = client.chat.completions.create(
             model=model, temperature=0, messages=messages, **kwargs

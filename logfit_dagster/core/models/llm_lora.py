@@ -8,6 +8,13 @@ of dev and test sessions by greedy generation (parsed with the same parser as
 completions with their rewards (``completions.jsonl``). Checkpoints go to ``checkpoints/``; a
 killed run resumes from the newest.
 
+The judge's decision: a small model can rank sessions well and still lean to one label, so the
+label score (:func:`label_scores`) gets a threshold chosen on dev sessions
+(:func:`label_threshold`), recorded in the manifest as a logit bias on the label's first token
+(:func:`decision_bias`). Greedy generation with that bias answers anomalous exactly where the
+score is above the threshold, in process (``sequence_bias``) and through any OpenAI-compatible
+server (``logit_bias``).
+
 Needs ``trl`` and ``peft`` (the ``llm-train`` extra) and a base model: a local folder (or a hub
 id where the hub is reachable) of a causal LM whose tokenizer has a chat template.
 """
@@ -59,6 +66,9 @@ class LoraParams:
     target_modules: list[str] | str = "all-linear"
     learning_rate: float = 2e-4
     max_steps: int = 60
+    # a time budget (0: none): training stops after the step that passes it, says so in its
+    # metrics (stopped_by_time), and its model then depends on the machine's speed
+    max_seconds: float = 0.0
     batch_size: int = 4
     gradient_accumulation: int = 1
     max_length: int = 1024
@@ -81,6 +91,11 @@ class LoraParams:
     # dev F1 and average precision, in history.json and dev_curve.json.
     curve_every: int = 0
     curve_limit: int = 100
+    # The judge's decision: anomalous where the label score is above the threshold chosen on
+    # dev (label_threshold), applied as a logit bias on the first token of "normal" in the
+    # answer, so greedy generation, in process or served (OpenAI's logit_bias), decides so;
+    # False: the label the model prefers (no bias).
+    dev_threshold: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -242,75 +257,109 @@ def _progress_callback(progress: Progress, total: int):
     return Report()
 
 
+def _budget_callback(seconds: float, stopped: list):
+    import time
+
+    from transformers import TrainerCallback
+
+    class Budget(TrainerCallback):
+        started = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.perf_counter() - self.started >= seconds and not control.should_training_stop:
+                control.should_training_stop = True
+                stopped.append(state.global_step)
+
+    return Budget()
+
+
 ANSWER_PREFIX = '{"label": "'
 
 
-def label_scores(model, tokenizer, rows: list[dict], device: str) -> list[float]:
-    """How much the model prefers "anomalous" to "normal" as each session's label: the log
-    probability of the answer opening ``{"label": "anomalous"`` minus that of ``{"label":
-    "normal"`` after the chat prompt. Positive: it would answer anomalous once it writes the
-    schema's opening (what greedy generation does after SFT). One forward pass over the prompt
-    and the shared opening, then the few tokens of each label from its cache: no generation,
-    fast enough for a learning curve, and a ranking for average precision."""
-    import copy
+def _label_tokens(tokenizer) -> tuple[list[int], int, int]:
+    """The answer's opening shared by both labels (token ids), and the first token of
+    "anomalous" and of "normal" where the two answers part."""
+    seqs = [
+        tokenizer(ANSWER_PREFIX + label + '"', add_special_tokens=False)["input_ids"]
+        for label in LABELS
+    ]
+    part = next(
+        (i for i, (a, b) in enumerate(zip(*seqs, strict=False)) if a != b),
+        min(map(len, seqs)) - 1,
+    )
+    return seqs[0][:part], int(seqs[0][part]), int(seqs[1][part])
 
+
+def label_scores(model, tokenizer, rows: list[dict], device: str) -> list[float]:
+    """How much the model prefers "anomalous" to "normal" as each session's label: after the
+    chat prompt and the answer's opening ``{"label": "``, the log probability of the token
+    where "anomalous" parts from "normal" minus that of normal's (their logit difference).
+    Positive: greedy generation answers anomalous once it writes the opening; a logit bias of
+    ``t`` on normal's token (:func:`decision_bias`) makes it answer anomalous exactly where
+    the score is above ``t``. One forward pass a session, no generation: fast enough for a
+    learning curve, and a ranking for average precision."""
     import torch
 
+    opening, anomalous, normal = _label_tokens(tokenizer)
     scores = []
     was_training = model.training
     model.eval()
     for row in rows:
+        # the prompt as the judge generates from it, then the opening it writes
         prompt = tokenizer.apply_chat_template(
-            row["messages"], add_generation_prompt=True, tokenize=False
-        )
-        seqs = [
-            tokenizer(prompt + ANSWER_PREFIX + label + '"', add_special_tokens=False)["input_ids"]
-            for label in LABELS
-        ]
-        # where the two answers part (at least one token of each is scored)
-        shared = next(
-            (i for i, (a, b) in enumerate(zip(*seqs, strict=False)) if a != b),
-            min(map(len, seqs)) - 1,
-        )
-        shared = max(1, min(shared, min(map(len, seqs)) - 1))
+            row["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"][0]
+        ids = [int(t) for t in prompt] + opening
         with torch.no_grad():
-            head = model(input_ids=torch.tensor([seqs[0][:shared]], device=device), use_cache=True)
-            first = torch.log_softmax(head.logits[0, -1].float(), -1)
-            total = []
-            for seq in seqs:
-                logp = float(first[seq[shared]])
-                rest = seq[shared:]
-                if len(rest) > 1:
-                    tail = model(
-                        input_ids=torch.tensor([rest[:-1]], device=device),
-                        past_key_values=copy.deepcopy(head.past_key_values),
-                        use_cache=True,
-                    )
-                    steps = torch.log_softmax(tail.logits[0].float(), -1)
-                    logp += float(steps[torch.arange(len(rest) - 1), torch.tensor(rest[1:])].sum())
-                total.append(logp)
-        scores.append(total[0] - total[1])
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
+        scores.append(float(logits[anomalous] - logits[normal]))
     if was_training:
         model.train()
     return scores
 
 
-def label_metrics(rows: list[dict], scores: list[float]) -> dict:
-    """F1 (anomalous where the score is positive: the model's own preference, no threshold
-    fitted) and average precision of label scores."""
+def label_metrics(rows: list[dict], scores: list[float], threshold: float = 0.0) -> dict:
+    """F1 (anomalous where the score is above ``threshold``; 0 is the model's own preference,
+    no threshold fitted) and average precision of label scores."""
     import numpy as np
     from sklearn.metrics import average_precision_score
 
     y = np.array([int(r["label"] == LABELS[0]) for r in rows])
-    pred = (np.asarray(scores) > 0).astype(int)
+    pred = (np.asarray(scores) > threshold).astype(int)
     tp, fp, fn, tn = confusion_counts(y, pred)
     both = 0 < y.sum() < len(y)
     return {
         **rates(tp, fp, fn, tn, empty=0.0),
         "average_precision": float(average_precision_score(y, scores)) if both else math.nan,
+        "threshold": float(threshold),
         "flagged": int(pred.sum()),
+        "anomalous": int(y.sum()),
         "sessions": len(rows),
     }
+
+
+def label_threshold(rows: list[dict], scores: list[float]) -> float:
+    """The label score above which a session is called anomalous, chosen on dev sessions: a
+    small model may rank sessions well and still lean toward one label, so its own preference
+    (0) is not its best decision. The threshold with the best dev F1, set halfway to the next
+    lower dev score (a margin for sessions dev did not show); 0 where dev lacks either label.
+    Ties go to the higher threshold: fewer alarms."""
+    import numpy as np
+
+    y = np.array([int(r["label"] == LABELS[0]) for r in rows])
+    s = np.asarray(scores, dtype=float)
+    if not 0 < y.sum() < len(y):
+        return 0.0
+    levels = np.unique(s)[::-1]  # descending: flag every session scoring at least the level
+    f1 = [
+        rates(*confusion_counts(y, (s >= level).astype(int)), empty=0.0)["f1"] for level in levels
+    ]
+    best = int(np.argmax(f1))  # the first maximum: the highest threshold among equals
+    lower = levels[best + 1] if best + 1 < len(levels) else levels[best] - 1.0
+    return float((levels[best] + lower) / 2)
 
 
 def _curve_callback(model_rows: list[dict], every: int, tokenizer, device: str, curve: list):
@@ -318,7 +367,8 @@ def _curve_callback(model_rows: list[dict], every: int, tokenizer, device: str, 
 
     class Curve(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every and state.global_step != state.max_steps:
+            last = state.global_step == state.max_steps or control.should_training_stop
+            if state.global_step % every and not last:
                 return
             figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
             curve.append({"step": state.global_step, **figures})
@@ -345,12 +395,31 @@ def _complete(checkpoint: Path) -> bool:
     return weights and (checkpoint / "trainer_state.json").is_file()
 
 
-def judge(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) -> list[str]:
-    """Greedy answers of the model to each row's messages."""
+def decision_bias(tokenizer, threshold: float) -> dict[int, float]:
+    """The logit bias that makes greedy answers decide at ``threshold`` on the label score
+    (:func:`label_scores`): ``threshold`` added to normal's token where the labels part, so
+    anomalous wins exactly where its logit is above normal's by more than the threshold;
+    {} at 0. The same mapping is OpenAI's ``logit_bias`` and transformers' ``sequence_bias``."""
+    if not threshold:
+        return {}
+    return {_label_tokens(tokenizer)[2]: float(threshold)}
+
+
+def judge(
+    model,
+    tokenizer,
+    rows: list[dict],
+    max_new_tokens: int,
+    device: str,
+    bias: dict[int, float] | None = None,
+) -> list[str]:
+    """Greedy answers of the model to each row's messages, with ``bias`` added to those
+    tokens' logits (:func:`decision_bias`)."""
     import torch
 
     answers = []
     model.eval()
+    extra = {"sequence_bias": {(int(t),): float(v) for t, v in bias.items()}} if bias else {}
     for row in rows:
         ids = tokenizer.apply_chat_template(
             row["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -361,6 +430,7 @@ def judge(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) 
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
+                **extra,
             )
         answers.append(
             tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -368,10 +438,17 @@ def judge(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) 
     return answers
 
 
-def evaluate(model, tokenizer, rows: list[dict], max_new_tokens: int, device: str) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    rows: list[dict],
+    max_new_tokens: int,
+    device: str,
+    bias: dict[int, float] | None = None,
+) -> dict:
     """Precision, recall and F1 of the answered sessions, and how many answers were
     unparseable (counted, never guessed), with every answer."""
-    answers = judge(model, tokenizer, rows, max_new_tokens, device)
+    answers = judge(model, tokenizer, rows, max_new_tokens, device, bias)
     predicted = [parse_answer(a) for a in answers]
     pairs = [
         (int(r["label"] == LABELS[0]), int(p == LABELS[0]))
@@ -467,6 +544,9 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         lora = None
     recorder = None
     callbacks = [_progress_callback(progress, p.max_steps)]
+    stopped_at: list[int] = []
+    if p.max_seconds:  # ahead of the curve: the step it stops at gets its curve point
+        callbacks.append(_budget_callback(p.max_seconds, stopped_at))
     curve: list[dict] = []
     if p.curve_every:
         callbacks.append(
@@ -558,16 +638,28 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         with open(folder / "completions.jsonl", "w", encoding="utf-8") as out:
             for record in recorder.sample:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    evaluation = {
-        split: evaluate(tuned, tokenizer, rows[: p.eval_limit], p.eval_max_new_tokens, device)
-        for split, rows in (("dev", dev_rows), ("test", data.get("test") or []))
-    }
-    for split, rows in (("dev", dev_rows), ("test", data.get("test") or [])):
+    splits = (("dev", dev_rows), ("test", data.get("test") or []))
+    threshold, by_score = 0.0, {}
+    for split, rows in splits:
         if rows:  # the label the adapter prefers, and a ranking: average precision
             limited = rows[: p.eval_limit]
-            evaluation[split]["by_label_score"] = label_metrics(
-                limited, label_scores(tuned, tokenizer, limited, device)
-            )
+            scores = label_scores(tuned, tokenizer, limited, device)
+            if split == "dev" and p.dev_threshold:
+                threshold = label_threshold(limited, scores)
+            by_score[split] = {
+                "by_label_score": label_metrics(limited, scores),
+                # the decision: anomalous above the threshold chosen on dev (no test label seen)
+                "by_dev_threshold": label_metrics(limited, scores, threshold),
+            }
+    # the judge's answers, generated as it will answer: deciding at the dev threshold
+    bias = decision_bias(tokenizer, threshold)
+    evaluation = {
+        split: {
+            **evaluate(tuned, tokenizer, rows[: p.eval_limit], p.eval_max_new_tokens, device, bias),
+            **by_score.get(split, {}),
+        }
+        for split, rows in splits
+    }
     (folder / "evaluation.json").write_text(json.dumps(evaluation))
     metrics = {
         "train_loss": float(output.training_loss),
@@ -579,13 +671,20 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             f"{split}_{k}": v
             for split, e in evaluation.items()
             for k, v in e.items()
-            if k not in ("answers", "by_label_score")
+            if k not in ("answers", "by_label_score", "by_dev_threshold")
         },
         **{
             f"{split}_label_{k}": v
             for split, e in evaluation.items()
             for k, v in e.get("by_label_score", {}).items()
         },
+        **{
+            f"{split}_thresholded_{k}": v
+            for split, e in evaluation.items()
+            for k, v in e.get("by_dev_threshold", {}).items()
+        },
+        "label_threshold": threshold,
+        "stopped_by_time": int(bool(stopped_at)),
     }
     if curve:
         metrics["curve_best_dev_f1"] = max(c["f1"] for c in curve)
@@ -619,6 +718,8 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             "dev_rows": len(dev_rows),
             "test_rows": len(data.get("test") or []),
         },
+        # how the judge decides: what a server is asked with (OpenAI's logit_bias)
+        extra={"label_threshold": threshold, "logit_bias": {str(k): v for k, v in bias.items()}},
     )
     import shutil
 
@@ -629,11 +730,27 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
 class SessionJudgeModel:
     """A base model with its adapter, answering sessions by greedy generation."""
 
-    def __init__(self, model, tokenizer, params: LoraParams, device: str):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        params: LoraParams,
+        device: str,
+        bias: dict[int, float] | None = None,
+    ):
         self.model, self.tokenizer, self.params, self.device = model, tokenizer, params, device
+        self.bias = bias or {}
 
     def judge(self, rows: list[dict]) -> list[str]:
-        return judge(self.model, self.tokenizer, rows, self.params.eval_max_new_tokens, self.device)
+        """Greedy answers, deciding at the adapter's dev threshold (its logit bias)."""
+        return judge(
+            self.model,
+            self.tokenizer,
+            rows,
+            self.params.eval_max_new_tokens,
+            self.device,
+            self.bias,
+        )
 
     def score(self, texts: list[str], token_budget: int = 2000) -> list[str | None]:
         """The label of each session text (its lines), or None where the answer is not the
@@ -655,7 +772,15 @@ def load(folder: Path, manifest: Manifest) -> SessionJudgeModel:
     adapter = Path(folder) / "adapter"
     if not adapter.is_dir():
         raise ModelFileError(f"{folder}: no adapter folder")
-    return SessionJudgeModel(PeftModel.from_pretrained(model, adapter), tokenizer, p, device)
+    return SessionJudgeModel(
+        PeftModel.from_pretrained(model, adapter), tokenizer, p, device, logit_bias(manifest)
+    )
+
+
+def logit_bias(manifest: Manifest) -> dict[int, float]:
+    """The logit bias an adapter decides with (:func:`decision_bias`); {} for a folder trained
+    before it was recorded."""
+    return {int(k): float(v) for k, v in (manifest.extra.get("logit_bias") or {}).items()}
 
 
 def merged_folder(folder: Path) -> Path:
