@@ -218,6 +218,15 @@ def test_a_big_source_trains_on_a_seeded_draw_of_its_windows(tmp_path):
     assert len(drawn) == 100 and drawn == sorted(drawn) and drawn == _draw(rows, 100, seed=3)
     assert _draw(rows, 0, seed=3) == rows and _draw(rows[:50], 100, seed=3) == rows[:50]
 
+    # drawn by index, the same windows as drawing among every window built
+    from logfit_dagster.core.models.template_lm import drawn_windows, windows
+
+    sessions = [list(range(n)) for n in (0, 3, 8, 20, 41)]
+    for context, stride, limit in ((8, 0, 4), (8, 3, 6), (4, 1, 0), (64, 0, 2)):
+        every = [w for s in sessions for w in windows(s, context, stride)]
+        drawn, available = drawn_windows(sessions, context, stride, limit, seed=5)
+        assert drawn == _draw(every, limit, seed=5) and available == len(every)
+
     data = _data()
     params = {**PARAMS, "max_epochs": 1, "max_train_windows": 10, "max_dev_windows": 7}
     metrics = base.train("template_lm", data, params, tmp_path / "lm").metrics
@@ -350,3 +359,52 @@ def test_a_source_added_to_the_vocabulary_leaves_other_sources_models_unchanged(
             results[name] += ((tmp_path / name / folder / "thresholds.json").read_text(),)
     assert results["before"] == results["after"]
     assert len(results["after"][0]) < len(grown)  # the other source's tokens are not in it
+
+
+def test_a_source_without_labels_gets_the_template_model_as_its_champion(tmp_path):
+    """Without a label, the template model still scores every test session (counted in no
+    figure), so it competes with the IsolationForest and, with nothing to measure on dev, is
+    chosen: the label-free rule, said in the choice."""
+    import pandas as pd
+
+    from logfit_dagster.core.models import session_counts, template_lm
+    from logfit_dagster.core.models.template_lm import prepare_sequences
+    from logfit_dagster.core.session_champion import candidates_from_frame, choose
+
+    rng = np.random.default_rng(5)
+    sequences = [_normal(rng) for _ in range(100)]
+    ids = {token: token + 100 for token in T.values()}
+    sessions = pd.DataFrame(
+        {
+            "session_id": [f"s{i}" for i in range(100)],
+            "template_ids": [[ids[t] for t in s] for s in sequences],
+        }
+    )
+    splits = pd.DataFrame(
+        {
+            "session_id": sessions["session_id"],
+            "split": ["train"] * 70 + ["dev"] * 20 + ["test"] * 10,
+            "label": pd.array([pd.NA] * 100, dtype="Int8"),
+        }
+    )
+    templates = {ids[t]: text for text, t in T.items()}
+    data = prepare_sequences(sessions, splits, templates, VOCAB)
+    assert len(data["test"]) == 10 and all(t["label"] is None for t in data["test"])
+    assert len(data["train"]) == 70 and not data["dev_anomalous"]  # unknown counts as normal
+
+    lm = base.train(
+        "template_lm", {**data, "source": "nolabels", "init": None}, PARAMS, tmp_path / "lm"
+    )
+    assert lm.metrics["test_sessions"] == 10 and lm.metrics["test_labelled"] == 0
+    assert not any(k.startswith("test_max_nll_") for k in lm.metrics)  # no figure to give
+    forest = base.train("session_counts", (sessions, splits), {}, tmp_path / "counts")
+    frame = pd.concat(
+        [session_counts.candidate_frame(forest.folder), template_lm.candidate_frame(lm.folder)],
+        ignore_index=True,
+    )
+    scored = frame[frame["family"] == "template_lm"]
+    assert scored["session_id"].nunique() == 10 and scored["label"].isna().all()
+    choice = choose(candidates_from_frame(frame))
+    assert choice.name == "template_lm:max_nll" and "no anomalous dev session" in choice.why
+    assert {c.name for c in choice.candidates} >= {"session_counts:isolation_forest"}
+    assert choice.champion.test == {}  # measured on nothing, and says so by being empty

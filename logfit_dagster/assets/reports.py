@@ -76,7 +76,9 @@ def metrics_report(
             {
                 "source": source,
                 "model": f"champion: {m['family']}:{m['model']}",
-                "version": str(session_champion.manifest.extra.get("champion", {}).get("version", "")),
+                "version": str(
+                    session_champion.manifest.extra.get("champion", {}).get("version", "")
+                ),
                 "sessions": m["test"].get("anomalous", 0) + m["test"].get("normal", 0),
                 "threshold": m["threshold"],
                 **{k: m["test"].get(k, np.nan) for k in REPORT_COLUMNS[4:] if k != "threshold"},
@@ -299,7 +301,9 @@ def template_rows(template_lm: dict[str, pd.DataFrame]) -> pd.DataFrame:
             continue
         mode = str(frame["mode"].iloc[0]) if "mode" in frame else "fine-tuned"
         twin = "scratch_flagged" in frame and frame["scratch_flagged"].notna().all()
-        for method, group in frame.groupby("method", sort=True):
+        # a test session without a label is scored (for the champion) but never counted
+        labelled = frame[frame["label"].notna()]
+        for method, group in labelled.groupby("method", sort=True):
             y = group["label"].astype(int).to_numpy()
             for label, column in ((mode, "flagged"), ("scratch", "scratch_flagged")):
                 if column == "scratch_flagged" and not twin:

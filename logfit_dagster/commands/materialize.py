@@ -366,8 +366,8 @@ def _template_summary(meta: dict) -> str:
         return "not run (no materialization of template_lm for this source)"
     if meta.get("skipped"):
         return f"no model: {meta['skipped']}"
-    if "test_anomalous" not in meta:
-        return "trained; no labelled test sessions to score"
+    if "test_anomalous" not in meta or meta.get("test_labelled") == 0:
+        return "trained; no labelled test sessions to measure it on"
     nan = float("nan")
     methods = ", ".join(
         f"{m} {meta.get(f'test_{m}_f1', nan):.3f} "

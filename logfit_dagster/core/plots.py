@@ -84,7 +84,8 @@ def score_distributions(scores: dict, thresholds: dict, title: str) -> Figure:
     methods = [m for m in thresholds if m in scores and m not in ("percentile", "unseen_rate")]
     figure, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), dpi=100)
     axes = np.atleast_1d(axes)
-    label = np.asarray(scores["label"])
+    # 1 anomalous, 0 normal; a session without a label (None) is in neither histogram
+    label = np.array([np.nan if v is None else v for v in scores["label"]], dtype=float)
     for axis, method in zip(axes, methods, strict=True):
         values = np.asarray(scores[method], dtype=float)
         finite = np.isfinite(values)

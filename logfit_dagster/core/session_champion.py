@@ -11,8 +11,9 @@ normal dev sessions alone). The choice uses the dev split, never test:
 
 Without dev anomalies nothing can be measured: the label-free template model (max NLL) is the
 champion when it is a candidate (its thresholds need no labels), else the count-vector model,
-and the choice says so. (A source with no labels at all has no template-model candidate: the
-template model scores labelled test sessions only, so its champion is the IsolationForest.)
+and the choice says so. A source with no labels at all is such a source: the template model
+scores every test session, labelled or not, so it competes there with the count-vector
+family's IsolationForest.
 
 The champion is stored as a copy of the chosen family's model folder with ``champion.json``
 (what was chosen, on what, and why) and ``templates.json`` (the source's template id -> text),
@@ -266,9 +267,7 @@ class ChampionScorer:
         else:
             from logfit_dagster.core.session_scoring import TemplateFolderScorer
 
-            self._model = TemplateFolderScorer(
-                load(folder, families=("template_lm",)), self.model
-            )
+            self._model = TemplateFolderScorer(load(folder, families=("template_lm",)), self.model)
 
     def with_method(self, method: str):
         """The same template model flagging by another of its scoring methods."""

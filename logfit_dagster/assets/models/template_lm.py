@@ -231,10 +231,23 @@ def _files_digest(artifact: ModelArtifact) -> str:
     ]
 
 
+def data_key(data: dict, params: dict) -> str:
+    """A digest of the training data and params, hashed a session at a time: a big source's
+    sessions never become one JSON string."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for name in sorted(data):
+        value = data[name]
+        digest.update(json.dumps(name).encode() + (b"[" if isinstance(value, list) else b"="))
+        for item in value if isinstance(value, list) else [value]:
+            digest.update(json.dumps(item, sort_keys=True).encode() + b"\n")
+        digest.update(b"]")
+    return digest.hexdigest()[:16]
+
+
 def _train_source(
     context, trainer: Trainer, family_key: str, data: dict, params: dict
 ) -> tuple[Path, object]:
-    key = hashlib.sha256(json.dumps([data, params], sort_keys=True).encode()).hexdigest()[:16]
+    key = data_key(data, params)
     folder = family_folder("template_lm", f"{family_key}/{key}")
     return folder, trainer.train(context, "template_lm", data, params, folder)
 
@@ -395,8 +408,9 @@ def template_lm(
         "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
     }
     if evaluation:
-        table = pd.DataFrame(evaluation["methods"]).T.rename_axis("method").reset_index()
-        metadata["methods"] = dg.MetadataValue.md(table.round(4).to_markdown(index=False))
+        if evaluation["methods"]:
+            table = pd.DataFrame(evaluation["methods"]).T.rename_axis("method").reset_index()
+            metadata["methods"] = dg.MetadataValue.md(table.round(4).to_markdown(index=False))
         for name, figure in figures.items():
             metadata[name] = dg.MetadataValue.md(plots.markdown_image(figure, name))
         notes = recommendations(
@@ -486,7 +500,12 @@ def recommendations(summary: dict, metrics: dict, stopped: str = "") -> list[str
         )
     if metrics.get("epochs_run", 0) <= 2:
         notes.append("training stopped after two epochs or fewer: check the dev loss curve")
-    if summary.get("anomalous", 0) < 5:
+    if summary.get("labelled", summary.get("sessions", 0)) == 0:
+        notes.append(
+            "no test session has a label: the thresholds are label-free (every dev session "
+            "counted as normal) and nothing here measures precision or recall"
+        )
+    elif summary.get("anomalous", 0) < 5:
         notes.append(
             f"only {summary.get('anomalous', 0)} anomalous test sessions: recall rests on few cases"
         )

@@ -179,7 +179,9 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
         ``train`` and ``dev``: the token sequences of normal sessions (an anomaly never teaches
         the model what normal is); ``dev_anomalous``: the anomalous dev sessions (they never
         train nor set a threshold: they only measure the model on dev, for the session
-        champion); ``test``: every labelled test session with its label.
+        champion); ``test``: every test session with its label (``None`` where unknown:
+        such a session is scored, for the champion of a source without labels, and never
+        counted in a figure).
     """
     import pandas as pd
 
@@ -213,9 +215,45 @@ def prepare_sequences(sessions, splits, templates: dict[int, str], vocabulary: l
             data[split].append(tokens)
         elif split == "dev":
             data["dev_anomalous"].append(tokens)
-        elif split == "test" and known:
-            data["test"].append({"session_id": str(sid), "tokens": tokens, "label": int(label)})
+        elif split == "test":
+            data["test"].append(
+                {"session_id": str(sid), "tokens": tokens, "label": int(label) if known else None}
+            )
     return data
+
+
+def window_starts(sessions, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each window of :func:`windows` begins, for every session in order: the session's
+    index and the start in its ``[bos] + tokens + [eos]``, as two int64 arrays (a few bytes a
+    window, where the windows themselves are a list each)."""
+    from array import array
+
+    size, step = context + 1, stride or context
+    owner, start = array("q"), array("q")
+    for index, tokens in enumerate(sessions):
+        length = len(tokens) + 2
+        if length <= size:
+            firsts = [0]
+        else:
+            firsts = list(range(0, length - size + 1, step))
+            if firsts[-1] + size < length:
+                firsts.append(length - size)
+        owner.extend([index] * len(firsts))
+        start.extend(firsts)
+    return np.frombuffer(owner, dtype=np.int64), np.frombuffer(start, dtype=np.int64)
+
+
+def drawn_windows(sessions, context: int, stride: int, limit: int, seed: int):
+    """:func:`_draw` of every session's windows (in order), built for the drawn ones alone;
+    and how many windows there were."""
+    owner, start = window_starts(sessions, context, stride)
+    keep = _draw(range(len(owner)), limit, seed)
+    size = context + 1
+    drawn = []
+    for i in keep:
+        sequence = [BOS, *sessions[int(owner[i])], EOS]
+        drawn.append(sequence[int(start[i]) : int(start[i]) + size])
+    return drawn, len(owner)
 
 
 def _draw(rows: list, limit: int, seed: int) -> list:
@@ -334,11 +372,11 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     model = model.to(device)
     mixed, precision = autocast(device, "auto")
     stride = p.stride or p.context
-    all_train = [w for s in train_sessions for w in windows(s, p.context, stride)]
-    train_windows = _draw(all_train, p.max_train_windows, p.seed)
-    dev_windows = _draw(
-        [w for s in dev_sessions for w in windows(s, p.context, stride)], p.max_dev_windows, p.seed
+    # drawn by index: only the windows trained on are ever built
+    train_windows, available = drawn_windows(
+        train_sessions, p.context, stride, p.max_train_windows, p.seed
     )
+    dev_windows, _ = drawn_windows(dev_sessions, p.context, stride, p.max_dev_windows, p.seed)
 
     def step_loss(idx: np.ndarray):
         ids, mask = _pad([train_windows[i] for i in idx])
@@ -411,7 +449,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         "epochs_run": len(loop.epochs),
         "steps": loop.step,
         "train_windows": len(train_windows),
-        "train_windows_available": len(all_train),
+        "train_windows_available": available,
         "dev_loss_windows": len(dev_windows),
         **{f"dev_top{k}": v for k, v in scorer.top_k_accuracy(dev_stats).items()},
         # what the thresholds rest on: a rule on N normal sessions cannot promise a false-alarm
@@ -720,21 +758,25 @@ class TemplateScorer:
 
 def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[int]]) -> dict:
     """Test precision, recall, F1 and the false positive rate on normal sessions per method,
-    top-k accuracy on normal test sessions, and template coverage."""
+    top-k accuracy on normal test sessions, and template coverage; the figures count labelled
+    sessions alone (``methods`` is empty without one), the scores cover every session."""
     tokens = [t["tokens"] for t in test]
-    y = np.array([int(t["label"]) for t in test])
+    # -1: unknown (scored, never counted)
+    label = np.array([-1 if t["label"] is None else int(t["label"]) for t in test], dtype=int)
+    known = label >= 0
+    y = label[known]
     stats = scorer.token_stats(tokens)
     scores = scorer.score(stats)
     flags = scorer.flags(scores)
     methods = {}
-    for method, pred in flags.items():
-        tp, fp, fn, tn = confusion_counts(y, pred.astype(int))
+    for method, pred in flags.items() if known.any() else ():
+        tp, fp, fn, tn = confusion_counts(y, pred[known].astype(int))
         methods[method] = {
             **rates(tp, fp, fn, tn, empty=0.0),
             "false_positive_rate": fp / (fp + tn) if fp + tn else math.nan,
             "threshold": scorer.thresholds[method],
         }
-    normal = stats.take(np.flatnonzero(y == 0))
+    normal = stats.take(np.flatnonzero(label == 0))
 
     def coverage(sessions: list[list[int]]) -> float:
         seen = sum(t in scorer.trained for s in sessions for t in s)
@@ -746,6 +788,7 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
         "loss_by_position": scorer.loss_by_position(normal),
         "summary": {
             "sessions": len(test),
+            "labelled": int(known.sum()),
             "anomalous": int(y.sum()),
             "flagged_by_unseen_rule": int((scores["unseen_rate"] > scorer.p.unseen_rate).sum()),
             **{f"top{k}": v for k, v in scorer.top_k_accuracy(normal).items()},
@@ -755,7 +798,7 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
         },
         "scores": {
             "session_id": [t["session_id"] for t in test],
-            "label": y.tolist(),
+            "label": [t["label"] for t in test],
             **{k: [float(x) for x in v] for k, v in scores.items()},
         },
     }
@@ -782,7 +825,10 @@ def session_frame(evaluation: dict, thresholds: dict, unseen_rate: float) -> pd.
             pd.DataFrame(
                 {
                     "session_id": ids,
-                    "label": scores["label"],
+                    # 1 anomalous, 0 normal, NaN unknown
+                    "label": np.array(
+                        [math.nan if v is None else v for v in scores["label"]], dtype=float
+                    ),
                     "method": method,
                     "score": value,
                     "threshold": float(thresholds[method]),
