@@ -153,3 +153,32 @@ def test_repeated_content_is_counted_per_split_and_anomalies_equal_to_normal_one
     # b repeats a (train); d and f repeat a and c, normal sessions: the events cannot tell them
     assert counts["dev_seen_in_train"] == 1 and counts["test_seen_in_train"] == 1
     assert counts["anomalous"] == 3 and counts["anomalous_equal_to_normal"] == 2
+
+
+def test_sequence_keys_are_equal_exactly_for_equal_event_sequences_in_any_batch():
+    """Keys are built in Arrow per batch: equal sequences match across batches and chunk
+    boundaries; sequences that differ only in how their ids' digits group do not."""
+    import pyarrow as pa
+
+    from logfit_dagster.core.splits import repeated_content, sequence_keys
+
+    sequences = [[1, 2], [1, 23], [12, 3], [], [1, 2], [3], [123]]
+    whole = sequence_keys(pa.array(sequences, pa.list_(pa.int32())))
+    assert whole[0] == whole[4]  # the same events
+    assert len(set(whole.tolist())) == 6  # every other pair differs, "1 23" from "12 3"
+    chunked = pa.chunked_array(
+        [
+            pa.array(sequences[:3], pa.list_(pa.int32())),
+            pa.array(sequences[3:], pa.list_(pa.int32())),
+        ]
+    )
+    assert (sequence_keys(chunked) == whole).all()
+    assert (sequence_keys(sequences) == whole).all()
+    # the check reads keys as it reads the events themselves
+    sessions = pd.DataFrame({"session_id": list("abcdefg"), "template_ids": sequences})
+    splits = pd.DataFrame(
+        {"session_id": list("abcdefg"), "split": ["train"] * 4 + ["test"] * 3, "label": [0] * 7}
+    )
+    keyed = pd.DataFrame({"session_id": sessions["session_id"], "key": whole})
+    assert repeated_content(keyed, splits) == repeated_content(sessions, splits)
+    assert repeated_content(keyed, splits)["test_seen_in_train"] == 1

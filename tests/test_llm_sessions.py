@@ -319,3 +319,18 @@ def test_rare_templates_are_those_of_few_training_sessions():
     assert ls.rare_templates(sequences, share=0.01) == {4}  # 5 of 207 is over 1% (2.07)
     assert ls.rare_templates(sequences, share=0.05) == {4, 5}
     assert ls.rare_templates([], share=0.5) == set()
+
+
+def test_rare_templates_counted_batch_by_batch_are_the_same_and_only_of_training_sessions():
+    import pyarrow as pa
+
+    sequences = [[1, 2, 2, 3]] * 200 + [[1, 4]] * 2 + [[1, 5]] * 5 + [[9, 9]] * 50
+    ids = [f"s{i}" for i in range(len(sequences))]
+    table = pa.table({"session_id": ids, "template_ids": pa.array(sequences, pa.list_(pa.int32()))})
+    train = ids[:207]  # the [9, 9] sessions are not training sessions: never counted
+    batches = [table.slice(i, 64) for i in range(0, len(ids), 64)]
+    for share in (0.01, 0.05):
+        assert ls.rare_in_batches(batches, train, share) == ls.rare_templates(
+            sequences[:207], share=share
+        )
+    assert ls.rare_in_batches([], train, 0.5) == set()

@@ -1,12 +1,12 @@
 """Datasets: sessions, ground-truth labels and train/dev/test splits."""
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from logfit_dagster.assets._common import (
     bad_input_fails_partition,
-    columns_of,
     output_stream,
     parts_of,
     preview,
@@ -14,7 +14,7 @@ from logfit_dagster.assets._common import (
 )
 from logfit_dagster.core.ground_truth import collect_stored_ground_truth
 from logfit_dagster.core.sessions import SESSION_SCHEMA, SessionStats, sessions_of_batches
-from logfit_dagster.core.splits import repeated_content, split_sessions
+from logfit_dagster.core.splits import repeated_content, sequence_keys, split_sessions
 from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
@@ -128,7 +128,8 @@ class SplitConfig(dg.Config):
     code_version="1",
     kinds={"parquet"},
     ins={
-        "sessions": columns_of("session_id", "first_line", "template_ids"),
+        # read batch by batch: a session's events become a 64-bit key, never a Python list
+        "sessions": streamed(),
         # the session labels only: the line labels of a big source are millions of rows
         "ground_truth_labels": parts_of("sessions"),
     },
@@ -151,12 +152,21 @@ class SplitConfig(dg.Config):
 def dataset_splits(
     context: dg.AssetExecutionContext,
     config: SplitConfig,
-    sessions: pd.DataFrame,
+    sessions: StoredTable,
     ground_truth_labels: dict[str, pd.DataFrame],
 ):
     """Each session's split (train, dev or test) and label, stratified by label with a fixed seed."""
     labels = ground_truth_labels["sessions"][["session_id", "label"]]
-    frame = sessions[["session_id", "first_line"]].merge(labels, on="session_id", how="left")
+    ids = sessions.read(["session_id", "first_line"]).to_pandas()
+    # each session's events as a key, for the repeated-content check, in the same row order
+    ids["key"] = np.concatenate(
+        [
+            sequence_keys(batch.column("template_ids"))
+            for batch in sessions.batches(["template_ids"])
+        ]
+        or [np.empty(0, dtype=np.uint64)]
+    )
+    frame = ids[["session_id", "first_line"]].merge(labels, on="session_id", how="left")
     frame["label"] = frame["label"].astype("Int8")
     try:
         splits = split_sessions(
@@ -170,7 +180,7 @@ def dataset_splits(
     counts = splits.groupby(["split", splits["label"].astype("string").fillna("unknown")]).size()
     balance = {f"{s}/{lab}": int(n) for (s, lab), n in counts.items()}
     duplicated = int(splits["session_id"].duplicated().sum())
-    missing = int(len(set(sessions["session_id"]) - set(splits["session_id"])))
+    missing = int((~ids["session_id"].isin(splits["session_id"])).sum())
     yield dg.Output(
         splits,
         metadata={
@@ -190,7 +200,7 @@ def dataset_splits(
         passed=duplicated == 0 and missing == 0,
         metadata={"sessions_in_two_splits": duplicated, "sessions_without_split": missing},
     )
-    repeated = repeated_content(sessions, splits)
+    repeated = repeated_content(ids, splits)
     share = repeated["anomalous_equal_to_normal"] / max(repeated["anomalous"], 1)
     if share > MAX_INDISTINGUISHABLE:
         context.log.warning(

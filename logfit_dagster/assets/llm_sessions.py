@@ -24,7 +24,7 @@ from logfit_dagster.core.llm_sessions import (
     example_batches,
     leaked_test_sessions,
     python_grader,
-    rare_of_training,
+    rare_in_batches,
     repeated_test_prompts,
 )
 from logfit_dagster.core.tables import StoredTable
@@ -120,8 +120,13 @@ def llm_session_examples(
         rare_share=config.rare_share,
     )
     folder = examples_folder(context.partition_key, params.prompt_version)
-    ids = sessions.read(["session_id", "template_ids"]).to_pandas()
-    rare = rare_of_training(ids, dataset_splits, params)
+    ids = sessions.read(["session_id"]).to_pandas()
+    # counted batch by batch: the template ids never become a list per session
+    rare = rare_in_batches(
+        sessions.batches(["session_id", "template_ids"]),
+        dataset_splits.loc[dataset_splits["split"] == "train", "session_id"].astype(str),
+        params.rare_share,
+    )
     stats: dict = {}
     seen = {"balance": {}, "tokens": [0, 0, 0], "train_tokens": 0, "head": None}
 

@@ -136,6 +136,41 @@ def rare_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int
     return {template for template, n in seen.items() if n < floor}
 
 
+def rare_in_batches(batches, train_ids, share: float = 0.01, at_least: int = 3) -> set[int]:
+    """:func:`rare_templates` of the training sessions (``train_ids``) among ``batches``
+    (Arrow tables of ``session_id`` and ``template_ids``), a batch at a time: the template ids
+    stay flat numpy arrays, never a list per session."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(list(train_ids), pa.string())
+    seen = np.zeros(0, dtype=np.int64)  # per template id: training sessions that have it
+    total = 0
+    for batch in batches:
+        ids = pc.filter(
+            batch.column("template_ids"),
+            pc.is_in(pc.cast(batch.column("session_id"), pa.string()), value_set=wanted),
+        ).combine_chunks()
+        if not len(ids):
+            continue
+        total += len(ids)
+        offsets = ids.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        values = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        if not len(values):
+            continue
+        owner = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
+        width = int(values.max()) + 1
+        distinct = np.unique(owner * width + values) % width  # each template once a session
+        counts = np.bincount(distinct, minlength=width)
+        if len(counts) > len(seen):
+            seen = np.pad(seen, (0, len(counts) - len(seen)))
+        seen[: len(counts)] += counts
+    floor = max(share * total, at_least)
+    return {int(t) for t in np.flatnonzero((seen > 0) & (seen < floor))}
+
+
 def _fit(lines: list[str], weights: list[int], token_budget: int) -> tuple[str, int]:
     """``lines`` whole when they fit ``token_budget``, else their head and tail and a marker
     saying how many lines (``weights``: the lines each one stands for) were left out."""

@@ -59,11 +59,27 @@ def split_sessions(
     return frame[["session_id", "split", "label", "first_line"]]
 
 
+def sequence_keys(template_ids) -> np.ndarray:
+    """A 64-bit key per session of its event sequence (an Arrow list array or chunked array,
+    or a sequence of lists): equal sequences get equal keys, unequal ones differ but with a
+    chance of 2^-64 a pair. Built in Arrow and numpy, so a batch of sessions never becomes a
+    Python list per session."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(template_ids, pa.Array | pa.ChunkedArray):
+        template_ids = pa.array(list(template_ids), pa.list_(pa.int64()))
+    text = pc.binary_join(pc.cast(template_ids, pa.list_(pa.string())), " ")
+    values = np.asarray(text.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.util.hash_array(values, categorize=False)
+
+
 def repeated_content(sessions: pd.DataFrame, splits: pd.DataFrame) -> dict:
     """What identical event sequences mean for a split (a property of the data, not a leak).
 
     Args:
-        sessions: ``session_id`` and ``template_ids`` (the session's event sequence).
+        sessions: ``session_id`` and ``key`` (:func:`sequence_keys` of the session's events), or
+            ``template_ids`` (the events themselves).
         splits: ``session_id``, ``split`` and ``label``.
 
     Returns:
@@ -72,12 +88,16 @@ def repeated_content(sessions: pd.DataFrame, splits: pd.DataFrame) -> dict:
         a normal session has too (nothing in the events can tell them apart), out of
         ``anomalous``.
     """
-    frame = sessions[["session_id", "template_ids"]].merge(
+    if "key" not in sessions:
+        sessions = pd.DataFrame(
+            {"session_id": sessions["session_id"], "key": sequence_keys(sessions["template_ids"])}
+        )
+    frame = sessions[["session_id", "key"]].merge(
         splits[["session_id", "split", "label"]], on="session_id", how="inner"
     )
-    key = frame["template_ids"].map(lambda ids: " ".join(map(str, ids)))
-    train = set(key[frame["split"] == "train"])
-    normal = set(key[frame["label"] == 0])
+    key = frame["key"]
+    train = key[frame["split"] == "train"].unique()
+    normal = key[frame["label"] == 0].unique()
     anomalous = frame["label"] == 1
     return {
         "dev_seen_in_train": int(key[frame["split"] == "dev"].isin(train).sum()),
