@@ -111,16 +111,23 @@ def sklearn_baseline(lines: pd.DataFrame, paths: list[Path]) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    data = shared_data()
-    lines = recorded_labels()
-    spec = export_model(fit(training_rows(lines), LineModelParams(C=1.0)))
+def real_files(data: Path | None = None) -> list[Path]:
+    """The real files scored: the 16 Loghub 2k samples, two HDFS_v1 excerpts and the raw
+    files of the recorded label sets."""
+    data = data or shared_data()
     files = sorted((data / "loghub-2k").glob("*/*_2k.log"))
     files += [
         data / "hdfs" / "raw" / "HDFS_20000.log",
         data / "hdfs" / "raw" / "HDFS_5k_sampled_blocks.log",
     ]
-    files += sorted((data / "llm-labels").glob("*_2k.log"))
+    return files + sorted((data / "llm-labels").glob("*_2k.log"))
+
+
+def main() -> None:
+    data = shared_data()
+    lines = recorded_labels()
+    spec = export_model(fit(training_rows(lines), LineModelParams(C=1.0)))
+    files = real_files(data)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = Path(tmp) / "synth_hdfs_1m.log"

@@ -229,6 +229,28 @@ def test_the_cascade_sends_only_the_tfidf_band_to_the_transformer(bert, tmp_path
     evaluation = json.loads((tmp_path / "cascade" / "evaluation.json").read_text())
     assert set(evaluation["per_source"]) == {"delta"}
 
+    # a band with a top: what the first stage is sure of keeps its answer, unread
+    high = float(np.quantile(tfidf[routed], 0.5))
+    banded = base.train(
+        "line_transformer",
+        data,
+        {**PARAMS, "base_model": str(bert), "cascade_low": 0.3, "cascade_high": high},
+        tmp_path / "banded",
+    )
+    scorer = base.load(banded.folder)
+    assert scorer.cascade_high == max(high, scorer.threshold)  # never below the threshold
+    proba = scorer.score_lines(lines)
+    band = (tfidf >= 0.3) & (tfidf <= scorer.cascade_high)
+    assert np.array_equal(proba[~band], tfidf[~band])
+    assert (proba[tfidf > scorer.cascade_high] >= scorer.threshold).all()  # kept LOOK
+    assert scorer.routed_lines == int(band.sum()) < int(routed.sum())
+    # shapes with the same message (what the encoder reads) are encoded once
+    from logfit_dagster.core.models.line_transformer import model_text
+
+    assert len(scorer._cache) == len(
+        {model_text(s, scorer.text) for s, b in zip(lines, band, strict=True) if b}
+    )
+
 
 def test_missing_corrupt_or_outdated_artifacts_fail_with_their_path(bert, tmp_path):
     folder = tmp_path / "model"

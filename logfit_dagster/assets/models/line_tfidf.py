@@ -55,13 +55,8 @@ class LineModelConfig(dg.Config):
     )
 
 
-def labelled_rows(labeled_lines: StoredTable, max_chars: int) -> pd.DataFrame:
-    """The labelled lines as the line families train on them, read batch by batch: every
-    distinct shape with its line count, and each source's sample of raw lines for the baseline
-    (``collect_labelled_lines``): memory bounded by shapes, not lines."""
-    from logfit_dagster.core.line_model import collect_labelled_lines
-
-    return collect_labelled_lines(labeled_lines.batches(["source", "raw", "label"]), max_chars)
+#: what the line families read of ``labeled_lines``
+LABELLED_COLUMNS = ["source", "raw", "label"]
 
 
 @dg.asset(
@@ -91,16 +86,22 @@ def look_skip_model(
     """TF-IDF (word 1-3, char 3-6) + 17 handcrafted features, logistic regression; selected by
     GroupKFold over sources, exported to JSON, tracked and registered in MLflow."""
     from logfit_dagster.core import plots
+    from logfit_dagster.core.line_model import collect_labelled_lines
     from logfit_dagster.core.models.base import format_progress, train
 
     started = time.perf_counter()
     params = config.model_dump(exclude={"champion_margin"})
     folder = family_folder("line_tfidf", context.run_id)
+    # every distinct shape with its line count, and each source's sample of raw lines for the
+    # baseline, read batch by batch: memory bounded by shapes, not lines
+    labelled = collect_labelled_lines(
+        labeled_lines.batches(LABELLED_COLUMNS), config.max_line_chars
+    )
     try:
         # seconds on a CPU: trained in the step itself, on the same contract as every family
         result = train(
             "line_tfidf",
-            labelled_rows(labeled_lines, config.max_line_chars),
+            labelled,
             params,
             folder,
             lambda step, total, **m: context.log.info(

@@ -15,7 +15,7 @@ from logfit_dagster.assets.models._shared import (
     finite,
     not_trained,
 )
-from logfit_dagster.assets.models.line_tfidf import labelled_rows
+from logfit_dagster.assets.models.line_tfidf import LABELLED_COLUMNS
 from logfit_dagster.core.errors import TrainingDataError
 from logfit_dagster.core.line_features import MAX_SHAPE_CHARS
 from logfit_dagster.core.tables import StoredTable
@@ -52,6 +52,12 @@ class LineTransformerConfig(dg.Config):
     cascade_low: float = Field(
         default=0.05,
         description="Shapes whose TF-IDF LOOK probability reaches this go to the transformer.",
+    )
+    cascade_high: float = Field(
+        default=1.0,
+        description="Shapes whose TF-IDF LOOK probability is above this keep the TF-IDF answer "
+        "(LOOK) without the transformer: it reads only what the first stage is unsure of "
+        "(1.0: every shape from cascade_low up).",
     )
     cascade_blend: str = Field(
         default="mean",
@@ -106,13 +112,15 @@ def line_transformer_model(
     """A BERT-style encoder fine-tuned on the LOOK/SKIP labels of the train sources, run as a
     cascade behind a TF-IDF stage, scored on held-out sources against the TF-IDF model alone."""
     from logfit_dagster.core import plots
+    from logfit_dagster.core.line_model import collect_labelled_lines
     from logfit_dagster.core.models.line_transformer import prepare_data
 
     started = time.perf_counter()
     tfidf_params = json.loads(look_skip_model["summary"].iloc[0]["params"])
+    labelled = collect_labelled_lines(labeled_lines.batches(LABELLED_COLUMNS), MAX_SHAPE_CHARS)
     try:
         data = prepare_data(
-            labelled_rows(labeled_lines, MAX_SHAPE_CHARS),
+            labelled,
             tfidf_params,
             config.dev_sources or None,
             config.test_sources or None,

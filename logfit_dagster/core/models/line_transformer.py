@@ -17,10 +17,11 @@ The artifact folder holds ``model/`` (safetensors and config), ``tokenizer/``, `
 the manifest. Only torch, transformers and numpy are needed to train: the module runs on a GPU
 machine without the rest of logfit's dependencies.
 
-Cascade: the TF-IDF model scores every shape; only shapes whose TF-IDF probability reaches
-``cascade_low`` (the LOOK ones and the uncertain band below them) reach the encoder, whose
-probability is averaged with the TF-IDF one (``cascade_blend``); the rest keep the TF-IDF
-answer, which is SKIP since ``cascade_low`` is below every threshold used.
+Cascade: the TF-IDF model scores every shape; only shapes whose TF-IDF probability lies in
+the band from ``cascade_low`` to ``cascade_high`` reach the encoder, whose probability is
+averaged with the TF-IDF one (``cascade_blend``); the rest keep the TF-IDF answer: SKIP below
+the band (``cascade_low`` is below every threshold used), LOOK above it (``cascade_high`` is at
+least the threshold). Shapes with the same message (what the encoder reads) are encoded once.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ class TransformerParams:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on GPUs that support it; fp32 elsewhere
     cascade_low: float = 0.05
+    # Shapes whose TF-IDF probability is above this keep the TF-IDF answer (LOOK) and are not
+    # encoded: the encoder reads only what the first stage is unsure of (1.0: every shape from
+    # cascade_low up). Raised to the threshold where it is below it.
+    cascade_high: float = 1.0
     # In the band, the probability is the mean of the two stages' ("mean") or the transformer's
     # alone ("transformer"). Leave-one-source-out on the 20 label sets: 0.877 against 0.780
     # (benchmarks/line_transformer_quality.py).
@@ -381,6 +386,7 @@ def _export(
             p.eval_batch_size,
             p.text,
             p.cascade_blend,
+            cascade_high=max(p.cascade_high, threshold),
         )
         evaluation = evaluate_rows(scorer, data["test"])
         pooled = evaluation["pooled"]
@@ -412,6 +418,7 @@ def _export(
             "threshold": threshold,
             "cascade": tfidf is not None,
             "cascade_low": p.cascade_low,
+            "cascade_high": max(p.cascade_high, threshold),
             "cascade_blend": p.cascade_blend,
             "stopped": loop.stopped,
             "resumed_from_step": loop.resumed_from,
@@ -453,11 +460,13 @@ class TransformerLineScorer:
         text: str = "message",
         blend: str = "mean",
         manifest: Manifest | None = None,
+        cascade_high: float = 1.0,
     ):
         if blend not in ("mean", "transformer"):
             raise ValueError(f"cascade_blend {blend!r}: use mean or transformer")
         self.encoder, self.tfidf, self.text, self.cascade_blend = encoder, tfidf, text, blend
         self.threshold, self.cascade_low = float(threshold), float(cascade_low)
+        self.cascade_high = float(cascade_high)
         self.batch_size = batch_size
         self.manifest = manifest
         self._cache: dict[str, float] = {}
@@ -489,6 +498,7 @@ class TransformerLineScorer:
             manifest.params.get("text", "message"),
             manifest.params.get("cascade_blend", "mean"),
             manifest,
+            manifest.extra.get("cascade_high", 1.0),
         )
 
     @property
@@ -512,20 +522,26 @@ class TransformerLineScorer:
         mixed = (tfidf + encoded) / 2 if self.cascade_blend == "mean" else encoded
         return np.where(routed, mixed, tfidf)
 
+    def routed(self, tfidf: np.ndarray | None, count: int) -> np.ndarray:
+        """Which shapes reach the encoder: those the TF-IDF stage is unsure of (its probability
+        in the band from ``cascade_low`` to ``cascade_high``); every shape without a first
+        stage."""
+        if tfidf is None:
+            return np.ones(count, dtype=bool)
+        return (tfidf >= self.cascade_low) & (tfidf <= self.cascade_high)
+
     def _score(self, shapes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Each shape's probability and whether it reached the encoder (each shape encoded
-        once over the scorer's life)."""
+        """Each shape's probability and whether it reached the encoder (each message, what the
+        encoder reads, encoded once over the scorer's life)."""
         tfidf = self.tfidf.score_shapes(shapes) if self.tfidf is not None else None
-        routed = np.ones(len(shapes), dtype=bool) if tfidf is None else tfidf >= self.cascade_low
-        wanted = np.asarray(shapes, dtype=object)[routed].tolist()
-        todo = [s for s in dict.fromkeys(wanted) if s not in self._cache]
+        routed = self.routed(tfidf, len(shapes))
+        wanted = [model_text(s, self.text) for s in np.asarray(shapes, dtype=object)[routed]]
+        todo = [t for t in dict.fromkeys(wanted) if t not in self._cache]
         if todo:
-            proba = self.encoder.probabilities(
-                [model_text(s, self.text) for s in todo], self.batch_size
-            )
+            proba = self.encoder.probabilities(todo, self.batch_size)
             self._cache.update(zip(todo, proba.tolist(), strict=True))
         encoded = np.zeros(len(shapes))
-        encoded[routed] = [self._cache[s] for s in wanted]
+        encoded[routed] = [self._cache[t] for t in wanted]
         return self.blend(tfidf, encoded, routed), routed
 
     def score_shapes(self, shapes: list[str]) -> np.ndarray:
@@ -565,7 +581,7 @@ def evaluate_rows(scorer: TransformerLineScorer, rows: list[dict]) -> dict:
         [model_text(s, scorer.text) for s in shapes], scorer.batch_size
     )
     tfidf = scorer.tfidf.score_shapes(shapes) if scorer.tfidf is not None else None
-    routed = np.ones(len(rows), dtype=bool) if tfidf is None else tfidf >= scorer.cascade_low
+    routed = scorer.routed(tfidf, len(rows))
     cascade = scorer.blend(tfidf, encoded, routed)
 
     def scores(mask: np.ndarray) -> dict:
