@@ -189,7 +189,7 @@ def main() -> None:
         "as a source without labels: the IsolationForest of the count-vector family and the "
         "template model trained on every train session (anomalies included, unknown), "
         "thresholds label-free; measured on the test sessions' true labels. `champion`: what "
-        "the project picks there (nothing to measure on dev: the label-free template model).\n\n"
+        "the project picks there, with nothing to measure on.\n\n"
         + pd.DataFrame(free).round(4).to_markdown(index=False)
         + "\n\nPublished on the full split (thresholds chosen with test labels): DeepLog 0.96, "
         "loglizer decision tree 0.998, LR 0.93.\n"

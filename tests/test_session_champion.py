@@ -44,9 +44,13 @@ def test_without_dev_anomalies_the_label_free_template_model_is_chosen_and_says_
     forest = _candidate("session_counts", "isolation_forest", math.nan, math.nan)
     mean = _candidate("template_lm", "mean_nll", math.nan, math.nan)
     top = _candidate("template_lm", "max_nll", math.nan, math.nan)
-    choice = choose([forest, mean, top])
+    tree = _candidate("session_counts", "decision_tree", math.nan, math.nan)
+    choice = choose([tree, mean, top])  # labelled, but no anomalous dev session
     assert choice.name == "template_lm:max_nll"
     assert "no anomalous dev session" in choice.why
+    # no labels at all (the only case with an IsolationForest): it, not the template model
+    choice = choose([forest, mean, top])
+    assert choice.name == "session_counts:isolation_forest" and "no labels" in choice.why
     assert choose([forest]).name == "session_counts:isolation_forest"
     with pytest.raises(ValueError, match="no session model"):
         choose([])
@@ -140,7 +144,8 @@ def test_scoring_a_file_warns_when_its_sessions_are_one_line_or_mostly_unseen():
     ]
     long = short.assign(n_lines=5)
     _, warnings = score_sessions(long, Scorer(unseen=0.8))
-    assert len(warnings) == 1 and "10 of 10 sessions are mostly templates the model never saw" in (
-        warnings[0]
+    assert (
+        len(warnings) == 1
+        and "10 of 10 sessions are mostly templates the model never saw" in (warnings[0])
     )
     assert score_sessions(long, Scorer(unseen=0.0))[1] == []

@@ -361,10 +361,10 @@ def test_a_source_added_to_the_vocabulary_leaves_other_sources_models_unchanged(
     assert len(results["after"][0]) < len(grown)  # the other source's tokens are not in it
 
 
-def test_a_source_without_labels_gets_the_template_model_as_its_champion(tmp_path):
+def test_a_source_without_labels_has_its_test_sessions_scored_by_the_template_model(tmp_path):
     """Without a label, the template model still scores every test session (counted in no
-    figure), so it competes with the IsolationForest and, with nothing to measure on dev, is
-    chosen: the label-free rule, said in the choice."""
+    figure), a candidate beside the IsolationForest; with nothing to measure, the
+    IsolationForest is chosen and the choice says why."""
     import pandas as pd
 
     from logfit_dagster.core.models import session_counts, template_lm
@@ -405,6 +405,6 @@ def test_a_source_without_labels_gets_the_template_model_as_its_champion(tmp_pat
     scored = frame[frame["family"] == "template_lm"]
     assert scored["session_id"].nunique() == 10 and scored["label"].isna().all()
     choice = choose(candidates_from_frame(frame))
-    assert choice.name == "template_lm:max_nll" and "no anomalous dev session" in choice.why
-    assert {c.name for c in choice.candidates} >= {"session_counts:isolation_forest"}
-    assert choice.champion.test == {}  # measured on nothing, and says so by being empty
+    assert choice.name == "session_counts:isolation_forest" and "no labels" in choice.why
+    assert {c.name for c in choice.candidates} >= {"template_lm:max_nll"}
+    assert all(c.test == {} for c in choice.candidates)  # measured on nothing: empty
