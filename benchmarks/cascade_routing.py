@@ -37,6 +37,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, recorded_labels, shared_data, write_results  # noqa: E402
+from benchmarks.classify_throughput import real_files, timed_pass  # noqa: E402
 
 TFIDF_PARAMS = {"C": 1.0, "class_weight": "balanced"}
 # (cascade_low, cascade_high): the old default first
@@ -176,7 +177,6 @@ def speed(lines: pd.DataFrame, work: Path) -> list[dict]:
     per band (a fresh scorer each: its message cache starts empty)."""
     from logfit_dagster.core.models import base
     from logfit_dagster.core.models.line_transformer import prepare_data
-    from logfit_dagster.core.reading import iter_line_batches
 
     data = prepare_data(lines, TFIDF_PARAMS)
     data["train"] = data["train"] + data["dev"] + data["test"]
@@ -192,13 +192,7 @@ def speed(lines: pd.DataFrame, work: Path) -> list[dict]:
     for low, high in BANDS:
         scorer = base.load(work / "all")
         scorer.cascade_low, scorer.cascade_high = low, max(high, scorer.threshold)
-        count = 0
-        started = time.perf_counter()
-        for path in files:
-            for batch in iter_line_batches(path):
-                scorer.score_lines(batch.lines)
-                count += len(batch.lines)
-        seconds = time.perf_counter() - started
+        count, seconds = timed_pass(scorer, files)
         out.append(
             {
                 "band": f"{low}..{high}",
@@ -211,14 +205,6 @@ def speed(lines: pd.DataFrame, work: Path) -> list[dict]:
         )
         print(out[-1], flush=True)
     return out
-
-
-def real_files() -> list[Path]:
-    """The real log files classify_throughput.py scores: the 16 Loghub 2k samples and the
-    other real logs of ../shared/data."""
-    from benchmarks.classify_throughput import real_files as files
-
-    return files()
 
 
 def main() -> None:

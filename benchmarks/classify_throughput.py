@@ -299,11 +299,23 @@ def whole_process(lines: pd.DataFrame, data: Path, tmp: Path) -> dict:
     }
 
 
+def timed_pass(scorer, files: list[Path]) -> tuple[int, float]:
+    """One pass of ``scorer`` over every file, batch by batch: lines scored and seconds."""
+    from logfit_dagster.core.reading import iter_line_batches
+
+    count = 0
+    started = time.perf_counter()
+    for path in files:
+        for batch in iter_line_batches(path):
+            scorer.score_lines(batch.lines)
+            count += len(batch.lines)
+    return count, time.perf_counter() - started
+
+
 def _cascade(lines, spec, files) -> dict:
     """Lines/s of the cascade over every real file, one scorer for all (its cache shared)."""
     from logfit_dagster.core.models import base
     from logfit_dagster.core.models.line_transformer import prepare_data
-    from logfit_dagster.core.reading import iter_line_batches
 
     data = prepare_data(lines, None)
     data["train"] = data["train"] + data["dev"] + data["test"]
@@ -317,13 +329,7 @@ def _cascade(lines, spec, files) -> dict:
             Path(tmp) / "cascade",
         )
         scorer = base.load(Path(tmp) / "cascade")
-        count = 0
-        started = time.perf_counter()
-        for path in files:
-            for batch in iter_line_batches(path):
-                scorer.score_lines(batch.lines)
-                count += len(batch.lines)
-        seconds = time.perf_counter() - started
+        count, seconds = timed_pass(scorer, files)
     return {
         "lines": count,
         "seconds": round(seconds, 2),
