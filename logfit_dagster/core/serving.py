@@ -89,11 +89,13 @@ def adapter_answer_tokens(name: str) -> int | None:
 def adapter_logit_bias(name: str) -> dict[int, float]:
     """How an llm_lora folder decides (its dev threshold as a logit bias, see
     ``llm_lora.decision_bias``), for the server's requests; {} for other folders."""
-    manifest = Path(name).expanduser() / "manifest.json"
-    if not manifest.is_file():
+    from logfit_dagster.core.models.base import read_manifest
+    from logfit_dagster.core.models.llm_lora import logit_bias
+
+    folder = Path(name).expanduser()
+    if not (folder / "manifest.json").is_file():
         return {}
-    extra = json.loads(manifest.read_text()).get("extra") or {}
-    return {int(k): float(v) for k, v in (extra.get("logit_bias") or {}).items()}
+    return logit_bias(read_manifest(folder, verify=False))
 
 
 def model_digest(folder: Path) -> str:
