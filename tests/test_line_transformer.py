@@ -154,6 +154,40 @@ def test_training_stops_on_its_time_budget_and_the_manifest_says_so(bert, tmp_pa
     assert manifest.metrics["epochs_run"] < 50
 
 
+def test_on_a_cpu_the_shipped_model_scores_in_int8_only_where_the_export_check_allows(
+    bert, tmp_path
+):
+    import torch
+
+    lines = [f"2024-01-01 10:00:00 delta {r['shape']}" for r in _data()["test"]]
+    probabilities = {}
+    for precision in ("int8", "fp32"):
+        params = {**PARAMS, "base_model": str(bert), "score_precision": precision}
+        manifest = base.train("line_transformer", _data(), params, tmp_path / precision).manifest
+        assert manifest.extra["score_precision"] == precision
+        scorer = base.load(tmp_path / precision)
+        linear = [type(m) for m in scorer.encoder.model.modules() if type(m).__name__ == "Linear"]
+        quantized = [t for t in linear if "quantized.dynamic" in t.__module__]
+        # int8: every linear layer quantized; fp32: none
+        assert linear and len(quantized) == (len(linear) if precision == "int8" else 0)
+        assert (torch.nn.Linear in linear) == (precision == "fp32")
+        probabilities[precision] = scorer.score_lines(lines)
+    # the check the export ran is recorded, and int8 stays near fp32 on these lines too
+    checked = base.read_manifest(tmp_path / "int8").extra
+    assert checked["int8_checked_rows"] > 0 and checked["int8_max_abs_diff"] < 0.1
+    assert 0 < np.abs(probabilities["int8"] - probabilities["fp32"]).max() < 0.1
+
+    # auto decides on the check: int8 only where no checked row crossed the threshold
+    params = {**PARAMS, "base_model": str(bert)}
+    auto = base.train("line_transformer", _data(), params, tmp_path / "auto").manifest.extra
+    fits = auto["int8_threshold_flips"] == 0 and auto["int8_max_abs_diff"] <= 0.02
+    assert auto["score_precision"] == ("int8" if fits else "fp32")
+    with pytest.raises(ValueError, match="score_precision 'int4'"):
+        base.train(
+            "line_transformer", _data(), {**params, "score_precision": "int4"}, tmp_path / "x"
+        )
+
+
 @pytest.mark.faults
 def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(bert, tmp_path):
     data = _data(400)

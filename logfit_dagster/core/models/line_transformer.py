@@ -22,6 +22,9 @@ the band from ``cascade_low`` to ``cascade_high`` reach the encoder, whose proba
 averaged with the TF-IDF one (``cascade_blend``); the rest keep the TF-IDF answer: SKIP below
 the band (``cascade_low`` is below every threshold used), LOOK above it (``cascade_high`` is at
 least the threshold). Shapes with the same message (what the encoder reads) are encoded once.
+
+On a CPU the shipped encoder scores in int8 where the export's check allows it
+(``score_precision``; the manifest records the check); test metrics written at training are fp32's.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ TEXT_VERSION = "message-1"
 #: params the trainer resource sets for the run (where it trains), not the user
 RUNTIME_PARAMS = ("device",)
 PARITY_TOLERANCE = 1e-4
+#: the largest probability change int8 scoring may make on the export's sample under
+#: ``score_precision: auto``
+INT8_TOLERANCE = 0.02
 
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 _DAYS = "mon|tue|wed|thu|fri|sat|sun"
@@ -111,6 +117,10 @@ class TransformerParams:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on GPUs that support it; fp32 elsewhere
+    # How the shipped model scores on a CPU: "int8" (dynamic quantization, about 2.5x faster),
+    # "fp32", or "auto": int8 where, on the training rows checked at export, it moves no row
+    # across the threshold and no probability by more than INT8_TOLERANCE
+    score_precision: str = "auto"
     cascade_low: float = 0.05
     # Shapes whose TF-IDF probability is above this keep the TF-IDF answer (LOOK) and are not
     # encoded: the encoder reads only what the first stage is unsure of (1.0: every shape from
@@ -369,6 +379,7 @@ def _export(
     if tfidf is not None:
         (folder / "tfidf.json").write_text(json.dumps(tfidf))
     threshold = max(float(loop.best_extra.get("dev_threshold", p.threshold)), p.cascade_low)
+    int8 = _int8_check(encoder, sample, before, threshold, p)
     train_proba = encoder.probabilities(texts, p.eval_batch_size)
     metrics = {
         "train_f1": weighted_f1(y, train_proba, lines, threshold)["f1"],
@@ -425,11 +436,36 @@ def _export(
             "device": encoder.device,
             "precision": precision,
             "export_parity_max_abs_diff": parity,
+            **int8,
         },
     )
     write_manifest(folder, manifest)
     clear_training_state(folder)
     return TrainResult(folder, manifest)
+
+
+def _int8_check(
+    encoder: Encoder, sample: list[str], fp32: np.ndarray, threshold: float, p: TransformerParams
+) -> dict:
+    """How far int8 scoring on a CPU moves the sample's probabilities, and the precision the
+    model scores with on a CPU (``score_precision``; ``auto`` decides on this check)."""
+    if p.score_precision not in ("auto", "int8", "fp32"):
+        raise ValueError(f"score_precision {p.score_precision!r}: use auto, int8 or fp32")
+    if p.score_precision == "fp32":
+        return {"score_precision": "fp32"}
+    quantized = encoder.quantized()
+    if quantized is None:
+        return {"score_precision": "fp32", "int8_unavailable": True}
+    int8 = quantized.probabilities(sample, p.eval_batch_size)
+    moved = float(np.abs(int8 - fp32).max()) if len(sample) else 0.0
+    flips = int(((int8 >= threshold) != (fp32 >= threshold)).sum())
+    keep = p.score_precision == "int8" or (flips == 0 and moved <= INT8_TOLERANCE)
+    return {
+        "score_precision": "int8" if keep else "fp32",
+        "int8_max_abs_diff": moved,
+        "int8_threshold_flips": flips,
+        "int8_checked_rows": len(sample),
+    }
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -484,6 +520,8 @@ class TransformerLineScorer:
             int(manifest.params["max_length"]),
             tokenizer_path=folder / "tokenizer",
         )
+        if manifest.extra.get("score_precision") == "int8" and encoder.device == "cpu":
+            encoder = encoder.quantized() or encoder
         tfidf = None
         if (folder / "tfidf.json").is_file():
             from logfit_dagster.core.line_model import LineScorer
