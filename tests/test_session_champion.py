@@ -17,9 +17,7 @@ from logfit_dagster.core.session_champion import (
 
 
 def _candidate(family, model, ap, f1, test_f1=0.5):
-    return Candidate(
-        family, model, 0.5, {"average_precision": ap, "f1": f1}, {"f1": test_f1}, path=""
-    )
+    return Candidate(family, model, 0.5, {"average_precision": ap, "f1": f1}, {"f1": test_f1})
 
 
 def test_the_best_dev_average_precision_wins_never_the_test_figures():
@@ -68,11 +66,10 @@ def test_candidates_are_measured_from_the_frames_the_families_hand_over():
             "flagged": [True, True, False, True],
             "dev_average_precision": [0.7] * 4,
             "dev_f1": [0.6] * 4,
-            "path": ["/m"] * 4,
         }
     )[CANDIDATE_COLUMNS]
     (c,) = candidates_from_frame(frame)
-    assert c.name == "session_counts:decision_tree" and c.path == "/m"
+    assert c.name == "session_counts:decision_tree"
     assert c.dev == {"average_precision": 0.7, "f1": 0.6}
     assert (c.test["tp"], c.test["fp"], c.test["anomalous"], c.test["normal"]) == (1, 1, 1, 2)
     assert c.test["false_positive_rate"] == 0.5 and c.test["precision"] == 0.5
@@ -94,7 +91,7 @@ def test_a_stored_count_vector_champion_scores_sessions_by_template_text(tmp_pat
     trained = train("session_counts", (sessions, splits), {}, tmp_path / "counts")
     choice = choose(candidates_from_frame(session_counts.candidate_frame(trained.folder)))
     texts = {t: f"event {t} <*>" for t in (1, 2, 3, 4, 5, 9)}
-    folder = write_champion(choice, texts, tmp_path / "champion", version="3")
+    folder = write_champion(choice, texts, tmp_path / "champion", trained.folder, version="3")
     assert read_manifest(folder).extra["champion"]["version"] == "3"
     assert read_choice(folder)["champion"]["model"] == choice.champion.model
     scorer = ChampionScorer(folder)

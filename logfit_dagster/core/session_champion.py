@@ -56,7 +56,6 @@ class Candidate:
     threshold: float
     dev: dict
     test: dict
-    path: str = ""
 
     @property
     def name(self) -> str:
@@ -140,7 +139,6 @@ def candidates_from_frame(frame: pd.DataFrame) -> list[Candidate]:
                 )
                 if len(rows)
                 else {},
-                path=str(group["path"].iloc[0]),
             )
         )
     return out
@@ -211,16 +209,17 @@ def read_choice(folder: Path) -> dict:
 
 
 def write_champion(
-    choice: Choice, templates: dict[int, str], folder: Path, version: str = ""
+    choice: Choice, templates: dict[int, str], folder: Path, model_folder: Path, version: str = ""
 ) -> Path:
-    """A champion folder: the chosen model's folder, with what was chosen and the source's
-    template texts; its manifest covers the added files."""
+    """A champion folder: a copy of the chosen model's folder (``model_folder``, as trained or
+    as the registry holds it), with what was chosen and the source's template texts; its
+    manifest covers the added files."""
     from logfit_dagster.core.models.base import read_manifest, write_manifest
 
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
-    source = Path(choice.champion.path)
+    source = Path(model_folder)
     manifest = read_manifest(source)
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("checkpoint*", "*.tmp"))
     (folder / CHAMPION_FILE).write_text(

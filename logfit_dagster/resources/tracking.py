@@ -216,6 +216,37 @@ class ExperimentTracker(dg.ConfigurableResource):
         found = self._champion_run(model_name)
         return None if found is None else found[1].data.tags.get(tag)
 
+    def model_files(self, model_name: str, version: str, dest: Path) -> Path:
+        """The model folder a registered version was logged with, downloaded under ``dest``:
+        how a champion asset takes the model it chose from a family, without opening the
+        family's own folder. A scikit-learn version keeps the folder beside its model (the
+        run's ``artifact``); a pyfunc one inside the model (``artifacts/artifact``)."""
+        from logfit_dagster.core.errors import ModelFileError
+
+        with self._session() as mlflow:
+            client = mlflow.MlflowClient(self.uri(), self.uri())
+            try:
+                found = client.get_model_version(model_name, str(version))
+            except mlflow.exceptions.MlflowException as exc:
+                raise ModelFileError(
+                    f"{model_name} version {version}: not in the model registry at {self.uri()} "
+                    f"({exc.message})"
+                ) from None
+            if any(a.path == "artifact" for a in client.list_artifacts(found.run_id)):
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=found.run_id, artifact_path="artifact", dst_path=str(dest)
+                )
+                return Path(path)
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version}", dst_path=str(dest)
+            )
+            folder = Path(path) / "artifacts" / "artifact"
+            if not folder.is_dir():
+                raise ModelFileError(
+                    f"{model_name} version {version}: logged without its model folder"
+                )
+            return folder
+
     def promote(self, model_name: str, version: str) -> None:
         with self._session() as mlflow:
             mlflow.MlflowClient(self.uri(), self.uri()).set_registered_model_alias(

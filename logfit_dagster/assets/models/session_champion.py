@@ -1,10 +1,14 @@
 """The session champion of a source: one model across the session families, chosen on dev.
 
-Its inputs are the session families' test scores (count vectors, the template model); it is the
-only writer of ``data/models/session_champion/<source>`` (through the model store), ahead of
-the report that names it and of ``logfit sessions``, which scores with it. The rule is in
-:mod:`logfit_dagster.core.session_champion`.
+Its inputs are the session families' test scores with their dev figures (count vectors, the
+template model); it takes the chosen model's files from the model registry (the tracker), never
+from a family's folder, and is the only writer of ``data/models/session_champion/<source>``
+(through the model store), ahead of the report that names it and of ``logfit sessions``, which
+scores with it. The rule is in :mod:`logfit_dagster.core.session_champion`.
 """
+
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -47,14 +51,14 @@ def session_champion(
     source = context.partition_key
     frames = []
     versions = {}
-    if len(session_model) and "path" in session_model:
-        frames.append(session_counts.candidate_frame(session_model["path"].iloc[0]))
+    if len(session_model):
+        frames.append(session_counts.candidates(session_model))
         versions["session_counts"] = dict(
             zip(session_model["model"], session_model["version"].astype(str), strict=False)
         )
-    if template_lm is not None and len(template_lm) and "path" in template_lm:
+    if template_lm is not None and len(template_lm):
         # the fine-tuned (or from-scratch) model the source's template_lm asset reports
-        frames.append(template_lm_core.candidate_frame(template_lm["path"].iloc[0]))
+        frames.append(template_lm_core.candidates(template_lm))
         version = str(template_lm["version"].iloc[0])
         versions["template_lm"] = dict.fromkeys(template_lm_core.METHODS, version)
     candidates = candidates_from_frame(pd.concat(frames, ignore_index=True) if frames else None)
@@ -66,21 +70,34 @@ def session_champion(
     choice = choose(candidates)
     chosen = choice.champion
     version = versions.get(chosen.family, {}).get(chosen.model, "")
-    name = session_model_name(source) if chosen.family == "session_counts" else template_lm_name(
-        source
+    name = (
+        session_model_name(source)
+        if chosen.family == "session_counts"
+        else template_lm_name(source)
     )
     supervised = any(c.test.get("anomalous") for c in candidates)
     if version and supervised:
         tracker.promote(name, version)
     templates = dict(
-        zip(log_templates["template_id"].astype(int), log_templates["template"].astype(str), strict=False)
+        zip(
+            log_templates["template_id"].astype(int),
+            log_templates["template"].astype(str),
+            strict=False,
+        )
     )
-    folder = write_champion(
-        choice,
-        templates,
-        family_folder("chosen_sessions", f"{source}/{context.run_id}"),
-        version,
-    )
+    if not version:
+        raise dg.Failure(
+            f"{source}: the chosen session model {choice.name} has no registered version"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        # the chosen model as the registry holds it: never the family's own folder
+        folder = write_champion(
+            choice,
+            templates,
+            family_folder("chosen_sessions", f"{source}/{context.run_id}"),
+            tracker.model_files(name, version, Path(tmp)),
+            version,
+        )
     table = choice.table()
     context.add_output_metadata(
         {

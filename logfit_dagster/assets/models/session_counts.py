@@ -33,7 +33,9 @@ SESSION_SCORE_COLUMNS = [
     "threshold",
     "version",
     "best",
-    "path",  # the artifact folder the scores came from (what the session champion copies)
+    # each model's figures on dev sessions (what the session champion chooses by)
+    "dev_average_precision",
+    "dev_f1",
 ]
 
 
@@ -79,7 +81,7 @@ def session_model(
     without labels), trained on train, threshold chosen on dev, scored on test."""
     from logfit_dagster.core import plots
     from logfit_dagster.core.models.base import train
-    from logfit_dagster.core.models.session_counts import read_training
+    from logfit_dagster.core.models.session_counts import evaluation_frame, read_training
 
     source = context.partition_key
     folder = family_folder("session_counts", f"{source}/{context.run_id}")
@@ -146,10 +148,9 @@ def session_model(
         if figure is not None:
             plots.close(figure)
     best = training.best
-    frame = pd.concat([r.test_scores for r in training.results], ignore_index=True)
+    frame = evaluation_frame(folder)
     frame["version"] = frame["model"].map(lambda k: records[k].version)
     frame["best"] = frame["model"] == best.kind
-    frame["path"] = str(folder)
     table = pd.DataFrame(
         [
             {

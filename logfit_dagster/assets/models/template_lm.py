@@ -56,8 +56,10 @@ TEMPLATE_SCORE_COLUMNS = [
     "scratch_score",
     "scratch_threshold",
     "scratch_flagged",
-    "path",  # the model folder the scores came from (what the session champion copies)
-    "version",  # its registered version
+    # each method's figures on dev sessions (what the session champion chooses by)
+    "dev_average_precision",
+    "dev_f1",
+    "version",  # its registered version: the session champion takes the model from the registry
 ]
 METHODS = ("max_nll", "mean_nll", "perplexity", "topg_misses")
 
@@ -231,24 +233,12 @@ def _files_digest(artifact: ModelArtifact) -> str:
     ]
 
 
-def data_key(data: dict, params: dict) -> str:
-    """A digest of the training data and params, hashed a session at a time: a big source's
-    sessions never become one JSON string."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for name in sorted(data):
-        value = data[name]
-        digest.update(json.dumps(name).encode() + (b"[" if isinstance(value, list) else b"="))
-        for item in value if isinstance(value, list) else [value]:
-            digest.update(json.dumps(item, sort_keys=True).encode() + b"\n")
-        digest.update(b"]")
-    return digest.hexdigest()[:16]
-
-
 def _train_source(
     context, trainer: Trainer, family_key: str, data: dict, params: dict
 ) -> tuple[Path, object]:
-    key = data_key(data, params)
-    folder = family_folder("template_lm", f"{family_key}/{key}")
+    from logfit_dagster.core.models.template_lm import training_key
+
+    folder = family_folder("template_lm", f"{family_key}/{training_key(data, params)}")
     return folder, trainer.train(context, "template_lm", data, params, folder)
 
 
@@ -341,16 +331,19 @@ def template_lm(
     scratch): per test session its scores by max and mean NLL, perplexity and the DeepLog top-g
     rule, each with a threshold from normal dev sessions."""
     from logfit_dagster.core import plots
-    from logfit_dagster.core.models.template_lm import prepare_sequences, session_frame
+    from logfit_dagster.core.models.template_lm import (
+        evaluation_frame,
+        prepare_sequences,
+        session_frame,
+        training_key,
+    )
 
     source = context.partition_key
     started = time.perf_counter()
+    templates = _templates(log_templates)
     try:
         data = prepare_sequences(
-            sessions,
-            dataset_splits,
-            _templates(log_templates),
-            template_vocabulary["template"].tolist(),
+            sessions, dataset_splits, templates, template_vocabulary["template"].tolist()
         )
         pretrained = template_lm_pretrained
         init = None if config.from_scratch else str(pretrained.folder)
@@ -359,20 +352,21 @@ def template_lm(
         init_files = None if init is None else _files_digest(pretrained)
         data.update(source=source, init=init, init_files=init_files)
         mode = "scratch" if config.from_scratch else "finetuned"
-        folder, result = _train_source(context, trainer, f"{source}/{mode}", data, config.params())
+        params = config.params()
+        # one folder per data and params: the same training again reuses the finished model
+        folder = family_folder("template_lm", f"{source}/{mode}/{training_key(data, params)}")
+        result = trainer.train(context, "template_lm", data, params, folder)
         baseline = None
         # the twin shows what pretraining on another source gains; on the pretraining source
         # itself there is nothing to transfer
         pretrained_on = str(pretrained.manifest.data.get("source", ""))
         if init is not None and config.compare_with_scratch and pretrained_on != source:
             context.log.info("training the same model from scratch, to measure the gain")
-            baseline = _train_source(
-                context,
-                trainer,
-                f"{source}/scratch",
-                {**data, "init": None, "init_files": None},
-                config.params(),
+            twin = {**data, "init": None, "init_files": None}
+            twin_folder = family_folder(
+                "template_lm", f"{source}/scratch/{training_key(twin, params)}"
             )
+            baseline = twin_folder, trainer.train(context, "template_lm", twin, params, twin_folder)
     except TrainingDataError as exc:
         context.log.warning(f"no template_lm for {source}: {exc}")
         return dg.Output(
@@ -380,17 +374,12 @@ def template_lm(
         )
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    frame = session_frame(evaluation, thresholds, config.unseen_rate)
+    frame = evaluation_frame(folder, config.unseen_rate)
     frame["mode"] = "scratch" if config.from_scratch else "fine-tuned"
     # the scratch twin on the same test sessions, for the pretraining gain in the overview
     scratch = session_frame({}, {}, config.unseen_rate)
     if baseline is not None and evaluation:
-        twin_folder = baseline[0]
-        scratch = session_frame(
-            json.loads((twin_folder / "evaluation.json").read_text()),
-            json.loads((twin_folder / "thresholds.json").read_text()),
-            config.unseen_rate,
-        )
+        scratch = evaluation_frame(baseline[0], config.unseen_rate)
     scratch = scratch.rename(
         columns={
             "score": "scratch_score",
@@ -399,7 +388,6 @@ def template_lm(
         }
     )[["session_id", "method", "scratch_score", "scratch_threshold", "scratch_flagged"]]
     frame = frame.merge(scratch, on=["session_id", "method"], how="left")
-    frame["path"] = str(folder)
     figures = _figures(evaluation, thresholds, source)
     metadata = {
         "mode": "from scratch" if config.from_scratch else "fine-tuned from the pretrained model",

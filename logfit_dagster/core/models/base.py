@@ -190,8 +190,9 @@ def read_manifest(folder: Path, verify: bool = True) -> Manifest:
 
 
 # What a session family hands the session champion: its test sessions scored, one candidate per
-# model (or scoring method), each with its dev figures (``candidate_frame`` of the family's
-# module; the rule is in ``core/session_champion.py``).
+# model (or scoring method), each with its dev figures (``candidates`` of the family's module
+# turns the family asset's value into these; the rule is in ``core/session_champion.py``). The
+# chosen model's files come from the model registry, never from the family's folder.
 SESSION_CANDIDATE_COLUMNS = [
     "family",
     "model",
@@ -202,7 +203,6 @@ SESSION_CANDIDATE_COLUMNS = [
     "flagged",
     "dev_average_precision",
     "dev_f1",
-    "path",
 ]
 
 

@@ -150,23 +150,34 @@ class SessionScorer:
         return scores(self._pipeline, pd.Series(sequences))
 
 
-def candidate_frame(folder: Path) -> pd.DataFrame:
-    """The test sessions of a trained folder as session-champion candidates, one per model,
-    with each model's dev figures (see :mod:`logfit_dagster.core.session_champion`)."""
+def evaluation_frame(folder: Path) -> pd.DataFrame:
+    """The test sessions of a trained folder, scored by each model (``session_id``, ``label``,
+    ``score``, ``predicted``, ``model``, ``threshold``), with each model's dev figures
+    (``dev_average_precision``, ``dev_f1``): what the family's asset hands on."""
     folder = Path(folder)
     stored = json.loads((folder / "results.json").read_text())
     frame = pd.read_parquet(folder / "test_scores.parquet")
     dev = {r["kind"]: r["dev"] for r in stored["results"]}
-    frame = frame.assign(
-        family=FAMILY,
-        flagged=frame["predicted"].astype(bool),
-        dev_average_precision=frame["model"].map(
-            lambda k: dev[k].get("average_precision", np.nan)
-        ),
+    return frame.assign(
+        dev_average_precision=frame["model"].map(lambda k: dev[k].get("average_precision", np.nan)),
         dev_f1=frame["model"].map(lambda k: dev[k].get("f1", np.nan)),
-        path=str(folder),
     )
-    return frame[SESSION_CANDIDATE_COLUMNS]
+
+
+def candidates(frame: pd.DataFrame) -> pd.DataFrame:
+    """An :func:`evaluation_frame` (the ``session_model`` asset's value) as session-champion
+    candidates, one per model (see :mod:`logfit_dagster.core.session_champion`)."""
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=SESSION_CANDIDATE_COLUMNS)
+    return frame.assign(family=FAMILY, flagged=frame["predicted"].astype(bool))[
+        SESSION_CANDIDATE_COLUMNS
+    ]
+
+
+def candidate_frame(folder: Path) -> pd.DataFrame:
+    """A trained folder's test sessions as session-champion candidates (benchmarks and tests
+    that train without the asset graph)."""
+    return candidates(evaluation_frame(folder))
 
 
 def load(folder: Path, manifest: Manifest) -> SessionScorer:

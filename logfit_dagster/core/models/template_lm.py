@@ -25,6 +25,7 @@ cosine decay, early stopping on the dev loss. Needs only torch, transformers and
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -839,28 +840,64 @@ def session_frame(evaluation: dict, thresholds: dict, unseen_rate: float) -> pd.
     return pd.concat(parts, ignore_index=True)
 
 
-def candidate_frame(folder: Path) -> pd.DataFrame:
-    """The test sessions of a trained folder as session-champion candidates, one per method,
-    with each method's dev figures (see :mod:`logfit_dagster.core.session_champion`)."""
+def dev_figures(evaluation: dict, method: str) -> dict:
+    """A scoring method's dev figures (``average_precision``, ``f1``; NaN where dev had no
+    anomalous session) from a folder's evaluation."""
+    dev = (evaluation.get("dev_methods") or {}).get(method, {})
+    return {k: dev.get(k, math.nan) for k in ("average_precision", "f1")}
+
+
+def candidates(frame):
+    """The ``template_lm`` asset's value (a :func:`session_frame` with each method's dev
+    figures) as session-champion candidates, one per method."""
+    import pandas as pd
+
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=SESSION_CANDIDATE_COLUMNS)
+    out = frame.rename(columns={"method": "model"}).assign(family=FAMILY)
+    return out[SESSION_CANDIDATE_COLUMNS]
+
+
+def training_key(data: dict, params: dict) -> str:
+    """A digest of the training data and params, hashed a session at a time: a big source's
+    sessions never become one JSON string."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for name in sorted(data):
+        value = data[name]
+        digest.update(json.dumps(name).encode() + (b"[" if isinstance(value, list) else b"="))
+        for item in value if isinstance(value, list) else [value]:
+            digest.update(json.dumps(item, sort_keys=True).encode() + b"\n")
+        digest.update(b"]")
+    return digest.hexdigest()[:16]
+
+
+def evaluation_frame(folder: Path, unseen_rate: float | None = None):
+    """A trained folder's test sessions, one row per session and scoring method
+    (:func:`session_frame`), with each method's dev figures (``dev_average_precision``,
+    ``dev_f1``); empty where the folder has no test sessions. ``unseen_rate``: the share of
+    unseen templates that flags a session (default: the one stored with the thresholds)."""
     import pandas as pd
 
     folder = Path(folder)
     path = folder / "evaluation.json"
-    if not path.is_file():
-        return pd.DataFrame(columns=SESSION_CANDIDATE_COLUMNS)
+    if not path.is_file():  # trained without test sessions
+        return pd.DataFrame(columns=[*SESSION_ROW_COLUMNS, "dev_average_precision", "dev_f1"])
     evaluation = json.loads(path.read_text())
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    frame = session_frame(
-        evaluation, thresholds, float(thresholds.get("unseen_rate", 0.05))
-    ).rename(columns={"method": "model"})
-    dev = evaluation.get("dev_methods") or {}
-    frame["family"] = FAMILY
-    frame["dev_average_precision"] = frame["model"].map(
-        lambda m: dev.get(m, {}).get("average_precision", math.nan)
-    )
-    frame["dev_f1"] = frame["model"].map(lambda m: dev.get(m, {}).get("f1", math.nan))
-    frame["path"] = str(folder)
-    return frame[SESSION_CANDIDATE_COLUMNS]
+    if unseen_rate is None:
+        unseen_rate = float(thresholds.get("unseen_rate", 0.05))
+    frame = session_frame(evaluation, thresholds, unseen_rate)
+    for key in ("average_precision", "f1"):
+        frame[f"dev_{key}"] = pd.Series(
+            [dev_figures(evaluation, m)[key] for m in frame["method"]], dtype=float
+        )
+    return frame
+
+
+def candidate_frame(folder: Path):
+    """A trained folder's test sessions as session-champion candidates (benchmarks and tests
+    that train without the asset graph)."""
+    return candidates(evaluation_frame(folder))
 
 
 def load(folder: Path, manifest: Manifest) -> TemplateScorer:
