@@ -1,14 +1,18 @@
 """The line champion: the one model that ``scored_lines`` and ``logfit classify`` score with.
 
-Its inputs are the line families; it is the only writer of the champion's folder (through the
-model store), so whatever runs the graph (the UI's "Materialize all", a schedule, ``logfit
+Its inputs are the line families' summaries; it takes the chosen model from the registry (the
+tracker), never from a family's folder, and is the only writer of the champion's folder (through
+the model store), so whatever runs the graph (the UI's "Materialize all", a schedule, ``logfit
 materialize``) scores with the champion chosen in the same graph.
 """
+
+import shutil
 
 import dagster as dg
 import pandas as pd
 
 from logfit_dagster.assets._common import optional
+from logfit_dagster.assets.models._shared import family_folder
 from logfit_dagster.assets.models.line_tfidf import LINE_MODEL_NAME
 from logfit_dagster.assets.models.line_transformer import TRANSFORMER_MODEL_NAME
 from logfit_dagster.core.models.base import ModelArtifact
@@ -58,7 +62,11 @@ def line_champion(
                 f"its gate against the TF-IDF model's {float(t['test_tfidf_f1']):.3f}: the "
                 "TF-IDF model"
             )
-    artifact = ModelArtifact.read(row["path"])
+    # the chosen model as the registry holds it (never a family's own folder), in a place of
+    # its own until the model store publishes it as the champion
+    chosen = family_folder("chosen_lines", "latest")
+    shutil.rmtree(chosen, ignore_errors=True)
+    artifact = ModelArtifact.read(tracker.model_files(name, str(row["version"]), chosen))
     context.add_output_metadata(
         {
             "registered_model": name,

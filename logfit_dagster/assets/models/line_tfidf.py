@@ -1,6 +1,7 @@
 """Family ``line_tfidf``: the TF-IDF LOOK/SKIP line classifier and its champion."""
 
 import json
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,7 +158,6 @@ def look_skip_model(
                 "model_name": LINE_MODEL_NAME,
                 "family": "line_tfidf",
                 "version": record.version,
-                "path": str(folder),
                 "params": json.dumps(manifest.params),
                 "cv_f1": cv["f1"],
                 "cv_precision": cv["precision"],
@@ -210,9 +210,11 @@ def look_skip_champion(
     and the JSON that ``logfit classify --model`` takes (``line_champion`` chooses between
     families)."""
     summary = look_skip_model["summary"].iloc[0]
-    folder = Path(summary["path"])
     tracker.promote(LINE_MODEL_NAME, str(summary["version"]))
-    export = json.loads((folder / "model.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        # the model as the registry holds it, never look_skip_model's own folder
+        folder = tracker.model_files(LINE_MODEL_NAME, str(summary["version"]), Path(tmp))
+        export = json.loads((folder / "model.json").read_text())
     write_json(
         champion_model_path(),
         {

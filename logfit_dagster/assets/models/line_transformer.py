@@ -181,7 +181,6 @@ def line_transformer_model(
                 "model_name": TRANSFORMER_MODEL_NAME,
                 "family": "line_transformer",
                 "version": record.version,
-                "path": str(folder),
                 "test_cascade_f1": cascade_f1,
                 "test_tfidf_f1": tfidf_f1,
                 "test_transformer_f1": float(metrics["test_transformer_f1"]),
