@@ -244,7 +244,7 @@ def test_the_cascade_sends_only_the_tfidf_band_to_the_transformer(bert, tmp_path
     result = base.train(
         "line_transformer",
         data,
-        {**PARAMS, "base_model": str(bert), "cascade_low": 0.3},
+        {**PARAMS, "base_model": str(bert), "cascade_low": 0.3, "cascade_high": 1.0},
         tmp_path / "cascade",
     )
     metrics = result.metrics
