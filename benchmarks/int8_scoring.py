@@ -108,7 +108,7 @@ def main() -> None:
         "the held-out family's rows weighted by their lines, at the threshold the model ships "
         "with; `check_*`: the export's check on training rows (`auto` keeps int8 only with no "
         "flip and no probability moved more than 0.02); `held_out_*`: the same comparison on "
-        "the held-out rows.\n\n" + pd.DataFrame(table).T.to_markdown(header=False) + "\n"
+        "the held-out rows.\n\n" + pd.DataFrame(table).set_index("family").T.to_markdown() + "\n"
     )
     write_results("int8_scoring", {"args": vars(args), "folds": table}, markdown)
 
