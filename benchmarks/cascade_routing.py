@@ -55,6 +55,19 @@ BANDS = [
 ]
 
 
+def fold_params(args) -> dict:
+    """The encoder's training params per fold: the CPU budget of ``--max-rows`` and
+    ``--epochs``, every TF-IDF probability routed (the bands are applied afterwards)."""
+    return {
+        "max_rows": args.max_rows,
+        "max_epochs": args.epochs,
+        "device": "cpu",
+        "checkpoint_every": 100_000,
+        "cascade_low": 0.0,
+        "seed": 0,
+    }
+
+
 def fold(lines: pd.DataFrame, held_family: str, families: np.ndarray, args, work: Path) -> dict:
     """Both stages' probabilities on the held-out family's rows, trained without it."""
     from logfit_dagster.core.line_protocol import baseline_pipeline
@@ -64,14 +77,7 @@ def fold(lines: pd.DataFrame, held_family: str, families: np.ndarray, args, work
     held = families == held_family
     test_sources = sorted(lines.loc[held, "source"].unique())
     data = prepare_data(lines, TFIDF_PARAMS, test=test_sources)
-    params = {
-        "max_rows": args.max_rows,
-        "max_epochs": args.epochs,
-        "device": "cpu",
-        "checkpoint_every": 100_000,
-        "cascade_low": 0.0,
-        "seed": 0,
-    }
+    params = fold_params(args)
     started = time.perf_counter()
     result = base.train("line_transformer", data, params, work / held_family)
     seconds = time.perf_counter() - started

@@ -20,7 +20,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, recorded_labels, write_results  # noqa: E402
-from benchmarks.cascade_routing import TFIDF_PARAMS, f1  # noqa: E402
+from benchmarks.cascade_routing import TFIDF_PARAMS, f1, fold_params  # noqa: E402
 
 BANDS = ((0.05, 1.0), (0.1, 0.9))
 
@@ -35,14 +35,7 @@ def fold(lines: pd.DataFrame, families: np.ndarray, family: str, args) -> dict:
 
     held = families == family
     data = prepare_data(lines, TFIDF_PARAMS, test=sorted(lines.loc[held, "source"].unique()))
-    params = {
-        "max_rows": args.max_rows,
-        "max_epochs": args.epochs,
-        "device": "cpu",
-        "checkpoint_every": 100_000,
-        "cascade_low": 0.0,
-        "seed": 0,
-    }
+    params = fold_params(args)
     rows = data["test"]
     y = np.array([r["y"] for r in rows])
     w = np.array([float(r["weight"]) for r in rows])
