@@ -313,6 +313,23 @@ def test_training_stops_on_its_time_budget_and_on_a_flat_dev_loss(tmp_path):
     assert flat.metrics["epochs_run"] <= 4
 
 
+def _source_sessions(n: int, seed: int):
+    """``n`` normal sessions of a source whose template ids are its own (T's tokens + 100),
+    and that token -> id mapping."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    ids = {token: token + 100 for token in T.values()}
+    sequences = [_normal(rng) for _ in range(n)]
+    sessions = pd.DataFrame(
+        {
+            "session_id": [f"s{i}" for i in range(n)],
+            "template_ids": [[ids[t] for t in s] for s in sequences],
+        }
+    )
+    return sessions, ids
+
+
 def test_a_source_added_to_the_vocabulary_leaves_other_sources_models_unchanged(tmp_path):
     """Templates another source adds go to the end of the shared vocabulary: a model of this
     source (pretrained or fine-tuned) is the same model, with the same results, before and
@@ -321,15 +338,7 @@ def test_a_source_added_to_the_vocabulary_leaves_other_sources_models_unchanged(
 
     from logfit_dagster.core.models.template_lm import prepare_sequences
 
-    rng = np.random.default_rng(3)
-    sequences = [_normal(rng) for _ in range(90)]
-    ids = {token: token + 100 for token in T.values()}  # the source's own template ids
-    sessions = pd.DataFrame(
-        {
-            "session_id": [f"s{i}" for i in range(90)],
-            "template_ids": [[ids[t] for t in s] for s in sequences],
-        }
-    )
+    sessions, ids = _source_sessions(90, seed=3)
     splits = pd.DataFrame(
         {
             "session_id": sessions["session_id"],
@@ -371,15 +380,7 @@ def test_a_source_without_labels_has_its_test_sessions_scored_by_the_template_mo
     from logfit_dagster.core.models.template_lm import prepare_sequences
     from logfit_dagster.core.session_champion import candidates_from_frame, choose
 
-    rng = np.random.default_rng(5)
-    sequences = [_normal(rng) for _ in range(100)]
-    ids = {token: token + 100 for token in T.values()}
-    sessions = pd.DataFrame(
-        {
-            "session_id": [f"s{i}" for i in range(100)],
-            "template_ids": [[ids[t] for t in s] for s in sequences],
-        }
-    )
+    sessions, ids = _source_sessions(100, seed=5)
     splits = pd.DataFrame(
         {
             "session_id": sessions["session_id"],

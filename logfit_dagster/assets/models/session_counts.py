@@ -81,7 +81,7 @@ def session_model(
     without labels), trained on train, threshold chosen on dev, scored on test."""
     from logfit_dagster.core import plots
     from logfit_dagster.core.models.base import train
-    from logfit_dagster.core.models.session_counts import evaluation_frame, read_training
+    from logfit_dagster.core.models.session_counts import read_training, scores_frame
 
     source = context.partition_key
     folder = family_folder("session_counts", f"{source}/{context.run_id}")
@@ -148,7 +148,7 @@ def session_model(
         if figure is not None:
             plots.close(figure)
     best = training.best
-    frame = evaluation_frame(folder)
+    frame = scores_frame(training.results)
     frame["version"] = frame["model"].map(lambda k: records[k].version)
     frame["best"] = frame["model"] == best.kind
     table = pd.DataFrame(

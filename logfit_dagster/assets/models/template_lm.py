@@ -374,7 +374,7 @@ def template_lm(
         )
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    frame = evaluation_frame(folder, config.unseen_rate)
+    frame = session_frame(evaluation, thresholds, config.unseen_rate)
     frame["mode"] = "scratch" if config.from_scratch else "fine-tuned"
     # the scratch twin on the same test sessions, for the pretraining gain in the overview
     scratch = session_frame({}, {}, config.unseen_rate)

@@ -156,8 +156,18 @@ def evaluation_frame(folder: Path) -> pd.DataFrame:
     (``dev_average_precision``, ``dev_f1``): what the family's asset hands on."""
     folder = Path(folder)
     stored = json.loads((folder / "results.json").read_text())
-    frame = pd.read_parquet(folder / "test_scores.parquet")
     dev = {r["kind"]: r["dev"] for r in stored["results"]}
+    return _with_dev(pd.read_parquet(folder / "test_scores.parquet"), dev)
+
+
+def scores_frame(results: list) -> pd.DataFrame:
+    """:func:`evaluation_frame` of a training's results in memory (no file read again)."""
+    frame = pd.concat([r.test_scores for r in results], ignore_index=True)
+    return _with_dev(frame, {r.kind: r.dev for r in results})
+
+
+def _with_dev(frame: pd.DataFrame, dev: dict[str, dict]) -> pd.DataFrame:
+    """Each row's model's dev figures beside its test score."""
     return frame.assign(
         dev_average_precision=frame["model"].map(lambda k: dev[k].get("average_precision", np.nan)),
         dev_f1=frame["model"].map(lambda k: dev[k].get("f1", np.nan)),

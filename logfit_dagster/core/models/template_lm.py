@@ -805,13 +805,23 @@ def evaluate_sessions(scorer: TemplateScorer, test: list[dict], dev: list[list[i
     }
 
 
-SESSION_ROW_COLUMNS = ["session_id", "label", "method", "score", "threshold", "flagged"]
+SESSION_ROW_COLUMNS = [
+    "session_id",
+    "label",
+    "method",
+    "score",
+    "threshold",
+    "flagged",
+    "dev_average_precision",
+    "dev_f1",
+]
 
 
 def session_frame(evaluation: dict, thresholds: dict, unseen_rate: float) -> pd.DataFrame:
     """One row per test session and scoring method: score, threshold, flagged (above the
-    threshold, or too many unseen templates). Built column by column: a big source's test
-    sessions are a few arrays, not a dict a row."""
+    threshold, or too many unseen templates), and the method's dev figures (what the session
+    champion chooses by). Built column by column: a big source's test sessions are a few
+    arrays, not a dict a row."""
     import pandas as pd
 
     scores = evaluation.get("scores", {})
@@ -822,6 +832,7 @@ def session_frame(evaluation: dict, thresholds: dict, unseen_rate: float) -> pd.
     parts = []
     for method in METHODS:
         value = np.asarray(scores[method], dtype=float)
+        dev = dev_figures(evaluation, method)
         parts.append(
             pd.DataFrame(
                 {
@@ -834,6 +845,8 @@ def session_frame(evaluation: dict, thresholds: dict, unseen_rate: float) -> pd.
                     "score": value,
                     "threshold": float(thresholds[method]),
                     "flagged": (value > thresholds[method]) | unseen,
+                    "dev_average_precision": float(dev["average_precision"]),
+                    "dev_f1": float(dev["f1"]),
                 }
             )
         )
@@ -872,26 +885,20 @@ def training_key(data: dict, params: dict) -> str:
 
 
 def evaluation_frame(folder: Path, unseen_rate: float | None = None):
-    """A trained folder's test sessions, one row per session and scoring method
-    (:func:`session_frame`), with each method's dev figures (``dev_average_precision``,
-    ``dev_f1``); empty where the folder has no test sessions. ``unseen_rate``: the share of
-    unseen templates that flags a session (default: the one stored with the thresholds)."""
+    """A trained folder's :func:`session_frame` (empty where it has no test sessions).
+    ``unseen_rate``: the share of unseen templates that flags a session (default: the one
+    stored with the thresholds)."""
     import pandas as pd
 
     folder = Path(folder)
     path = folder / "evaluation.json"
     if not path.is_file():  # trained without test sessions
-        return pd.DataFrame(columns=[*SESSION_ROW_COLUMNS, "dev_average_precision", "dev_f1"])
+        return pd.DataFrame(columns=SESSION_ROW_COLUMNS)
     evaluation = json.loads(path.read_text())
     thresholds = json.loads((folder / "thresholds.json").read_text())
     if unseen_rate is None:
         unseen_rate = float(thresholds.get("unseen_rate", 0.05))
-    frame = session_frame(evaluation, thresholds, unseen_rate)
-    for key in ("average_precision", "f1"):
-        frame[f"dev_{key}"] = pd.Series(
-            [dev_figures(evaluation, m)[key] for m in frame["method"]], dtype=float
-        )
-    return frame
+    return session_frame(evaluation, thresholds, unseen_rate)
 
 
 def candidate_frame(folder: Path):
