@@ -28,6 +28,7 @@ from logfit_dagster.assets.models._shared import (
 )
 from logfit_dagster.core.errors import TrainingDataError
 from logfit_dagster.core.models.base import ModelArtifact
+from logfit_dagster.core.models.template_lm import SESSION_ROW_COLUMNS
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
 from logfit_dagster.resources.tracking import ExperimentTracker
@@ -45,23 +46,15 @@ FINETUNE_STEPS = 240
 PRETRAIN_SECONDS = 150.0
 FINETUNE_SECONDS = 60.0
 TEMPLATE_SCORE_COLUMNS = [
-    "session_id",
-    "label",
-    "method",
-    "score",
-    "threshold",
-    "flagged",
+    # per test session and method: scores, flags and the method's dev figures
+    *SESSION_ROW_COLUMNS,
     "mode",  # fine-tuned or scratch
     # the same model trained from scratch beside a fine-tuned one (null without the twin)
     "scratch_score",
     "scratch_threshold",
     "scratch_flagged",
-    # each method's figures on dev sessions (what the session champion chooses by)
-    "dev_average_precision",
-    "dev_f1",
     "version",  # its registered version: the session champion takes the model from the registry
 ]
-METHODS = ("max_nll", "mean_nll", "perplexity", "topg_misses")
 
 
 def template_lm_name(source: str) -> str:
