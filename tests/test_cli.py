@@ -37,54 +37,6 @@ def _run_count(workdir) -> int:
         return len(instance.get_runs())
 
 
-@pytest.mark.slow
-def test_logfit_materialize_prints_summary_and_writes_outputs(workdir):
-    result = _materialize(workdir)
-    lines = result.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("source"))
-    for column in ("lines", "parse failures", "templates", "sessions", "anomalous sessions"):
-        assert column in header
-    row = next(line for line in lines if line.startswith("tiny_hdfs")).split()
-    assert row[1] == "1500" and row[2] == "0"
-    data = workdir / "data"
-    assert (data / "dagster_home" / "dagster.yaml").exists(), "the instance lives under data/"
-    splits = pd.read_parquet(data / "assets" / "dataset_splits" / "tiny_hdfs.parquet")
-    assert set(splits["split"]) == {"train", "dev", "test"}
-    # the whole lineage: labels, the line classifier and its champion, every source scored
-    assert "look_skip_model: leave-family-out LOOK F1" in result.stdout
-    assert "(char n-gram baseline " in result.stdout
-    assert (data / "models" / "look_skip_champion.json").exists()
-    for source in ("tiny_hdfs", "tiny_bgl"):
-        scored = pd.read_parquet(data / "assets" / "scored_lines" / f"{source}.parquet")
-        assert scored["probability"].between(0, 1).all()
-    assert (data / "mlflow" / "mlflow.db").exists() and not (workdir / "mlruns").exists()
-
-    # Nothing changed: nothing runs, nothing is rewritten.
-    outputs = {p: p.stat().st_mtime_ns for p in (data / "assets").rglob("*.parquet")}
-    runs = _run_count(workdir)
-    again = _materialize(workdir)
-    assert (
-        _row(again, "tiny_hdfs")[-1] == "unchanged" and _row(again, "tiny_bgl")[-1] == "unchanged"
-    )
-    assert (
-        "up to date, not run: tiny_hdfs, tiny_bgl, all sources labels+models, "
-        "tiny_hdfs models+reports, tiny_bgl models+reports, all sources reports" in again.stdout
-    )
-    assert _run_count(workdir) == runs
-    assert {p: p.stat().st_mtime_ns for p in outputs} == outputs
-
-    # One source grows: its lineage, the line classifier and the scoring run; the other's
-    # ingest and session models stay as they were.
-    registry = workdir / "sources.yaml"
-    registry.write_text(registry.read_text().replace("lines: 800", "lines: 900"))
-    hdfs_splits = data / "assets" / "dataset_splits" / "tiny_hdfs.parquet"
-    grown = _materialize(workdir)
-    assert _row(grown, "tiny_hdfs")[-1] == "unchanged"
-    assert _row(grown, "tiny_bgl")[1] == "900" and _row(grown, "tiny_bgl")[-1] != "unchanged"
-    assert hdfs_splits.stat().st_mtime_ns == outputs[hdfs_splits]
-    assert len(pd.read_parquet(data / "assets" / "scored_lines" / "tiny_bgl.parquet")) == 900
-
-
 def test_logfit_materialize_refuses_unknown_source(workdir):
     result = subprocess.run(
         [sys.executable, "-m", "logfit_dagster.cli", "materialize", "nope"],
@@ -94,26 +46,6 @@ def test_logfit_materialize_refuses_unknown_source(workdir):
         timeout=120,
     )
     assert result.returncode == 2 and "unknown source(s): nope" in result.stderr
-
-
-@pytest.mark.slow
-def test_the_line_model_follows_the_registry(workdir):
-    """A source added to the registry joins the line model's training set on its first
-    materialize; a source removed from it leaves the set on the next, without --force."""
-
-    def sources_in(result) -> str:
-        line = next(x for x in result.stdout.splitlines() if x.startswith("look_skip_model:"))
-        return line.split(" over ")[1].split(" sources")[0]
-
-    assert sources_in(_materialize(workdir)) == "2"
-    registry = workdir / "sources.yaml"
-    before = registry.read_text()
-    registry.write_text(
-        before + "  - {name: tiny_java, origin: synthetic, kind: javaapp, lines: 600, seed: 13}\n"
-    )
-    assert sources_in(_materialize(workdir, "tiny_java")) == "3"
-    registry.write_text(before)
-    assert sources_in(_materialize(workdir, "tiny_hdfs")) == "2"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import sys
 import time
 
 import openai
+import pandas as pd
 import pytest
 
 from logfit_dagster.core.errors import BudgetExceededError
@@ -181,12 +182,23 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
             resources=resources,
             run_config={
                 "ops": {"rft_job": {"config": {"poll_seconds": 0.01}}},
-                "resources": {"fine_tuning": {"config": {"base_url": url, "api_key_env": "RFT_KEY"}}},
+                "resources": {
+                    "fine_tuning": {"config": {"base_url": url, "api_key_env": "RFT_KEY"}}
+                },
             },
         )
         assert tuned.success
         model = tuned.output_for_node("rft_job")["fine_tuned_model"].iloc[0]
         assert model.startswith("ft:o4-mini") and server.jobs_created == 1
+        # what was uploaded was written by rft_job from the examples it was handed
+        examples = pd.read_parquet(
+            workdir / "data" / "assets" / "llm_session_examples" / "tiny_hdfs.parquet"
+        )
+        version = tuned.output_for_node("rft_job")["prompt_version"].iloc[0]
+        uploaded = llm_sessions.rft_folder("tiny_hdfs", version)
+        for name, split in (("rft_train.jsonl", "train"), ("rft_valid.jsonl", "dev")):
+            rows = (uploaded / name).read_text().splitlines()
+            assert len(rows) == (examples["split"] == split).sum() > 0
         judged = dg.materialize(
             assets,
             selection=["llm_session_eval"],
@@ -203,3 +215,16 @@ def test_the_rft_asset_then_its_model_judged_by_llm_session_eval(workdir, monkey
         assert {b["model"] for b in server.bodies} == {model}
     mlflow_db = (workdir / "data" / "mlflow" / "mlflow.db").read_bytes().decode("latin-1")
     assert model in mlflow_db and server.api_key not in mlflow_db
+
+
+def test_a_journal_kept_beside_the_examples_is_followed_not_started_again(workdir):
+    from logfit_dagster.assets.llm_sessions import _journal, examples_folder, rft_folder
+    from logfit_dagster.core.openai_rft import Journal
+
+    earlier = examples_folder("tiny_hdfs", "v1")
+    Journal(earlier / "rft_journal.json").write({"key": "k", "job_id": "ftjob-1"})
+    journal = _journal(rft_folder("tiny_hdfs", "v1"), earlier)
+    assert journal.read() == {"key": "k", "job_id": "ftjob-1"}
+    # once the asset has its own, the earlier one is not read again
+    journal.write({"key": "k2", "job_id": "ftjob-2"})
+    assert _journal(rft_folder("tiny_hdfs", "v1"), earlier).read()["job_id"] == "ftjob-2"

@@ -7,14 +7,11 @@ synthetic and one whose files are missing) and the rule labeler.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -24,11 +21,10 @@ from logfit_dagster.definitions import defs
 from logfit_dagster.jobs import ingest_selection
 
 from .conftest import PROJECT_ROOT
-from .processes import free_port, stop
+from .processes import BIN, dagster_dev
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 GOOD = ["tiny_hdfs", "tiny_bgl", "tiny_hdfs_b"]
 # What the UI sends for "Materialize" over the ingest job's assets.
 INGEST_ASSETS = sorted(
@@ -36,36 +32,6 @@ INGEST_ASSETS = sorted(
 )
 CHROMIUM = "/usr/bin/chromium"
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-
-
-class Server:
-    def __init__(self, root: Path, port: int, env: dict):
-        self.root, self.port, self.env = root, port, env
-        self.url = f"http://127.0.0.1:{port}"
-        self.home = Path(env["DAGSTER_HOME"])
-
-    def graphql(self, query: str, **variables) -> dict:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", body, {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            payload = json.loads(response.read())
-        assert "errors" not in payload, payload["errors"]
-        return payload["data"]
-
-    def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_config(str(self.home))
-
-    def wait_for_runs(self, backfill_id: str, count: int, timeout: float = 420) -> list:
-        deadline = time.monotonic() + timeout
-        with self.instance() as instance:
-            while time.monotonic() < deadline:
-                runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-                if len(runs) == count and all(r.is_finished for r in runs):
-                    return runs
-                time.sleep(1)
-        raise TimeoutError(f"backfill {backfill_id}: {count} finished runs not seen in {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +48,6 @@ def server(tmp_path_factory):
         "  - {name: tiny_hdfs_b, origin: synthetic, kind: hdfs, lines: 1200, seed: 13}\n"
         f"  - {{name: broken, origin: files, format: generic, path: {root}/missing/*.log}}\n"
     )
-    (root / "workspace.yaml").write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: logfit_dagster.definitions\n"
-        "      location_name: logfit_dagster\n"
-    )
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -103,44 +63,8 @@ def server(tmp_path_factory):
     }
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("log_source", [*GOOD, "broken"])
-    port = free_port()
-    log = open(root / "dagster_dev.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-w", str(root / "workspace.yaml")]
-        + ["-h", "127.0.0.1", "-p", str(port)],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    served = Server(root, port, env)
-    try:
-        _wait_until_served(served, proc, root / "dagster_dev.log")
+    with dagster_dev(root, env) as served:
         yield served
-    finally:
-        stop(proc)
-        log.close()
-
-
-def _wait_until_served(server: Server, proc: subprocess.Popen, log: Path, timeout=120) -> None:
-    """Until the webserver answers and the code location has loaded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            data = server.graphql(
-                "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                "locationOrLoadError { __typename } } } } }"
-            )
-            entries = data["workspaceOrError"]["locationEntries"]
-            if entries and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation":
-                return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"dagster dev not serving after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 LAUNCH_BACKFILL = """

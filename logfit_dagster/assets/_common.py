@@ -68,23 +68,37 @@ def training_op_tags(gpus: int | None = None) -> dict:
     return {"dagster-k8s/config": config}
 
 
-def on_new_data() -> dg.AutomationCondition:
+def on_new_data(optional: tuple[str, ...] = ()) -> dg.AutomationCondition:
     """``eager()``, except that an upstream materialization whose data version did not change
     (a nightly re-read of unchanged files) requests nothing: the asset waits for new data.
 
     Requested when it is newly missing, or when a dependency's data version changed (or the
     dependency will be requested in the same tick), and none is missing or in progress.
+    ``optional``: dependencies that may never be materialized (the LLM judges, run only when
+    asked): their absence holds nothing back, and a new materialization of one still requests
+    the asset.
     """
-    return (
-        dg.AutomationCondition.eager()
-        .replace(
-            "any_deps_updated",
-            dg.AutomationCondition.any_deps_match(
-                dg.AutomationCondition.data_version_changed()
-                | dg.AutomationCondition.will_be_requested()
-            ).with_label("any_deps_data_changed"),
+    condition = dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_match(
+            dg.AutomationCondition.data_version_changed()
+            | dg.AutomationCondition.will_be_requested()
+        ).with_label("any_deps_data_changed"),
+    )
+    if optional:
+        condition = condition.replace(
+            "any_deps_missing",
+            dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(*optional)),
         )
-        .with_label("on_new_data")
+    return condition.with_label("on_new_data")
+
+
+def promoted_on_new_data() -> dg.AutomationCondition:
+    """A champion's condition: :func:`on_new_data`, and only once every blocking check of its
+    inputs (the families' gates) passed; a model that failed its gate is never promoted, by a
+    job run or by the automation."""
+    return (on_new_data() & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label(
+        "on_new_data_past_gates"
     )
 
 

@@ -26,6 +26,7 @@ from logfit_dagster.core.llm_sessions import (
     python_grader,
     rare_in_batches,
     repeated_test_prompts,
+    write_jsonl,
 )
 from logfit_dagster.core.tables import StoredTable
 from logfit_dagster.partitions import log_source_partitions
@@ -351,6 +352,23 @@ class RFTConfig(dg.Config):
     max_poll_seconds: float = Field(default=300.0, description="Longest wait between polls.")
 
 
+def rft_folder(source: str, prompt_version: str):
+    """The RFT asset's own files: what it uploads, and the journal of the job it started."""
+    return examples_folder(source, prompt_version) / "rft"
+
+
+def _journal(folder, earlier_folder):
+    """The job journal; one kept beside the examples by an earlier version is carried over,
+    so that a job it started is followed, never started (and paid for) a second time."""
+    from logfit_dagster.core.openai_rft import Journal
+
+    journal = Journal(folder / "rft_journal.json")
+    earlier = Journal(earlier_folder / "rft_journal.json")
+    if not journal.path.is_file() and earlier.path.is_file():
+        journal.write(earlier.read())
+    return journal
+
+
 def _number(value: str):
     if value == "auto":
         return value
@@ -372,12 +390,16 @@ def rft_job(
     Evaluate the model with llm_session_eval (``model``: this asset's ``fine_tuned_model``)."""
     from logfit_dagster.core.errors import LogfitError
     from logfit_dagster.core.llm_sessions import multi_grader
-    from logfit_dagster.core.openai_rft import Journal, RFTParams, run_rft
+    from logfit_dagster.core.openai_rft import RFTParams, run_rft
     from logfit_dagster.resources.labelers import scrub
 
     source = context.partition_key
     prompt_version = str(llm_session_examples["prompt_version"].iloc[0])
-    folder = examples_folder(source, prompt_version)
+    # the files to upload are written here from the examples this asset is handed; the same
+    # examples give the same bytes, so the journal's key still finds a job already started
+    folder = rft_folder(source, prompt_version)
+    files = write_jsonl(llm_session_examples, folder, ("rft_train.jsonl", "rft_valid.jsonl"))
+    context.log.info(f"RFT files: {files} rows in {folder}")
     client = fine_tuning.client()  # fails clearly without a key
     secrets = fine_tuning.secrets()
     params = RFTParams(
@@ -403,7 +425,7 @@ def rft_job(
             folder / "rft_valid.jsonl",
             grader,
             params,
-            Journal(folder / "rft_journal.json"),
+            _journal(folder, examples_folder(source, prompt_version)),
             max_cost_usd=config.max_cost_usd if config.usd_per_million_training_tokens else None,
             usd_per_million_training_tokens=config.usd_per_million_training_tokens or None,
             poll_seconds=config.poll_seconds,

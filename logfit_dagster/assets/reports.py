@@ -134,10 +134,14 @@ def _false_positive_rate(fp: float, tn: float) -> float:
     return fp / (fp + tn) if fp + tn else float("nan")
 
 
+LLM_JUDGES = ("llm_session_eval", "sft_adapter", "grpo_adapter")
+
+
 @dg.asset(
     group_name="reports",
     code_version="3",
-    automation_condition=on_new_data(),
+    # the LLM judges run only when asked: the overview does not wait for them
+    automation_condition=on_new_data(optional=LLM_JUDGES),
     kinds={"parquet"},
     # Every family's evaluation is an input. The per-source ones come as a dict by source,
     # holding the sources that have one; the line models are None when they were not trained

@@ -19,7 +19,7 @@ from itertools import product
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from joblib import Parallel, delayed
+from joblib import delayed
 from scipy import sparse
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
@@ -46,6 +46,7 @@ from logfit_dagster.core.line_scoring import (  # noqa: F401 (the scorer's home 
     SCORE_BATCH,
     LineScorer,
 )
+from logfit_dagster.core.parallel import run_jobs
 from logfit_dagster.core.scores import best_threshold, weighted_f1
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
@@ -385,7 +386,7 @@ def select_model(
                 yield delayed(_fit_and_score)(params, x_train, y[train], weights, x_test)
 
     # processes, not threads: liblinear holds the GIL; each job gets its fold's matrices only
-    predictions = Parallel(n_jobs=n_jobs or os.cpu_count() or 1, max_nbytes=None)(fold_jobs())
+    predictions = run_jobs(fold_jobs(), n_jobs or os.cpu_count() or 1, max_nbytes=None)
     results = []
     best_score, best, best_oof = -1.0, grid[0], None
     for g, params in enumerate(grid):

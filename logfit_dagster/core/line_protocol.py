@@ -90,7 +90,9 @@ def baseline_out_of_fold(
     """
     import os
 
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from logfit_dagster.core.parallel import run_jobs
 
     raw = lines["raw"].astype(str).to_numpy()
     y = (lines["label"] == "LOOK").to_numpy().astype(int)
@@ -107,7 +109,7 @@ def baseline_out_of_fold(
     if n_jobs is None:
         # worker processes cost seconds to start: worth it only for a big fit
         n_jobs = (os.cpu_count() or 1) if len(lines) >= PARALLEL_FROM_LINES else 1
-    predictions = Parallel(n_jobs=n_jobs)(job for _, job in jobs)
+    predictions = run_jobs((job for _, job in jobs), n_jobs)
     for (test, _), predicted in zip(jobs, predictions, strict=True):
         out[test] = predicted
     return out

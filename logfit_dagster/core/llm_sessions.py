@@ -404,14 +404,16 @@ FILES = {
 }
 
 
-def write_jsonl(examples: pd.DataFrame, folder: Path) -> dict[str, int]:
-    """The OpenAI fine-tuning layouts, each file written whole or not at all (see
-    :class:`JsonlFiles`).
+def write_jsonl(
+    examples: pd.DataFrame, folder: Path, names: tuple[str, ...] = tuple(FILES)
+) -> dict[str, int]:
+    """The OpenAI fine-tuning layouts (``names``: which of :data:`FILES`), each file written
+    whole or not at all (see :class:`JsonlFiles`).
 
     Returns:
         Rows per file.
     """
-    with JsonlFiles(folder) as files:
+    with JsonlFiles(folder, names) as files:
         files.write(examples)
     return files.counts
 
@@ -427,23 +429,24 @@ class JsonlFiles:
     ``counts``: rows per file, once closed.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, names: tuple[str, ...] = tuple(FILES)):
         self.folder = Path(folder)
-        self.counts = {name: 0 for name in FILES}
+        self.files = {name: FILES[name] for name in names}
+        self.counts = {name: 0 for name in self.files}
         # which sessions each file holds: SFT records carry only messages (OpenAI's layout)
-        self.ids: dict[str, list[str]] = {name: [] for name in FILES}
+        self.ids: dict[str, list[str]] = {name: [] for name in self.files}
 
     def __enter__(self) -> JsonlFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._stack = ExitStack()
         self._out = {}
-        for name in FILES:
+        for name in self.files:
             tmp = self._stack.enter_context(atomic_path(self.folder / name))
             self._out[name] = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
         return self
 
     def write(self, examples: pd.DataFrame) -> None:
-        for name, split in FILES.items():
+        for name, split in self.files.items():
             part = examples[examples["split"] == split]
             out = self._out[name]
             for row in part.itertuples(index=False):

@@ -140,4 +140,3 @@ def line_adaptation(
         }
     )
     return ModelArtifact.read(folder)
-

@@ -11,7 +11,7 @@ import shutil
 import dagster as dg
 import pandas as pd
 
-from logfit_dagster.assets._common import optional
+from logfit_dagster.assets._common import optional, promoted_on_new_data
 from logfit_dagster.assets.models._shared import family_folder
 from logfit_dagster.assets.models.line_tfidf import LINE_MODEL_NAME
 from logfit_dagster.assets.models.line_transformer import TRANSFORMER_MODEL_NAME
@@ -23,6 +23,7 @@ from logfit_dagster.resources.tracking import ExperimentTracker
     group_name="models",
     code_version="1",
     kinds={"mlflow"},
+    automation_condition=promoted_on_new_data(),
     io_manager_key="model_store",
     # a source set too small for held-out sources trains no transformer: the TF-IDF model is
     # then the champion

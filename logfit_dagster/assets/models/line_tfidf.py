@@ -10,7 +10,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from logfit_dagster.assets._common import on_new_data, preview, streamed, training_op_tags
+from logfit_dagster.assets._common import (
+    on_new_data,
+    preview,
+    promoted_on_new_data,
+    streamed,
+    training_op_tags,
+)
 from logfit_dagster.assets.models._shared import (
     TRAINING_DATA_TAG,
     TRAINING_POOL,
@@ -200,7 +206,12 @@ def look_skip_model(
     yield dg.AssetCheckResult(check_name="champion_gate", passed=passed, metadata=gate_metadata)
 
 
-@dg.asset(group_name="models", code_version="2", kinds={"mlflow"})
+@dg.asset(
+    group_name="models",
+    code_version="2",
+    kinds={"mlflow"},
+    automation_condition=promoted_on_new_data(),
+)
 def look_skip_champion(
     context: dg.AssetExecutionContext,
     look_skip_model: dict[str, pd.DataFrame],
