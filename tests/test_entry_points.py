@@ -9,8 +9,9 @@ Each runs the whole lineage of the same registry on a fresh instance and data fo
   runs in this process);
 - ``logfit materialize``.
 
-The champions are compared by what they are (family, training data, figures), the scores value
-by value; registry version numbers and timestamps are not compared.
+The three run side by side (the UI's daemon launches a run every 30 s or so, and waits
+between). The champions are compared by what they are (family, training data, figures), the
+scores value by value; registry version numbers and timestamps are not compared.
 """
 
 from __future__ import annotations
@@ -49,11 +50,6 @@ mutation($params: LaunchBackfillParams!) {
   }
 }
 """
-BACKFILL_STATUS = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
-}
-"""
 
 
 def _folder(root: Path) -> dict:
@@ -61,7 +57,13 @@ def _folder(root: Path) -> dict:
     root.mkdir()
     (root / "data").mkdir()
     (root / "sources.yaml").write_text(REGISTRY)
-    return {"LOGFIT_DATA_DIR": str(root / "data"), "LOGFIT_SOURCES": str(root / "sources.yaml")}
+    return {
+        "LOGFIT_DATA_DIR": str(root / "data"),
+        "LOGFIT_SOURCES": str(root / "sources.yaml"),
+        # the three run side by side: one torch thread each keeps every training far from its
+        # time budget (a model stopped by time depends on the machine's load, by design)
+        "LOGFIT_TORCH_THREADS": "1",
+    }
 
 
 def _covered() -> list[str]:
@@ -102,15 +104,34 @@ def _from_the_ui(root: Path):
         )["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         yield
-        deadline = time.monotonic() + 420
+        _wait_for_backfill(server, launched["backfillId"], root)
+
+
+def _wait_for_backfill(server, backfill_id: str, root: Path, timeout: float = 420) -> None:
+    """Until every asset partition the backfill targets is materialized and none of its runs is
+    going (or one failed); Dagster marks the backfill itself complete on its next pass."""
+    keys = [dg.AssetKey(key) for key in _covered()]
+    deadline = time.monotonic() + timeout
+    with server.instance() as instance:
         while time.monotonic() < deadline:
-            status = server.graphql(BACKFILL_STATUS, id=launched["backfillId"])
-            status = status["partitionBackfillOrError"]["status"]
-            if status != "REQUESTED":
-                break
+            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+            failed = [r.run_id for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+            assert not failed, (failed, (root / "dagster_dev.log").read_text()[-4000:])
+            done = all(r.is_finished for r in runs) and all(
+                _materialized(instance, key) for key in keys
+            )
+            if done:
+                return
             time.sleep(2)
-        log = (root / "dagster_dev.log").read_text()
-        assert status == "COMPLETED_SUCCESS", log[-4000:]
+    raise TimeoutError(f"backfill {backfill_id} not done in {timeout}s")
+
+
+def _materialized(instance, key: dg.AssetKey) -> bool:
+    from logfit_dagster.definitions import defs
+
+    if defs.resolve_asset_graph().get(key).partitions_def is None:
+        return instance.get_latest_materialization_event(key) is not None
+    return set(SOURCES) <= instance.get_materialized_partitions(key)
 
 
 def _run_requested(defs, result, instance) -> None:
@@ -223,13 +244,20 @@ def _assert_same(left: dict, right: dict, names: tuple[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def materialized(tmp_path_factory):
-    """``logfit materialize`` of the registry in a fresh folder: the folder, its environment,
-    the command's result. The tests below run in order on it (the last ones change it)."""
+def lineages(tmp_path_factory):
+    """The three runs, side by side: the UI's backfill is launched first, and ``logfit
+    materialize`` then the schedule run while its daemon works. Returns the root of the three
+    folders (``cli``, ``ui``, ``schedule``), the command's environment and its result; the
+    tests below run in order on the command's folder (the last ones change it)."""
     root = tmp_path_factory.mktemp("entry_points")
-    env = _folder(root / "cli")
-    result = _materialize(root / "cli", env)
-    return root / "cli", env, result
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("DAGSTER_HOME", raising=False)
+        patch.delenv("LOGFIT_LOGHUB_URL", raising=False)
+        with _from_the_ui(root / "ui"):
+            env = _folder(root / "cli")
+            result = _materialize(root / "cli", env)
+            _from_a_schedule(root / "schedule", patch)
+    return root, env, result
 
 
 def _materialize(root: Path, env: dict, *extra: str):
@@ -242,8 +270,9 @@ def _row(result, source: str) -> list[str]:
     return next(line for line in result.stdout.splitlines() if line.startswith(source)).split()
 
 
-def test_logfit_materialize_prints_summary_and_writes_outputs(materialized):
-    root, _, result = materialized
+def test_logfit_materialize_prints_summary_and_writes_outputs(lineages):
+    root, _, result = lineages
+    root = root / "cli"
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("source"))
     for column in ("lines", "parse failures", "templates", "sessions", "anomalous sessions"):
@@ -264,26 +293,18 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(materialized):
     assert (data / "mlflow" / "mlflow.db").exists() and not (root / "mlruns").exists()
 
 
-def test_the_ui_a_schedule_and_logfit_materialize_leave_the_same_champions_and_scores(
-    materialized, tmp_path, monkeypatch
-):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    monkeypatch.delenv("LOGFIT_LOGHUB_URL", raising=False)
-    cli = materialized[0]
-    with _from_the_ui(tmp_path / "ui"):
-        _from_a_schedule(tmp_path / "schedule", monkeypatch)
-
-    by_cli = _outcome(cli / "data")
+def test_the_ui_a_schedule_and_logfit_materialize_leave_the_same_champions_and_scores(lineages):
+    root = lineages[0]
+    by_cli = _outcome(root / "cli" / "data")
     assert by_cli["line_champion"]["family"] in ("line_tfidf", "line_transformer")
     assert by_cli["session_champion/tiny_hdfs"] is not None
-    _assert_same(by_cli, _outcome(tmp_path / "ui" / "data"), ("logfit materialize", "the UI"))
-    _assert_same(
-        by_cli, _outcome(tmp_path / "schedule" / "data"), ("logfit materialize", "a schedule")
-    )
+    _assert_same(by_cli, _outcome(root / "ui" / "data"), ("logfit materialize", "the UI"))
+    _assert_same(by_cli, _outcome(root / "schedule" / "data"), ("logfit materialize", "a schedule"))
 
 
-def test_a_second_materialize_runs_nothing_and_a_grown_source_reruns_its_lineage(materialized):
-    root, env, _ = materialized
+def test_a_second_materialize_runs_nothing_and_a_grown_source_reruns_its_lineage(lineages):
+    root, env, _ = lineages
+    root = root / "cli"
     data = root / "data"
 
     def run_count() -> int:
@@ -316,10 +337,11 @@ def test_a_second_materialize_runs_nothing_and_a_grown_source_reruns_its_lineage
     assert len(pd.read_parquet(data / "assets" / "scored_lines" / "tiny_bgl.parquet")) == 900
 
 
-def test_the_line_model_follows_the_registry(materialized):
+def test_the_line_model_follows_the_registry(lineages):
     """A source added to the registry joins the line model's training set on its first
     materialize; a source removed from it leaves the set on the next, without --force."""
-    root, env, first = materialized
+    root, env, first = lineages
+    root = root / "cli"
 
     def sources_in(result) -> str:
         line = next(x for x in result.stdout.splitlines() if x.startswith("look_skip_model:"))
