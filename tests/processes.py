@@ -94,6 +94,20 @@ def run_logfit(workdir, *argv: str, env: dict | None = None, timeout: float = 30
     )
 
 
+# What the UI sends to launch a backfill over assets and partitions.
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { invalidOutputName }
+  }
+}
+"""
+
+
 class Server:
     """A ``dagster dev`` on 127.0.0.1: its GraphQL API and its instance."""
 

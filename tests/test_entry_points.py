@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .processes import BIN, dagster_dev, run_logfit
+from .processes import BIN, LAUNCH_BACKFILL, dagster_dev, run_logfit
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,6 @@ REGISTRY = (
     "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
 )
 NIGHT = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
-
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
-}
-"""
 
 
 def _folder(root: Path) -> dict:

@@ -21,7 +21,7 @@ from logfit_dagster.definitions import defs
 from logfit_dagster.jobs import ingest_selection
 
 from .conftest import PROJECT_ROOT
-from .processes import BIN, dagster_dev
+from .processes import BIN, LAUNCH_BACKFILL, dagster_dev
 
 pytestmark = pytest.mark.slow
 
@@ -66,18 +66,6 @@ def server(tmp_path_factory):
     with dagster_dev(root, env) as served:
         yield served
 
-
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on InvalidStepError { invalidStepKey }
-    ... on InvalidOutputError { invalidOutputName }
-  }
-}
-"""
 
 BACKFILL_STATUS = """
 query($id: String!) {
