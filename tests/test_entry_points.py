@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -56,12 +55,14 @@ def _folder(root: Path) -> dict:
     }
 
 
-def _covered() -> list[str]:
+def _covered() -> dict[dg.AssetKey, bool]:
+    """Every asset ``logfit materialize`` covers, and whether it is partitioned by source."""
     from logfit_dagster.definitions import defs
     from logfit_dagster.jobs import MATERIALIZE_SELECTION
 
-    keys = MATERIALIZE_SELECTION.resolve(defs.resolve_asset_graph())
-    return sorted(k.to_user_string() for k in keys)
+    graph = defs.resolve_asset_graph()
+    keys = sorted(MATERIALIZE_SELECTION.resolve(graph), key=lambda k: k.to_user_string())
+    return {key: graph.get(key).partitions_def is not None for key in keys}
 
 
 @contextmanager
@@ -87,7 +88,7 @@ def _from_the_ui(root: Path):
         launched = server.graphql(
             LAUNCH_BACKFILL,
             params={
-                "assetSelection": [{"path": [key]} for key in _covered()],
+                "assetSelection": [{"path": key.path} for key in _covered()],
                 "allPartitions": True,
                 "title": "materialize everything",
             },
@@ -100,7 +101,7 @@ def _from_the_ui(root: Path):
 def _wait_for_backfill(server, backfill_id: str, root: Path, timeout: float = 420) -> None:
     """Until every asset partition the backfill targets is materialized and none of its runs is
     going (or one failed); Dagster marks the backfill itself complete on its next pass."""
-    keys = [dg.AssetKey(key) for key in _covered()]
+    covered = _covered()
     deadline = time.monotonic() + timeout
     with server.instance() as instance:
         while time.monotonic() < deadline:
@@ -108,20 +109,15 @@ def _wait_for_backfill(server, backfill_id: str, root: Path, timeout: float = 42
             failed = [r.run_id for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
             assert not failed, (failed, (root / "dagster_dev.log").read_text()[-4000:])
             done = all(r.is_finished for r in runs) and all(
-                _materialized(instance, key) for key in keys
+                set(SOURCES) <= instance.get_materialized_partitions(key)
+                if partitioned
+                else instance.get_latest_materialization_event(key) is not None
+                for key, partitioned in covered.items()
             )
             if done:
                 return
             time.sleep(2)
     raise TimeoutError(f"backfill {backfill_id} not done in {timeout}s")
-
-
-def _materialized(instance, key: dg.AssetKey) -> bool:
-    from logfit_dagster.definitions import defs
-
-    if defs.resolve_asset_graph().get(key).partitions_def is None:
-        return instance.get_latest_materialization_event(key) is not None
-    return set(SOURCES) <= instance.get_materialized_partitions(key)
 
 
 def _run_requested(defs, result, instance) -> None:
@@ -218,17 +214,7 @@ def _assert_same(left: dict, right: dict, names: tuple[str, str]) -> None:
         a, b = left[key], right[key]
         where = f"{key}: {names[0]} and {names[1]} differ"
         if isinstance(a, pd.DataFrame):
-            assert list(a.columns) == list(b.columns), where
-            assert len(a) == len(b), where
-            for column in a.columns:
-                if pd.api.types.is_float_dtype(a[column]):
-                    np.testing.assert_allclose(
-                        a[column], b[column], rtol=1e-5, atol=1e-6, err_msg=where
-                    )
-                else:
-                    assert a[column].astype(str).tolist() == b[column].astype(str).tolist(), (
-                        f"{where} in {column}"
-                    )
+            pd.testing.assert_frame_equal(a, b, check_dtype=False, rtol=1e-5, atol=1e-6, obj=where)
         else:
             assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True), where
 
