@@ -3,7 +3,7 @@
 ``logfit materialize --job ingest_job`` on the embedded default registry (in a temporary data
 folder), then each source's labelled sessions as ``llm_session_examples`` makes them, in the
 ``lines`` form (every line as written) and the ``templates`` form (events in order, a run of one
-template as one line with xN, rare events as written): estimated tokens per example (mean,
+template as one line with xN, rare events marked [rare] and as written): estimated tokens per example (mean,
 median, 95th percentile, largest), and how many sessions the 2,000-token budget cut.
 
     python benchmarks/llm_session_prompts.py -> benchmarks/results/llm_session_prompts.{json,md}

@@ -286,25 +286,30 @@ def test_a_model_judges_the_test_sessions_through_the_openai_protocol(workdir, m
     )
 
 
-def test_the_templates_form_collapses_repeats_and_shows_rare_events_as_written():
+def test_the_templates_form_collapses_repeats_and_marks_rare_and_unseen_events():
     lines = [
         "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.1:5000",
         "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.2:5001",
         "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.3:5002",
         "WARN dfs.DataNode: Checksum mismatch on blk_123 reported by /10.0.0.9",
         "INFO dfs.DataNode: Receiving block blk_123 src: /10.0.0.4:5003",
+        "ERROR dfs.DataNode: Disk /data/3 failed for blk_123",
     ]
-    text, left_out = ls.template_prompt("\n".join(lines), [1, 1, 1, 7, 1], {7}, 2000)
+    # template 1 is common; 7 is rare in training; 8 was never seen there
+    ids = [1, 1, 1, 7, 1, 8]
+    text, left_out = ls.template_prompt("\n".join(lines), ids, {1}, 2000)
     shown = text.splitlines()
-    assert left_out == 0 and len(shown) == 3
+    assert left_out == 0 and len(shown) == 4
     assert shown[0].endswith(" x3") and "10.0.0.1" not in shown[0]  # a pattern, counted
-    assert shown[1] == lines[3]  # rare: as written
+    assert shown[1] == "[rare] " + lines[3]  # rare: marked, as written
     assert not shown[2].endswith("x1") and "blk_123" not in shown[2]
-    messages, _ = ls.messages_for("\n".join(lines), 2000, "templates", [1, 1, 1, 7, 1], {7})
+    assert shown[3] == "[rare] " + lines[5]  # never seen in training: rare too
+    messages, _ = ls.messages_for("\n".join(lines), 2000, "templates", ids, {1})
     assert messages[0]["content"] == ls.SYSTEM_PROMPT_TEMPLATES and messages[1]["content"] == text
+    assert "[rare]" in ls.SYSTEM_PROMPT_TEMPLATES
     # the budget cuts events, and counts the lines they stood for
     long = "\n".join(f"INFO app: step {i} of a long job {'x' * 40}" for i in range(600))
-    cut, left = ls.template_prompt(long, list(range(600)), set(range(600)), 300)
+    cut, left = ls.template_prompt(long, list(range(600)), set(), 300)
     assert ls.estimate_tokens(cut) <= 300 and f"[... {left} lines left out ...]" in cut
     with pytest.raises(ValueError, match="2 lines and 3 template ids"):
         ls.template_prompt("a\nb", [1, 2, 3], set(), 100)
@@ -314,14 +319,14 @@ def test_the_templates_form_collapses_repeats_and_shows_rare_events_as_written()
     assert ls.ExampleParams().prompt_version == ls.PROMPT_VERSION == ls.PROMPT_FORMS["lines"]
 
 
-def test_rare_templates_are_those_of_few_training_sessions():
+def test_common_templates_are_those_of_enough_training_sessions():
     sequences = [[1, 2, 2, 3]] * 200 + [[1, 4]] * 2 + [[1, 5]] * 5
-    assert ls.rare_templates(sequences, share=0.01) == {4}  # 5 of 207 is over 1% (2.07)
-    assert ls.rare_templates(sequences, share=0.05) == {4, 5}
-    assert ls.rare_templates([], share=0.5) == set()
+    assert ls.common_templates(sequences, share=0.01) == {1, 2, 3, 5}  # 5 of 207 is over 2.07
+    assert ls.common_templates(sequences, share=0.05) == {1, 2, 3}
+    assert ls.common_templates([], share=0.5) == set()
 
 
-def test_rare_templates_counted_batch_by_batch_are_the_same_and_only_of_training_sessions():
+def test_common_templates_counted_batch_by_batch_are_the_same_and_only_of_training_sessions():
     import pyarrow as pa
 
     sequences = [[1, 2, 2, 3]] * 200 + [[1, 4]] * 2 + [[1, 5]] * 5 + [[9, 9]] * 50
@@ -330,7 +335,8 @@ def test_rare_templates_counted_batch_by_batch_are_the_same_and_only_of_training
     train = ids[:207]  # the [9, 9] sessions are not training sessions: never counted
     batches = [table.slice(i, 64) for i in range(0, len(ids), 64)]
     for share in (0.01, 0.05):
-        assert ls.rare_in_batches(batches, train, share) == ls.rare_templates(
+        assert ls.common_in_batches(batches, train, share) == ls.common_templates(
             sequences[:207], share=share
         )
-    assert ls.rare_in_batches([], train, 0.5) == set()
+    assert 9 not in ls.common_in_batches(batches, train, 0.01)
+    assert ls.common_in_batches([], train, 0.5) == set()

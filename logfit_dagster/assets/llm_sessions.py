@@ -21,10 +21,10 @@ from logfit_dagster.core.llm_sessions import (
     PROMPT_FORMS,
     ExampleParams,
     JsonlFiles,
+    common_in_batches,
     example_batches,
     leaked_test_sessions,
     python_grader,
-    rare_in_batches,
     repeated_test_prompts,
     write_jsonl,
 )
@@ -63,13 +63,15 @@ class ExamplesConfig(dg.Config):
         default="lines",
         description="lines: the session's lines as written. templates: its events in order, a "
         "run of one template as one line with xN, common events as their pattern (numbers as 0, "
-        "ids masked), rare ones (in under rare_share of training sessions) as written; fewer "
+        "ids masked), the others (in under rare_share of training sessions, or in none) as "
+        "written after [rare]; fewer "
         "tokens for a long session. The metadata gives the tokens of both forms.",
     )
     rare_share: float = Field(
         default=0.01,
         description="templates form: a template in fewer than this share of the training "
-        "sessions (or fewer than 3 of them) is rare, and its lines are shown as written.",
+        "sessions (or fewer than 3 of them, or none) is rare, and its lines are shown as "
+        "written after [rare].",
     )
     prompt_version: str = Field(
         default="",
@@ -123,7 +125,7 @@ def llm_session_examples(
     folder = examples_folder(context.partition_key, params.prompt_version)
     ids = sessions.read(["session_id"]).to_pandas()
     # counted batch by batch: the template ids never become a list per session
-    rare = rare_in_batches(
+    common = common_in_batches(
         sessions.batches(["session_id", "template_ids"]),
         dataset_splits.loc[dataset_splits["split"] == "train", "session_id"].astype(str),
         params.rare_share,
@@ -159,7 +161,7 @@ def llm_session_examples(
                 dataset_splits,
                 params,
                 stats,
-                rare,
+                common,
             ):
                 files.write(examples)
                 tally(examples)
@@ -170,7 +172,7 @@ def llm_session_examples(
         return {
             "prompt_version": params.prompt_version,
             "prompt_form": params.form,
-            "rare_templates": len(rare),
+            "common_templates": len(common),
             "examples": count,
             **seen["balance"],
             **stats,

@@ -31,7 +31,8 @@ from logfit_dagster.core.reading import atomic_path
 
 PROMPT_VERSION = "sessions-1"
 #: how a session is shown, and the prompt version of each form
-PROMPT_FORMS = {"lines": "sessions-1", "templates": "sessions-2"}
+# (sessions-2 showed an event never seen in training as a common pattern, unmarked)
+PROMPT_FORMS = {"lines": "sessions-1", "templates": "sessions-3"}
 LABELS = ("anomalous", "normal")
 SYSTEM_PROMPT = (
     "You are an SRE reviewing the logs of one session of a system (a storage block, a virtual "
@@ -44,8 +45,9 @@ SYSTEM_PROMPT_TEMPLATES = (
     "You are an SRE reviewing the events of one session of a system (a storage block, a virtual "
     "machine's lifecycle, a window of a service's log), in order. Each line is one event, "
     "'<LEVEL> <COMPONENT>: <CONTENT>'; 'xN' at its end means it happened N times in a row. "
-    "Common events show their pattern (numbers as 0, ids masked); rare events (seen in few "
-    "training sessions) are shown as written. Decide whether the session is anomalous: a "
+    "Common events show their pattern (numbers as 0, ids masked); an event seen in few or no "
+    "training sessions starts with [rare] and is shown as written. Decide whether the session "
+    "is anomalous: a "
     "failure, an error path, a missing or out-of-order step, an event a healthy session never "
     'shows. Answer with JSON only: {"label": "anomalous" or "normal", "reason": "<at most 30 '
     'words>"}.'
@@ -90,14 +92,19 @@ def _cut(line: str) -> str:
     return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …"
 
 
+RARE_MARK = "[rare] "
+
+
 def template_prompt(
-    text: str, template_ids: list[int], rare: set[int], token_budget: int
+    text: str, template_ids: list[int], common: set[int], token_budget: int
 ) -> tuple[str, int]:
     """A session as its events in order, the ``templates`` form of the user turn.
 
-    A run of lines of one template is one line with ``xN``; a line of a ``rare`` template
-    (see :func:`rare_templates`) is shown as written, any other as its shape (numbers as 0, ids
-    masked: ``line_features.shape_of``). Cut to ``token_budget`` as :func:`session_prompt` cuts.
+    A run of lines of one template is one line with ``xN``; a line of a ``common`` template
+    (see :func:`common_templates`) is shown as its shape (numbers as 0, ids masked:
+    ``line_features.shape_of``), any other (rare in training, or never seen there) as written
+    after :data:`RARE_MARK`: one token a small model can learn to read. Cut to
+    ``token_budget`` as :func:`session_prompt` cuts.
 
     Returns:
         The text and the number of lines left out.
@@ -117,15 +124,16 @@ def template_prompt(
             counts[-1] += 1
             continue
         previous = template
-        entries.append(_cut(line if template in rare else shape_of(line)))
+        entries.append(_cut(shape_of(line) if template in common else RARE_MARK + line))
         counts.append(1)
     shown = [e if n == 1 else f"{e} x{n}" for e, n in zip(entries, counts, strict=True)]
     return _fit(shown, counts, token_budget)
 
 
-def rare_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int]:
-    """Templates found in fewer than ``share`` of the sessions (``sequences``: each session's
-    template ids), or in fewer than ``at_least`` of them."""
+def common_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int]:
+    """Templates found in at least ``share`` of the sessions (``sequences``: each session's
+    template ids) and in at least ``at_least`` of them; any other template, seen in training
+    or not, is rare."""
     seen: dict[int, int] = {}
     total = 0
     for sequence in sequences:
@@ -133,11 +141,11 @@ def rare_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int
         for template in set(sequence):
             seen[template] = seen.get(template, 0) + 1
     floor = max(share * total, at_least)
-    return {template for template, n in seen.items() if n < floor}
+    return {template for template, n in seen.items() if n >= floor}
 
 
-def rare_in_batches(batches, train_ids, share: float = 0.01, at_least: int = 3) -> set[int]:
-    """:func:`rare_templates` of the training sessions (``train_ids``) among ``batches``
+def common_in_batches(batches, train_ids, share: float = 0.01, at_least: int = 3) -> set[int]:
+    """:func:`common_templates` of the training sessions (``train_ids``) among ``batches``
     (Arrow tables of ``session_id`` and ``template_ids``), a batch at a time: the template ids
     stay flat numpy arrays, never a list per session."""
     import numpy as np
@@ -168,7 +176,7 @@ def rare_in_batches(batches, train_ids, share: float = 0.01, at_least: int = 3) 
             seen = np.pad(seen, (0, len(counts) - len(seen)))
         seen[: len(counts)] += counts
     floor = max(share * total, at_least)
-    return {int(t) for t in np.flatnonzero((seen > 0) & (seen < floor))}
+    return {int(t) for t in np.flatnonzero(seen >= floor)}
 
 
 def _fit(lines: list[str], weights: list[int], token_budget: int) -> tuple[str, int]:
@@ -203,15 +211,15 @@ def messages_for(
     token_budget: int,
     form: str = "lines",
     template_ids: list[int] | None = None,
-    rare: set[int] | None = None,
+    common: set[int] | None = None,
 ) -> tuple[list[dict], int]:
     """The chat messages of a session (system, then the session as the user turn), in the
     ``lines`` form (every line as written) or the ``templates`` form (events in order, repeats
-    collapsed, rare events as written: needs each line's template id and the rare set)."""
+    collapsed, rare events as written: needs each line's template id and the common set)."""
     if form == "templates":
         if template_ids is None:
             raise ValueError("the templates form needs the session's template ids")
-        body, left_out = template_prompt(text, list(template_ids), rare or set(), token_budget)
+        body, left_out = template_prompt(text, list(template_ids), common or set(), token_budget)
         system = SYSTEM_PROMPT_TEMPLATES
     elif form == "lines":
         body, left_out = session_prompt(text, token_budget)
@@ -276,7 +284,7 @@ def build_examples(
             splits,
             params,
             stats,
-            rare_of_training(sessions, splits, params) if with_ids else None,
+            common_of_training(sessions, splits, params) if with_ids else None,
         )
     )
     examples = (
@@ -285,11 +293,11 @@ def build_examples(
     return examples, stats
 
 
-def rare_of_training(sessions: pd.DataFrame, splits: pd.DataFrame, params: ExampleParams):
-    """The rare templates of the training sessions (``session_id``, ``template_ids``)."""
+def common_of_training(sessions: pd.DataFrame, splits: pd.DataFrame, params: ExampleParams):
+    """The common templates of the training sessions (``session_id``, ``template_ids``)."""
     train = set(splits.loc[splits["split"] == "train", "session_id"])
     sequences = sessions.loc[sessions["session_id"].isin(train), "template_ids"]
-    return rare_templates(sequences, params.rare_share)
+    return common_templates(sequences, params.rare_share)
 
 
 def example_batches(
@@ -299,12 +307,12 @@ def example_batches(
     splits: pd.DataFrame,
     params: ExampleParams,
     stats: dict,
-    rare: set[int] | None = None,
+    common: set[int] | None = None,
 ):
     """:func:`build_examples` batch by batch: ``session_batches`` are frames of ``session_id``,
     ``text`` and ``n_lines`` (and ``template_ids``, which the ``templates`` form needs) in the
     order of ``session_ids`` (every session's id, which the rebalancing draw needs first);
-    ``rare``: the rare templates of the training sessions. Yields frames of examples and fills
+    ``common``: the common templates of the training sessions. Yields frames of examples and fills
     ``stats`` as they pass; where template ids are given, ``stats`` also holds the estimated
     tokens of both forms (``est_tokens_lines_form``, ``est_tokens_templates_form``).
     """
@@ -349,14 +357,14 @@ def example_batches(
         for row in part.itertuples(index=False):
             ids = list(row.template_ids) if with_ids else None
             messages, left_out = messages_for(
-                str(row.text), params.token_budget, params.form, ids, rare
+                str(row.text), params.token_budget, params.form, ids, common
             )
             if with_ids:  # what each form costs, for the metadata
                 for form in PROMPT_FORMS:
                     shown = (
                         messages
                         if form == params.form
-                        else messages_for(str(row.text), params.token_budget, form, ids, rare)[0]
+                        else messages_for(str(row.text), params.token_budget, form, ids, common)[0]
                     )
                     stats[f"est_tokens_{form}_form"] += sum(
                         estimate_tokens(m["content"]) for m in shown
