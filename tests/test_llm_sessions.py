@@ -313,6 +313,17 @@ def test_the_templates_form_collapses_repeats_and_marks_rare_and_unseen_events()
     assert ls.estimate_tokens(cut) <= 300 and f"[... {left} lines left out ...]" in cut
     with pytest.raises(ValueError, match="2 lines and 3 template ids"):
         ls.template_prompt("a\nb", [1, 2, 3], set(), 100)
+    # a cut keeps the rare event of a long session's middle, and says what each gap held
+    steps = [f"INFO app: step {i} of a long job {'x' * 40}" for i in range(600)]
+    failure = "ERROR app: disk /data/3 failed during step 300"
+    body = "\n".join(steps[:300] + [failure] + steps[300:])
+    ids = list(range(300)) + [999] + list(range(300, 600))
+    cut, left = ls.template_prompt(body, ids, set(range(600)), 300)
+    shown = cut.splitlines()
+    assert "[rare] " + failure in shown and ls.estimate_tokens(cut) <= 300
+    gaps = [int(line.split()[1]) for line in shown if line.startswith("[... ")]
+    assert len(gaps) == 2 and sum(gaps) == left == 601 - (len(shown) - 2)
+    assert shown.index("[rare] " + failure) not in (0, len(shown) - 1)  # between two cuts
     with pytest.raises(ValueError, match="prompt form must be one of"):
         ls.ExampleParams(form="prose")
     assert ls.ExampleParams(form="templates").prompt_version == ls.PROMPT_FORMS["templates"]

@@ -104,7 +104,8 @@ def template_prompt(
     (see :func:`common_templates`) is shown as its shape (numbers as 0, ids masked:
     ``line_features.shape_of``), any other (rare in training, or never seen there) as written
     after :data:`RARE_MARK`: one token a small model can learn to read. Cut to
-    ``token_budget`` as :func:`session_prompt` cuts.
+    ``token_budget`` as :func:`session_prompt` cuts, but the rare events are kept first: a cut
+    never hides the event that makes a session anomalous while it fits the budget.
 
     Returns:
         The text and the number of lines left out.
@@ -127,7 +128,7 @@ def template_prompt(
         entries.append(_cut(shape_of(line) if template in common else RARE_MARK + line))
         counts.append(1)
     shown = [e if n == 1 else f"{e} x{n}" for e, n in zip(entries, counts, strict=True)]
-    return _fit(shown, counts, token_budget)
+    return _fit(shown, counts, token_budget, [e.startswith(RARE_MARK) for e in entries])
 
 
 def common_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int]:
@@ -179,31 +180,53 @@ def common_in_batches(batches, train_ids, share: float = 0.01, at_least: int = 3
     return {int(t) for t in np.flatnonzero(seen >= floor)}
 
 
-def _fit(lines: list[str], weights: list[int], token_budget: int) -> tuple[str, int]:
-    """``lines`` whole when they fit ``token_budget``, else their head and tail and a marker
-    saying how many lines (``weights``: the lines each one stands for) were left out."""
+def _fit(
+    lines: list[str], weights: list[int], token_budget: int, keep: list[bool] | None = None
+) -> tuple[str, int]:
+    """``lines`` whole when they fit ``token_budget``, else the ``keep`` lines first (in
+    order, as many as fit), then the head and tail around them, each run of lines left out
+    replaced by a marker saying how many lines (``weights``: the lines each one stands for) it
+    held."""
     whole = "\n".join(lines)
     if estimate_tokens(whole) <= token_budget:
         return whole, 0
+    marker_chars = 40  # "[... N lines left out ...]" and its newline
     budget_chars = int(token_budget * CHARS_PER_TOKEN) - 60  # room for the marker line
-    head, tail, used = [], [], 0
+    chosen: set[int] = set()
+    used = 0
+    for i in [i for i, k in enumerate(keep or []) if k]:
+        # a kept line inside a cut may split it in two: room for one more marker
+        if used + len(lines[i]) + 1 + marker_chars > budget_chars:
+            break
+        chosen.add(i)
+        used += len(lines[i]) + 1 + marker_chars
     low, high = 0, len(lines) - 1
     take_head = True
     while low <= high:
-        line = lines[low] if take_head else lines[high]
-        if used + len(line) + 1 > budget_chars:
-            break
-        used += len(line) + 1
+        i = low if take_head else high
+        if i not in chosen:
+            if used + len(lines[i]) + 1 > budget_chars:
+                break
+            chosen.add(i)
+            used += len(lines[i]) + 1
         if take_head:
-            head.append(line)
             low += 1
         else:
-            tail.append(line)
             high -= 1
         take_head = not take_head
-    left_out = sum(weights[low : high + 1])
-    marker = f"[... {left_out} lines left out ...]"
-    return "\n".join([*head, marker, *reversed(tail)]), left_out
+    shown, left_out, gap = [], 0, 0
+    for i, line in enumerate(lines):
+        if i not in chosen:
+            gap += weights[i]
+            continue
+        if gap:
+            shown.append(f"[... {gap} lines left out ...]")
+            left_out, gap = left_out + gap, 0
+        shown.append(line)
+    if gap:
+        shown.append(f"[... {gap} lines left out ...]")
+        left_out += gap
+    return "\n".join(shown), left_out
 
 
 def messages_for(
