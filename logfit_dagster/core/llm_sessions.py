@@ -30,8 +30,8 @@ import pyarrow as pa
 from logfit_dagster.core.reading import atomic_path
 
 PROMPT_VERSION = "sessions-1"
-#: how a session is shown, and the prompt version of each form
-# (sessions-2 showed an event never seen in training as a common pattern, unmarked)
+#: how a session is shown, and the prompt version of each form (sessions-2, before it, showed
+#: an event never seen in training as a common pattern, unmarked)
 PROMPT_FORMS = {"lines": "sessions-1", "templates": "sessions-3"}
 LABELS = ("anomalous", "normal")
 SYSTEM_PROMPT = (
@@ -118,17 +118,18 @@ def template_prompt(
             f"a session has {len(lines)} lines and {len(template_ids)} template ids: they must "
             "pair up"
         )
-    entries, counts = [], []
+    entries, counts, rare = [], [], []
     previous = None
     for line, template in zip(lines, template_ids, strict=True):
         if template == previous:
             counts[-1] += 1
             continue
         previous = template
-        entries.append(_cut(shape_of(line) if template in common else RARE_MARK + line))
+        rare.append(template not in common)
+        entries.append(_cut(RARE_MARK + line if rare[-1] else shape_of(line)))
         counts.append(1)
     shown = [e if n == 1 else f"{e} x{n}" for e, n in zip(entries, counts, strict=True)]
-    return _fit(shown, counts, token_budget, [e.startswith(RARE_MARK) for e in entries])
+    return _fit(shown, counts, token_budget, rare)
 
 
 def common_templates(sequences, share: float = 0.01, at_least: int = 3) -> set[int]:
