@@ -480,6 +480,46 @@ def test_sources_group_into_families_of_systems_and_unknown_ones_stand_alone():
     assert all(family_of(s) in SYSTEM_FAMILIES for s in recorded)
 
 
+def test_the_baseline_counted_once_scores_as_the_plain_pipeline_fitted_per_fold():
+    from logfit_dagster.core.line_protocol import baseline_out_of_fold, baseline_pipeline
+
+    lines = labelled_lines()
+    # words only some sources hold: a fold's vocabulary is its training lines' alone
+    lines["raw"] = lines["raw"] + np.where(lines["source"] == "gamma", " café ÜBER", " node-7")
+    folds = [{"alpha"}, {"beta", "gamma"}, {"delta"}]
+    y = (lines["label"] == "LOOK").to_numpy()
+    plain = np.zeros(len(lines))
+    for held in folds:
+        test = lines["source"].isin(held).to_numpy()
+        model = baseline_pipeline().fit(lines["raw"][~test], y[~test])
+        plain[test] = model.predict_proba(lines["raw"][test])[:, 1]
+    for n_jobs in (1, 2):  # one count, and two chunks whose vocabularies are merged
+        counted = baseline_out_of_fold(lines, folds, n_jobs=n_jobs)
+        np.testing.assert_allclose(counted, plain, rtol=0, atol=1e-9)
+    assert 0 < plain.min() < 0.5 < plain.max() < 1
+
+
+def test_the_baseline_n_grams_counted_by_words_equal_the_vectorizer_counts():
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from logfit_dagster.core.line_protocol import char_ngram_counts
+
+    raw = np.array(
+        [
+            "ERROR  disk\tfailed: Timeout ab a",  # runs of whitespace, short words, case
+            "ΟΔΥΣΣΕΥΣ node-7 café",  # a final sigma lowercases by its neighbours
+            "",
+            "x",
+            "ok ok ok   ",
+        ]
+    )
+    plain = CountVectorizer(analyzer="char_wb", ngram_range=(3, 5))
+    expected = plain.fit_transform(raw)
+    counted = char_ngram_counts(raw)
+    assert counted.shape == expected.shape and counted.nnz == expected.nnz
+    assert abs(counted - expected).max() == 0
+
+
 def test_selection_holds_out_whole_families_and_picks_its_threshold_on_them():
     lines = pd.concat(
         [
