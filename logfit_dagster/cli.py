@@ -89,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         "per step unless set otherwise)",
     )
     m.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="after the ingest stage, run N sources side by side, each in a worker process "
+        "(default: one per CPU, at most one per source, under --executor auto without a big "
+        "source; 1: one at a time)",
+    )
+    m.add_argument(
         "--force", action="store_true", help="recompute every asset, even the up-to-date ones"
     )
     m.add_argument(

@@ -373,6 +373,75 @@ def test_ctrl_c_stops_materialize_marks_its_run_and_starts_nothing_else(workdir)
 
 @pytest.mark.faults
 @pytest.mark.slow
+def test_ctrl_c_stops_the_sources_running_side_by_side_and_marks_their_runs(workdir):
+    """A terminal's Ctrl-C while two sources' template models train, each in a worker: both
+    runs end failed, no run is left open or started after, and the command exits 130."""
+    import signal
+    import time
+
+    from logfit_dagster.core.models.threads import available_cpus
+
+    if available_cpus() < 2:
+        pytest.skip("one CPU: the sources run one at a time")
+    (workdir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - {name: tiny_hdfs, origin: synthetic, kind: hdfs, lines: 1500, seed: 11}\n"
+        "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
+    )
+    proc = _start_materialize(workdir)
+    home = str(workdir / "data" / "dagster_home")
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the side-by-side stage never started"
+            if (workdir / "data" / "dagster_home" / "dagster.yaml").exists():
+                with dg.DagsterInstance.from_config(home) as instance:
+                    side = [
+                        r
+                        for r in instance.get_runs(
+                            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+                        )
+                        if dg.AssetKey("template_lm") in (r.asset_selection or ())
+                    ]
+                if len(side) == 2:
+                    break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        pressed = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        stopped_in = time.monotonic() - pressed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted (Ctrl-C) during" in err and "models+reports" in err
+    assert stopped_in < 30, f"stopped {stopped_in:.0f} s after the Ctrl-C"
+    with dg.DagsterInstance.from_config(home) as instance:
+        runs = instance.get_runs()
+        by_id = {r.run_id: r for r in runs}
+        assert all(by_id[r.run_id].status == dg.DagsterRunStatus.FAILURE for r in side)
+        open_ = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)
+        assert not [r.run_id for r in runs if r.status in open_], "a run left open"
+        # nothing after them: the all-source reports never ran
+        assert not any(dg.AssetKey("metrics_overview") in (r.asset_selection or ()) for r in runs)
+    import psutil
+
+    def worker(process) -> bool:
+        try:
+            return process.cwd() == str(workdir) and "multiprocessing" in " ".join(
+                process.cmdline()
+            )
+        except psutil.Error:
+            return False
+
+    assert not [p.pid for p in psutil.process_iter() if worker(p)], "a worker outlived it"
+
+
+@pytest.mark.faults
+@pytest.mark.slow
 def test_a_second_ctrl_c_forces_materialize_to_stop_at_once(workdir):
     (workdir / "sources.yaml").write_text(f"sources:\n{BIG}")
     proc, _, err = _ctrl_c(workdir, presses=2)

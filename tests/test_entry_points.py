@@ -269,6 +269,28 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(lineages):
     assert (data / "mlflow" / "mlflow.db").exists() and not (root / "mlruns").exists()
 
 
+def test_logfit_materialize_runs_the_sources_side_by_side_after_the_line_models(lineages):
+    """On 2 or more CPUs, the stage after the line models runs both sources at once, each in a
+    worker process of its own (the UI and schedule runs above reach the same results)."""
+    from logfit_dagster.core.models.threads import available_cpus
+    from logfit_dagster.runs import PID_TAG
+
+    if available_cpus() < 2:
+        pytest.skip("one CPU: the sources run one at a time")
+    root = lineages[0] / "cli"
+    with dg.DagsterInstance.from_config(str(root / "data" / "dagster_home")) as instance:
+        records = [
+            r
+            for r in instance.get_run_records()
+            if dg.AssetKey("template_lm") in (r.dagster_run.asset_selection or ())
+        ]
+    by_source = {r.dagster_run.tags["dagster/partition"]: r for r in records}
+    assert sorted(by_source) == sorted(SOURCES) and len(records) == 2
+    assert len({r.dagster_run.tags[PID_TAG] for r in records}) == 2, "one worker per source"
+    first, second = records
+    assert max(first.start_time, second.start_time) < min(first.end_time, second.end_time)
+
+
 def test_the_ui_a_schedule_and_logfit_materialize_leave_the_same_champions_and_scores(lineages):
     root = lineages[0]
     by_cli = _outcome(root / "cli" / "data")

@@ -57,3 +57,40 @@ def test_the_live_line_keeps_the_step_and_eta_ahead_of_the_other_figures():
     assert moved.startswith("template_lm: step 239/1520 (16%) eta 25m40s ")
     assert sorted(moved.split()) == sorted(line.split())  # nothing lost, only reordered
     assert eta_first("line_transformer: trained in 40 s") == "line_transformer: trained in 40 s"
+
+
+SIDES = dg.StaticPartitionsDefinition(["left", "right"])
+
+
+@dg.asset(partitions_def=SIDES)
+def side(context: dg.AssetExecutionContext) -> str:
+    context.log.info(f"side: step 1/2 (50%) {context.partition_key} eta 0m01s")
+    time.sleep(1.2)
+    return context.partition_key
+
+
+def test_runs_side_by_side_each_keep_their_own_lines_and_share_the_live_one():
+    for tty in (False, True):
+        stream = io.StringIO()
+        with dg.instance_for_test() as instance:
+            with RunProgress(instance, stream=stream, tty=tty, poll_seconds=0.1) as progress:
+                # both begun before either starts, as the side-by-side stage does; the view
+                # tells their runs apart by partition (the right one starts first)
+                for name in ("left", "right"):
+                    progress.begin(f"{name} stage", 1, name, alone=False)
+                for name in ("right", "left"):
+                    assert dg.materialize([side], instance=instance, partition_key=name).success
+                    progress.end(f"{name} stage")
+        text = stream.getvalue()
+        if not tty:
+            lines = text.splitlines()
+            assert any(line.endswith("left stage: side done (1/1)") for line in lines)
+            assert any(line.endswith("right stage: side done (1/1)") for line in lines)
+            assert "left stage: side: step 1/2 (50%) left" in text
+            assert "right stage: side: step 1/2 (50%) right" in text
+        else:
+            frames = [f for f in text.split("\r") if f.strip()]
+            assert any(
+                "left stage: 0/1 steps | right stage: 0/1 steps · side · side: step 1/2" in f
+                for f in frames
+            )

@@ -56,6 +56,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     """
     home = ensure_dagster_home()
     from logfit_dagster.commands.progress import RunProgress
+    from logfit_dagster.commands.side_by_side import SourceWorkers
     from logfit_dagster.commands.stages import plan_stages
     from logfit_dagster.definitions import defs
     from logfit_dagster.jobs import ALL_JOBS, JOB_SELECTIONS, MATERIALIZE_SELECTION
@@ -114,12 +115,14 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             "--executor in_process keeps one process)",
             file=sys.stderr,
         )
+    workers = _side_by_side(args, names, big)
     driver = _Driver(
         args,
         defs,
         instance,
         sources,
         _Executor(args.executor, defs, instance, log_config, args.job, big),
+        SourceWorkers(workers, log_config, args.job) if workers > 1 else None,
     )
     failed = [(n, problems[n]) for n in invalid]
     started = time.perf_counter()
@@ -133,11 +136,14 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         except (Interrupted, KeyboardInterrupt) as exc:
             ctrl_c.acknowledge()
             stopped = exc.label if isinstance(exc, Interrupted) else "planning the next run"
+        finally:
+            if driver.workers is not None:
+                driver.workers.close()
         failed += driver.failed
         _print_summary(driver, home, started)
     if stopped is not None:
         print(
-            f"logfit: interrupted (Ctrl-C) during {stopped}: its run was stopped and marked "
+            f"logfit: interrupted (Ctrl-C) during {stopped}: what ran was stopped and marked "
             "failed or canceled in the instance; nothing after it was started. What finished "
             "before is kept; the next `logfit materialize` goes on from there.",
             file=sys.stderr,
@@ -151,12 +157,30 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _side_by_side(args: argparse.Namespace, names: list[str], big: set[str]) -> int:
+    """How many sources the stages after the first run at once: ``--parallel``, else one per
+    CPU (at most one per source) where every run is in process; 1 where steps take processes
+    of their own (``--executor multiprocess``, a big source) or ``--executor in_process``."""
+    from logfit_dagster.core.models.threads import available_cpus
+
+    parallel = getattr(args, "parallel", None)
+    if parallel is not None:
+        if parallel < 1:
+            raise SystemExit(f"logfit: --parallel {parallel}: expected 1 or more")
+        return min(parallel, len(names))
+    if args.executor != "auto" or big:
+        return 1
+    return min(available_cpus(), len(names))
+
+
 class _Driver:
     """Runs the stages of a selection, source by source, and keeps what the summary shows."""
 
-    def __init__(self, args, defs, instance, sources, executor):
+    def __init__(self, args, defs, instance, sources, executor, workers=None):
         self.args, self.defs, self.instance = args, defs, instance
         self.sources, self.executor = sources, executor
+        # SourceWorkers: the sources of a stage after the first run side by side
+        self.workers = workers
         self.progress = self.ctrl_c = None
         self.rows: list[dict] = []
         self.failed: list[tuple[str, str]] = []
@@ -172,24 +196,74 @@ class _Driver:
             if not stage.partitioned:
                 self.run(stage, None, stage.label(None, number == 0))
                 continue
+            if number > 0 and self.workers is not None and len(succeeded) > 1:
+                self.run_side_by_side(stage, succeeded)
+                continue
             for name in list(succeeded):
                 t0 = time.perf_counter()
                 ok, meta = self.run(stage, name, stage.label(name, number == 0))
-                if number == 0:
-                    if not ok:
-                        succeeded.remove(name)  # its later stages would read what failed
-                        continue
-                    label = stage.label(name, True)
-                    self.meta[name] = dict(meta)
-                    self.rows.append(
-                        _summary_row(name, meta, time.perf_counter() - t0, label in self.skipped)
-                    )
-                elif "session_champion" in meta and name in self.meta:
-                    # the champion is chosen in a later stage: the row names it once it is
-                    row = next(r for r in self.rows if r["source"] == name)
-                    row["session F1 (test)"] = _session_f1(
-                        self.meta[name].get("session_model", {}), meta["session_champion"]
-                    )
+                if number == 0 and not ok:
+                    succeeded.remove(name)  # its later stages would read what failed
+                    continue
+                self._record(stage, name, meta, time.perf_counter() - t0, number == 0)
+
+    def _record(self, stage, name: str, meta: dict, seconds: float, first: bool) -> None:
+        """What the summary shows of a source's stage that succeeded."""
+        if first:
+            self.meta[name] = dict(meta)
+            unchanged = stage.label(name, True) in self.skipped
+            self.rows.append(_summary_row(name, meta, seconds, unchanged))
+        elif "session_champion" in meta and name in self.meta:
+            # the champion is chosen in a later stage: the row names it once it is
+            row = next(r for r in self.rows if r["source"] == name)
+            row["session F1 (test)"] = _session_f1(
+                self.meta[name].get("session_model", {}), meta["session_champion"]
+            )
+
+    def run_side_by_side(self, stage, names: list[str]) -> None:
+        """A stage after the first for every source, ``self.workers`` sources at a time
+        (``side_by_side.py``)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        from logfit_dagster.runs import Interrupted, fail_orphaned_runs
+
+        labels = {name: stage.label(name, False) for name in names}
+        futures, started = {}, {}
+        for name in names:
+            selection = self.plan(stage, name)
+            if selection == []:
+                self.skipped.append(labels[name])
+                self._settle(stage, name)
+                self._record(stage, name, self.latest(stage.keys, name), 0.0, False)
+                continue
+            self.progress.begin(labels[name], len(selection), name, alone=False)
+            futures[self.workers.submit(name, selection)] = name
+            started[name] = time.perf_counter()
+        pending = set(futures)
+        try:
+            with self.ctrl_c.run_active():
+                while pending and not self.ctrl_c.requested:
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        name = futures[future]
+                        self.progress.end(labels[name])
+                        try:
+                            ok, reason = future.result()
+                        except Exception as exc:  # the worker died (killed, out of memory)
+                            ok, reason = False, f"its worker process ended: {exc!r}"
+                        self._finish(stage, name, labels[name], ok, reason)
+                        if ok:
+                            meta = self.latest(stage.keys, name)
+                            self._record(
+                                stage, name, meta, time.perf_counter() - started[name], False
+                            )
+            if self.ctrl_c.requested:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self.workers.stop(pending)
+            fail_orphaned_runs(self.instance)
+            running = ", ".join(labels[futures[f]] for f in pending)
+            raise Interrupted(running or "the runs side by side") from None
 
     def _fresh(self):
         from logfit_dagster.commands.freshness import Freshness
@@ -264,7 +338,7 @@ class _Driver:
             self.skipped.append(label)
             self._settle(stage, partition)
             return True, self.latest(stage.keys, partition)
-        self.progress.begin(label, len(selection))
+        self.progress.begin(label, len(selection), partition)
         try:
             with self.ctrl_c.run_active():
                 ok, meta, reason = self.executor.run(partition, selection)
@@ -272,12 +346,15 @@ class _Driver:
                 raise Interrupted(label)
         except KeyboardInterrupt:
             raise Interrupted(label) from None
+        self._finish(stage, partition, label, ok, reason)
+        return ok, {**self.latest(stage.keys, partition), **meta}
+
+    def _finish(self, stage, partition: str | None, label: str, ok: bool, reason: str) -> None:
         if not ok:
             self.failed.append((label, reason))
             self.progress.note(f"[{label}] FAILED: {reason}")
         else:
             self._settle(stage, partition)
-        return ok, {**self.latest(stage.keys, partition), **meta}
 
     def _settle(self, stage, partition: str | None) -> None:
         self.settled.update((k.to_user_string(), partition) for k in stage.keys)

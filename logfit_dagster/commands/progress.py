@@ -13,6 +13,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import dagster as dg
@@ -27,8 +28,25 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+@dataclass
+class _Run:
+    """One run the view follows: its label, its assets, and what its events said so far."""
+
+    label: str
+    steps_total: int
+    partition: str | None = None
+    run_id: str | None = None
+    cursor: str | None = None
+    steps_done: int = 0
+    current: str = ""
+    training: str = ""
+    last_plain_training: float = field(default=0.0)
+
+
 class RunProgress:
-    """Shows the events of the run now executing while ``with`` holds.
+    """Shows the events of the runs now executing while ``with`` holds: one at a time
+    (:meth:`begin`), or several side by side (``begin(..., alone=False)`` for each, then
+    :meth:`end` as each finishes).
 
     Args:
         instance: the Dagster instance the runs write to.
@@ -48,15 +66,8 @@ class RunProgress:
         self.tty = self.stream.isatty() if tty is None else tty
         self.poll_seconds = poll_seconds
         self.started = time.monotonic()
-        self._label = ""
-        self._steps_total = 0
+        self._runs: list[_Run] = []
         self._known_runs: set[str] = set()
-        self._run_id: str | None = None
-        self._cursor: str | None = None
-        self._steps_done = 0
-        self._current = ""
-        self._training = ""
-        self._last_plain_training = 0.0
         self._width = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,22 +87,35 @@ class RunProgress:
         self._clear()
 
     def _drain(self) -> None:
-        """The last events of the run just finished, before the view moves on."""
+        """The last events of the runs just finished, before the view moves on."""
         try:
             self._poll()
         except Exception:  # noqa: BLE001 - a display must never break the runs it shows
             pass
 
-    def begin(self, label: str, steps: int) -> None:
-        """A new run is about to start: ``label`` names it, ``steps`` is how many assets."""
+    def begin(self, label: str, steps: int, partition: str | None = None, alone: bool = True):
+        """A new run is about to start: ``label`` names it, ``steps`` is how many assets,
+        ``partition`` the source it runs for. ``alone``: the runs followed so far have ended."""
         self._drain()
         with self._lock:
-            self._known_runs |= {self._run_id} if self._run_id else set()
-            self._label, self._steps_total = label, steps
-            self._run_id, self._cursor = None, None
-            self._steps_done, self._current, self._training = 0, "", ""
+            if alone:
+                self._forget(list(self._runs))
+            self._runs.append(_Run(label, steps, partition))
         if not self.tty:
             self._write_line(f"[{_clock(self._elapsed())}] {label}: {steps} asset(s) to run")
+
+    def end(self, label: str) -> None:
+        """The run ``label`` (begun with ``alone=False``) has ended: its last events, then no
+        more of it."""
+        self._drain()
+        with self._lock:
+            self._forget([r for r in self._runs if r.label == label])
+
+    def _forget(self, runs: list[_Run]) -> None:
+        for run in runs:
+            if run.run_id:
+                self._known_runs.add(run.run_id)
+            self._runs.remove(run)
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -105,57 +129,69 @@ class RunProgress:
 
     def _poll(self) -> None:
         with self._lock:
-            if not self._label:
+            if not self._runs:
                 return
-            if self._run_id is None:
-                runs = [
-                    r for r in self.instance.get_runs(limit=5) if r.run_id not in self._known_runs
-                ]
-                if not runs:
-                    return
-                self._run_id = runs[0].run_id
-            connection = self.instance.get_records_for_run(self._run_id, cursor=self._cursor)
-            self._cursor = connection.cursor
-            for record in connection.records:
-                self._event(record.event_log_entry)
+            waiting = [r for r in self._runs if r.run_id is None]
+            if waiting:
+                claimed = self._known_runs | {r.run_id for r in self._runs if r.run_id}
+                new = [r for r in self.instance.get_runs(limit=20) if r.run_id not in claimed]
+                for run in waiting:
+                    # a run is told from a side-by-side one by its partition (its source)
+                    match = next(
+                        (r for r in new if r.tags.get("dagster/partition") == run.partition),
+                        None,
+                    )
+                    if match is not None:
+                        run.run_id = match.run_id
+                        new.remove(match)
+            for run in self._runs:
+                if run.run_id is None:
+                    continue
+                connection = self.instance.get_records_for_run(run.run_id, cursor=run.cursor)
+                run.cursor = connection.cursor
+                for record in connection.records:
+                    self._event(run, record.event_log_entry)
             if self.tty:
                 self._draw()
 
-    def _event(self, entry) -> None:
+    def _event(self, run: _Run, entry) -> None:
         event = entry.dagster_event
         if event is None:
             message = entry.user_message or ""
             if _TRAINING_MARK in message:
-                self._training = message.split(" - ")[-1].strip()
+                run.training = message.split(" - ")[-1].strip()
                 now = time.monotonic()
-                if not self.tty and now - self._last_plain_training >= PLAIN_TRAINING_EVERY_SECONDS:
-                    self._last_plain_training = now
-                    self._write_line(f"[{_clock(self._elapsed())}] {self._label}: {self._training}")
+                if not self.tty and now - run.last_plain_training >= PLAIN_TRAINING_EVERY_SECONDS:
+                    run.last_plain_training = now
+                    self._write_line(f"[{_clock(self._elapsed())}] {run.label}: {run.training}")
             return
         step = event.step_key or ""
         if event.event_type == dg.DagsterEventType.STEP_START:
-            self._current, self._training = step, ""
+            run.current, run.training = step, ""
         elif event.event_type in (
             dg.DagsterEventType.STEP_SUCCESS,
             dg.DagsterEventType.STEP_FAILURE,
         ):
-            self._steps_done += 1
+            run.steps_done += 1
             if not self.tty:
                 outcome = (
                     "done" if event.event_type == dg.DagsterEventType.STEP_SUCCESS else "FAILED"
                 )
                 self._write_line(
-                    f"[{_clock(self._elapsed())}] {self._label}: {step} {outcome} "
-                    f"({self._steps_done}/{max(self._steps_total, self._steps_done)})"
+                    f"[{_clock(self._elapsed())}] {run.label}: {step} {outcome} "
+                    f"({run.steps_done}/{max(run.steps_total, run.steps_done)})"
                 )
 
     def _draw(self) -> None:
-        total = max(self._steps_total, self._steps_done)
-        text = (
-            f"[{_clock(self._elapsed())}] {self._label}: {self._steps_done}/{total} steps"
-            + (f" · {self._current}" if self._current else "")
-            + (f" · {eta_first(self._training)}" if self._training else "")
-        )
+        parts = []
+        for run in self._runs:
+            total = max(run.steps_total, run.steps_done)
+            parts.append(
+                f"{run.label}: {run.steps_done}/{total} steps"
+                + (f" · {run.current}" if run.current else "")
+                + (f" · {eta_first(run.training)}" if run.training else "")
+            )
+        text = f"[{_clock(self._elapsed())}] " + " | ".join(parts)
         text = text[: max(shutil.get_terminal_size((120, 20)).columns - 1, 20)]
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
@@ -188,4 +224,4 @@ def eta_first(training: str) -> str:
     step = re.search(r"^(.*?step \d+/\d+(?: \(\d+%\))?)", rest)
     if step is None:
         return f"{eta.group()} · {rest}"
-    return f"{step.group(1)} {eta.group()}{rest[step.end():]}"
+    return f"{step.group(1)} {eta.group()}{rest[step.end() :]}"
