@@ -175,6 +175,14 @@ def main() -> None:
         default=0,
         help="dev sessions (in the split's own mix) that choose each model's threshold; 0: all",
     )
+    parser.add_argument(
+        "--loss-on",
+        choices=["answer", "format"],
+        default="answer",
+        help="SFT's loss: on the whole answer, or on all of it but the token where the labels "
+        "part (the label stays the base model's choice)",
+    )
+    parser.add_argument("--name", default="llm_judge_curve", help="the results files' name")
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--curve-every", type=int, default=4)
     parser.add_argument("--dev", type=int, default=60, help="dev sessions of the curves")
@@ -304,6 +312,7 @@ def main() -> None:
                 "learning_rate": float(lr),
                 "lora_r": int(rank),
                 "lora_alpha": 2 * int(rank),
+                "loss_on": args.loss_on,
                 "max_steps": args.sweep_steps,
                 "eval_every": args.sweep_steps,
                 "save_steps": args.sweep_steps,
@@ -320,8 +329,9 @@ def main() -> None:
                 "learning_rate": float(lr),
                 "lora_r": int(rank),
                 "lora_alpha": 2 * int(rank),
+                "loss_on": args.loss_on,
             }
-        out["chosen"] = {k: best[k] for k in ("learning_rate", "lora_r")}
+        out["chosen"] = {k: best[k] for k in ("learning_rate", "lora_r", "loss_on")}
         out["chosen"]["by"] = "this run's sweep" if sweep else "given (--sweep with one setting)"
         long_params = {
             **best,
@@ -357,7 +367,7 @@ def main() -> None:
             result.pop("scores")
             out["test"][name] = result
             print(name, json.dumps(result), flush=True)
-    write_results("llm_judge_curve", out, markdown(out))
+    write_results(args.name, out, markdown(out))
 
 
 def markdown(out: dict) -> str:

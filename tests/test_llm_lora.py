@@ -104,6 +104,52 @@ def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
     assert again.manifest.created_at == sft.manifest.created_at
 
 
+def test_format_only_sft_leaves_the_deciding_token_out_of_the_loss(tiny, tmp_path):
+    """``loss_on: format``: every answer token but the one where the labels part carries the
+    loss (the adapter learns to write the answer; the label stays the base model's choice),
+    and the prompt none; an answer that opens with no label is refused by name."""
+    from transformers import AutoTokenizer
+
+    from logfit_dagster.core.models.llm_lora import _label_tokens, format_only_example
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    opening, anomalous, normal = _label_tokens(tokenizer)
+    for row in _rows(2):
+        example = format_only_example(tokenizer, row)
+        ids, mask = example["input_ids"], example["completion_mask"]
+        first = mask.index(1)
+        answer = ids[first:]
+        assert answer[: len(opening)] == opening
+        # one token out of the loss: the label's deciding one, right after the opening
+        held_out = [i for i, m in enumerate(mask) if m == 0 and i >= first]
+        assert held_out == [first + len(opening)]
+        assert ids[held_out[0]] == (anomalous if row["label"] == "anomalous" else normal)
+        assert sum(mask) == len(answer) - 1
+    with pytest.raises(ValueError, match="does not open with a label"):
+        format_only_example(tokenizer, {**_rows(1)[0], "answer": "I think it is fine"})
+
+    data = {"train": _rows(6), "dev": _rows(2, 100), "test": _rows(2, 200), "source": "t"}
+    params = {
+        "base_model": tiny,
+        "stage": "sft",
+        "loss_on": "format",
+        "max_steps": 2,
+        "batch_size": 2,
+        "eval_every": 1,
+        "save_steps": 1,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "eval_max_new_tokens": 8,
+        "device": "cpu",
+    }
+    trained = base.train("llm_lora", data, params, tmp_path / "format")
+    assert trained.metrics["steps"] == 2 and trained.manifest.params["loss_on"] == "format"
+    from logfit_dagster.core.errors import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match="loss_on"):
+        base.train("llm_lora", data, {**params, "loss_on": "label"}, tmp_path / "bad")
+
+
 def test_label_scores_decide_as_greedy_generation_with_the_logit_bias_and_make_a_curve(
     tiny, tmp_path
 ):

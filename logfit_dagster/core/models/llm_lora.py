@@ -65,6 +65,10 @@ class LoraParams:
     lora_dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"
     learning_rate: float = 2e-4
+    # sft: "answer", the loss on the whole answer; "format", on all of it but the token where
+    # the labels part, so the adapter learns to write the answer and the label stays the base
+    # model's choice (read at the dev threshold, as every judge's is)
+    loss_on: str = "answer"
     max_steps: int = 60
     # a time budget (0: none): training stops after the step that passes it, says so in its
     # metrics (stopped_by_time), and its model then depends on the machine's speed
@@ -291,6 +295,43 @@ def _label_tokens(tokenizer) -> tuple[list[int], int, int]:
         min(map(len, seqs)) - 1,
     )
     return seqs[0][:part], int(seqs[0][part]), int(seqs[1][part])
+
+
+def _ids(encoded) -> list[int]:
+    # apply_chat_template(tokenize=True) returns the ids, or an encoding holding them
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def format_only_example(tokenizer, row: dict) -> dict:
+    """A tokenized SFT example whose loss skips the label's deciding token: ``input_ids`` of
+    the chat with the answer, ``completion_mask`` 0 on the prompt and on the one answer token
+    where the two labels part (the token :func:`label_scores` reads), 1 on the rest of the
+    answer (its opening, the rest of the label's word, the reason, the closing). The adapter
+    learns to write the answer; which label it writes stays the base model's choice.
+
+    Raises:
+        ValueError: when the answer does not open with the schema's opening and a label.
+    """
+    prompt = _ids(
+        tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, tokenize=True)
+    )
+    chat = [*row["messages"], {"role": "assistant", "content": row["answer"]}]
+    full = _ids(tokenizer.apply_chat_template(chat, tokenize=True))
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template does not extend the prompt with the answer")
+    answer = full[len(prompt) :]
+    opening, anomalous, normal = _label_tokens(tokenizer)
+    part = len(opening)
+    if (
+        parse_answer(row["answer"]) is None
+        or answer[:part] != opening
+        or len(answer) <= part
+        or answer[part] not in (anomalous, normal)
+    ):
+        raise ValueError(f"the answer {row['answer'][:60]!r} does not open with a label")
+    mask = [1] * len(answer)
+    mask[part] = 0
+    return {"input_ids": full, "completion_mask": [0] * len(prompt) + mask}
 
 
 def label_scores(model, tokenizer, rows: list[dict], device: str) -> list[float]:
@@ -556,7 +597,12 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
+        if p.loss_on not in ("answer", "format"):
+            raise TrainingDataError(f"loss_on must be 'answer' or 'format', got {p.loss_on!r}")
+
         def pairs(rows):
+            if p.loss_on == "format":
+                return Dataset.from_list([format_only_example(tokenizer, r) for r in rows])
             return Dataset.from_list(
                 [
                     {
