@@ -38,9 +38,9 @@ def tiny(tmp_path_factory):
     return str(tiny_chat_lm(tmp_path_factory.mktemp("tiny-chat")))
 
 
-def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
-    data = {"train": _rows(8), "dev": _rows(3, 100), "test": _rows(3, 200), "source": "t"}
-    common = {
+def _two_steps(tiny: str) -> dict:
+    """Params of a two-step run on the tiny model."""
+    return {
         "base_model": tiny,
         "max_steps": 2,
         "batch_size": 2,
@@ -51,6 +51,11 @@ def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
         "eval_max_new_tokens": 8,
         "device": "cpu",
     }
+
+
+def test_sft_then_grpo_with_the_shared_reward(tiny, tmp_path):
+    data = {"train": _rows(8), "dev": _rows(3, 100), "test": _rows(3, 200), "source": "t"}
+    common = _two_steps(tiny)
     steps = []
     sft = base.train(
         "llm_lora",
@@ -129,19 +134,7 @@ def test_format_only_sft_leaves_the_deciding_token_out_of_the_loss(tiny, tmp_pat
         format_only_example(tokenizer, {**_rows(1)[0], "answer": "I think it is fine"})
 
     data = {"train": _rows(6), "dev": _rows(2, 100), "test": _rows(2, 200), "source": "t"}
-    params = {
-        "base_model": tiny,
-        "stage": "sft",
-        "loss_on": "format",
-        "max_steps": 2,
-        "batch_size": 2,
-        "eval_every": 1,
-        "save_steps": 1,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "eval_max_new_tokens": 8,
-        "device": "cpu",
-    }
+    params = {**_two_steps(tiny), "stage": "sft", "loss_on": "format"}
     trained = base.train("llm_lora", data, params, tmp_path / "format")
     assert trained.metrics["steps"] == 2 and trained.manifest.params["loss_on"] == "format"
     from logfit_dagster.core.errors import TrainingDataError

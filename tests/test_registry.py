@@ -231,7 +231,8 @@ def test_templates_from_names_another_mined_source(tmp_path):
 def test_a_big_source_runs_a_process_per_step_under_the_auto_executor(workdir):
     """``logfit materialize --executor auto`` (the default) sizes each source without reading,
     generating or downloading it, and gives the big ones a process per step."""
-    from logfit_dagster.commands.materialize import BIG_SOURCE_BYTES, _Executor
+    from logfit_dagster.commands.materialize import BIG_SOURCE_BYTES
+    from logfit_dagster.commands.runner import SelectionRunner
     from logfit_dagster.resources.sources import LogSources
 
     big = workdir / "big.log"
@@ -250,8 +251,10 @@ def test_a_big_source_runs_a_process_per_step_under_the_auto_executor(workdir):
     assert sizes["huge"] == BIG_SOURCE_BYTES + 1 and sizes["tiny_hdfs"] < BIG_SOURCE_BYTES
     assert sizes["many"] >= BIG_SOURCE_BYTES and sizes["full"] >= BIG_SOURCE_BYTES
     assert not (workdir / "data" / "sources").exists()  # nothing generated or fetched
-    auto = _Executor("auto", None, None, {}, big={"huge"})
+    auto = SelectionRunner("auto", None, None, {}, big={"huge"})
     assert auto.kind_for("huge") == "multiprocess" and auto.kind_for("tiny_hdfs") == "in_process"
     assert auto.kind_for(None) == "multiprocess"  # the all-source stages read the big one too
-    assert _Executor("auto", None, None, {}).kind_for(None) == "in_process"
-    assert _Executor("in_process", None, None, {}, big={"huge"}).kind_for("huge") == "in_process"
+    assert SelectionRunner("auto", None, None, {}).kind_for(None) == "in_process"
+    assert (
+        SelectionRunner("in_process", None, None, {}, big={"huge"}).kind_for("huge") == "in_process"
+    )

@@ -72,14 +72,14 @@ _instance = None  # the worker's Dagster instance, opened by its first run
 def _run(run_config: dict, job: str | None, partition: str, keys: list[str]) -> tuple[bool, str]:
     import dagster as dg
 
-    from logfit_dagster.commands.materialize import _Executor
+    from logfit_dagster.commands.runner import SelectionRunner
     from logfit_dagster.definitions import defs
 
     global _instance
     if _instance is None:
         _instance = dg.DagsterInstance.get()
     selection = [dg.AssetKey.from_user_string(key) for key in keys]
-    ok, _, reason = _Executor("in_process", defs, _instance, run_config, job).run(
+    ok, _, reason = SelectionRunner("in_process", defs, _instance, run_config, job).run(
         partition, selection
     )
     return ok, reason
