@@ -228,9 +228,7 @@ class _Driver:
         for name in names:
             selection = self.plan(stage, name)
             if selection == []:
-                self.skipped.append(labels[name])
-                self._settle(stage, name)
-                self._record(stage, name, self.latest(stage.keys, name), 0.0, False)
+                self._record(stage, name, self._skip(stage, name, labels[name]), 0.0, False)
                 continue
             self.progress.begin(labels[name], len(selection), name, alone=False)
             futures[self.workers.submit(name, selection)] = name
@@ -331,9 +329,7 @@ class _Driver:
 
         selection = self.plan(stage, partition)
         if selection == []:
-            self.skipped.append(label)
-            self._settle(stage, partition)
-            return True, self.latest(stage.keys, partition)
+            return True, self._skip(stage, partition, label)
         self.progress.begin(label, len(selection), partition)
         try:
             with self.ctrl_c.run_active():
@@ -344,6 +340,12 @@ class _Driver:
             raise Interrupted(label) from None
         self._finish(stage, partition, label, ok, reason)
         return ok, {**self.latest(stage.keys, partition), **meta}
+
+    def _skip(self, stage, partition: str | None, label: str) -> dict:
+        """A stage with nothing to run for ``partition``: up to date; its latest metadata."""
+        self.skipped.append(label)
+        self._settle(stage, partition)
+        return self.latest(stage.keys, partition)
 
     def _finish(self, stage, partition: str | None, label: str, ok: bool, reason: str) -> None:
         if not ok:
