@@ -199,11 +199,15 @@ def judge_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _ids(encoded) -> list[int]:
+    # apply_chat_template(tokenize=True) returns the ids, or an encoding holding them
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
 def _prompt_tokens(tokenizer, messages: list[dict]) -> int:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return len(ids)
+    return len(
+        _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    )
 
 
 def _fits(tokenizer, rows: list[dict], budget: int) -> tuple[list[dict], int]:
@@ -295,11 +299,6 @@ def _label_tokens(tokenizer) -> tuple[list[int], int, int]:
         min(map(len, seqs)) - 1,
     )
     return seqs[0][:part], int(seqs[0][part]), int(seqs[1][part])
-
-
-def _ids(encoded) -> list[int]:
-    # apply_chat_template(tokenize=True) returns the ids, or an encoding holding them
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
 def format_only_example(tokenizer, row: dict) -> dict:
