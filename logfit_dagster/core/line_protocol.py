@@ -73,8 +73,8 @@ def baseline_pipeline():
     )
 
 
-# labelled lines from which the baseline's n-grams are counted, and its folds fitted, in
-# parallel processes
+# labelled lines from which the baseline's folds are fitted in parallel processes (its n-grams
+# are counted once, in this one)
 PARALLEL_FROM_LINES = 20_000
 
 
