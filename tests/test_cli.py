@@ -374,8 +374,9 @@ def test_ctrl_c_stops_materialize_marks_its_run_and_starts_nothing_else(workdir)
 @pytest.mark.faults
 @pytest.mark.slow
 def test_ctrl_c_stops_the_sources_running_side_by_side_and_marks_their_runs(workdir):
-    """A terminal's Ctrl-C while two sources' template models train, each in a worker: both
-    runs end failed, no run is left open or started after, and the command exits 130."""
+    """A terminal's Ctrl-C while two sources' template models train, each in a worker, a third
+    source waiting: both runs end failed, no run is left open or started after, and the
+    command exits 130."""
     import signal
     import time
 
@@ -387,8 +388,9 @@ def test_ctrl_c_stops_the_sources_running_side_by_side_and_marks_their_runs(work
         "sources:\n"
         "  - {name: tiny_hdfs, origin: synthetic, kind: hdfs, lines: 1500, seed: 11}\n"
         "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
+        "  - {name: tiny_java, origin: synthetic, kind: javaapp, lines: 600, seed: 13}\n"
     )
-    proc = _start_materialize(workdir)
+    proc = _start_materialize(workdir, "--parallel", "2")  # the third source waits
     home = str(workdir / "data" / "dagster_home")
     try:
         deadline = time.monotonic() + 400
@@ -418,6 +420,7 @@ def test_ctrl_c_stops_the_sources_running_side_by_side_and_marks_their_runs(work
             proc.wait()
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted (Ctrl-C) during" in err and "models+reports" in err
+    assert "models+reports: 3 sources, 2 at a time, side by side" in err
     assert stopped_in < 30, f"stopped {stopped_in:.0f} s after the Ctrl-C"
     with dg.DagsterInstance.from_config(home) as instance:
         runs = instance.get_runs()

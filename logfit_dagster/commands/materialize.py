@@ -224,12 +224,21 @@ class _Driver:
         from logfit_dagster.runs import Interrupted, fail_orphaned_runs
 
         labels = {name: stage.label(name, False) for name in names}
-        futures, started = {}, {}
+        planned = {}
         for name in names:
             selection = self.plan(stage, name)
             if selection == []:
                 self._record(stage, name, self._skip(stage, name, labels[name]), 0.0, False)
-                continue
+            else:
+                planned[name] = selection
+        if len(planned) > self.workers.workers:
+            # the rest wait for a worker: said once, so that their lines below read as queued
+            self.progress.note(
+                f"{'+'.join(stage.groups)}: {len(planned)} sources, {self.workers.workers} at "
+                "a time, side by side (--parallel N sets how many)"
+            )
+        futures, started = {}, {}
+        for name, selection in planned.items():
             self.progress.begin(labels[name], len(selection), name, alone=False)
             futures[self.workers.submit(name, selection)] = name
             started[name] = time.perf_counter()
