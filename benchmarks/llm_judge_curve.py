@@ -182,6 +182,14 @@ def main() -> None:
         help="SFT's loss: on the whole answer, or on all of it but the token where the labels "
         "part (the label stays the base model's choice)",
     )
+    parser.add_argument(
+        "--best-by",
+        choices=["dev_loss", "dev_average_precision"],
+        default="dev_loss",
+        help="SFT's checkpoint kept (and early stopping): the dev loss, or how well the label "
+        "scores rank the curve's dev sessions",
+    )
+    parser.add_argument("--eval-every", type=int, default=10, help="the long SFT run's evaluations")
     parser.add_argument("--name", default="llm_judge_curve", help="the results files' name")
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--curve-every", type=int, default=4)
@@ -298,6 +306,7 @@ def main() -> None:
                     "best_dev_f1": max((c["f1"] for c in curve), default=float("nan")),
                     "last_dev_f1": curve[-1]["f1"] if curve else float("nan"),
                     "last_dev_ap": curve[-1]["average_precision"] if curve else float("nan"),
+                    "kept_step": result.metrics.get("best_step", result.metrics["steps"]),
                 }
             )
             print(json.dumps(out["runs"][-1]), flush=True)
@@ -333,12 +342,14 @@ def main() -> None:
             }
         out["chosen"] = {k: best[k] for k in ("learning_rate", "lora_r", "loss_on")}
         out["chosen"]["by"] = "this run's sweep" if sweep else "given (--sweep with one setting)"
+        out["chosen"]["best_by"] = args.best_by
         long_params = {
             **best,
             "max_steps": args.steps,
             "max_seconds": args.max_seconds,
-            "eval_every": 10,
-            "save_steps": 10,
+            "eval_every": args.eval_every,
+            "save_steps": args.eval_every,
+            "best_by": args.best_by,
         }
         sft = run("sft (chosen setting)", long_params, tmp / "sft")
         grpo = None

@@ -217,6 +217,48 @@ def test_label_scores_decide_as_greedy_generation_with_the_logit_bias_and_make_a
     assert result.metrics["test_thresholded_sessions"] == 3
 
 
+def test_the_checkpoint_kept_is_the_one_whose_label_scores_rank_dev_best(tiny, tmp_path):
+    """best_by dev_average_precision: every evaluation scores the dev sessions, the checkpoint
+    with the best average precision (the first among equals) is the adapter that comes back,
+    and early stopping watches the same figure."""
+    from transformers import AutoTokenizer
+
+    from logfit_dagster.core.models.llm_lora import label_metrics, label_scores, load_base
+
+    data = {"train": _rows(8), "dev": _rows(6, 100), "test": [], "source": "t"}
+    params = {
+        **_two_steps(tiny),
+        "max_steps": 4,
+        "learning_rate": 5e-2,  # large: the tiny model's ranking moves from step to step
+        "stage": "sft",
+        "best_by": "dev_average_precision",
+        "patience": 100,
+    }
+    result = base.train("llm_lora", data, params, tmp_path / "sft")
+    curve = json.loads((tmp_path / "sft" / "dev_curve.json").read_text())
+    assert [c["step"] for c in curve] == [1, 2, 3, 4]  # one point an evaluation
+    aps = [c["average_precision"] for c in curve]
+    best = aps.index(max(aps))
+    assert result.metrics["best_step"] == curve[best]["step"]
+    assert result.metrics["best_dev_average_precision"] == pytest.approx(aps[best])
+    # the adapter saved is that checkpoint: it ranks the dev sessions as it did then
+    from peft import PeftModel
+
+    model, _ = load_base(tiny, "cpu")
+    adapter = PeftModel.from_pretrained(model, str(tmp_path / "sft" / "adapter"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "sft" / "adapter"))
+    scores = label_scores(adapter, tokenizer, data["dev"], "cpu")
+    assert label_metrics(data["dev"], scores)["average_precision"] == pytest.approx(aps[best])
+
+    from logfit_dagster.core.errors import TrainingDataError
+
+    one_label = {**data, "dev": [r for r in data["dev"] if r["label"] == "normal"]}
+    with pytest.raises(TrainingDataError, match="both labels"):
+        base.train("llm_lora", one_label, params, tmp_path / "one")
+    with pytest.raises(TrainingDataError, match="best_by"):
+        base.train("llm_lora", data, {**params, "best_by": "dev_f1"}, tmp_path / "bad")
+
+
 def test_a_time_budget_stops_after_the_step_that_passes_it_and_says_so(tiny, tmp_path):
     data = {"train": _rows(8), "dev": _rows(4, 100), "test": _rows(2, 200), "source": "t"}
     params = {

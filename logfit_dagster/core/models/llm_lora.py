@@ -77,7 +77,13 @@ class LoraParams:
     gradient_accumulation: int = 1
     max_length: int = 1024
     eval_every: int = 20
-    patience: int = 2  # sft: evaluations without a dev-loss gain before stopping
+    patience: int = 2  # sft: evaluations without a gain (best_by) before stopping
+    # sft: which checkpoint is kept, and what early stopping watches, at each evaluation:
+    # "dev_loss", the loss on the dev answers; "dev_average_precision", how well the label
+    # scores rank the first curve_limit dev sessions (the decision is made at a threshold on
+    # them, so the ranking is what a judge needs; an adapter may learn to write the answer
+    # and lose the base model's reading at once, which the loss does not show)
+    best_by: str = "dev_loss"
     save_steps: int = 20
     # grpo
     num_generations: int = 4
@@ -402,7 +408,9 @@ def label_threshold(rows: list[dict], scores: list[float]) -> float:
     return float((levels[best] + lower) / 2)
 
 
-def _curve_callback(model_rows: list[dict], every: int, tokenizer, device: str, curve: list):
+def _curve_callback(
+    model_rows: list[dict], every: int, tokenizer, device: str, curve: list, skip_every: int = 0
+):
     from transformers import TrainerCallback
 
     class Curve(TrainerCallback):
@@ -410,10 +418,34 @@ def _curve_callback(model_rows: list[dict], every: int, tokenizer, device: str, 
             last = state.global_step == state.max_steps or control.should_training_stop
             if state.global_step % every and not last:
                 return
+            evaluated = state.global_step % skip_every == 0 if skip_every else False
+            if skip_every and (evaluated or state.global_step >= state.max_steps):
+                return  # the trainer evaluates at this step: its evaluation records it
             figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
             curve.append({"step": state.global_step, **figures})
 
     return Curve()
+
+
+BEST_BY = {"dev_loss": "eval_loss", "dev_average_precision": "eval_dev_average_precision"}
+
+
+def _ranking_callback(model_rows: list[dict], tokenizer, device: str, curve: list):
+    """At each evaluation, the label scores' average precision on dev sessions joins the
+    evaluation's metrics (before the trainer picks its best checkpoint from them), and the
+    curve."""
+    from transformers import TrainerCallback
+
+    class Ranking(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
+            metrics[BEST_BY["dev_average_precision"]] = figures["average_precision"]
+            if not curve or curve[-1]["step"] != state.global_step:
+                curve.append(
+                    {"step": state.global_step, **figures, "dev_loss": metrics.get("eval_loss")}
+                )
+
+    return Ranking()
 
 
 def _latest_checkpoint(folder: Path) -> str | None:
@@ -588,9 +620,28 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     if p.max_seconds:  # ahead of the curve: the step it stops at gets its curve point
         callbacks.append(_budget_callback(p.max_seconds, stopped_at))
     curve: list[dict] = []
+    if p.best_by not in BEST_BY:
+        raise TrainingDataError(f"best_by must be one of {sorted(BEST_BY)}, got {p.best_by!r}")
+    ranked = p.stage == "sft" and p.best_by == "dev_average_precision"
+    if ranked:
+        curve_rows = dev_rows[: p.curve_limit]
+        if len({r["label"] for r in curve_rows}) < 2:
+            raise TrainingDataError(
+                "best_by dev_average_precision needs both labels among the first "
+                f"{p.curve_limit} dev sessions (curve_limit)"
+            )
+        callbacks.append(_ranking_callback(curve_rows, tokenizer, device, curve))
     if p.curve_every:
         callbacks.append(
-            _curve_callback(dev_rows[: p.curve_limit], p.curve_every, tokenizer, device, curve)
+            _curve_callback(
+                dev_rows[: p.curve_limit],
+                p.curve_every,
+                tokenizer,
+                device,
+                curve,
+                # an evaluation's step has its point from the evaluation
+                skip_every=p.eval_every if ranked else 0,
+            )
         )
     if p.stage == "sft":
         from datasets import Dataset
@@ -621,8 +672,8 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             eval_strategy="steps",
             eval_steps=p.eval_every,
             load_best_model_at_end=True,
-            metric_for_best_model="eval_loss",
-            greater_is_better=False,
+            metric_for_best_model=BEST_BY[p.best_by],
+            greater_is_better=p.best_by != "dev_loss",
         )
         if p.save_steps % p.eval_every:
             raise TrainingDataError("save_steps must be a multiple of eval_every (best model)")
@@ -633,6 +684,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
             eval_dataset=pairs(dev_rows),
             processing_class=tokenizer,
             peft_config=lora,
+            # after the ranking callback: early stopping reads the metric it adds
             callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=p.patience)],
         )
     else:
@@ -751,6 +803,11 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     else:
         losses = [h["eval_loss"] for h in history if "eval_loss" in h]
         metrics["best_dev_loss"] = min(losses) if losses else math.nan
+        best = trainer.state.best_model_checkpoint
+        # the checkpoint kept (load_best_model_at_end), by best_by
+        metrics["best_step"] = int(best.rsplit("-", 1)[-1]) if best else metrics["steps"]
+        if ranked and trainer.state.best_metric is not None:
+            metrics["best_dev_average_precision"] = float(trainer.state.best_metric)
     manifest = Manifest(
         family=FAMILY,
         format_version=FORMAT_VERSION,
