@@ -190,6 +190,9 @@ def main() -> None:
         "scores rank the curve's dev sessions",
     )
     parser.add_argument("--eval-every", type=int, default=10, help="the long SFT run's evaluations")
+    parser.add_argument(
+        "--patience", type=int, default=2, help="evaluations without a gain before SFT stops"
+    )
     parser.add_argument("--name", default="llm_judge_curve", help="the results files' name")
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--curve-every", type=int, default=4)
@@ -350,6 +353,7 @@ def main() -> None:
             "eval_every": args.eval_every,
             "save_steps": args.eval_every,
             "best_by": args.best_by,
+            "patience": args.patience,
         }
         sft = run("sft (chosen setting)", long_params, tmp / "sft")
         grpo = None
