@@ -218,9 +218,10 @@ def test_label_scores_decide_as_greedy_generation_with_the_logit_bias_and_make_a
 
 
 def test_the_checkpoint_kept_is_the_one_whose_label_scores_rank_dev_best(tiny, tmp_path):
-    """best_by dev_average_precision: every evaluation scores the dev sessions, the checkpoint
-    with the best average precision (the first among equals) is the adapter that comes back,
-    and early stopping watches the same figure."""
+    """best_by dev_average_precision: every evaluation scores the dev sessions and answers a
+    few; of the checkpoints whose answers parse (all of them where none do), the one with the
+    best average precision (the first among equals) is the adapter that comes back, and early
+    stopping watches the same figure."""
     from transformers import AutoTokenizer
 
     from logfit_dagster.core.models.llm_lora import label_metrics, label_scores, load_base
@@ -237,10 +238,14 @@ def test_the_checkpoint_kept_is_the_one_whose_label_scores_rank_dev_best(tiny, t
     result = base.train("llm_lora", data, params, tmp_path / "sft")
     curve = json.loads((tmp_path / "sft" / "dev_curve.json").read_text())
     assert [c["step"] for c in curve] == [1, 2, 3, 4]  # one point an evaluation
+    assert all(c["format_checked"] == 6 for c in curve)  # format_check 8, 6 dev sessions
     aps = [c["average_precision"] for c in curve]
-    best = aps.index(max(aps))
+    # a checkpoint whose answers all parse wins; then the better ranking; then the earlier
+    keys = [c["average_precision"] + (c["unparseable"] == 0) for c in curve]
+    best = keys.index(max(keys))
     assert result.metrics["best_step"] == curve[best]["step"]
     assert result.metrics["best_dev_average_precision"] == pytest.approx(aps[best])
+    assert result.metrics["best_dev_unparseable"] == curve[best]["unparseable"]
     # the adapter saved is that checkpoint: it ranks the dev sessions as it did then
     from peft import PeftModel
 

@@ -421,6 +421,29 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
     assert np.allclose([r["probability"] for r in rows], lines["probability"], atol=1e-12)
 
 
+def test_a_shape_masks_ids_numbers_and_padding_and_both_paths_agree():
+    import pyarrow as pa
+
+    from logfit_dagster.core.line_features import shape_column, shape_of
+
+    uuid = "9f4ef63a-1b2c-4d5e-8f90-a64f992b7c01"
+    cases = {
+        f"[instance: {uuid}] Deleting instance files /var/lib/nova/instances/{uuid}_del": (
+            "[instance: <uuid>] Deleting instance files /var/lib/nova/instances/<uuid>_del"
+        ),
+        f"req-{uuid} done in 0x1F3 ms": "req-<uuid> done in <hex> ms",
+        "block 12345678 of 7 at a64f992 retry 3": "block 0 of 0 at <hex> retry 0",
+        "col1    col2   12": "col0 col0 0",
+    }
+    lines = list(cases)
+    shapes, indices = shape_column(pa.array(lines))
+    assert [shapes[i].as_py() for i in indices] == list(cases.values())
+    assert [shape_of(line) for line in lines] == list(cases.values())
+    # two instances' deletions share one shape
+    other = lines[0].replace(uuid, "00000000-aaaa-4bbb-8ccc-dddddddddddd")
+    assert shape_of(other) == shape_of(lines[0])
+
+
 def test_handcrafted_features_are_computed_column_wise_and_the_same_in_any_batch():
     from logfit_dagster.core.line_features import HAND_FEATURES, handcrafted_matrix
 

@@ -1,8 +1,9 @@
 """What the LOOK/SKIP line classifier sees of a line: its shape, its normalized words, 17 signals.
 
 A line's **shape** is the raw line with its identifiers and digits masked: UUIDs become
-``<uuid>``, hex strings (``0x...``, or 6+ hex characters with a letter) ``<hex>``, every number
-``0`` whatever its length, and runs of blanks inside the line one space (padded columns).
+``<uuid>`` (also before an underscore, as in ``<uuid>_del``), hex strings (``0x...``, or 6+ hex
+characters with a letter) ``<hex>``, every number ``0`` whatever its length, and runs of blanks
+inside the line one space (padded columns).
 Lines that differ only in timestamps, ids or counters share a shape, so a log of a million lines has only
 thousands of shapes, and each is scored once. The character n-grams and the 17 handcrafted
 features are computed on the shape; the word n-grams on the **normalized** shape, in which IPs,
@@ -23,12 +24,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 #: Bumped whenever shapes, normalization or the handcrafted features change; stored in exports.
-FEATURE_VERSION = "line-features-2"
+FEATURE_VERSION = "line-features-3"
 # A line's shape is taken from this many characters at most (see shape_column).
 MAX_SHAPE_CHARS = 4096
 
 SHAPE_MASKS: tuple[tuple[str, str], ...] = (
-    (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "<uuid>"),
+    # a UUID ends at a word boundary or an underscore (``/instances/<uuid>_del``): RE2 has no
+    # look-ahead and ``\b`` does not fire before ``_``, so the underscore is matched and kept
+    (
+        r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(\b|_)",
+        "<uuid>\\1",
+    ),
     (r"\b0[xX][0-9a-fA-F]+\b", "<hex>"),
     # a number is 0 whatever its length: 7 and 8 digits must not make two shapes
     (r"\b\d+\b", "0"),

@@ -80,10 +80,14 @@ class LoraParams:
     patience: int = 2  # sft: evaluations without a gain (best_by) before stopping
     # sft: which checkpoint is kept, and what early stopping watches, at each evaluation:
     # "dev_loss", the loss on the dev answers; "dev_average_precision", how well the label
-    # scores rank the first curve_limit dev sessions (the decision is made at a threshold on
-    # them, so the ranking is what a judge needs; an adapter may learn to write the answer
-    # and lose the base model's reading at once, which the loss does not show)
+    # scores rank the first curve_limit dev sessions among the checkpoints that write the
+    # answer (the decision is made at a threshold on them, so the ranking is what a judge
+    # needs; an adapter may learn to write the answer and lose the base model's reading at
+    # once, which the loss does not show)
     best_by: str = "dev_loss"
+    # best_by dev_average_precision: the first this many dev sessions are answered greedily
+    # at each evaluation, and a checkpoint whose answers all parse beats one whose do not
+    format_check: int = 8
     save_steps: int = 20
     # grpo
     num_generations: int = 4
@@ -427,22 +431,36 @@ def _curve_callback(
     return Curve()
 
 
-BEST_BY = {"dev_loss": "eval_loss", "dev_average_precision": "eval_dev_average_precision"}
+BEST_BY = {"dev_loss": "eval_loss", "dev_average_precision": "eval_dev_ranking"}
 
 
-def _ranking_callback(model_rows: list[dict], tokenizer, device: str, curve: list):
-    """At each evaluation, the label scores' average precision on dev sessions joins the
-    evaluation's metrics (before the trainer picks its best checkpoint from them), and the
-    curve."""
+def _ranking_callback(
+    model_rows: list[dict], format_rows: list[dict], max_new_tokens: int, tokenizer, device, curve
+):
+    """At each evaluation, how well the label scores rank dev sessions joins the evaluation's
+    metrics (before the trainer picks its best checkpoint from them), and the curve. The
+    figure the trainer compares is the average precision, plus 1 where the greedy answers to
+    ``format_rows`` all parse: a checkpoint that writes the answer always wins over one that
+    does not, and among those that do, the better ranking wins."""
     from transformers import TrainerCallback
 
     class Ranking(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
-            metrics[BEST_BY["dev_average_precision"]] = figures["average_precision"]
+            answers = judge(model, tokenizer, format_rows, max_new_tokens, device)
+            unparseable = sum(parse_answer(a) is None for a in answers)
+            model.train()
+            ap = figures["average_precision"]
+            metrics[BEST_BY["dev_average_precision"]] = ap + (not unparseable)
             if not curve or curve[-1]["step"] != state.global_step:
                 curve.append(
-                    {"step": state.global_step, **figures, "dev_loss": metrics.get("eval_loss")}
+                    {
+                        "step": state.global_step,
+                        **figures,
+                        "dev_loss": metrics.get("eval_loss"),
+                        "format_checked": len(format_rows),
+                        "unparseable": unparseable,
+                    }
                 )
 
     return Ranking()
@@ -630,7 +648,16 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
                 "best_by dev_average_precision needs both labels among the first "
                 f"{p.curve_limit} dev sessions (curve_limit)"
             )
-        callbacks.append(_ranking_callback(curve_rows, tokenizer, device, curve))
+        callbacks.append(
+            _ranking_callback(
+                curve_rows,
+                dev_rows[: p.format_check],
+                p.eval_max_new_tokens,
+                tokenizer,
+                device,
+                curve,
+            )
+        )
     if p.curve_every:
         callbacks.append(
             _curve_callback(
@@ -806,8 +833,10 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         best = trainer.state.best_model_checkpoint
         # the checkpoint kept (load_best_model_at_end), by best_by
         metrics["best_step"] = int(best.rsplit("-", 1)[-1]) if best else metrics["steps"]
-        if ranked and trainer.state.best_metric is not None:
-            metrics["best_dev_average_precision"] = float(trainer.state.best_metric)
+        kept = [c for c in curve if c["step"] == metrics["best_step"] and "unparseable" in c]
+        if ranked and kept:
+            metrics["best_dev_average_precision"] = kept[0]["average_precision"]
+            metrics["best_dev_unparseable"] = kept[0]["unparseable"]
     manifest = Manifest(
         family=FAMILY,
         format_version=FORMAT_VERSION,
