@@ -193,6 +193,12 @@ def main() -> None:
     parser.add_argument(
         "--patience", type=int, default=2, help="evaluations without a gain before SFT stops"
     )
+    parser.add_argument(
+        "--no-base",
+        action="store_true",
+        help="leave the untrained base model out of the test judging (about 20 minutes on 2 "
+        "cores; its figures depend on the inputs alone, so an earlier run's stand)",
+    )
     parser.add_argument("--name", default="llm_judge_curve", help="the results files' name")
     parser.add_argument("--grpo-steps", type=int, default=6)
     parser.add_argument("--curve-every", type=int, default=4)
@@ -374,6 +380,8 @@ def main() -> None:
                 tmp / "grpo",
             )
         models = {f"{out['base_model']} (base)": None, "+ sft adapter": sft}
+        if args.no_base:  # judged the same in every run with the same inputs: said, not run
+            models.pop(f"{out['base_model']} (base)")
         if grpo is not None:
             models["+ grpo adapter"] = grpo
         out["test"] = {}
@@ -429,6 +437,12 @@ def markdown(out: dict) -> str:
         "of those answers equal to the thresholded score's label. Count-vector rows: their own "
         "dev-chosen thresholds.",
     ]
+    if out["args"].get("no_base"):
+        lines += [
+            "",
+            "The untrained base model was not judged in this run (`--no-base`): its figures "
+            "depend on the inputs alone and stand in the earlier runs' results.",
+        ]
     return "\n".join(lines) + "\n"
 
 

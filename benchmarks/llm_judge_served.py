@@ -114,6 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", required=True, help="llm_judge_curve.py's --work folder")
     parser.add_argument("--curve", default="llm_judge_format_ap", help="its results' name")
+    parser.add_argument(
+        "--base-curve",
+        default="",
+        help="the results that judged the base model, for its threshold (default: --curve; a "
+        "run with --no-base has none)",
+    )
     parser.add_argument("--sessions", type=int, default=30, help="test sessions (anomalous first)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -133,7 +139,11 @@ def main() -> None:
     sample = rows(examples, "test")[: args.sessions]
     weights = Path(curve["args"]["base_model"] or embedded_base_model())
     thresholds = {name: entry["threshold"] for name, entry in curve["test"].items()}
-    base_name = next(name for name in thresholds if name.endswith("(base)"))
+    base_curve = json.loads((RESULTS / f"{args.base_curve or args.curve}.json").read_text())
+    base_name, base_entry = next(
+        (name, entry) for name, entry in base_curve["test"].items() if name.endswith("(base)")
+    )
+    thresholds[base_name] = base_entry["threshold"]
     out = {"machine": machine(), "args": vars(args), "models": []}
     for name, adapter in ((base_name, None), ("+ sft adapter", work / "sft")):
         result = compare(name, weights, adapter, thresholds[name], sample, args, work)
