@@ -23,8 +23,39 @@ def ensure_dagster_home() -> Path:
     # under `logfit dev` the daemon fails a run whose worker died. (Runs of `logfit
     # materialize` itself are failed by the next command: see logfit_dagster/runs.py.)
     if not config.exists() or config.read_text() == _OLD_INSTANCE_CONFIG:
-        config.write_text(INSTANCE_CONFIG)
+        _write_instance_config(Path(home))
     return Path(home)
+
+
+def _write_instance_config(home: Path) -> None:
+    """Write dagster.yaml, a fresh instance's storage made first.
+
+    Dagster makes an instance's SQLite storage when it is first opened, and two processes
+    opening a fresh one at once can both stamp its schema (alembic then finds "more than one
+    head", and every later open fails). So the storage is made from a staged copy of the
+    file before the file appears: whoever finds dagster.yaml (the UI, the MCP server, a
+    second command) finds the storage whole. An flock keeps two logfit commands from making
+    it at once.
+    """
+    import fcntl
+    import tempfile
+
+    config = home / "dagster.yaml"
+    with open(home / ".instance.lock", "a+", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if config.exists() and config.read_text() != _OLD_INSTANCE_CONFIG:
+            return  # another command wrote it meanwhile
+        with tempfile.TemporaryDirectory(dir=home, prefix=".config-") as staging:
+            staged = Path(staging) / "dagster.yaml"
+            staged.write_text(INSTANCE_CONFIG)
+            if not config.exists():
+                import dagster as dg
+                from dagster._core.instance.ref import InstanceRef
+
+                ref = InstanceRef.from_dir(str(home), config_dir=staging)
+                with dg.DagsterInstance.from_ref(ref):
+                    pass
+            os.replace(staged, config)
 
 
 _OLD_INSTANCE_CONFIG = "telemetry:\n  enabled: false\n"

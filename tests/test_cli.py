@@ -48,6 +48,40 @@ def test_logfit_materialize_refuses_unknown_source(workdir):
     assert result.returncode == 2 and "unknown source(s): nope" in result.stderr
 
 
+@pytest.mark.faults
+def test_commands_starting_at_once_on_a_fresh_folder_find_its_instance_whole(tmp_path):
+    """Four processes make the same fresh DAGSTER_HOME at once (as `logfit dev` and `logfit
+    materialize` started together do), and a fifth opens it as soon as dagster.yaml shows (as
+    the UI or a test does): each opens the instance and reads its runs, and its schema is
+    stamped once (Dagster opening a fresh instance twice at once stamps it twice, and every
+    later open fails with "more than one head")."""
+    import sqlite3
+    import time
+
+    home = tmp_path / "home"
+    make = (
+        "import sys; from logfit_dagster.cli import ensure_dagster_home; import dagster as dg\n"
+        "home = ensure_dagster_home()\n"
+        "with dg.DagsterInstance.from_config(str(home)) as instance: instance.get_runs()\n"
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    makers = [
+        subprocess.Popen([sys.executable, "-c", make], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    deadline = time.monotonic() + 120
+    while not (home / "dagster.yaml").exists():
+        assert time.monotonic() < deadline, "no dagster.yaml"
+        time.sleep(0.01)
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # at once, as a poller does
+        assert instance.get_runs() == []
+    for maker in makers:
+        assert maker.wait(timeout=120) == 0, maker.stderr.read()[-2000:]
+    with sqlite3.connect(home / "history" / "runs.db") as db:
+        assert len(db.execute("SELECT * FROM alembic_version").fetchall()) == 1
+    assert not list(home.glob(".config-*"))  # the staged copy is gone
+
+
 @pytest.mark.slow
 def test_logfit_dev_takes_host_and_port_and_stops_everything_on_sigterm(workdir):
     """Started as a shell starts a background job (SIGINT ignored), ``logfit dev`` serves on the
