@@ -13,7 +13,7 @@ dev (as the logit bias on normal's token, ``llm_lora.decision_bias``):
 Reported per model: answers equal word for word, labels equal, unparseable answers each way,
 F1 of the served answers, and seconds a session each way.
 
-    python benchmarks/llm_judge_served.py --work DIR [--curve llm_judge_format_ap] [--sessions 30]
+    python benchmarks/llm_judge_served.py --work DIR [--curve llm_judge_format_gated] [--sessions 30]
         -> benchmarks/results/llm_judge_served.{json,md}
 """
 
