@@ -113,7 +113,7 @@ def compare(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", required=True, help="llm_judge_curve.py's --work folder")
-    parser.add_argument("--curve", default="llm_judge_format_ap", help="its results' name")
+    parser.add_argument("--curve", default="llm_judge_format_gated", help="its results' name")
     parser.add_argument(
         "--base-curve",
         default="",
