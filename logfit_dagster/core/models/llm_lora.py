@@ -423,8 +423,9 @@ def _curve_callback(
             last = state.global_step == state.max_steps or control.should_training_stop
             if state.global_step % every and not last:
                 return
-            evaluated = state.global_step % skip_every == 0 if skip_every else False
-            if skip_every and (evaluated or state.global_step >= state.max_steps):
+            if skip_every and (
+                state.global_step % skip_every == 0 or state.global_step >= state.max_steps
+            ):
                 return  # the trainer evaluates at this step: its evaluation records it
             figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
             curve.append({"step": state.global_step, **figures})
@@ -450,7 +451,6 @@ def _ranking_callback(
             figures = label_metrics(model_rows, label_scores(model, tokenizer, model_rows, device))
             answers = judge(model, tokenizer, format_rows, max_new_tokens, device)
             unparseable = sum(parse_answer(a) is None for a in answers)
-            model.train()
             ap = figures["average_precision"]
             metrics[BEST_BY["dev_average_precision"]] = ap + (not unparseable)
             if not curve or curve[-1]["step"] != state.global_step:
@@ -509,6 +509,7 @@ def judge(
     import torch
 
     answers = []
+    was_training = model.training
     model.eval()
     extra = {"sequence_bias": {(int(t),): float(v) for t, v in bias.items()}} if bias else {}
     for row in rows:
@@ -526,6 +527,8 @@ def judge(
         answers.append(
             tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         )
+    if was_training:
+        model.train()
     return answers
 
 
