@@ -377,7 +377,7 @@ from logfit_dagster.core.models import base
 from tests.test_llm_lora import _rows
 tiny, folder = sys.argv[1:]
 data = {"train": _rows(8), "dev": _rows(3, 100), "test": [], "source": "t"}
-base.train("llm_lora", data, {"base_model": tiny, "max_steps": 40, "batch_size": 2,
+base.train("llm_lora", data, {"base_model": tiny, "max_steps": 16, "batch_size": 2,
     "eval_every": 1, "save_steps": 1, "lora_r": 4, "lora_alpha": 8, "patience": 100,
     "device": "cpu", "stage": "sft"}, folder)
 """
@@ -413,7 +413,7 @@ def test_a_killed_sft_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
         {"train": _rows(8), "dev": _rows(3, 100), "test": [], "source": "t"},
         {
             "base_model": tiny,
-            "max_steps": 40,
+            "max_steps": 16,
             "batch_size": 2,
             "eval_every": 1,
             "save_steps": 1,
@@ -425,7 +425,7 @@ def test_a_killed_sft_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
         },
         folder,
     )
-    assert result.metrics["resumed_from_step"] >= 3 and result.metrics["steps"] == 40
+    assert result.metrics["resumed_from_step"] >= 3 and result.metrics["steps"] == 16
 
 
 @pytest.mark.gpu

@@ -71,7 +71,19 @@ def test_a_test_that_needs_the_shared_data_fails_without_it_where_ci_requires_it
 
     def run(**extra) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
+            # one process: the suite's own workers are enough
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-n",
+                "0",
+                "-rs",
+                test,
+            ],
             cwd=ROOT,
             env={**env, **extra},
             capture_output=True,

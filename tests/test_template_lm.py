@@ -186,8 +186,8 @@ def test_too_little_data_is_refused_with_the_reason(tmp_path):
 
 
 def test_a_killed_training_resumes_and_ends_as_if_uninterrupted(tmp_path):
-    data = _data(800)
-    params = {**PARAMS, "batch_size": 4, "checkpoint_every": 20, "max_epochs": 3, "patience": 9}
+    data = _data(300)
+    params = {**PARAMS, "batch_size": 4, "checkpoint_every": 20, "max_epochs": 2, "patience": 9}
     spec = write_spec(tmp_path / "spec", "template_lm", data, params, tmp_path / "killed")
     command = [sys.executable, "-m", "logfit_dagster.core.models.run", str(spec)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -352,13 +352,21 @@ def _fit_and_score(params: LineModelParams, x_train, y_train, weights, x_test) -
     return model.predict_proba(x_test)[:, 1]
 
 
+# Distinct rows from which the grid's fits run in worker processes. Two workers cost about 2.5 s
+# to start (each imports scikit-learn and this module); on 2 cores the default grid over the
+# recorded labels broke even at about 3,000 rows (3,125: 10.2 s in one process, 9.4 s in two),
+# and the four default sources make about 100 rows (0.15 s against 2.4 s).
+PARALLEL_FROM_ROWS = 3_000
+
+
 def select_model(
     rows: pd.DataFrame, grid: list[LineModelParams], max_folds: int = 5, n_jobs: int | None = None
 ) -> SelectionResult:
     """Grid search scored by GroupKFold over sources; the out-of-fold scores of the best.
 
     The rows are analysed once (:class:`_AnalyzedRows`); the fits of every grid point and fold
-    run in ``n_jobs`` worker processes (default: every core).
+    run in ``n_jobs`` worker processes (default: every core from ``PARALLEL_FROM_ROWS`` rows,
+    one process below: starting the workers costs seconds).
     """
     sources = rows["source"].nunique()
     if sources < 2:
@@ -385,8 +393,10 @@ def select_model(
                 weights = fit_weights(w[train], params.row_weight)
                 yield delayed(_fit_and_score)(params, x_train, y[train], weights, x_test)
 
+    if n_jobs is None:
+        n_jobs = (os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM_ROWS else 1
     # processes, not threads: liblinear holds the GIL; each job gets its fold's matrices only
-    predictions = run_jobs(fold_jobs(), n_jobs or os.cpu_count() or 1, max_nbytes=None)
+    predictions = run_jobs(fold_jobs(), n_jobs, max_nbytes=None)
     results = []
     best_score, best, best_oof = -1.0, grid[0], None
     for g, params in enumerate(grid):
