@@ -15,6 +15,7 @@ import pytest
 
 from logfit_dagster.core.errors import ModelFileError, TrainingDataError
 from logfit_dagster.core.line_model import (
+    PARALLEL_FROM_ROWS,
     LineModelParams,
     LineScorer,
     export_model,
@@ -58,12 +59,15 @@ def test_folds_never_share_a_source():
 
 def test_selection_scores_held_out_sources_and_rejects_bad_data():
     rows = training_rows(labelled_lines())
-    result = select_model(
-        rows, [SMALL, LineModelParams(C=4.0, word_max_features=2000, char_max_features=5000)]
-    )
+    grid = [SMALL, LineModelParams(C=4.0, word_max_features=2000, char_max_features=5000)]
+    result = select_model(rows, grid)
     assert result.folds == 4 and len(result.grid) == 2
     assert set(result.per_source) == {"alpha", "beta", "gamma", "delta"}
     assert result.cv["f1"] > 0.9 and result.cv["lines"] == 240
+    # a selection this small stays in one process; fitted in two it scores the same
+    assert len(rows) < PARALLEL_FROM_ROWS
+    in_two = select_model(rows, grid, n_jobs=2)
+    assert in_two.best == result.best and np.array_equal(in_two.out_of_fold, result.out_of_fold)
     with pytest.raises(TrainingDataError, match="at least 2 sources"):
         select_model(rows[rows["source"] == "alpha"], [SMALL])
     same = labelled_lines().assign(label="SKIP")
