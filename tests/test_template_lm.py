@@ -235,6 +235,31 @@ def test_a_big_source_trains_on_a_seeded_draw_of_its_windows(tmp_path):
     assert metrics["steps"] == 1  # 10 windows in batches of 16: one step per epoch
 
 
+def test_g_is_chosen_on_normal_dev_sessions_stored_with_the_model_and_a_given_g_kept(tmp_path):
+    from logfit_dagster.core.models.template_lm import TokenStats, chosen_top_g
+
+    # 1,000 normal sessions' worst ranks: 990 at most 2, 10 (1%) reach 5; one has no token
+    worst = [0, 1, 2] * 330 + [5] * 10
+    ranks = np.array([r for w in worst for r in (0, w)], dtype=np.int32)
+    offsets = np.r_[np.arange(0, len(ranks) + 1, 2), len(ranks)].astype(np.int64)
+    stats = TokenStats(np.zeros(len(ranks), np.float32), ranks, offsets, np.zeros(len(offsets) - 1))
+    assert chosen_top_g(stats, 99.5) == 6  # 1% reach 5: a miss needs a rank of 6 or more
+    assert chosen_top_g(stats, 98.0) == 3  # a 2% target: ranks up to 2 are normal
+
+    data = _data()
+    chosen = base.train("template_lm", data, {**PARAMS, "top_g": 0}, tmp_path / "chosen")
+    g = chosen.metrics["top_g"]
+    assert chosen.metrics["top_g_chosen_on_dev"] and g >= 1
+    scorer = base.load(tmp_path / "chosen")
+    assert scorer.p.top_g == g  # reloaded with the g it was evaluated with
+    dev = scorer.token_stats(data["dev"])
+    assert chosen_top_g(dev, 99.5) == g
+    # at most the target's share of normal dev sessions holds a miss at that g
+    assert (scorer.score(dev)["topg_misses"] > 0).mean() <= 0.005 + 1 / len(data["dev"])
+    given = base.train("template_lm", data, PARAMS, tmp_path / "given").metrics
+    assert given["top_g"] == PARAMS["top_g"] and not given["top_g_chosen_on_dev"]
+
+
 def test_a_count_threshold_needs_one_miss_more_than_normal_sessions_show():
     from logfit_dagster.core.models.template_lm import METHODS, label_free_thresholds
 
