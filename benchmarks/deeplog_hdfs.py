@@ -290,6 +290,8 @@ def main() -> None:
 
 def pooled_figures(table: pd.DataFrame) -> pd.DataFrame:
     """Each candidate's test counts summed over the seeds, and the figures they give."""
+    from logfit_dagster.core.scores import rates
+
     out = []
     for candidate, group in table.groupby("candidate", sort=False):
         tp, fp = int(group["test_tp"].sum()), int(group["test_fp"].sum())
@@ -300,9 +302,7 @@ def pooled_figures(table: pd.DataFrame) -> pd.DataFrame:
                 "candidate": candidate,
                 "seeds": len(group),
                 "champion_in": int(group["champion"].sum()),
-                "precision": tp / (tp + fp) if tp + fp else 0.0,
-                "recall": tp / anomalous if anomalous else 0.0,
-                "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+                **{k: v for k, v in rates(tp, fp, fn, normal - fp, 0.0).items() if k != "accuracy"},
                 "false_positive_rate": fp / normal if normal else 0.0,
                 "anomalous": anomalous,
                 "normal": normal,

@@ -554,11 +554,9 @@ def chosen_top_g(normal: TokenStats, percentile: float) -> int:
     A fixed g fits one model and not the next: DeepLog's 9, on its HDFS sessions over four
     splits, caught 7 to 15 of 15 anomalies by split (``benchmarks/deeplog_hdfs.py``); the g a
     model's own normal sessions give adapts to how sharp that model is."""
-    lengths = np.diff(normal.offsets)
-    scored = lengths > 0
-    if not scored.any():
+    worst = normal.session_max(normal.ranks)
+    if np.isnan(worst).all():
         return DEEPLOG_TOP_G
-    worst = np.maximum.reduceat(normal.ranks, normal.offsets[:-1][scored])
     return int(conformal_threshold(worst, percentile)) + 1
 
 
@@ -643,6 +641,14 @@ class TokenStats:
         """Every token's position in its session (0: the first predicted)."""
         lengths = np.diff(self.offsets)
         return np.arange(len(self.nll), dtype=np.int64) - np.repeat(self.offsets[:-1], lengths)
+
+    def session_max(self, values: np.ndarray) -> np.ndarray:
+        """Each session's largest per-token value (NaN for a session with no scored token)."""
+        scored = np.diff(self.offsets) > 0
+        out = np.full(self.sessions, np.nan)
+        if scored.any():  # each scored session's tokens run from its offset to the next one's
+            out[scored] = np.maximum.reduceat(values, self.offsets[:-1][scored])
+        return out
 
     def take(self, indices) -> TokenStats:
         indices = np.asarray(indices, dtype=np.int64)
@@ -747,9 +753,7 @@ class TemplateScorer:
         mean[scored] = (
             np.bincount(owners, weights=nll, minlength=stats.sessions)[scored] / (lengths[scored])
         )
-        largest = np.full(stats.sessions, np.nan)
-        if scored.any():  # each scored session's tokens run from its offset to the next one's
-            largest[scored] = np.maximum.reduceat(nll, stats.offsets[:-1][scored])
+        largest = stats.session_max(nll)
         misses = np.bincount(
             owners,
             weights=(stats.ranks >= self.p.top_g).astype(np.float64),
