@@ -291,6 +291,33 @@ def test_logfit_materialize_runs_the_sources_side_by_side_after_the_line_models(
     assert max(first.start_time, second.start_time) < min(first.end_time, second.end_time)
 
 
+def test_logfit_materialize_pretrains_the_template_model_beside_the_line_models(lineages):
+    """On 2 or more CPUs, the all-source stage's two parts (the line models; the template
+    vocabulary and pretraining) run at once: the line models in the command's process, the
+    pretraining in a worker."""
+    from logfit_dagster.core.models.threads import available_cpus
+    from logfit_dagster.runs import PID_TAG
+
+    if available_cpus() < 2:
+        pytest.skip("one CPU: the stage runs in one process")
+    root = lineages[0] / "cli"
+    with dg.DagsterInstance.from_config(str(root / "data" / "dagster_home")) as instance:
+        records = instance.get_run_records()
+
+    def run_of(asset: str):
+        (record,) = [
+            r for r in records if dg.AssetKey(asset) in (r.dagster_run.asset_selection or ())
+        ]
+        return record
+
+    lines, pretraining = run_of("look_skip_model"), run_of("template_lm_pretrained")
+    assert run_of("line_transformer_model").dagster_run.run_id == lines.dagster_run.run_id
+    assert run_of("template_vocabulary").dagster_run.run_id == pretraining.dagster_run.run_id
+    assert lines.dagster_run.run_id != pretraining.dagster_run.run_id
+    assert lines.dagster_run.tags[PID_TAG] != pretraining.dagster_run.tags[PID_TAG]
+    assert max(lines.start_time, pretraining.start_time) < min(lines.end_time, pretraining.end_time)
+
+
 def test_the_ui_a_schedule_and_logfit_materialize_leave_the_same_champions_and_scores(lineages):
     root = lineages[0]
     by_cli = _outcome(root / "cli" / "data")

@@ -94,3 +94,42 @@ def test_runs_side_by_side_each_keep_their_own_lines_and_share_the_live_one():
                 "left stage: 0/1 steps | right stage: 0/1 steps · side · side: step 1/2" in f
                 for f in frames
             )
+
+
+@dg.asset
+def left_part(context: dg.AssetExecutionContext) -> int:
+    context.log.info("left_part: step 1/2 (50%) eta 0m01s")
+    time.sleep(1.2)
+    return 1
+
+
+@dg.asset
+def right_part(context: dg.AssetExecutionContext) -> int:
+    context.log.info("right_part: step 1/2 (50%) eta 0m01s")
+    time.sleep(1.2)
+    return 2
+
+
+def test_parts_of_an_all_source_stage_side_by_side_are_told_apart_by_their_assets():
+    """Two runs of no partition begun together (the parts of a stage): each keeps its own lines,
+    whichever starts first."""
+    stream = io.StringIO()
+    with dg.instance_for_test() as instance:
+        with RunProgress(instance, stream=stream, tty=False, poll_seconds=0.1) as progress:
+            for asset in (left_part, right_part):
+                progress.begin(f"{asset.key.path[0]} run", 1, None, alone=False, keys=[asset.key])
+            # as logfit materialize runs a selection (dg.materialize records none)
+            job = dg.Definitions(
+                assets=[left_part, right_part]
+            ).resolve_implicit_global_asset_job_def()
+            for asset in (right_part, left_part):
+                result = job.execute_in_process(instance=instance, asset_selection=[asset.key])
+                assert result.success
+                progress.end(f"{asset.key.path[0]} run")
+    lines = stream.getvalue().splitlines()
+    assert any(line.endswith("right_part run: right_part done (1/1)") for line in lines)
+    assert any(line.endswith("left_part run: left_part done (1/1)") for line in lines)
+    assert any(
+        line.endswith("right_part run: right_part: step 1/2 (50%) eta 0m01s") for line in lines
+    )
+    assert not any("left_part run: right_part" in line for line in lines), lines

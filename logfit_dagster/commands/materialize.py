@@ -178,6 +178,7 @@ class _Driver:
         # SourceWorkers: the sources of a stage after the first run side by side
         self.workers = workers
         self.progress = self.ctrl_c = None
+        self.start_workers = False
         self.rows: list[dict] = []
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[str] = []
@@ -188,9 +189,15 @@ class _Driver:
 
     def run_stages(self, stages, names: list[str]) -> None:
         succeeded = list(names)
+        # the workers serve the stages after the first: started with its first run, if any
+        self.start_workers = self.workers is not None and len(stages) > 1
         for number, stage in enumerate(stages):
             if not stage.partitioned:
-                self.run(stage, None, stage.label(None, number == 0))
+                label = stage.label(None, number == 0)
+                if number > 0 and self.workers is not None:
+                    self.run_parts_side_by_side(stage, label)
+                else:
+                    self.run(stage, None, label)
                 continue
             if number > 0 and self.workers is not None and len(succeeded) > 1:
                 self.run_side_by_side(stage, succeeded)
@@ -268,6 +275,58 @@ class _Driver:
             running = ", ".join(labels[futures[f]] for f in pending)
             raise Interrupted(running or "the runs side by side") from None
 
+    def run_parts_side_by_side(self, stage, label: str) -> None:
+        """An all-source stage whose assets to run fall in parts that no edge joins (the line
+        models, the template model's pretraining): the largest part runs in this process, with
+        its threads; the others at the same time in the workers, which take a share of the
+        CPUs each. One part runs as ``run`` runs it."""
+        from concurrent.futures import wait
+
+        from logfit_dagster.commands.stages import independent_parts
+        from logfit_dagster.runs import Interrupted, fail_orphaned_runs
+
+        selection = self.plan(stage, None)
+        if selection == []:
+            self._skip(stage, None, label)
+            return
+        parts = independent_parts(self.defs, selection)
+        if len(parts) == 1:
+            self.run(stage, None, label, selection)
+            return
+        # what is up to date settles now, as a whole stage's run settles it; each part on its own
+        self._settle(stage, None, [key for key in stage.keys if key not in selection])
+        labels = [f"{label} ({_part_name(part)})" for part in parts]
+        futures = {}
+        for part, part_label in zip(parts[1:], labels[1:], strict=True):
+            self.progress.begin(part_label, len(part), None, alone=False, keys=part)
+            futures[self.workers.submit(None, part)] = (part, part_label)
+        pending = set(futures)
+        try:
+            self.progress.begin(labels[0], len(parts[0]), None, alone=False, keys=parts[0])
+            with self.ctrl_c.run_active():
+                ok, _, reason = self.executor.run(None, parts[0])
+            if self.ctrl_c.requested:
+                raise KeyboardInterrupt
+            self.progress.end(labels[0])
+            self._finish(stage, None, labels[0], ok, reason, parts[0])
+            with self.ctrl_c.run_active():
+                while pending and not self.ctrl_c.requested:
+                    done, pending = wait(pending, timeout=0.5)
+                    for future in done:
+                        part, part_label = futures[future]
+                        self.progress.end(part_label)
+                        try:
+                            ok, reason = future.result()
+                        except Exception as exc:  # the worker died (killed, out of memory)
+                            ok, reason = False, f"its worker process ended: {exc!r}"
+                        self._finish(stage, None, part_label, ok, reason, part)
+            if self.ctrl_c.requested:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self.workers.stop(pending)
+            fail_orphaned_runs(self.instance)
+            raise Interrupted(label) from None
+
     def _fresh(self):
         from logfit_dagster.commands.freshness import Freshness
 
@@ -333,12 +392,19 @@ class _Driver:
         }
         return read is not None and set(read) != labelled
 
-    def run(self, stage, partition: str | None, label: str) -> tuple[bool, dict]:
+    def run(
+        self, stage, partition: str | None, label: str, selection: list | None = None
+    ) -> tuple[bool, dict]:
+        """The stage for ``partition`` in this process (or with the code location's executor):
+        what ``plan`` finds to run, or ``selection`` planned already."""
         from logfit_dagster.runs import Interrupted
 
-        selection = self.plan(stage, partition)
+        if selection is None:
+            selection = self.plan(stage, partition)
         if selection == []:
             return True, self._skip(stage, partition, label)
+        if self.start_workers:
+            self.workers.start()  # their imports beside this run, ready for the later stages
         self.progress.begin(label, len(selection), partition)
         try:
             with self.ctrl_c.run_active():
@@ -356,15 +422,19 @@ class _Driver:
         self._settle(stage, partition)
         return self.latest(stage.keys, partition)
 
-    def _finish(self, stage, partition: str | None, label: str, ok: bool, reason: str) -> None:
+    def _finish(
+        self, stage, partition: str | None, label: str, ok: bool, reason: str, keys=None
+    ) -> None:
+        """The run of the stage (or of its assets ``keys``) for ``partition`` has ended."""
         if not ok:
             self.failed.append((label, reason))
             self.progress.note(f"[{label}] FAILED: {reason}")
         else:
-            self._settle(stage, partition)
+            self._settle(stage, partition, keys)
 
-    def _settle(self, stage, partition: str | None) -> None:
-        self.settled.update((k.to_user_string(), partition) for k in stage.keys)
+    def _settle(self, stage, partition: str | None, keys=None) -> None:
+        keys = stage.keys if keys is None else keys
+        self.settled.update((k.to_user_string(), partition) for k in keys)
 
     def latest(self, keys, partition: str | None) -> dict:
         """The latest materialization metadata of each asset, by asset name."""
@@ -375,6 +445,12 @@ class _Driver:
             if meta:
                 out[key.to_user_string()] = meta
         return out
+
+
+def _part_name(keys: list) -> str:
+    """How progress names a part of a stage: its assets, the first few."""
+    names = [key.to_user_string() for key in keys]
+    return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
 
 
 def _print_summary(driver: _Driver, home: Path, started: float) -> None:

@@ -35,6 +35,8 @@ class _Run:
     label: str
     steps_total: int
     partition: str | None = None
+    # the assets it runs, where runs of one partition go side by side (parts of a stage)
+    keys: frozenset | None = None
     run_id: str | None = None
     cursor: str | None = None
     steps_done: int = 0
@@ -93,14 +95,23 @@ class RunProgress:
         except Exception:  # noqa: BLE001 - a display must never break the runs it shows
             pass
 
-    def begin(self, label: str, steps: int, partition: str | None = None, alone: bool = True):
+    def begin(
+        self,
+        label: str,
+        steps: int,
+        partition: str | None = None,
+        alone: bool = True,
+        keys=None,
+    ):
         """A new run is about to start: ``label`` names it, ``steps`` is how many assets,
-        ``partition`` the source it runs for. ``alone``: the runs followed so far have ended."""
+        ``partition`` the source it runs for, ``keys`` its assets (where it tells the run from
+        one of the same partition beside it). ``alone``: the runs followed so far have ended."""
         self._drain()
         with self._lock:
             if alone:
                 self._forget(list(self._runs))
-            self._runs.append(_Run(label, steps, partition))
+            selection = frozenset(keys) if keys is not None else None
+            self._runs.append(_Run(label, steps, partition, selection))
         if not self.tty:
             self._write_line(f"[{_clock(self._elapsed())}] {label}: {steps} asset(s) to run")
 
@@ -136,9 +147,15 @@ class RunProgress:
                 claimed = self._known_runs | {r.run_id for r in self._runs if r.run_id}
                 new = [r for r in self.instance.get_runs(limit=20) if r.run_id not in claimed]
                 for run in waiting:
-                    # a run is told from a side-by-side one by its partition (its source)
+                    # a run is told from a side-by-side one by its partition (its source),
+                    # or its assets where both run for every source
                     match = next(
-                        (r for r in new if r.tags.get("dagster/partition") == run.partition),
+                        (
+                            r
+                            for r in new
+                            if r.tags.get("dagster/partition") == run.partition
+                            and (run.keys is None or r.asset_selection == run.keys)
+                        ),
                         None,
                     )
                     if match is not None:

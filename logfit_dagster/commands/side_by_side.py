@@ -1,5 +1,7 @@
 """Sources side by side: the runs of one stage of ``logfit materialize`` for several sources at
-once, each in a worker process.
+once, each in a worker process; and the parts of an all-source stage that no edge joins (the
+line models beside the template model's pretraining), one in the command's process and the
+others in the workers.
 
 A source's steps after the line models are mostly single-threaded: training a template model
 keeps one core busy whatever torch's threads, so one source at a time left a core of two idle
@@ -27,16 +29,29 @@ class SourceWorkers:
     def __init__(self, workers: int, run_config: dict, job: str | None):
         self.workers, self.run_config, self.job = workers, run_config, job
         self._pool: ProcessPoolExecutor | None = None
+        self._used = False  # a run was submitted (not only the start)
 
-    def submit(self, partition: str, selection: list) -> Future:
-        """The run of ``selection`` for ``partition``; its future gives (success, reason)."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(self.workers,),
-            )
+    def start(self) -> None:
+        """Start the workers now, so that their imports (several seconds of CPU each) overlap
+        the first stage, whose runs are the command's own and leave the other CPUs idle.
+        Workers that then run nothing are ended by :meth:`close` without waiting for them."""
+        if self._pool is not None:
+            return
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.workers,),
+        )
+        # the pool starts a process per task submitted while none is idle: one each
+        for _ in range(self.workers):
+            self._pool.submit(os.getpid)
+
+    def submit(self, partition: str | None, selection: list) -> Future:
+        """The run of ``selection`` for ``partition`` (None: an all-source selection); its
+        future gives (success, reason)."""
+        self.start()
+        self._used = True
         keys = [key.to_user_string() for key in selection]
         return self._pool.submit(_run, self.run_config, self.job, partition, keys)
 
@@ -56,20 +71,44 @@ class SourceWorkers:
         self._pool = None
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is None:
+            return
+        if self._used:
             self._pool.shutdown(wait=True)
             self._pool = None
+        else:  # started, never given a run: not worth waiting for their imports
+            self.stop(set(), grace=0.0)
+
+
+# What the steps a worker runs import, loaded as it starts: the asset definitions, and the
+# libraries of the models they train, score and log.
+_PRELOADED = (
+    "logfit_dagster.definitions",
+    "torch",
+    "transformers.modeling_utils",
+    "sklearn.linear_model",
+    "mlflow",
+)
 
 
 def _start_worker(workers: int) -> None:
+    import importlib
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("LOGFIT_STEPS_BESIDE", str(workers))
+    for module in _PRELOADED:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an extra not installed: the step that needs it says so
+            pass
 
 
 _instance = None  # the worker's Dagster instance, opened by its first run
 
 
-def _run(run_config: dict, job: str | None, partition: str, keys: list[str]) -> tuple[bool, str]:
+def _run(
+    run_config: dict, job: str | None, partition: str | None, keys: list[str]
+) -> tuple[bool, str]:
     import dagster as dg
 
     from logfit_dagster.commands.runner import SelectionRunner

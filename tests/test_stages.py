@@ -1,0 +1,87 @@
+"""The stages ``logfit materialize`` runs a selection in, and the parts of a stage that run side
+by side."""
+
+import dagster as dg
+
+from logfit_dagster.commands.stages import independent_parts, plan_stages
+from logfit_dagster.definitions import defs
+from logfit_dagster.jobs import MATERIALIZE_SELECTION
+
+
+def _names(parts) -> list[list[str]]:
+    return [[key.to_user_string() for key in part] for part in parts]
+
+
+def test_the_line_models_and_the_template_pretraining_are_parts_no_edge_joins():
+    keys = list(MATERIALIZE_SELECTION.resolve(list(defs.assets)))
+    stages = plan_stages(defs, keys)
+    models = next(s for s in stages if not s.partitioned and "template_lm_pretrained" in s.names)
+    parts = independent_parts(defs, models.keys)
+    assert _names(parts) == [
+        [
+            "labeled_lines",
+            "line_champion",
+            "line_transformer_model",
+            "look_skip_champion",
+            "look_skip_model",
+        ],
+        ["template_lm_pretrained", "template_vocabulary"],
+    ]
+    # no asset of one part reads one of another, and every asset is in one part
+    part_of = {key: number for number, part in enumerate(parts) for key in part}
+    assert sorted(part_of) == sorted(models.keys)
+    for spec in defs.resolve_all_asset_specs():
+        for dep in spec.deps:
+            if spec.key in part_of and dep.asset_key in part_of:
+                assert part_of[spec.key] == part_of[dep.asset_key], (spec.key, dep.asset_key)
+    # the overview reads every family: one part
+    overview = next(s for s in stages if s.names == ["metrics_overview"])
+    assert len(independent_parts(defs, overview.keys)) == 1
+
+
+@dg.asset
+def outside() -> int:
+    return 0
+
+
+@dg.asset
+def a() -> int:
+    return 1
+
+
+@dg.asset
+def b(a: int) -> int:
+    return a
+
+
+@dg.asset
+def c(a: int) -> int:
+    return a
+
+
+@dg.asset
+def d() -> int:
+    return 2
+
+
+@dg.asset
+def e(d: int, outside: int) -> int:
+    return d + outside
+
+
+@dg.asset
+def f(outside: int) -> int:
+    return outside
+
+
+def test_parts_largest_first_and_an_asset_outside_the_selection_joins_nothing():
+    toy = dg.Definitions(assets=[outside, a, b, c, d, e, f])
+    keys = [dg.AssetKey(n) for n in ("f", "e", "d", "c", "b", "a")]
+    # resolving a graph reads the current instance's state storage: a live one, whatever the
+    # tests before this one in the process left
+    with dg.instance_for_test():
+        parts = independent_parts(toy, keys)
+        alone = independent_parts(toy, [dg.AssetKey("b")])
+    # e and f both read ``outside``, which is not selected: they stay apart
+    assert _names(parts) == [["c", "b", "a"], ["e", "d"], ["f"]]
+    assert _names(alone) == [["b"]]
