@@ -269,53 +269,46 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(lineages):
     assert (data / "mlflow" / "mlflow.db").exists() and not (root / "mlruns").exists()
 
 
-def test_logfit_materialize_runs_the_sources_side_by_side_after_the_line_models(lineages):
-    """On 2 or more CPUs, the stage after the line models runs both sources at once, each in a
-    worker process of its own (the UI and schedule runs above reach the same results)."""
+def test_logfit_materialize_runs_each_part_in_a_worker_as_soon_as_its_inputs_are_there(lineages):
+    """On 2 or more CPUs, the runs after the ingest stage go to two worker processes, each as
+    soon as what it reads is there: the line models and the template model's pretraining at
+    once, then each source's template model and its scoring as separate runs (the UI and
+    schedule runs above reach the same results)."""
     from logfit_dagster.core.models.threads import available_cpus
     from logfit_dagster.runs import PID_TAG
 
     if available_cpus() < 2:
-        pytest.skip("one CPU: the sources run one at a time")
-    root = lineages[0] / "cli"
-    with dg.DagsterInstance.from_config(str(root / "data" / "dagster_home")) as instance:
-        records = [
-            r
-            for r in instance.get_run_records()
-            if dg.AssetKey("template_lm") in (r.dagster_run.asset_selection or ())
-        ]
-    by_source = {r.dagster_run.tags["dagster/partition"]: r for r in records}
-    assert sorted(by_source) == sorted(SOURCES) and len(records) == 2
-    assert len({r.dagster_run.tags[PID_TAG] for r in records}) == 2, "one worker per source"
-    first, second = records
-    assert max(first.start_time, second.start_time) < min(first.end_time, second.end_time)
-
-
-def test_logfit_materialize_pretrains_the_template_model_beside_the_line_models(lineages):
-    """On 2 or more CPUs, the all-source stage's two parts (the line models; the template
-    vocabulary and pretraining) run at once: the line models in the command's process, the
-    pretraining in a worker."""
-    from logfit_dagster.core.models.threads import available_cpus
-    from logfit_dagster.runs import PID_TAG
-
-    if available_cpus() < 2:
-        pytest.skip("one CPU: the stage runs in one process")
+        pytest.skip("one CPU: the runs go one at a time, in the command's process")
     root = lineages[0] / "cli"
     with dg.DagsterInstance.from_config(str(root / "data" / "dagster_home")) as instance:
         records = instance.get_run_records()
 
-    def run_of(asset: str):
-        (record,) = [
-            r for r in records if dg.AssetKey(asset) in (r.dagster_run.asset_selection or ())
+    def runs_of(asset: str, source: str | None = None) -> list:
+        return [
+            r
+            for r in records
+            if dg.AssetKey(asset) in (r.dagster_run.asset_selection or ())
+            and r.dagster_run.tags.get("dagster/partition") == source
         ]
-        return record
 
-    lines, pretraining = run_of("look_skip_model"), run_of("template_lm_pretrained")
-    assert run_of("line_transformer_model").dagster_run.run_id == lines.dagster_run.run_id
-    assert run_of("template_vocabulary").dagster_run.run_id == pretraining.dagster_run.run_id
-    assert lines.dagster_run.run_id != pretraining.dagster_run.run_id
-    assert lines.dagster_run.tags[PID_TAG] != pretraining.dagster_run.tags[PID_TAG]
+    (ingest,) = runs_of("raw_logs", "tiny_hdfs")
+    (lines,) = runs_of("look_skip_model")
+    (pretraining,) = runs_of("template_lm_pretrained")
+    assert runs_of("line_champion") == [lines] and runs_of("template_vocabulary") == [pretraining]
+    command = ingest.dagster_run.tags[PID_TAG]
+    workers = {lines.dagster_run.tags[PID_TAG], pretraining.dagster_run.tags[PID_TAG]}
+    assert len(workers) == 2 and command not in workers
     assert max(lines.start_time, pretraining.start_time) < min(lines.end_time, pretraining.end_time)
+    # each source's runs start once what they read has finished, in the same two workers: its
+    # template model after the pretraining (not after the line models), its scoring after the
+    # line champion
+    fine_tuned = [r for source in SOURCES for r in runs_of("template_lm", source)]
+    scored = [r for source in SOURCES for r in runs_of("scored_lines", source)]
+    assert len(fine_tuned) == len(scored) == 2
+    assert not any(dg.AssetKey("scored_lines") in r.dagster_run.asset_selection for r in fine_tuned)
+    assert {r.dagster_run.tags[PID_TAG] for r in fine_tuned + scored} <= workers
+    assert all(r.start_time >= pretraining.end_time for r in fine_tuned)
+    assert all(r.start_time >= lines.end_time for r in scored)
 
 
 def test_the_ui_a_schedule_and_logfit_materialize_leave_the_same_champions_and_scores(lineages):

@@ -190,8 +190,8 @@ def test_on_a_cpu_the_shipped_model_scores_in_int8_only_where_the_export_check_a
 
 @pytest.mark.faults
 def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(bert, tmp_path):
-    # 75 steps an epoch, killed in the first: the resumed run crosses an epoch boundary
-    data = _data(150)
+    # 30 steps an epoch, killed in the first: the resumed run crosses an epoch boundary
+    data = _data(60)
     params = {
         **PARAMS,
         "base_model": str(bert),

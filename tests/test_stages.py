@@ -3,7 +3,7 @@ by side."""
 
 import dagster as dg
 
-from logfit_dagster.commands.stages import independent_parts, plan_stages
+from logfit_dagster.commands.stages import independent_parts, plan_stages, plan_units
 from logfit_dagster.definitions import defs
 from logfit_dagster.jobs import MATERIALIZE_SELECTION
 
@@ -85,3 +85,30 @@ def test_parts_largest_first_and_an_asset_outside_the_selection_joins_nothing():
     # e and f both read ``outside``, which is not selected: they stay apart
     assert _names(parts) == [["c", "b", "a"], ["e", "d"], ["f"]]
     assert _names(alone) == [["b"]]
+
+
+def test_a_unit_waits_only_for_the_units_it_reads_from():
+    """A source's template model waits for the pretraining, not for the line models; its
+    scoring waits for the line champion; the overview for the units whose assets it reads."""
+    keys = list(MATERIALIZE_SELECTION.resolve(list(defs.assets)))
+    stages = plan_stages(defs, keys)
+    units = plan_units(defs, stages[1:], ["a", "b"])
+    number = {(tuple(sorted(_names([u.keys])[0])), u.partition): n for n, u in enumerate(units)}
+
+    def unit(asset: str, source: str | None):
+        return next(
+            n for (names, partition), n in number.items() if asset in names and partition == source
+        )
+
+    lines, pretraining = unit("look_skip_model", None), unit("template_lm_pretrained", None)
+    assert units[lines].after == set() and units[pretraining].after == set()
+    assert units[unit("template_lm", "a")].after == {pretraining}
+    assert units[unit("scored_lines", "b")].after == {lines}
+    overview = unit("metrics_overview", None)
+    # it reads the line models and every source's template model (which waited for the
+    # pretraining), not the scored lines
+    assert units[overview].after == {lines, unit("template_lm", "a"), unit("template_lm", "b")}
+    assert units[unit("template_lm", "b")].label == (
+        "b models+reports (metrics_report, session_champion, template_lm)"
+    )
+    assert [u.partition for u in units].count("a") == 2  # scoring; template model and reports

@@ -74,6 +74,32 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
         vocabulary = json.loads((data / "models" / "template_vocabulary.json").read_text())
         assert vocabulary["tokens"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
 
+        # on the pretraining source itself the pretrained model is the source's model (no
+        # second pass over the same sessions, no twin), unless its thresholds are asked
+        # differently
+        own = {}
+        for percentile in (99.5, 99.0):
+            result = dg.materialize(
+                ASSETS,
+                selection=["template_lm"],
+                partition_key="p_hdfs",
+                instance=instance,
+                resources=_resources(),
+                run_config={
+                    "ops": {"template_lm": {"config": {**SMALL, "percentile": percentile}}}
+                },
+            )
+            assert result.success
+            own[percentile] = next(iter(result.get_asset_materialization_events())).materialization
+            if percentile == 99.5:  # nothing trained
+                assert not (data / "models" / "template_lm" / "p_hdfs").exists()
+        kept, retrained = own[99.5].metadata, own[99.0].metadata
+        assert kept["mode"].value == "the pretrained model, trained on this source"
+        assert kept["model_folder"].value == str(data / "models" / "template_lm_pretrained")
+        assert "pretraining_gain" not in kept and "scratch_model_folder" not in kept
+        assert "fine-tuned" in retrained["mode"].value
+        assert retrained["model_folder"].value != kept["model_folder"].value
+
         runs = {}
         for scratch in (True, False):  # the default fine-tunes and trains a scratch twin
             result = dg.materialize(

@@ -154,19 +154,22 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def _side_by_side(args: argparse.Namespace, names: list[str], big: set[str]) -> int:
-    """How many sources the stages after the first run at once: ``--parallel``, else one per
-    CPU (at most one per source) where every run is in process; 1 where steps take processes
-    of their own (``--executor multiprocess``, a big source) or ``--executor in_process``."""
+    """How many runs after the first stage go at once, each in a worker process:
+    ``--parallel``, else one per CPU where every run is in process, at most one per source and
+    one more (the line models beside the template model's pretraining: a worker imports torch
+    and holds a few hundred MB, so no more are started than can be busy); 1 where steps take
+    processes of their own (``--executor multiprocess``, a big source) or ``--executor
+    in_process``."""
     from logfit_dagster.core.models.threads import available_cpus
 
     parallel = getattr(args, "parallel", None)
     if parallel is not None:
         if parallel < 1:
             raise SystemExit(f"logfit: --parallel {parallel}: expected 1 or more")
-        return min(parallel, len(names))
+        return parallel
     if args.executor != "auto" or big:
         return 1
-    return min(available_cpus(), len(names))
+    return min(available_cpus(), len(names) + 1)
 
 
 class _Driver:
@@ -175,7 +178,7 @@ class _Driver:
     def __init__(self, args, defs, instance, sources, executor, workers=None):
         self.args, self.defs, self.instance = args, defs, instance
         self.sources, self.executor = sources, executor
-        # SourceWorkers: the sources of a stage after the first run side by side
+        # SourceWorkers: the runs after the first stage, side by side
         self.workers = workers
         self.progress = self.ctrl_c = None
         self.start_workers = False
@@ -188,19 +191,19 @@ class _Driver:
         self.settled: set[tuple[str, str | None]] = set()
 
     def run_stages(self, stages, names: list[str]) -> None:
+        """The first stage source by source in this process; the others in the workers as
+        their inputs are ready (:meth:`run_units`), or stage by stage here without workers."""
+        from logfit_dagster.commands.stages import plan_units
+
         succeeded = list(names)
         # the workers serve the stages after the first: started with its first run, if any
         self.start_workers = self.workers is not None and len(stages) > 1
         for number, stage in enumerate(stages):
+            if number > 0 and self.workers is not None:
+                self.run_units(plan_units(self.defs, stages[number:], succeeded))
+                return
             if not stage.partitioned:
-                label = stage.label(None, number == 0)
-                if number > 0 and self.workers is not None:
-                    self.run_parts_side_by_side(stage, label)
-                else:
-                    self.run(stage, None, label)
-                continue
-            if number > 0 and self.workers is not None and len(succeeded) > 1:
-                self.run_side_by_side(stage, succeeded)
+                self.run(stage, None, stage.label(None, number == 0))
                 continue
             for name in list(succeeded):
                 t0 = time.perf_counter()
@@ -223,123 +226,101 @@ class _Driver:
                 self.meta[name].get("session_model", {}), meta["session_champion"]
             )
 
-    def run_side_by_side(self, stage, names: list[str]) -> None:
-        """A stage after the first for every source, ``self.workers`` sources at a time
-        (``side_by_side.py``)."""
+    def run_units(self, units) -> None:
+        """The units of the stages after the first (``stages.plan_units``), each a run in a
+        worker (``side_by_side.py``), ``self.workers.workers`` at a time: a unit starts once the
+        units it reads from have finished, so the line models, the template model's
+        pretraining and each source's template model, scoring and reports overlap wherever the
+        graph lets them. A unit whose input failed runs on what exists (the run then names what
+        is missing), as a stage after a failed one does."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
         from logfit_dagster.runs import Interrupted, fail_orphaned_runs
 
-        labels = {name: stage.label(name, False) for name in names}
-        planned = {}
-        for name in names:
-            selection = self.plan(stage, name)
-            if selection == []:
-                self._record(stage, name, self._skip(stage, name, labels[name]), 0.0, False)
-            else:
-                planned[name] = selection
-        if len(planned) > self.workers.workers:
-            # the rest wait for a worker: said once, so that their lines below read as queued
-            self.progress.note(
-                f"{'+'.join(stage.groups)}: {len(planned)} sources, {self.workers.workers} at "
-                "a time, side by side (--parallel N sets how many)"
-            )
-        futures, started = {}, {}
-        for name, selection in planned.items():
-            self.progress.begin(labels[name], len(selection), name, alone=False)
-            futures[self.workers.submit(name, selection)] = name
-            started[name] = time.perf_counter()
-        pending = set(futures)
+        waiting, finished = list(range(len(units))), set()
+        skipped: dict[tuple[int, str | None], list[str]] = {}
+        running, started = {}, {}
         try:
             with self.ctrl_c.run_active():
-                while pending and not self.ctrl_c.requested:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        name = futures[future]
-                        self.progress.end(labels[name])
-                        try:
-                            ok, reason = future.result()
-                        except Exception as exc:  # the worker died (killed, out of memory)
-                            ok, reason = False, f"its worker process ended: {exc!r}"
-                        self._finish(stage, name, labels[name], ok, reason)
-                        if ok:
-                            meta = self.latest(stage.keys, name)
-                            self._record(
-                                stage, name, meta, time.perf_counter() - started[name], False
+                while (waiting or running) and not self.ctrl_c.requested:
+                    for number in [n for n in waiting if units[n].after <= finished]:
+                        waiting.remove(number)
+                        unit = units[number]
+                        selection = self.plan(unit.stage, unit.partition, unit.keys)
+                        if selection == []:
+                            skipped.setdefault((id(unit.stage), unit.partition), []).append(
+                                unit.label
                             )
-            if self.ctrl_c.requested:
-                raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            self.workers.stop(pending)
-            fail_orphaned_runs(self.instance)
-            running = ", ".join(labels[futures[f]] for f in pending)
-            raise Interrupted(running or "the runs side by side") from None
-
-    def run_parts_side_by_side(self, stage, label: str) -> None:
-        """An all-source stage whose assets to run fall in parts that no edge joins (the line
-        models, the template model's pretraining): the largest part runs in this process, with
-        its threads; the others at the same time in the workers, which take a share of the
-        CPUs each. One part runs as ``run`` runs it."""
-        from concurrent.futures import wait
-
-        from logfit_dagster.commands.stages import independent_parts
-        from logfit_dagster.runs import Interrupted, fail_orphaned_runs
-
-        selection = self.plan(stage, None)
-        if selection == []:
-            self._skip(stage, None, label)
-            return
-        parts = independent_parts(self.defs, selection)
-        if len(parts) == 1:
-            self.run(stage, None, label, selection)
-            return
-        # what is up to date settles now, as a whole stage's run settles it; each part on its own
-        self._settle(stage, None, [key for key in stage.keys if key not in selection])
-        labels = [f"{label} ({_part_name(part)})" for part in parts]
-        futures = {}
-        for part, part_label in zip(parts[1:], labels[1:], strict=True):
-            self.progress.begin(part_label, len(part), None, alone=False, keys=part)
-            futures[self.workers.submit(None, part)] = (part, part_label)
-        pending = set(futures)
-        try:
-            self.progress.begin(labels[0], len(parts[0]), None, alone=False, keys=parts[0])
-            with self.ctrl_c.run_active():
-                ok, _, reason = self.executor.run(None, parts[0])
-            if self.ctrl_c.requested:
-                raise KeyboardInterrupt
-            self.progress.end(labels[0])
-            self._finish(stage, None, labels[0], ok, reason, parts[0])
-            with self.ctrl_c.run_active():
-                while pending and not self.ctrl_c.requested:
-                    done, pending = wait(pending, timeout=0.5)
+                            meta = self._skip(
+                                unit.stage, unit.partition, unit.label, unit.keys, record=False
+                            )
+                            self._unit_done(unit, meta, 0.0)
+                            finished.add(number)
+                            continue
+                        self.progress.begin(
+                            unit.label, len(selection), unit.partition, alone=False, keys=selection
+                        )
+                        if not started:  # said once, so that the lines below read as queued
+                            self.progress.note(
+                                f"the runs after the first stage: {self.workers.workers} at "
+                                "a time in worker processes, each as soon as what it reads is "
+                                "there (--parallel N sets how many)"
+                            )
+                        running[self.workers.submit(unit.partition, selection)] = number
+                        started[number] = time.perf_counter()
+                    if not running:
+                        continue  # what was skipped may have readied others
+                    done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                     for future in done:
-                        part, part_label = futures[future]
-                        self.progress.end(part_label)
+                        number = running.pop(future)
+                        unit = units[number]
+                        self.progress.end(unit.label)
                         try:
                             ok, reason = future.result()
                         except Exception as exc:  # the worker died (killed, out of memory)
                             ok, reason = False, f"its worker process ended: {exc!r}"
-                        self._finish(stage, None, part_label, ok, reason, part)
+                        self._finish(unit.stage, unit.partition, unit.label, ok, reason, unit.keys)
+                        if ok:
+                            meta = self.latest(unit.keys, unit.partition)
+                            self._unit_done(unit, meta, time.perf_counter() - started[number])
+                        finished.add(number)
             if self.ctrl_c.requested:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
-            self.workers.stop(pending)
+            self.workers.stop(set(running))
             fail_orphaned_runs(self.instance)
-            raise Interrupted(label) from None
+            labels = ", ".join(units[n].label for n in running.values())
+            raise Interrupted(labels or "the runs after the first stage") from None
+        finally:
+            self._skipped_units(units, skipped)
+
+    def _unit_done(self, unit, meta: dict, seconds: float) -> None:
+        if unit.partition is not None:
+            self._record(unit.stage, unit.partition, meta, seconds, False)
+
+    def _skipped_units(self, units, skipped: dict) -> None:
+        """The summary's "up to date" list: a stage's label where every part of it was up to
+        date for that source, else the parts' labels."""
+        for (stage_id, partition), labels in skipped.items():
+            parts = [u for u in units if id(u.stage) == stage_id and u.partition == partition]
+            if len(labels) == len(parts):
+                self.skipped.append(parts[0].stage.label(partition, False))
+            else:
+                self.skipped.extend(labels)
 
     def _fresh(self):
         from logfit_dagster.commands.freshness import Freshness
 
         return Freshness(self.instance, self.defs)
 
-    def plan(self, stage, partition: str | None) -> list | None:
-        """The assets of the stage to run: None for all, [] for nothing."""
+    def plan(self, stage, partition: str | None, keys=None) -> list:
+        """The assets of the stage (or of its ``keys`` alone) to run: [] for nothing."""
         import dagster as dg
 
         from logfit_dagster.core.errors import LogfitError
 
         fresh = self._fresh()
-        keys = self._runnable(stage, partition, fresh)
+        keys = self._runnable(stage, partition, fresh, keys)
         if not keys:
             return []
         if self.args.force:
@@ -361,14 +342,18 @@ class _Driver:
             self.progress.note(f"{key.to_user_string()}: {why}: rebuilt")
         return stale
 
-    def _runnable(self, stage, partition: str | None, fresh) -> list:
-        """The stage's assets whose inputs from earlier stages exist; the others are named."""
+    def _runnable(self, stage, partition: str | None, fresh, keys=None) -> list:
+        """The stage's assets (or ``keys``) whose inputs from earlier stages exist; the others
+        are named."""
+        keys = stage.keys if keys is None else keys
         blocked = {}
         for key, needs in stage.needs.items():
+            if key not in keys:
+                continue
             missing = [n for n in needs if not fresh.has_materialization(n, partition)]
             if missing:
                 blocked[key] = missing
-        keys = [k for k in stage.keys if k not in blocked]
+        keys = [k for k in keys if k not in blocked]
         # what reads a blocked asset in the same stage cannot run either
         keys = [k for k in keys if not fresh.downstream_of(k, set(blocked))]
         for key, missing in blocked.items():
@@ -416,11 +401,16 @@ class _Driver:
         self._finish(stage, partition, label, ok, reason)
         return ok, {**self.latest(stage.keys, partition), **meta}
 
-    def _skip(self, stage, partition: str | None, label: str) -> dict:
-        """A stage with nothing to run for ``partition``: up to date; its latest metadata."""
-        self.skipped.append(label)
-        self._settle(stage, partition)
-        return self.latest(stage.keys, partition)
+    def _skip(
+        self, stage, partition: str | None, label: str, keys=None, record: bool = True
+    ) -> dict:
+        """A stage (or its assets ``keys``) with nothing to run for ``partition``: up to date;
+        its latest metadata. ``record``: name ``label`` in the summary's "up to date" list."""
+        keys = stage.keys if keys is None else keys
+        if record:
+            self.skipped.append(label)
+        self._settle(stage, partition, keys)
+        return self.latest(keys, partition)
 
     def _finish(
         self, stage, partition: str | None, label: str, ok: bool, reason: str, keys=None
@@ -445,12 +435,6 @@ class _Driver:
             if meta:
                 out[key.to_user_string()] = meta
         return out
-
-
-def _part_name(keys: list) -> str:
-    """How progress names a part of a stage: its assets, the first few."""
-    names = [key.to_user_string() for key in keys]
-    return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
 
 
 def _print_summary(driver: _Driver, home: Path, started: float) -> None:
@@ -512,7 +496,7 @@ def _print_summary(driver: _Driver, home: Path, started: float) -> None:
         )
     if template_models:
         source = pretrained.get("source", "?")
-        print(f"template_lm (pretrained on {source}, fine-tuned per source), test F1:")
+        print(f"template_lm (pretrained on {source}, fine-tuned on every other source), test F1:")
         for name, meta in template_models.items():
             print(f"  {name}: {_template_summary(meta)}")
     if skipped:

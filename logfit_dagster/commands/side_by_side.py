@@ -1,14 +1,14 @@
-"""Sources side by side: the runs of one stage of ``logfit materialize`` for several sources at
-once, each in a worker process; and the parts of an all-source stage that no edge joins (the
-line models beside the template model's pretraining), one in the command's process and the
-others in the workers.
+"""Runs side by side: after the first stage of ``logfit materialize``, every run (a part of a
+stage, for one source or for all) goes to a worker process as soon as the runs it reads from
+have finished (``stages.plan_units``): the line models, the template model's pretraining, and
+each source's template model, scoring and reports overlap wherever the asset graph lets them.
 
-A source's steps after the line models are mostly single-threaded: training a template model
-keeps one core busy whatever torch's threads, so one source at a time left a core of two idle
-for most of that stage. The workers are processes, not threads (the steps hold the GIL); each
-runs its runs in process, as ``--executor in_process`` does, and keeps its imports from one run
-to the next. torch in a worker takes its share of the CPUs (``LOGFIT_STEPS_BESIDE``: the number
-of workers) unless ``LOGFIT_TORCH_THREADS`` says otherwise.
+Waiting for whole stages left a core of two idle: the line models' selection is
+single-threaded, and each source's template model waited for the line transformer it never
+reads. The workers are processes, not threads (the steps hold the GIL); each runs its runs in
+process, as ``--executor in_process`` does, and keeps its imports from one run to the next.
+torch in a worker takes its share of the CPUs (``LOGFIT_STEPS_BESIDE``: the number of workers)
+unless ``LOGFIT_TORCH_THREADS`` says otherwise.
 
 Ctrl-C: a terminal sends SIGINT to the whole process group. A worker ignores it between runs;
 inside one, Dagster stops the step and marks the run failed, as in the command's own process.
@@ -24,7 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, wait
 
 
 class SourceWorkers:
-    """``workers`` processes that run a stage's selection for one source each."""
+    """``workers`` processes that each run a selection for one source (or for all)."""
 
     def __init__(self, workers: int, run_config: dict, job: str | None):
         self.workers, self.run_config, self.job = workers, run_config, job
@@ -93,9 +93,15 @@ _PRELOADED = (
 
 def _start_worker(workers: int) -> None:
     import importlib
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("LOGFIT_STEPS_BESIDE", str(workers))
+    # a command that ends without ending its workers (killed, or a second Ctrl-C, which exits
+    # at once) must not leave them behind: the run a worker was in is marked failed by the
+    # next command, as a killed command's own run is
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(parent,), name="logfit-parent", daemon=True).start()
     for module in _PRELOADED:
         try:
             importlib.import_module(module)
@@ -122,3 +128,12 @@ def _run(
         partition, selection
     )
     return ok, reason
+
+
+def _exit_with(parent: int, every: float = 0.5) -> None:
+    """End this worker once the process that started it has ended (it is then re-parented)."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)

@@ -108,6 +108,50 @@ def independent_parts(defs: dg.Definitions, keys: list[dg.AssetKey]) -> list[lis
     return sorted(parts.values(), key=len, reverse=True)
 
 
+@dataclass
+class Unit:
+    """A part of a stage for one source (or for every source): one Dagster run, started once
+    the units it reads from have finished."""
+
+    stage: Stage
+    keys: list[dg.AssetKey]
+    partition: str | None
+    label: str
+    # the units (by their place in the plan) whose assets it reads
+    after: set[int] = field(default_factory=set)
+
+
+def plan_units(defs: dg.Definitions, stages: list[Stage], sources: list[str]) -> list[Unit]:
+    """The runs of ``stages`` (the stages after the first) as units: each stage's parts that no
+    edge joins, once per source for a per-source stage. A unit waits only for the units whose
+    assets it reads (for its own source, or for every source), not for a whole stage: a
+    source's template model fine-tunes as soon as the pretrained model is there, while the line
+    models still train. In stage order, then part, then source."""
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    units: list[Unit] = []
+    for stage in stages:
+        parts = independent_parts(defs, stage.keys)
+        for part in parts:
+            reads = {dep.asset_key for key in part for dep in specs[key].deps}
+            suffix = f" ({part_name(part)})" if len(parts) > 1 else ""
+            for partition in sources if stage.partitioned else [None]:
+                after = {
+                    number
+                    for number, unit in enumerate(units)
+                    if reads.intersection(unit.keys)
+                    and (partition is None or unit.partition in (None, partition))
+                }
+                label = stage.label(partition, False) + suffix
+                units.append(Unit(stage, part, partition, label, after))
+    return units
+
+
+def part_name(keys: list[dg.AssetKey]) -> str:
+    """How progress names a part of a stage: its assets, the first few."""
+    names = [key.to_user_string() for key in keys]
+    return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+
+
 def _required_inputs(defs: dg.Definitions) -> dict[dg.AssetKey, list[dg.AssetKey]]:
     """Per asset, the upstream assets it reads one stored output of and cannot do without:
     not those marked ``optional``, nor those read across every source (what exists is read)."""

@@ -27,7 +27,7 @@ from logfit_dagster.assets.models._shared import (
     write_json,
 )
 from logfit_dagster.core.errors import TrainingDataError
-from logfit_dagster.core.models.base import ModelArtifact
+from logfit_dagster.core.models.base import ModelArtifact, TrainResult
 from logfit_dagster.core.models.template_lm import SESSION_ROW_COLUMNS
 from logfit_dagster.partitions import log_source_partitions
 from logfit_dagster.resources.sources import LogSources
@@ -323,9 +323,10 @@ def template_lm(
     trainer: Trainer,
     tracker: ExperimentTracker,
 ):
-    """The source's next-template transformer, fine-tuned from the pretrained one (or from
-    scratch): per test session its scores by max and mean NLL, perplexity and the DeepLog top-g
-    rule, each with a threshold from normal dev sessions."""
+    """The source's next-template transformer, fine-tuned from the pretrained one (on the
+    pretraining source, the pretrained one itself; or from scratch): per test session its
+    scores by max and mean NLL, perplexity and the DeepLog top-g rule, each with a threshold
+    from normal dev sessions."""
     from logfit_dagster.core import plots
     from logfit_dagster.core.models.template_lm import (
         evaluation_frame,
@@ -342,6 +343,7 @@ def template_lm(
             sessions, dataset_splits, templates, template_vocabulary["template"].tolist()
         )
         pretrained = template_lm_pretrained
+        pretrained_on = str(pretrained.manifest.data.get("source", ""))
         init = None if config.from_scratch else str(pretrained.folder)
         # the stored model's place never changes: its files say which model it is, so a
         # retrained pretrained model retrains the fine-tuned ones
@@ -349,13 +351,19 @@ def template_lm(
         data.update(source=source, init=init, init_files=init_files)
         mode = "scratch" if config.from_scratch else "finetuned"
         params = config.params()
-        # one folder per data and params: the same training again reuses the finished model
-        folder = family_folder("template_lm", f"{source}/{mode}/{training_key(data, params)}")
-        result = trainer.train(context, "template_lm", data, params, folder)
         baseline = None
-        # the twin shows what pretraining on another source gains; on the pretraining source
-        # itself there is nothing to transfer
-        pretrained_on = str(pretrained.manifest.data.get("source", ""))
+        if init is not None and pretrained_on == source and _scores_alike(pretrained, params):
+            # trained on this source's own sessions, calibrated on its dev sessions and
+            # evaluated on its test sessions: it is the source's model. Fine-tuning it on the
+            # same sessions again would be more steps, not transfer (for more, raise the
+            # pretraining's budget), and nothing is transferred to measure against a twin.
+            mode, folder = "pretrained", pretrained.folder
+            result = TrainResult(pretrained.folder, pretrained.manifest)
+        else:
+            # one folder per data and params: the same training again reuses the finished model
+            folder = family_folder("template_lm", f"{source}/{mode}/{training_key(data, params)}")
+            result = trainer.train(context, "template_lm", data, params, folder)
+        # the twin shows what pretraining on another source gains
         if init is not None and config.compare_with_scratch and pretrained_on != source:
             context.log.info("training the same model from scratch, to measure the gain")
             twin = {**data, "init": None, "init_files": None}
@@ -371,7 +379,9 @@ def template_lm(
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
     thresholds = json.loads((folder / "thresholds.json").read_text())
     frame = session_frame(evaluation, thresholds, config.unseen_rate)
-    frame["mode"] = "scratch" if config.from_scratch else "fine-tuned"
+    frame["mode"] = {"scratch": "scratch", "finetuned": "fine-tuned", "pretrained": "pretrained"}[
+        mode
+    ]
     # the scratch twin on the same test sessions, for the pretraining gain in the overview
     scratch = session_frame({}, {}, config.unseen_rate)
     if baseline is not None and evaluation:
@@ -386,7 +396,11 @@ def template_lm(
     frame = frame.merge(scratch, on=["session_id", "method"], how="left")
     figures = _figures(evaluation, thresholds, source)
     metadata = {
-        "mode": "from scratch" if config.from_scratch else "fine-tuned from the pretrained model",
+        "mode": {
+            "scratch": "from scratch",
+            "finetuned": "fine-tuned from the pretrained model",
+            "pretrained": "the pretrained model, trained on this source",
+        }[mode],
         **finite(result.metrics),
         "model_folder": dg.MetadataValue.path(str(folder)),
         "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
@@ -415,7 +429,12 @@ def template_lm(
     record = tracker.log_training(
         run_name=f"template_lm/{source}",
         model_name=template_lm_name(source),
-        params={**config.params(), "source": source, "from_scratch": config.from_scratch},
+        # the pretrained model's own params where it is the source's model
+        params={
+            **(result.manifest.params if mode == "pretrained" else config.params()),
+            "source": source,
+            "from_scratch": config.from_scratch,
+        },
         metrics={**result.metrics, **gain_metrics},
         artifact_folder=folder,
         step_metrics=_histories(folder),
@@ -427,6 +446,19 @@ def template_lm(
     metadata["registered_version"] = str(record.version)
     frame["version"] = str(record.version)
     return dg.Output(frame[TEMPLATE_SCORE_COLUMNS], metadata=metadata)
+
+
+def _scores_alike(pretrained: ModelArtifact, params: dict) -> bool:
+    """Whether the pretrained model's thresholds are the ones ``params`` asks for: the same
+    false-alarm target, and top-g's g chosen on dev by both or the same given g."""
+    stored = pretrained.manifest.params
+    if stored.get("percentile") != params["percentile"]:
+        return False
+    if params["top_g"] == 0:
+        return bool(pretrained.metrics.get("top_g_chosen_on_dev"))
+    return stored.get("top_g") == params["top_g"] and not pretrained.metrics.get(
+        "top_g_chosen_on_dev"
+    )
 
 
 def pretraining_gain(
