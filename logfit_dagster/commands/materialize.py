@@ -377,15 +377,12 @@ class _Driver:
         }
         return read is not None and set(read) != labelled
 
-    def run(
-        self, stage, partition: str | None, label: str, selection: list | None = None
-    ) -> tuple[bool, dict]:
+    def run(self, stage, partition: str | None, label: str) -> tuple[bool, dict]:
         """The stage for ``partition`` in this process (or with the code location's executor):
-        what ``plan`` finds to run, or ``selection`` planned already."""
+        what ``plan`` finds to run."""
         from logfit_dagster.runs import Interrupted
 
-        if selection is None:
-            selection = self.plan(stage, partition)
+        selection = self.plan(stage, partition)
         if selection == []:
             return True, self._skip(stage, partition, label)
         if self.start_workers:

@@ -45,6 +45,13 @@ PRETRAIN_STEPS = 450
 FINETUNE_STEPS = 240
 PRETRAIN_SECONDS = 150.0
 FINETUNE_SECONDS = 60.0
+# How a source's model came to be: its rows' ``mode`` (the overview's label) and the words of
+# its metadata
+MODES = {
+    "finetuned": ("fine-tuned", "fine-tuned from the pretrained model"),
+    "scratch": ("scratch", "from scratch"),
+    "pretrained": ("pretrained", "the pretrained model, trained on this source"),
+}
 TEMPLATE_SCORE_COLUMNS = [
     # per test session and method: scores, flags and the method's dev figures
     *SESSION_ROW_COLUMNS,
@@ -379,9 +386,7 @@ def template_lm(
     evaluation = json.loads((folder / "evaluation.json").read_text()) if data["test"] else {}
     thresholds = json.loads((folder / "thresholds.json").read_text())
     frame = session_frame(evaluation, thresholds, config.unseen_rate)
-    frame["mode"] = {"scratch": "scratch", "finetuned": "fine-tuned", "pretrained": "pretrained"}[
-        mode
-    ]
+    frame["mode"] = MODES[mode][0]
     # the scratch twin on the same test sessions, for the pretraining gain in the overview
     scratch = session_frame({}, {}, config.unseen_rate)
     if baseline is not None and evaluation:
@@ -396,11 +401,7 @@ def template_lm(
     frame = frame.merge(scratch, on=["session_id", "method"], how="left")
     figures = _figures(evaluation, thresholds, source)
     metadata = {
-        "mode": {
-            "scratch": "from scratch",
-            "finetuned": "fine-tuned from the pretrained model",
-            "pretrained": "the pretrained model, trained on this source",
-        }[mode],
+        "mode": MODES[mode][1],
         **finite(result.metrics),
         "model_folder": dg.MetadataValue.path(str(folder)),
         "train_seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
