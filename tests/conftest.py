@@ -10,6 +10,13 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+# Under pytest-xdist each worker process is a step beside the others on the same CPUs, so
+# torch in each (and in the processes it starts) takes its share of them: the project's own
+# rule (``core/models/threads.py``). Two workers of two torch threads each on 2 CPUs spent
+# 2.5 times the CPU in OpenMP's waits (the line and template model tests: 234 s against 91 s).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("LOGFIT_STEPS_BESIDE", os.environ["PYTEST_XDIST_WORKER_COUNT"])
+
 
 def shared_data_dir() -> Path:
     """``LOGFIT_SHARED_DATA``, else ``../shared/data`` beside the project."""

@@ -270,10 +270,10 @@ def test_logfit_materialize_prints_summary_and_writes_outputs(lineages):
 
 
 def test_logfit_materialize_runs_each_part_in_a_worker_as_soon_as_its_inputs_are_there(lineages):
-    """On 2 or more CPUs, the runs after the ingest stage go to two worker processes, each as
-    soon as what it reads is there: the line models and the template model's pretraining at
-    once, then each source's template model and its scoring as separate runs (the UI and
-    schedule runs above reach the same results)."""
+    """On 2 or more CPUs, every run goes to one of two worker processes as soon as what it
+    reads is there: the sources' ingests first, the line models and the template model's
+    pretraining at once, then each source's template model and its scoring as separate runs
+    (the UI and schedule runs above reach the same results)."""
     from logfit_dagster.core.models.threads import available_cpus
     from logfit_dagster.runs import PID_TAG
 
@@ -291,14 +291,18 @@ def test_logfit_materialize_runs_each_part_in_a_worker_as_soon_as_its_inputs_are
             and r.dagster_run.tags.get("dagster/partition") == source
         ]
 
-    (ingest,) = runs_of("raw_logs", "tiny_hdfs")
+    def overlap(a, b) -> bool:
+        return max(a.start_time, b.start_time) < min(a.end_time, b.end_time)
+
+    ingests = [r for source in SOURCES for r in runs_of("raw_logs", source)]
     (lines,) = runs_of("look_skip_model")
     (pretraining,) = runs_of("template_lm_pretrained")
     assert runs_of("line_champion") == [lines] and runs_of("template_vocabulary") == [pretraining]
-    command = ingest.dagster_run.tags[PID_TAG]
     workers = {lines.dagster_run.tags[PID_TAG], pretraining.dagster_run.tags[PID_TAG]}
-    assert len(workers) == 2 and command not in workers
-    assert max(lines.start_time, pretraining.start_time) < min(lines.end_time, pretraining.end_time)
+    # every run in one of the two workers, none in the command's own process
+    assert len(workers) == 2 and {r.dagster_run.tags[PID_TAG] for r in records} == workers
+    assert len(ingests) == 2 and overlap(lines, pretraining)
+    assert all(r.start_time >= max(i.end_time for i in ingests) for r in (lines, pretraining))
     # each source's runs start once what they read has finished, in the same two workers: its
     # template model after the pretraining (not after the line models), its scoring after the
     # line champion

@@ -88,11 +88,13 @@ def test_parts_largest_first_and_an_asset_outside_the_selection_joins_nothing():
 
 
 def test_a_unit_waits_only_for_the_units_it_reads_from():
-    """A source's template model waits for the pretraining, not for the line models; its
-    scoring waits for the line champion; the overview for the units whose assets it reads."""
+    """Each source's ingest waits for nothing; the line models and the pretraining for every
+    source's ingest; a source's template model waits for the pretraining, not for the line
+    models; its scoring waits for the line champion; the overview for the units whose assets
+    it reads."""
     keys = list(MATERIALIZE_SELECTION.resolve(list(defs.assets)))
     stages = plan_stages(defs, keys)
-    units = plan_units(defs, stages[1:], ["a", "b"])
+    units = plan_units(defs, stages, ["a", "b"])
     number = {(tuple(sorted(_names([u.keys])[0])), u.partition): n for n, u in enumerate(units)}
 
     def unit(asset: str, source: str | None):
@@ -100,10 +102,17 @@ def test_a_unit_waits_only_for_the_units_it_reads_from():
             n for (names, partition), n in number.items() if asset in names and partition == source
         )
 
+    ingest = {unit("raw_logs", "a"), unit("raw_logs", "b")}
+    assert [units[n].after for n in sorted(ingest)] == [set(), set()]
+    assert [units[n].label for n in sorted(ingest)] == ["a", "b"]  # the summary row's name
+    assert all(units[n].first for n in ingest) and sum(u.first for u in units) == 2
+    assert units[unit("session_model", "a")] is units[unit("raw_logs", "a")]
     lines, pretraining = unit("look_skip_model", None), unit("template_lm_pretrained", None)
-    assert units[lines].after == set() and units[pretraining].after == set()
-    assert units[unit("template_lm", "a")].after == {pretraining}
-    assert units[unit("scored_lines", "b")].after == {lines}
+    assert units[lines].after == ingest and units[pretraining].after == ingest
+    ingest_a, ingest_b = unit("raw_logs", "a"), unit("raw_logs", "b")
+    # a source's later units read its own ingest, never another source's
+    assert units[unit("template_lm", "a")].after == {ingest_a, pretraining}
+    assert units[unit("scored_lines", "b")].after == {ingest_b, lines}
     overview = unit("metrics_overview", None)
     # it reads the line models and every source's template model (which waited for the
     # pretraining), not the scored lines
@@ -111,4 +120,6 @@ def test_a_unit_waits_only_for_the_units_it_reads_from():
     assert units[unit("template_lm", "b")].label == (
         "b models+reports (metrics_report, session_champion, template_lm)"
     )
-    assert [u.partition for u in units].count("a") == 2  # scoring; template model and reports
+    # its ingest; its scoring; its template model and reports
+    assert [u.partition for u in units].count("a") == 3
+    assert units[unit("template_lm", "b")].stage_label == "b models+reports"

@@ -23,7 +23,7 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(workdir):
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for _ in range(3)
     ]
     outcomes = [(p.wait(timeout=180), p.communicate()) for p in procs]
     failures = [err[-1500:] for code, (_, err) in outcomes if code != 0]

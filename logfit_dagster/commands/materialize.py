@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from logfit_dagster.cli import ensure_dagster_home
@@ -154,12 +155,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def _side_by_side(args: argparse.Namespace, names: list[str], big: set[str]) -> int:
-    """How many runs after the first stage go at once, each in a worker process:
-    ``--parallel``, else one per CPU where every run is in process, at most one per source and
-    one more (the line models beside the template model's pretraining: a worker imports torch
-    and holds a few hundred MB, so no more are started than can be busy); 1 where steps take
-    processes of their own (``--executor multiprocess``, a big source) or ``--executor
-    in_process``."""
+    """How many runs go at once, each in a worker process: ``--parallel``, else one per CPU
+    where every run is in process, at most one per source and one more (the line models beside
+    the template model's pretraining: a worker imports torch and holds a few hundred MB, so no
+    more are started than can be busy); 1 (every run in this process, stage after stage) where
+    steps take processes of their own (``--executor multiprocess``, a big source) or
+    ``--executor in_process``."""
     from logfit_dagster.core.models.threads import available_cpus
 
     parallel = getattr(args, "parallel", None)
@@ -178,10 +179,10 @@ class _Driver:
     def __init__(self, args, defs, instance, sources, executor, workers=None):
         self.args, self.defs, self.instance = args, defs, instance
         self.sources, self.executor = sources, executor
-        # SourceWorkers: the runs after the first stage, side by side
+        # SourceWorkers: the runs side by side
         self.workers = workers
         self.progress = self.ctrl_c = None
-        self.start_workers = False
+        self.order: dict[str, int] = {}  # the sources' order in the summary
         self.rows: list[dict] = []
         self.failed: list[tuple[str, str]] = []
         self.skipped: list[str] = []
@@ -191,17 +192,17 @@ class _Driver:
         self.settled: set[tuple[str, str | None]] = set()
 
     def run_stages(self, stages, names: list[str]) -> None:
-        """The first stage source by source in this process; the others in the workers as
-        their inputs are ready (:meth:`run_units`), or stage by stage here without workers."""
+        """Every stage in the workers, each run as soon as its inputs are ready
+        (:meth:`run_units`); without workers (or for a selection of one stage), stage by stage
+        in this process."""
         from logfit_dagster.commands.stages import plan_units
 
+        if self.workers is not None and len(stages) > 1:
+            self.order = {name: n for n, name in enumerate(names)}
+            self.run_units(plan_units(self.defs, stages, names))
+            return
         succeeded = list(names)
-        # the workers serve the stages after the first: started with its first run, if any
-        self.start_workers = self.workers is not None and len(stages) > 1
         for number, stage in enumerate(stages):
-            if number > 0 and self.workers is not None:
-                self.run_units(plan_units(self.defs, stages[number:], succeeded))
-                return
             if not stage.partitioned:
                 self.run(stage, None, stage.label(None, number == 0))
                 continue
@@ -211,14 +212,17 @@ class _Driver:
                 if number == 0 and not ok:
                     succeeded.remove(name)  # its later stages would read what failed
                     continue
-                self._record(stage, name, meta, time.perf_counter() - t0, number == 0)
+                unchanged = number == 0 and stage.label(name, True) in self.skipped
+                self._record(name, meta, time.perf_counter() - t0, number == 0, unchanged)
 
-    def _record(self, stage, name: str, meta: dict, seconds: float, first: bool) -> None:
-        """What the summary shows of a source's stage that succeeded."""
+    def _record(self, name: str, meta: dict, seconds: float, first: bool, unchanged: bool) -> None:
+        """What the summary shows of a source's stage that succeeded (or was up to date): its
+        row from the first stage, the session champion from a later one."""
         if first:
             self.meta[name] = dict(meta)
-            unchanged = stage.label(name, True) in self.skipped
             self.rows.append(_summary_row(name, meta, seconds, unchanged))
+            # in the order the sources were named, whichever finished first
+            self.rows.sort(key=lambda row: self.order.get(row["source"], 0))
         elif "session_champion" in meta and name in self.meta:
             # the champion is chosen in a later stage: the row names it once it is
             row = next(r for r in self.rows if r["source"] == name)
@@ -227,23 +231,60 @@ class _Driver:
             )
 
     def run_units(self, units) -> None:
-        """The units of the stages after the first (``stages.plan_units``), each a run in a
-        worker (``side_by_side.py``), ``self.workers.workers`` at a time: a unit starts once the
-        units it reads from have finished, so the line models, the template model's
-        pretraining and each source's template model, scoring and reports overlap wherever the
-        graph lets them. A unit whose input failed runs on what exists (the run then names what
-        is missing), as a stage after a failed one does."""
+        """The units of every stage (``stages.plan_units``), each a run in a worker
+        (``side_by_side.py``), ``self.workers.workers`` at a time: a unit starts once the units
+        it reads from have finished, so the sources' ingests run side by side, and the line
+        models, the template model's pretraining and each source's template model, scoring and
+        reports overlap wherever the graph lets them. A source whose first stage failed runs
+        nothing more (its later units would read what failed); a unit over every source, or
+        one whose input trained nothing, runs on what exists (the run then names what is
+        missing)."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
         from logfit_dagster.runs import Interrupted, fail_orphaned_runs
 
         waiting, finished = list(range(len(units))), set()
         skipped: dict[tuple[int, str | None], list[str]] = {}
-        running, started = {}, {}
+        running: dict = {}
+        noted = False  # how the runs go, said once
+        # per source, its first stage's parts still to finish, and what they left
+        first_parts = defaultdict(int)
+        for unit in units:
+            if unit.first:
+                first_parts[unit.partition] += 1
+        first_meta, first_seconds, first_ran = defaultdict(dict), defaultdict(float), set()
+
+        def first_done(unit, ok: bool, meta: dict, seconds: float, ran: bool) -> None:
+            name = unit.partition
+            if not ok:  # nothing of this source runs after: what its later units read failed
+                for number in [n for n in waiting if units[n].partition == name]:
+                    waiting.remove(number)
+                    finished.add(number)
+                first_parts.pop(name, None)
+                return
+            if name not in first_parts:
+                return  # another part of its first stage failed
+            first_meta[name].update(meta)
+            first_seconds[name] = max(first_seconds[name], seconds)
+            if ran:
+                first_ran.add(name)
+            first_parts[name] -= 1
+            if not first_parts[name]:
+                unchanged = name not in first_ran
+                self._record(name, first_meta[name], first_seconds[name], True, unchanged)
+
+        def unit_done(unit, ok: bool, meta: dict, seconds: float, ran: bool) -> None:
+            if unit.first:
+                first_done(unit, ok, meta, seconds, ran)
+            elif ok and unit.partition is not None:
+                self._record(unit.partition, meta, seconds, False, False)
+
         try:
             with self.ctrl_c.run_active():
                 while (waiting or running) and not self.ctrl_c.requested:
                     for number in [n for n in waiting if units[n].after <= finished]:
+                        if number not in waiting:
+                            continue  # dropped: its source's first stage failed meanwhile
                         waiting.remove(number)
                         unit = units[number]
                         selection = self.plan(unit.stage, unit.partition, unit.keys)
@@ -254,20 +295,20 @@ class _Driver:
                             meta = self._skip(
                                 unit.stage, unit.partition, unit.label, unit.keys, record=False
                             )
-                            self._unit_done(unit, meta, 0.0)
+                            unit_done(unit, True, meta, 0.0, False)
                             finished.add(number)
                             continue
                         self.progress.begin(
                             unit.label, len(selection), unit.partition, alone=False, keys=selection
                         )
-                        if not started:  # said once, so that the lines below read as queued
+                        if not noted:  # so that the lines below read as queued
+                            noted = True
                             self.progress.note(
-                                f"the runs after the first stage: {self.workers.workers} at "
-                                "a time in worker processes, each as soon as what it reads is "
-                                "there (--parallel N sets how many)"
+                                f"the runs go {self.workers.workers} at a time to worker "
+                                "processes, each as soon as what it reads is there "
+                                "(--parallel N sets how many)"
                             )
                         running[self.workers.submit(unit.partition, selection)] = number
-                        started[number] = time.perf_counter()
                     if not running:
                         continue  # what was skipped may have readied others
                     done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -276,13 +317,13 @@ class _Driver:
                         unit = units[number]
                         self.progress.end(unit.label)
                         try:
-                            ok, reason = future.result()
+                            # seconds: the run's own, not its wait for a worker's imports
+                            ok, reason, seconds = future.result()
                         except Exception as exc:  # the worker died (killed, out of memory)
-                            ok, reason = False, f"its worker process ended: {exc!r}"
+                            ok, reason, seconds = False, f"its worker process ended: {exc!r}", 0.0
                         self._finish(unit.stage, unit.partition, unit.label, ok, reason, unit.keys)
-                        if ok:
-                            meta = self.latest(unit.keys, unit.partition)
-                            self._unit_done(unit, meta, time.perf_counter() - started[number])
+                        meta = self.latest(unit.keys, unit.partition) if ok else {}
+                        unit_done(unit, ok, meta, seconds, True)
                         finished.add(number)
             if self.ctrl_c.requested:
                 raise KeyboardInterrupt
@@ -290,13 +331,9 @@ class _Driver:
             self.workers.stop(set(running))
             fail_orphaned_runs(self.instance)
             labels = ", ".join(units[n].label for n in running.values())
-            raise Interrupted(labels or "the runs after the first stage") from None
+            raise Interrupted(labels or "planning the next run") from None
         finally:
             self._skipped_units(units, skipped)
-
-    def _unit_done(self, unit, meta: dict, seconds: float) -> None:
-        if unit.partition is not None:
-            self._record(unit.stage, unit.partition, meta, seconds, False)
 
     def _skipped_units(self, units, skipped: dict) -> None:
         """The summary's "up to date" list: a stage's label where every part of it was up to
@@ -304,7 +341,7 @@ class _Driver:
         for (stage_id, partition), labels in skipped.items():
             parts = [u for u in units if id(u.stage) == stage_id and u.partition == partition]
             if len(labels) == len(parts):
-                self.skipped.append(parts[0].stage.label(partition, False))
+                self.skipped.append(parts[0].stage_label)
             else:
                 self.skipped.extend(labels)
 
@@ -385,8 +422,6 @@ class _Driver:
         selection = self.plan(stage, partition)
         if selection == []:
             return True, self._skip(stage, partition, label)
-        if self.start_workers:
-            self.workers.start()  # their imports beside this run, ready for the later stages
         self.progress.begin(label, len(selection), partition)
         try:
             with self.ctrl_c.run_active():

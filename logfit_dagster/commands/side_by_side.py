@@ -1,14 +1,16 @@
-"""Runs side by side: after the first stage of ``logfit materialize``, every run (a part of a
-stage, for one source or for all) goes to a worker process as soon as the runs it reads from
-have finished (``stages.plan_units``): the line models, the template model's pretraining, and
-each source's template model, scoring and reports overlap wherever the asset graph lets them.
+"""Runs side by side: every run of ``logfit materialize`` (a part of a stage, for one source or
+for all) goes to a worker process as soon as the runs it reads from have finished
+(``stages.plan_units``): the sources' ingests, then the line models, the template model's
+pretraining, and each source's template model, scoring and reports overlap wherever the asset
+graph lets them.
 
-Waiting for whole stages left a core of two idle: the line models' selection is
-single-threaded, and each source's template model waited for the line transformer it never
-reads. The workers are processes, not threads (the steps hold the GIL); each runs its runs in
-process, as ``--executor in_process`` does, and keeps its imports from one run to the next.
-torch in a worker takes its share of the CPUs (``LOGFIT_STEPS_BESIDE``: the number of workers)
-unless ``LOGFIT_TORCH_THREADS`` says otherwise.
+Waiting for whole stages left a core of two idle: the ingest of one source at a time, the line
+models' selection (single-threaded), and each source's template model waiting for the line
+transformer it never reads. The workers are processes, not threads (the steps hold the GIL);
+each runs its runs in process, as ``--executor in_process`` does, and keeps its imports from
+one run to the next, so the libraries a run needs are imported once per worker, never in the
+command's own process. torch in a worker takes its share of the CPUs
+(``LOGFIT_STEPS_BESIDE``: the number of workers) unless ``LOGFIT_TORCH_THREADS`` says otherwise.
 
 Ctrl-C: a terminal sends SIGINT to the whole process group. A worker ignores it between runs;
 inside one, Dagster stops the step and marks the run failed, as in the command's own process.
@@ -32,9 +34,9 @@ class SourceWorkers:
         self._used = False  # a run was submitted (not only the start)
 
     def start(self) -> None:
-        """Start the workers now, so that their imports (several seconds of CPU each) overlap
-        the first stage, whose runs are the command's own and leave the other CPUs idle.
-        Workers that then run nothing are ended by :meth:`close` without waiting for them."""
+        """Start every worker now, each importing the asset definitions (a few seconds of
+        CPU) at once rather than when a run reaches it. Workers that then run nothing are ended
+        by :meth:`close` without waiting for them."""
         if self._pool is not None:
             return
         self._pool = ProcessPoolExecutor(
@@ -49,7 +51,7 @@ class SourceWorkers:
 
     def submit(self, partition: str | None, selection: list) -> Future:
         """The run of ``selection`` for ``partition`` (None: an all-source selection); its
-        future gives (success, reason)."""
+        future gives (success, reason, the run's seconds in its worker)."""
         self.start()
         self._used = True
         keys = [key.to_user_string() for key in selection]
@@ -80,15 +82,10 @@ class SourceWorkers:
             self.stop(set(), grace=0.0)
 
 
-# What the steps a worker runs import, loaded as it starts: the asset definitions, and the
-# libraries of the models they train, score and log.
-_PRELOADED = (
-    "logfit_dagster.definitions",
-    "torch",
-    "transformers.modeling_utils",
-    "sklearn.linear_model",
-    "mlflow",
-)
+# What every run in a worker imports, loaded as it starts. The libraries of the models (torch,
+# scikit-learn and skops, MLflow: some 15 s of CPU) are imported by the first run that needs
+# them, once per worker: loading them all up front only delayed the first ingest.
+_PRELOADED = ("logfit_dagster.definitions",)
 
 
 def _start_worker(workers: int) -> None:
@@ -114,7 +111,9 @@ _instance = None  # the worker's Dagster instance, opened by its first run
 
 def _run(
     run_config: dict, job: str | None, partition: str | None, keys: list[str]
-) -> tuple[bool, str]:
+) -> tuple[bool, str, float]:
+    import time
+
     import dagster as dg
 
     from logfit_dagster.commands.runner import SelectionRunner
@@ -124,10 +123,11 @@ def _run(
     if _instance is None:
         _instance = dg.DagsterInstance.get()
     selection = [dg.AssetKey.from_user_string(key) for key in keys]
+    started = time.perf_counter()
     ok, _, reason = SelectionRunner("in_process", defs, _instance, run_config, job).run(
         partition, selection
     )
-    return ok, reason
+    return ok, reason, time.perf_counter() - started
 
 
 def _exit_with(parent: int, every: float = 0.5) -> None:

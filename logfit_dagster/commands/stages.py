@@ -119,17 +119,26 @@ class Unit:
     label: str
     # the units (by their place in the plan) whose assets it reads
     after: set[int] = field(default_factory=set)
+    # a part of the first stage: what the summary row of its source shows, and what the
+    # source's later units cannot run without
+    first: bool = False
+
+    @property
+    def stage_label(self) -> str:
+        """How progress and the summary name the whole stage of this unit for its source."""
+        return self.stage.label(self.partition, self.first)
 
 
 def plan_units(defs: dg.Definitions, stages: list[Stage], sources: list[str]) -> list[Unit]:
-    """The runs of ``stages`` (the stages after the first) as units: each stage's parts that no
-    edge joins, once per source for a per-source stage. A unit waits only for the units whose
-    assets it reads (for its own source, or for every source), not for a whole stage: a
-    source's template model fine-tunes as soon as the pretrained model is there, while the line
-    models still train. In stage order, then part, then source."""
+    """The runs of ``stages`` (every stage of a selection, the first included) as units: each
+    stage's parts that no edge joins, once per source for a per-source stage. A unit waits
+    only for the units whose assets it reads (for its own source, or for every source), not
+    for a whole stage: one source's ingest runs beside another's, and a source's template model
+    fine-tunes as soon as the pretrained model is there, while the line models still train. In
+    stage order, then part, then source."""
     specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
     units: list[Unit] = []
-    for stage in stages:
+    for number, stage in enumerate(stages):
         parts = independent_parts(defs, stage.keys)
         for part in parts:
             reads = {dep.asset_key for key in part for dep in specs[key].deps}
@@ -141,8 +150,8 @@ def plan_units(defs: dg.Definitions, stages: list[Stage], sources: list[str]) ->
                     if reads.intersection(unit.keys)
                     and (partition is None or unit.partition in (None, partition))
                 }
-                label = stage.label(partition, False) + suffix
-                units.append(Unit(stage, part, partition, label, after))
+                label = stage.label(partition, number == 0) + suffix
+                units.append(Unit(stage, part, partition, label, after, number == 0))
     return units
 
 
