@@ -123,3 +123,12 @@ def test_a_unit_waits_only_for_the_units_it_reads_from():
     # its ingest; its scoring; its template model and reports
     assert [u.partition for u in units].count("a") == 3
     assert units[unit("template_lm", "b")].stage_label == "b models+reports"
+
+    # a selection that starts over every source: no source's row comes from its first stage
+    keys = [dg.AssetKey("line_champion"), dg.AssetKey("scored_lines")]
+    champion, *scoring = plan_units(defs, plan_stages(defs, keys), ["a", "b"])
+    assert champion.partition is None and not champion.first
+    assert [(u.partition, u.first, u.after) for u in scoring] == [
+        ("a", False, {0}),
+        ("b", False, {0}),
+    ]

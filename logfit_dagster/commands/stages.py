@@ -119,8 +119,8 @@ class Unit:
     label: str
     # the units (by their place in the plan) whose assets it reads
     after: set[int] = field(default_factory=set)
-    # a part of the first stage: what the summary row of its source shows, and what the
-    # source's later units cannot run without
+    # a part of the first stage, per source: what the summary row of its source shows, and
+    # what the source's later units cannot run without
     first: bool = False
 
     @property
@@ -150,8 +150,9 @@ def plan_units(defs: dg.Definitions, stages: list[Stage], sources: list[str]) ->
                     if reads.intersection(unit.keys)
                     and (partition is None or unit.partition in (None, partition))
                 }
+                first = number == 0 and stage.partitioned
                 label = stage.label(partition, number == 0) + suffix
-                units.append(Unit(stage, part, partition, label, after, number == 0))
+                units.append(Unit(stage, part, partition, label, after, first))
     return units
 
 
