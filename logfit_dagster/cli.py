@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="N",
-        help="after the ingest stage, run N runs side by side, each in a worker process and "
+        help="run N runs side by side, the ingests included, each in a worker process and "
         "each as soon as what it reads is there (default: one per CPU, at most one per source "
         "and one more, under --executor auto without a big source; 1: one at a time, in this "
         "process)",
