@@ -22,12 +22,68 @@ from logfit_dagster.core.line_scorers import load_line_scorer  # noqa: E402
 from logfit_dagster.core.models import base  # noqa: E402
 from logfit_dagster.core.models.line_transformer import (  # noqa: E402
     TransformerLineScorer,
+    cascade_gate,
     message_of,
     source_groups,
 )
 from logfit_dagster.core.models.run import write_spec  # noqa: E402
 
 from .tiny_models import tiny_bert  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("metrics", "margin", "passed", "because"),
+    [
+        # the default run's own case: the transformer alone never flagged a LOOK line, and the
+        # cascade ties the TF-IDF model; the faster model stays
+        (
+            {"test_cascade_f1": 0.903, "test_tfidf_f1": 0.903, "dev_f1": 0.0},
+            0.0,
+            False,
+            "learned nothing",
+        ),
+        # it learned, and ties: a tie keeps the TF-IDF model
+        (
+            {"test_cascade_f1": 0.9, "test_tfidf_f1": 0.9, "dev_f1": 0.4},
+            0.0,
+            False,
+            "did not beat",
+        ),
+        ({"test_cascade_f1": 0.91, "test_tfidf_f1": 0.9, "dev_f1": 0.4}, 0.0, True, "beat"),
+        ({"test_cascade_f1": 0.91, "test_tfidf_f1": 0.9, "dev_f1": 0.4}, 0.02, False, "0.02"),
+        # a negative margin accepts a cascade that much worse
+        ({"test_cascade_f1": 0.89, "test_tfidf_f1": 0.9, "dev_f1": 0.4}, -0.02, True, "beat"),
+        # no dev sources: learning is judged on the held-out ones
+        (
+            {
+                "test_cascade_f1": 0.95,
+                "test_tfidf_f1": 0.9,
+                "dev_f1": float("nan"),
+                "test_transformer_f1": 0.7,
+            },
+            0.0,
+            True,
+            "beat",
+        ),
+        (
+            {
+                "test_cascade_f1": 0.95,
+                "test_tfidf_f1": 0.9,
+                "dev_f1": float("nan"),
+                "test_transformer_f1": 0.0,
+            },
+            -1.0,
+            False,
+            "not measured on the dev sources",
+        ),
+        # nothing held out to compare on
+        ({"test_tfidf_f1": 0.9, "dev_f1": 0.5}, -1.0, False, "nan"),
+    ],
+)
+def test_the_cascade_must_beat_the_tfidf_model_and_have_learned(metrics, margin, passed, because):
+    verdict, why = cascade_gate(metrics, margin)
+    assert verdict is passed
+    assert because in why
 
 
 @pytest.mark.parametrize(

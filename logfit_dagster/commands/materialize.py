@@ -517,7 +517,8 @@ def _print_summary(driver: _Driver, home: Path, started: float) -> None:
     elif transformer:
         print(
             f"line_transformer_model: held-out LOOK F1 {transformer.get('test_cascade_f1', float('nan')):.3f} "
-            f"(cascade) vs {transformer.get('test_tfidf_f1', float('nan')):.3f} (TF-IDF alone) on "
+            f"(cascade) vs {transformer.get('test_tfidf_f1', float('nan')):.3f} (TF-IDF alone), "
+            f"{transformer.get('test_transformer_f1', float('nan')):.3f} (transformer alone) on "
             f"{', '.join(transformer.get('sources', {}).get('test', []))}; "
             f"{transformer.get('train_seconds', float('nan')):.0f} s on {transformer.get('device')}"
         )

@@ -46,10 +46,7 @@ def line_champion(
     if use_cascade:
         row = transformer.iloc[0]
         tracker.promote(TRANSFORMER_MODEL_NAME, str(row["version"]))
-        why = (
-            f"the cascade's held-out LOOK F1 {float(row['test_cascade_f1']):.3f} passed its gate "
-            f"against the TF-IDF model's {float(row['test_tfidf_f1']):.3f} on the same sources"
-        )
+        why = _gate_why(row)
         name = TRANSFORMER_MODEL_NAME
     else:
         row = look_skip_champion.iloc[0]
@@ -57,12 +54,7 @@ def line_champion(
         if transformer is None or transformer.empty:
             why = "no transformer was trained (see line_transformer_model): the TF-IDF model"
         else:
-            t = transformer.iloc[0]
-            why = (
-                f"the cascade's held-out LOOK F1 {float(t['test_cascade_f1']):.3f} did not pass "
-                f"its gate against the TF-IDF model's {float(t['test_tfidf_f1']):.3f}: the "
-                "TF-IDF model"
-            )
+            why = f"{_gate_why(transformer.iloc[0])}: the TF-IDF model"
     # the chosen model as the registry holds it (never a family's own folder), in a place of
     # its own until the model store publishes it as the champion
     chosen = family_folder("chosen_lines", "latest")
@@ -81,3 +73,15 @@ def line_champion(
         }
     )
     return artifact
+
+
+def _gate_why(row: pd.Series) -> str:
+    """The cascade gate's reason, as line_transformer_model wrote it (older summaries lack it)."""
+    why = row.get("gate_why")
+    if isinstance(why, str) and why:
+        return why
+    verdict = "passed" if bool(row.get("gate_passed", False)) else "did not pass"
+    return (
+        f"the cascade's held-out LOOK F1 {float(row['test_cascade_f1']):.3f} {verdict} its gate "
+        f"against the TF-IDF model's {float(row['test_tfidf_f1']):.3f} on the same sources"
+    )

@@ -76,8 +76,10 @@ class LineTransformerConfig(dg.Config):
     )
     champion_margin: float = Field(
         default=0.0,
-        description="The gate blocks a cascade whose held-out F1 is below the TF-IDF model's "
-        "on the same sources by more than this.",
+        description="The cascade passes its gate (and becomes the line champion) only where "
+        "its held-out LOOK F1 beats the TF-IDF model's on the same sources by more than this: "
+        "a tie keeps the TF-IDF model, as good and faster (negative: accept a cascade up to "
+        "that much worse). A cascade whose transformer learned nothing never passes.",
     )
 
     def params(self) -> dict:
@@ -86,7 +88,7 @@ class LineTransformerConfig(dg.Config):
 
 @dg.asset(
     group_name="models",
-    code_version="1",
+    code_version="2",
     automation_condition=on_new_data(),
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
@@ -98,9 +100,9 @@ class LineTransformerConfig(dg.Config):
         dg.AssetCheckSpec(
             "cascade_gate",
             asset="line_transformer_model",
-            description="The cascade's LOOK F1 on held-out sources not below the TF-IDF "
-            "model's on the same sources by more than the margin (else line_champion is the "
-            "TF-IDF model).",
+            description="The cascade's LOOK F1 on held-out sources above the TF-IDF model's on "
+            "the same sources by more than the margin, its transformer having learned something "
+            "(else line_champion is the TF-IDF model).",
         )
     ],
 )
@@ -116,7 +118,7 @@ def line_transformer_model(
     cascade behind a TF-IDF stage, scored on held-out sources against the TF-IDF model alone."""
     from logfit_dagster.core import plots
     from logfit_dagster.core.line_model import collect_labelled_lines
-    from logfit_dagster.core.models.line_transformer import prepare_data
+    from logfit_dagster.core.models.line_transformer import cascade_gate, prepare_data
 
     started = time.perf_counter()
     tfidf_params = json.loads(look_skip_model["summary"].iloc[0]["params"])
@@ -160,7 +162,7 @@ def line_transformer_model(
     )
     cascade_f1 = float(metrics["test_cascade_f1"])
     tfidf_f1 = float(metrics.get("test_tfidf_f1", float("nan")))
-    passed = cascade_f1 >= tfidf_f1 - config.champion_margin
+    passed, why = cascade_gate(metrics, config.champion_margin)
     per_source = pd.DataFrame(
         [
             {
@@ -188,6 +190,7 @@ def line_transformer_model(
                 "test_tfidf_f1": tfidf_f1,
                 "test_transformer_f1": float(metrics["test_transformer_f1"]),
                 "gate_passed": passed,
+                "gate_why": why,
             }
         ]
     )
@@ -220,6 +223,7 @@ def line_transformer_model(
             "cascade_f1": dg.MetadataValue.float(cascade_f1),
             "tfidf_f1": dg.MetadataValue.float(tfidf_f1),
             "margin": dg.MetadataValue.float(config.champion_margin),
+            "why": why,
             "test_sources": ", ".join(data["groups"]["test"]),
         },
     )

@@ -447,6 +447,36 @@ def _export(
     return TrainResult(folder, manifest)
 
 
+def cascade_gate(metrics: dict, margin: float = 0.0) -> tuple[bool, str]:
+    """Whether the cascade should replace the TF-IDF model, and why, from its training metrics.
+
+    It must beat the TF-IDF model alone on the held-out sources (the same lines) by more than
+    ``margin``: a tie keeps the TF-IDF model, as good and several times faster (a negative
+    margin accepts a cascade up to that much worse). And its transformer must have learned
+    something: one that flags no LOOK line correctly, alone, on the dev sources or on the
+    held-out ones has learned nothing, whatever the blend in the band does to the F1.
+    """
+    cascade = float(metrics.get("test_cascade_f1", float("nan")))
+    tfidf = float(metrics.get("test_tfidf_f1", float("nan")))
+    alone = [float(metrics.get(k, float("nan"))) for k in ("dev_f1", "test_transformer_f1")]
+    if not any(f > 0 for f in alone):
+        dev, test = (f"{f:.3f}" if f == f else "not measured" for f in alone)
+        return False, (
+            f"the transformer alone learned nothing (LOOK F1 {dev} on the dev sources, {test} "
+            "on the held-out ones)"
+        )
+    if cascade > tfidf + margin:
+        return True, (
+            f"the cascade's held-out LOOK F1 {cascade:.3f} beat the TF-IDF model's {tfidf:.3f} "
+            f"on the same sources by more than {margin:g}"
+        )
+    return False, (
+        f"the cascade's held-out LOOK F1 {cascade:.3f} did not beat the TF-IDF model's "
+        f"{tfidf:.3f} on the same sources by more than {margin:g} (on a tie the TF-IDF model "
+        "stays: as good, and faster)"
+    )
+
+
 def _int8_check(
     encoder: Encoder, sample: list[str], fp32: np.ndarray, threshold: float, p: TransformerParams
 ) -> dict:
