@@ -101,18 +101,28 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
         assert retrained["model_folder"].value != kept["model_folder"].value
 
         runs = {}
-        for scratch in (True, False):  # the default fine-tunes and trains a scratch twin
+        # fine-tuned alone (the default); from scratch; fine-tuned beside a scratch twin (asked,
+        # last: the overview below shows both)
+        for name, extra in (
+            ("default", {}),
+            ("scratch", {"from_scratch": True}),
+            ("compared", {"compare_with_scratch": True}),
+        ):
             result = dg.materialize(
                 ASSETS,
                 selection=["template_lm"],
                 partition_key="p_nova",
                 instance=instance,
                 resources=_resources(),
-                run_config={"ops": {"template_lm": {"config": {**SMALL, "from_scratch": scratch}}}},
+                run_config={"ops": {"template_lm": {"config": {**SMALL, **extra}}}},
             )
             assert result.success
-            runs[scratch] = next(iter(result.get_asset_materialization_events())).materialization
-        tuned, scratch = runs[False].metadata, runs[True].metadata
+            runs[name] = next(iter(result.get_asset_materialization_events())).materialization
+        tuned, scratch = runs["compared"].metadata, runs["scratch"].metadata
+        alone = runs["default"].metadata
+        assert "pretraining_gain" not in alone and "scratch_model_folder" not in alone
+        # the same data and params: the twin is trained beside the fine-tuned model found done
+        assert alone["model_folder"].value == tuned["model_folder"].value
         assert "fine-tuned" in tuned["mode"].value and "scratch" in scratch["mode"].value
         # the pretrained model reached template_lm as a value: the model store's copy
         stored = data / "models" / "template_lm_pretrained"
@@ -194,7 +204,8 @@ def test_pretrained_on_hdfs_fine_tuned_on_openstack_and_from_scratch(workdir):
 
     client = mlflow.MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
     versions = client.search_model_versions("name='logfit-template-lm-p_nova'")
-    assert len(versions) == 3  # from scratch, fine-tuned, fine-tuned from the retrained model
+    # fine-tuned, from scratch, fine-tuned beside its twin, fine-tuned from the retrained model
+    assert len(versions) == 4
     assert client.get_metric_history(versions[0].run_id, "train_loss")
 
 
