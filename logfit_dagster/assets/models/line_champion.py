@@ -54,7 +54,7 @@ def line_champion(
         if transformer is None or transformer.empty:
             why = "no transformer was trained (see line_transformer_model): the TF-IDF model"
         else:
-            why = f"{_gate_why(transformer.iloc[0])}: the TF-IDF model"
+            why = f"the TF-IDF model, as {_gate_why(transformer.iloc[0])}"
     # the chosen model as the registry holds it (never a family's own folder), in a place of
     # its own until the model store publishes it as the champion
     chosen = family_folder("chosen_lines", "latest")

@@ -462,8 +462,8 @@ def cascade_gate(metrics: dict, margin: float = 0.0) -> tuple[bool, str]:
     if not any(f > 0 for f in alone):
         dev, test = (f"{f:.3f}" if f == f else "not measured" for f in alone)
         return False, (
-            f"the transformer alone learned nothing (LOOK F1 {dev} on the dev sources, {test} "
-            "on the held-out ones)"
+            f"the transformer alone learned nothing: LOOK F1 {dev} on the dev sources, {test} "
+            "on the held-out ones"
         )
     if cascade > tfidf + margin:
         return True, (
