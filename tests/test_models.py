@@ -538,6 +538,8 @@ def test_the_baseline_n_grams_counted_by_words_equal_the_vectorizer_counts():
             "",
             "x",
             "ok ok ok   ",
+            # characters beyond the basic plane, a word longer than any n-gram, a word of one
+            "disk 💾 full 🔥🔥 blk_-1608999687919862906 é Z",
         ]
     )
     plain = CountVectorizer(analyzer="char_wb", ngram_range=(3, 5))
@@ -545,6 +547,27 @@ def test_the_baseline_n_grams_counted_by_words_equal_the_vectorizer_counts():
     counted = char_ngram_counts(raw)
     assert counted.shape == expected.shape and counted.nnz == expected.nnz
     assert abs(counted - expected).max() == 0
+    # a NUL inside a word (numpy cannot hold it as a character): the vectorizer counts
+    with_nul = np.append(raw, "a\x00b ab\x00")
+    expected = plain.fit_transform(with_nul)
+    assert abs(char_ngram_counts(with_nul) - expected).max() == 0
+
+
+@pytest.mark.parametrize("high", [3, 5, 7])
+def test_a_word_s_n_grams_in_numpy_are_the_vectorizer_s_in_its_order(high):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from logfit_dagster.core.line_protocol import word_ngram_counts
+
+    words = ["a", "ab", "abc", "abcdefgh", "b", "ba", "é", "💾x", "x💾", "zz", "z"]
+    plain = CountVectorizer(
+        analyzer=CountVectorizer(analyzer="char_wb", ngram_range=(3, high)).build_analyzer()
+    )
+    expected = plain.fit_transform(words)
+    counted = word_ngram_counts(words, 3, high)
+    assert counted.shape == expected.shape and abs(counted - expected).max() == 0
+    assert word_ngram_counts(["a\x00"], 3, high) is None
+    assert word_ngram_counts(["\ud800"], 3, high) is None  # a lone surrogate
 
 
 def test_selection_holds_out_whole_families_and_picks_its_threshold_on_them():
