@@ -51,3 +51,39 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("LOGFIT_SOURCES", str(registry))
     monkeypatch.delenv("LOGFIT_LOGHUB_URL", raising=False)
     return tmp_path
+
+
+# The end-to-end suite runs a module to each of two processes (``pytest -m slow -n 2 --dist
+# loadfile``), a process taking the next module once it has two tests left. pytest-xdist queues
+# the modules by their number of tests, which put the two longest (entry points: 421 s, the
+# command: 402 s, of 1,394 s in all on 2 cores) in one process while the other idled for the last
+# 200 s. Queued longest first, as measured there, they start in the two processes at once and the
+# short ones fill the end; a module not listed goes last.
+LONGEST_FIRST = (
+    "test_entry_points",
+    "test_cli",
+    "test_webserver",
+    "test_mcp",
+    "test_line_transformer_assets",
+    "test_template_lm_assets",
+    "test_distributed",
+    "test_llm_serving",
+    "test_line_adaptation",
+    "test_trainer",
+    "test_bad_files",
+    "test_line_transformer",
+)
+
+
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") == "loadfile":
+        # the controller queues the modules in the order its workers collected them (below),
+        # not by number of tests
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    # in every process (a worker's own ``dist`` option reads "no"); a stable sort, so the
+    # modules not listed keep their order after the listed ones
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))

@@ -158,11 +158,12 @@ def test_classify_refuses_what_it_cannot_read_or_mean(workdir, argv, words):
 @pytest.mark.slow
 def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
     """A source whose files are missing fails its own run, named, and so does an invalid
-    registry entry; the only good source runs the whole lineage, and the line model says why
-    one source trains nothing."""
+    registry entry; the only good source runs the whole lineage, the overview included, and the
+    line model says why one source trains nothing. With the bad entries gone, the registry of
+    one source exits 0."""
     (workdir / "sources.yaml").write_text(
         "sources:\n"
-        "  - {name: tiny_bgl, origin: synthetic, kind: bgl, lines: 800, seed: 12}\n"
+        "  - {name: tiny_hdfs, origin: synthetic, kind: hdfs, lines: 1500, seed: 11}\n"
         "  - {name: broken, origin: files, path: missing/*.log}\n"
         "  - {name: badfmt, origin: files, path: x.log, format: '[<Level>] <Content>'}\n"
     )
@@ -179,9 +180,24 @@ def test_one_bad_source_fails_alone_and_one_good_source_is_enough(workdir):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "[broken] FAILED" in result.stderr and "no file matches" in result.stderr
     assert "[badfmt] FAILED" in result.stderr and "field 'format'" in result.stderr
-    assert _row(result, "tiny_bgl")[1] == "800"
+    assert _row(result, "tiny_hdfs")[1] == "1500"
     assert "look_skip_model: not trained: labelled lines from 1 source(s)" in result.stdout
-    assert (workdir / "data" / "assets" / "dataset_splits" / "tiny_bgl.parquet").exists()
+    assert (workdir / "data" / "assets" / "dataset_splits" / "tiny_hdfs.parquet").exists()
+    # only the two bad sources failed: every all-sources step ran on the one good source
+    failed = {
+        line.split("] FAILED:")[0].rpartition("[")[2]
+        for line in result.stderr.splitlines()
+        if "] FAILED:" in line
+    }
+    assert failed == {"broken", "badfmt"}, result.stderr[-3000:]
+    overview = pd.read_parquet(workdir / "data" / "assets" / "metrics_overview" / "all.parquet")
+    assert set(overview["unit"]) >= {"session"} and "line" not in set(overview["unit"])
+
+    (workdir / "sources.yaml").write_text(
+        "sources:\n  - {name: tiny_hdfs, origin: synthetic, kind: hdfs, lines: 1500, seed: 11}\n"
+    )
+    again = _materialize(workdir)
+    assert _row(again, "tiny_hdfs")[1] == "1500"
 
 
 @pytest.mark.faults
@@ -288,21 +304,6 @@ def test_a_run_killed_mid_stream_leaves_no_spill_or_temporary_file_after_the_nex
     assert _row(result, "big")[1] == "600000"
     assert litter() == []
     assert (assets / "dataset_splits" / "big.parquet").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.faults
-def test_a_registry_of_one_source_runs_everything_and_exits_0(workdir):
-    """One source has no other to hold out: the line model says why it trained nothing, and
-    the rest of the lineage, the overview included, runs."""
-    (workdir / "sources.yaml").write_text(
-        "sources:\n  - {name: tiny_hdfs, origin: synthetic, kind: hdfs, lines: 1500, seed: 11}\n"
-    )
-    result = _materialize(workdir)
-    assert "look_skip_model: not trained: labelled lines from 1 source(s)" in result.stdout
-    assert _row(result, "tiny_hdfs")[1] == "1500"
-    overview = pd.read_parquet(workdir / "data" / "assets" / "metrics_overview" / "all.parquet")
-    assert set(overview["unit"]) >= {"session"} and "line" not in set(overview["unit"])
 
 
 @pytest.mark.faults
