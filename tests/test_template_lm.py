@@ -434,3 +434,25 @@ def test_a_source_without_labels_has_its_test_sessions_scored_by_the_template_mo
     assert choice.name == "session_counts:isolation_forest" and "no labels" in choice.why
     assert {c.name for c in choice.candidates} >= {"template_lm:max_nll"}
     assert all(c.test == {} for c in choice.candidates)  # measured on nothing: empty
+
+
+@pytest.mark.parametrize(
+    ("stopped", "words"),
+    [
+        ("step budget (120) reached", "budget of 120 steps before early stopping"),
+        ("max_epochs (10) reached", "cap of 10 epochs before early stopping"),
+        ("time budget (60s) reached", "may improve with a larger max_seconds"),
+        ("early stop: no neg_dev_loss gain in 2 epochs", None),
+    ],
+)
+def test_a_model_stopped_by_a_budget_or_a_cap_says_which_and_what_to_raise(stopped, words):
+    import importlib
+
+    asset = importlib.import_module("logfit_dagster.assets.models.template_lm")
+    # a model otherwise in order: enough anomalous test sessions, templates seen, a good top-1
+    summary = {"labelled": 20, "anomalous": 10, "template_coverage": 1.0, "top1": 0.9}
+    notes = asset.recommendations(summary, {"epochs_run": 5}, stopped)
+    if words is None:
+        assert notes == []
+    else:
+        assert any(words in note for note in notes), notes

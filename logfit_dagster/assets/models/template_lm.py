@@ -515,6 +515,11 @@ def recommendations(summary: dict, metrics: dict, stopped: str = "") -> list[str
             f"training stopped on its budget of {stopped.split('(')[1].split(')')[0]} steps "
             "before early stopping: the model may improve with a larger max_steps (config)"
         )
+    if stopped.startswith("max_epochs"):
+        notes.append(
+            f"training stopped at its cap of {stopped.split('(')[1].split(')')[0]} epochs before "
+            "early stopping: the model may improve with a larger max_epochs (config)"
+        )
     if summary.get("template_coverage", 1.0) < 0.95:
         notes.append(
             f"{1 - summary['template_coverage']:.0%} of test templates were never seen in training: "
