@@ -214,11 +214,10 @@ def word_ngram_counts(words, low: int, high: int):
     first[1:] = np.logical_or.reduce([k[1:] != k[:-1] for k in keys])
     column = np.empty(len(order), dtype=np.int64)
     column[order] = np.cumsum(first) - 1
-    counts = sp.csr_matrix(
+    # a word's repeated n-grams are summed as the coordinates become CSR
+    return sp.csr_matrix(
         (np.ones(len(rows)), (rows, column)), shape=(len(padded), int(first.sum()))
     )
-    counts.sum_duplicates()
-    return counts
 
 
 def _words(line: str) -> list[str]:

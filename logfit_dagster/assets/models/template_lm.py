@@ -504,21 +504,22 @@ def pretraining_gain(
 def recommendations(summary: dict, metrics: dict, stopped: str = "") -> list[str]:
     """What to look at when something is off, in words."""
     notes = []
+    # the loop's reason names its limit in parentheses: "step budget (120) reached"
+    limit = stopped.partition("(")[2].partition(")")[0]
     if stopped.startswith("time budget"):
         notes.append(
-            f"training stopped on its {stopped.split('(')[1].split(')')[0]} budget before early "
-            "stopping, so the model depends on this machine's speed: it may improve with a "
-            "larger max_seconds (config)"
+            f"training stopped on its {limit} budget before early stopping, so the model "
+            "depends on this machine's speed: it may improve with a larger max_seconds (config)"
         )
-    if stopped.startswith("step budget"):
+    elif stopped.startswith("step budget"):
         notes.append(
-            f"training stopped on its budget of {stopped.split('(')[1].split(')')[0]} steps "
-            "before early stopping: the model may improve with a larger max_steps (config)"
+            f"training stopped on its budget of {limit} steps before early stopping: the model "
+            "may improve with a larger max_steps (config)"
         )
-    if stopped.startswith("max_epochs"):
+    elif stopped.startswith("max_epochs"):
         notes.append(
-            f"training stopped at its cap of {stopped.split('(')[1].split(')')[0]} epochs before "
-            "early stopping: the model may improve with a larger max_epochs (config)"
+            f"training stopped at its cap of {limit} epochs before early stopping: the model "
+            "may improve with a larger max_epochs (config)"
         )
     if summary.get("template_coverage", 1.0) < 0.95:
         notes.append(
