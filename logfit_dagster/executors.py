@@ -54,6 +54,7 @@ FORKSERVER_PRELOAD = [
     "logfit_dagster.core.line_model",
     "logfit_dagster.core.session_model",
     "logfit_dagster.core.plots",
+    "mlflow",
 ]
 
 

@@ -32,32 +32,42 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(workdir):
     assert (workdir / "data" / "mlflow" / "mlflow.db").exists()
 
 
-def test_a_registered_version_hands_back_the_folder_it_was_trained_in(workdir, tmp_path):
+def test_a_registered_version_hands_back_its_folder_and_scores_as_its_model(
+    workdir, tmp_path, monkeypatch
+):
+    import mlflow.pyfunc
+
     from logfit_dagster.core.errors import ModelFileError
     from logfit_dagster.core.models.base import read_manifest, train
-    from logfit_dagster.core.models.session_counts import read_training
+    from logfit_dagster.core.models.session_counts import SessionScorer
     from logfit_dagster.resources.tracking import ExperimentTracker
     from tests.test_models import _sessions
 
     sessions, splits = _sessions(120, anomalous_every=5)
     trained = train("session_counts", (sessions, splits), {}, tmp_path / "counts")
     tracker = ExperimentTracker()
-    result = read_training(trained.folder).results[0]
-    # the scikit-learn flavour (the folder beside the model) and the pyfunc one (inside it)
-    sk = tracker.log_training(
-        run_name="sk",
-        model_name="m-sk",
-        params={},
-        metrics={},
-        sk_model=result.pipeline,
-        artifact_folder=trained.folder,
-    )
-    py = tracker.log_training(
-        run_name="py", model_name="m-py", params={}, metrics={}, artifact_folder=trained.folder
-    )
-    for record in (sk, py):
+    probe = [[1, 2, 3, 3, 4, 5], [1, 2, 3, 3, 4, 9, 9], [9, 1], [7]]
+    for kind in ("logistic_regression", "decision_tree"):
+        record = tracker.log_training(
+            run_name=kind,
+            model_name=f"m-{kind}",
+            params={},
+            metrics={},
+            artifact_folder=trained.folder,
+            model_config={"kind": kind},
+        )
         folder = tracker.model_files(record.model_name, record.version, tmp_path / record.run_id)
         # a whole model: every file of the manifest there, with its digest
         assert read_manifest(folder, verify=True) == read_manifest(trained.folder)
-    with pytest.raises(ModelFileError, match="m-sk version 9: not in the model registry"):
-        tracker.model_files("m-sk", "9", tmp_path / "none")
+        # the version is its own model of the folder, through MLflow's loader and logfit's
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri())
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", tracker.uri())
+        served = mlflow.pyfunc.load_model(f"models:/m-{kind}/{record.version}")
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI")
+        expected = SessionScorer(trained.folder, read_manifest(trained.folder), kind).score(probe)
+        assert served.predict([" ".join(map(str, p)) for p in probe]) == expected.tolist()
+    with pytest.raises(
+        ModelFileError, match="m-decision_tree version 9: not in the model registry"
+    ):
+        tracker.model_files("m-decision_tree", "9", tmp_path / "none")

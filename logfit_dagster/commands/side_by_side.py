@@ -83,7 +83,7 @@ class SourceWorkers:
 
 
 # What every run in a worker imports, loaded as it starts. The libraries of the models (torch,
-# scikit-learn and skops, MLflow: some 15 s of CPU) are imported by the first run that needs
+# scikit-learn, MLflow: some 10 s of CPU) are imported by the first run that needs
 # them, once per worker: loading them all up front only delayed the first ingest.
 _PRELOADED = ("logfit_dagster.definitions",)
 

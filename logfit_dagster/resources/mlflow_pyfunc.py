@@ -1,5 +1,7 @@
 """The MLflow ``pyfunc`` flavour of a logfit artifact folder: ``mlflow.pyfunc.load_model(uri)``
-gives a model whose ``predict`` scores lines (line families) with logfit's own loader.
+gives a model whose ``predict`` scores with logfit's own loader: lines for a line family,
+sessions (each its template ids, space-separated) for the session-count family, the model the
+version's ``model_config`` names (``kind``).
 
 Logged as code (MLflow's models-from-code), not as a pickled object: MLflow executes this file
 (under a module name of its own) when it logs or loads the model, and the folder is the model's
@@ -14,17 +16,23 @@ def logfit_model():
     import mlflow.pyfunc
 
     class LogfitModel(mlflow.pyfunc.PythonModel):
-        """``predict`` takes lines and returns their LOOK probabilities."""
+        """``predict`` takes lines (or sessions) and returns their LOOK probabilities (or
+        anomaly scores)."""
 
         def load_context(self, context) -> None:
             from logfit_dagster.core.models.base import load
 
-            self.scorer = load(context.artifacts["artifact"])
+            self.scorer = load(context.artifacts["artifact"], **(context.model_config or {}))
 
         def predict(self, context, model_input: list[str], params=None) -> list[float]:
             import numpy as np
 
-            return np.asarray(self.scorer.score([str(x) for x in model_input])).tolist()
+            from logfit_dagster.core.models.session_counts import SessionScorer
+
+            items = [str(x) for x in model_input]
+            if isinstance(self.scorer, SessionScorer):
+                return self.scorer.score([[int(t) for t in x.split()] for x in items]).tolist()
+            return np.asarray(self.scorer.score(items)).tolist()
 
     return LogfitModel()
 

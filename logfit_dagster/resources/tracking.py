@@ -131,8 +131,8 @@ class ExperimentTracker(dg.ConfigurableResource):
         model_name: str,
         params: dict,
         metrics: dict,
-        sk_model=None,
         artifact_folder: Path | None = None,
+        model_config: dict | None = None,
         figures: dict | None = None,
         json_artifacts: dict[str, object] | None = None,
         step_metrics: list[dict] | None = None,
@@ -140,10 +140,10 @@ class ExperimentTracker(dg.ConfigurableResource):
     ) -> TrainingRecord:
         """One MLflow run with params, metrics, figures, JSON artifacts and the registered model.
 
-        The model is registered in the flavour that fits it: ``sk_model`` through
-        ``mlflow.sklearn``; an ``artifact_folder`` of any family (its manifest names it) through
-        ``mlflow.pyfunc``, whose ``predict`` loads the folder with logfit's own loader (the
-        folder is logged either way). ``step_metrics`` (``{"step": n, name: value, ...}``) become
+        An ``artifact_folder`` of any family (its manifest names it) is registered through
+        ``mlflow.pyfunc``, whose ``predict`` loads the folder with logfit's own loader;
+        ``model_config`` reaches that loader (``{"kind": ...}``: which session-count model of
+        the folder the version is). ``step_metrics`` (``{"step": n, name: value, ...}``) become
         metric histories: loss curves in the MLflow UI.
         """
         version = None
@@ -166,20 +166,7 @@ class ExperimentTracker(dg.ConfigurableResource):
                     path.write_text(json.dumps(payload, indent=1, default=str))
                     mlflow.log_artifact(str(path))
             info = None
-            if sk_model is not None:
-                import mlflow.sklearn
-
-                if artifact_folder is not None:
-                    _log_folder(mlflow, Path(artifact_folder), "artifact")
-                info = mlflow.sklearn.log_model(
-                    sk_model,
-                    name="model",
-                    registered_model_name=model_name,
-                    pip_requirements=["scikit-learn", "numpy", "pandas"],
-                    # the tree node arrays of models we fitted ourselves, checked on save
-                    skops_trusted_types=["sklearn.tree._tree.Tree"],
-                )
-            elif artifact_folder is not None:
+            if artifact_folder is not None:
                 import mlflow.pyfunc
 
                 with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +178,7 @@ class ExperimentTracker(dg.ConfigurableResource):
                         artifacts={"artifact": str(clean)},
                         registered_model_name=model_name,
                         pip_requirements=["logfit-dagster"],
+                        model_config=model_config,
                     )
             if info is not None and info.registered_model_version:
                 version = str(info.registered_model_version)
@@ -219,8 +207,9 @@ class ExperimentTracker(dg.ConfigurableResource):
     def model_files(self, model_name: str, version: str, dest: Path) -> Path:
         """The model folder a registered version was logged with, downloaded under ``dest``:
         how a champion asset takes the model it chose from a family, without opening the
-        family's own folder. A scikit-learn version keeps the folder beside its model (the
-        run's ``artifact``); a pyfunc one inside the model (``artifacts/artifact``)."""
+        family's own folder: inside the pyfunc model (``artifacts/artifact``), or, for a version an
+        older logfit registered through scikit-learn's flavour, beside it (the run's
+        ``artifact``)."""
         from logfit_dagster.core.errors import ModelFileError
 
         with self._session() as mlflow:
@@ -270,13 +259,6 @@ def _store_lock(local: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _log_folder(mlflow, folder: Path, artifact_path: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        clean = Path(tmp) / "model"
-        copy_model_files(folder, clean)
-        mlflow.log_artifacts(str(clean), artifact_path)
 
 
 def _log_histories(mlflow, run_id: str, step_metrics: list[dict]) -> None:

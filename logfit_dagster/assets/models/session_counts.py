@@ -55,7 +55,8 @@ class SessionModelConfig(dg.Config):
 @dg.asset(
     partitions_def=log_source_partitions,
     group_name="models",
-    code_version="2",
+    # 3: pipelines stored as JSON and arrays, registered through MLflow's pyfunc flavour
+    code_version="3",
     automation_condition=on_new_data(),
     kinds={"sklearn", "mlflow"},
     pool=TRAINING_POOL,
@@ -135,8 +136,8 @@ def session_model(
                 **{f"dev_{k}": v for k, v in result.dev.items()},
                 **{f"test_{k}": v for k, v in result.test.items()},
             },
-            sk_model=result.pipeline,
             artifact_folder=folder,
+            model_config={"kind": result.kind},
             figures={"pr_curve": figure} if figure is not None else {},
             tags={
                 "asset": "session_model",

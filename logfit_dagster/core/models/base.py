@@ -245,12 +245,14 @@ def family_module(name: str) -> ModelFamily:
     return module
 
 
-def load(folder: Path, families: tuple[str, ...] | None = None):
+def load(folder: Path, families: tuple[str, ...] | None = None, **options):
     """The scorer of an artifact folder, whichever family made it.
 
     Args:
         folder: the artifact folder.
         families: the families the caller can use (e.g. :data:`LINE_FAMILIES`); others fail.
+        options: what the family's ``load`` takes beside the folder (``kind``: which session-count
+            model of a folder scores).
     """
     manifest = read_manifest(folder)
     if families is not None and manifest.family not in families:
@@ -273,7 +275,7 @@ def load(folder: Path, families: tuple[str, ...] | None = None):
             f"{folder}: made for features {manifest.feature_version!r}, this logfit computes "
             f"{current!r}: retrain it"
         )
-    return module.load(Path(folder), manifest)
+    return module.load(Path(folder), manifest, **options)
 
 
 def train(

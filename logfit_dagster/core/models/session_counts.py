@@ -3,8 +3,8 @@
 The models (logistic regression and a decision tree, an IsolationForest without labels) live in
 :mod:`logfit_dagster.core.session_model`; this module trains them into an artifact folder:
 
-- ``models/<kind>.skops``: each fitted pipeline in skops' format (loaded with an explicit list
-  of trusted types, never unpickled);
+- ``models/<kind>.json`` and ``models/<kind>.npz``: each fitted pipeline as JSON and arrays
+  (:mod:`logfit_dagster.core.models.sklearn_state`: a fixed list of classes, never unpickled);
 - ``results.json``: per model its threshold and dev and test metrics, the best, the note;
 - ``test_scores.parquet``: every test session's score under every model.
 """
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from logfit_dagster.core.errors import ModelFileError
+from logfit_dagster.core.models import sklearn_state
 from logfit_dagster.core.models.base import (
     SESSION_CANDIDATE_COLUMNS,
     Manifest,
@@ -28,10 +29,9 @@ from logfit_dagster.core.models.base import (
 from logfit_dagster.core.session_model import SessionTraining, scores, train_session_models
 
 FAMILY = "session_counts"
-FORMAT_VERSION = 1
+# 2: pipelines as JSON and arrays (1: skops files)
+FORMAT_VERSION = 2
 FEATURE_VERSION = "template-counts-1"
-# what a fitted pipeline holds beyond skops' defaults: our own fitted tree
-TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 
 def feature_version(manifest: Manifest) -> str:
@@ -50,8 +50,6 @@ def train(
         data: ``(sessions, dataset_splits)`` of one source.
         params: ``tfidf`` (bool) and ``seed``.
     """
-    import skops.io as sio
-
     sessions, splits = data
     folder = Path(folder)
     (folder / "models").mkdir(parents=True, exist_ok=True)
@@ -59,7 +57,7 @@ def train(
         sessions, splits, tfidf=bool(params.get("tfidf", False)), seed=int(params.get("seed", 0))
     )
     for i, result in enumerate(training.results):
-        sio.dump(result.pipeline, folder / "models" / f"{result.kind}.skops")
+        sklearn_state.save(result.pipeline, folder / "models" / f"{result.kind}.json")
         if progress:
             progress(i + 1, len(training.results), model=result.kind)
     results = [
@@ -108,7 +106,7 @@ def read_training(folder: Path) -> SessionTraining:
         training.results.append(
             SessionModelResult(
                 r["kind"],
-                _load_pipeline(folder / "models" / f"{r['kind']}.skops"),
+                sklearn_state.load(folder / "models" / f"{r['kind']}.json"),
                 float(r["threshold"]),
                 r["dev"],
                 r["test"],
@@ -118,20 +116,16 @@ def read_training(folder: Path) -> SessionTraining:
     return training
 
 
-def _load_pipeline(path: Path):
-    import skops.io as sio
-
-    untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
-    if untrusted:
-        raise ModelFileError(f"{path}: holds types logfit does not load: {untrusted}")
-    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
-
-
 class SessionScorer:
     """One session model of a folder (its best by dev F1 unless ``kind`` names another):
     anomaly score per template-id sequence."""
 
     def __init__(self, folder: Path, manifest: Manifest, kind: str | None = None):
+        if manifest.format_version != FORMAT_VERSION:
+            raise ModelFileError(
+                f"{folder}: {FAMILY} format {manifest.format_version}, this logfit reads format "
+                f"{FORMAT_VERSION}: retrain it (logfit materialize)"
+            )
         training = read_training(folder)
         chosen = (
             training.best
@@ -190,5 +184,5 @@ def candidate_frame(folder: Path) -> pd.DataFrame:
     return candidates(evaluation_frame(folder))
 
 
-def load(folder: Path, manifest: Manifest) -> SessionScorer:
-    return SessionScorer(folder, manifest)
+def load(folder: Path, manifest: Manifest, kind: str | None = None) -> SessionScorer:
+    return SessionScorer(folder, manifest, kind)
