@@ -679,3 +679,22 @@ def test_classify_scores_without_importing_scikit_learn_or_dagster(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"code": 0, "heavy": []}, done.stderr
     assert sum(1 for _ in out.open()) == len(lines)
+
+
+def test_a_session_threshold_sits_in_the_middle_of_the_dev_gap_in_log_odds():
+    from logfit_dagster.core.session_model import best_threshold
+
+    y = np.array([0, 0, 0, 1, 1])
+    # the best F1 flags 0.9 and 0.8; the highest unflagged dev score is 0.2
+    threshold = best_threshold(y, np.array([0.05, 0.1, 0.2, 0.8, 0.9]))
+    assert threshold == pytest.approx(0.5)
+    # log-odds, not the plain middle: 0.01 (odds 1/99) and 0.5 (odds 1) meet at odds
+    # sqrt(1/99), a probability of 0.091, not 0.255
+    odds = np.sqrt(1 / 99)
+    assert best_threshold(y, np.array([0.001, 0.002, 0.01, 0.5, 0.7])) == pytest.approx(
+        odds / (1 + odds)
+    )
+    # nothing below the lowest flagged score (every dev session flagged): that score
+    assert best_threshold(np.array([1, 1, 0]), np.array([0.9, 0.9, 0.9])) == pytest.approx(0.9)
+    # one class on dev: 0.5
+    assert best_threshold(np.array([0, 0]), np.array([0.1, 0.7])) == 0.5
