@@ -164,8 +164,7 @@ def test_the_packed_char_lookup_counts_what_the_python_n_grams_count():
         "∑ not in the alphabet ∑ at all",
     ]
     alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789 :.=-_/") + ["É", "é"]
-    texts += ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(1, 4096, 600)]
-    assert sum(map(len, texts)) > PACKED_CHARS  # the texts take more than one numpy pass
+    texts += ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(1, 1024, 120)]
     low, high = CHAR_NGRAMS
     grams = sorted({g for text in texts[:200] for g in char_ngrams(text, low, high)})
     vocabulary = {g: i for i, g in enumerate(grams[::3])}
@@ -176,7 +175,10 @@ def test_the_packed_char_lookup_counts_what_the_python_n_grams_count():
         "ngram_range": [low, high],
     }
     part = _TfidfPart(spec)
-    assert part.packed is not None
+    assert part.packed is not None and part.pass_chars == PACKED_CHARS
+    # passes of 10,000 chars: the texts take several (a text is never split between two)
+    part.pass_chars = 10_000
+    assert sum(map(len, texts)) > 4 * part.pass_chars
     packed = part.score_many(texts)
     part.packed = None  # the Python lookup, n-gram by n-gram
     assert np.abs(packed - part.score_many(texts)).max() < 1e-12

@@ -142,6 +142,8 @@ class _TfidfPart:
         self.min_n, self.max_n = spec["ngram_range"]
         self.token = re.compile(token_pattern) if token_pattern else None
         self.packed = None
+        # chars of text per numpy pass of the packed lookup
+        self.pass_chars = PACKED_CHARS
         if self.token is None:
             terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
             self.packed = _PackedCharNgrams.build(terms, self.max_n)
@@ -157,7 +159,7 @@ class _TfidfPart:
             rows, ids, size, start = [], [], 0, 0
             for end, text in enumerate(texts, start=1):
                 size += len(text)
-                if size >= PACKED_CHARS or end == len(texts):
+                if size >= self.pass_chars or end == len(texts):
                     row, index = self.packed.matches(texts[start:end], self.min_n, self.max_n)
                     rows.append(row + start)
                     ids.append(index)
