@@ -240,10 +240,10 @@ def test_a_killed_materialize_leaves_no_run_started(workdir):
         proc.wait()
     with dg.DagsterInstance.from_config(home) as instance:
         [run] = instance.get_runs(filters=dg.RunsFilter(statuses=[started]))
-        context = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance=instance, scheduled_execution_time=datetime.now(UTC)
-        )
-        requests = nightly_ingest_and_label(context)  # fails the orphan, then requests
+        ) as tick:
+            requests = nightly_ingest_and_label(tick)  # fails the orphan, then requests
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert [r.partition_key for r in requests] == ["tiny_hdfs"]
         assert fail_orphaned_runs(instance) == []

@@ -161,8 +161,8 @@ def _from_a_schedule(root: Path, monkeypatch) -> None:
         instance.add_dynamic_partitions(LOG_SOURCE, SOURCES)
         # the sensor's first evaluation takes stock, as it does when the daemon starts
         cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
-        tick = dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT)
-        requests = nightly_ingest_and_label(tick)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT) as tick:
+            requests = nightly_ingest_and_label(tick)
         assert sorted(r.partition_key for r in requests) == sorted(SOURCES)
         nightly = defs.resolve_job_def("nightly_job")
         for request in requests:

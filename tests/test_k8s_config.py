@@ -85,13 +85,17 @@ def test_run_config_is_valid_for_the_lineage_job_on_the_k8s_executor():
         executor=k8s_job_executor,
     )
     run_config = _load("run_config.yaml")
-    for name in ("source_lineage_job", "line_model_job"):
-        job = k8s_defs.resolve_job_def(name)
+    # resolved under an instance of its own, as a code server loads definitions: Dagster reads
+    # the current instance's definitions state while it builds the repository, and a schedule
+    # or sensor context an earlier test of this process left open points that at a closed one
+    with dg.instance_for_test():
+        jobs = {n: k8s_defs.resolve_job_def(n) for n in ("source_lineage_job", "line_model_job")}
+    for job in jobs.values():
         assert job.executor_def.name == "k8s"
         dg.validate_run_config(job, run_config)
     bad = {"execution": {"config": {"max_concurrent": "eight"}}}
     with pytest.raises(dg.DagsterInvalidConfigError):
-        dg.validate_run_config(k8s_defs.resolve_job_def("source_lineage_job"), bad)
+        dg.validate_run_config(jobs["source_lineage_job"], bad)
 
 
 def _as_op_tags(tags: dict) -> dict:

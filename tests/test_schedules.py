@@ -19,8 +19,8 @@ def _requests(result):
 def test_nightly_requests_one_run_per_source_keyed_by_day():
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(LOG_SOURCE, ["b_source", "a_source"])
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT)
-        requests = _requests(nightly_ingest_and_label(context))
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT) as tick:
+            requests = _requests(nightly_ingest_and_label(tick))
         assert [(r.partition_key, r.run_key) for r in requests] == [
             ("a_source", "2026-11-21/a_source"),
             ("b_source", "2026-11-21/b_source"),
@@ -34,16 +34,16 @@ def test_a_source_still_running_is_not_requested_again():
         instance.create_run_for_job(
             job, tags={"dagster/partition": "a_source"}, status=dg.DagsterRunStatus.STARTED
         )
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT)
-        requests = _requests(nightly_ingest_and_label(context))
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT) as tick:
+            requests = _requests(nightly_ingest_and_label(tick))
         assert [r.partition_key for r in requests] == ["b_source"]
 
 
 def test_no_partitions_and_weekly_keys():
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT)
-        assert isinstance(nightly_ingest_and_label(context), dg.SkipReason)
-        weekly = weekly_retrain_and_report(context)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=NIGHT) as tick:
+            assert isinstance(nightly_ingest_and_label(tick), dg.SkipReason)
+            weekly = weekly_retrain_and_report(tick)
         assert weekly.run_key == "2026-W47"
 
 

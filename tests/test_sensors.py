@@ -15,10 +15,10 @@ from tests.processes import as_unprivileged_user
 
 
 def _evaluate(sensor, instance, cursor=None):
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"sources": LogSources()}
-    )
-    return sensor(context)
+    ) as context:
+        return sensor(context)
 
 
 def test_registry_sources_become_partitions(workdir):
