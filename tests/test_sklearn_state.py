@@ -75,12 +75,11 @@ def test_a_value_the_format_does_not_hold_fails_the_save_naming_its_place(tmp_pa
 
 
 def test_a_session_folder_of_the_skops_format_asks_to_be_retrained(tmp_path):
-    from logfit_dagster.core.models.base import MANIFEST, read_manifest, train
-    from logfit_dagster.core.models.session_counts import SessionScorer
+    from logfit_dagster.core.models.base import MANIFEST, load, train
 
     sessions, splits = _sessions(60, anomalous_every=5)
     folder = train("session_counts", (sessions, splits), {}, tmp_path / "counts").folder
     manifest = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(ModelFileError, match="session_counts format 1, .* format 2: retrain it"):
-        SessionScorer(folder, read_manifest(folder))
+        load(folder, kind="logistic_regression")

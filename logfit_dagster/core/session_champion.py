@@ -272,9 +272,7 @@ class ChampionScorer:
                 f"{path}: names family {self.family!r}, the folder holds {manifest.family!r}"
             )
         if self.family == "session_counts":
-            from logfit_dagster.core.models.session_counts import SessionScorer
-
-            self._model = SessionScorer(folder, manifest, kind=self.model)
+            self._model = load(folder, families=("session_counts",), kind=self.model)
         else:
             from logfit_dagster.core.session_scoring import TemplateFolderScorer
 

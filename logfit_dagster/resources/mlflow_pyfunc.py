@@ -21,17 +21,17 @@ def logfit_model():
 
         def load_context(self, context) -> None:
             from logfit_dagster.core.models.base import load
+            from logfit_dagster.core.models.session_counts import SessionScorer
 
             self.scorer = load(context.artifacts["artifact"], **(context.model_config or {}))
+            self.sessions = isinstance(self.scorer, SessionScorer)
 
         def predict(self, context, model_input: list[str], params=None) -> list[float]:
             import numpy as np
 
-            from logfit_dagster.core.models.session_counts import SessionScorer
-
             items = [str(x) for x in model_input]
-            if isinstance(self.scorer, SessionScorer):
-                return self.scorer.score([[int(t) for t in x.split()] for x in items]).tolist()
+            if self.sessions:  # each a session's template ids
+                items = [[int(t) for t in x.split()] for x in items]
             return np.asarray(self.scorer.score(items)).tolist()
 
     return LogfitModel()

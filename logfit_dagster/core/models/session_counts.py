@@ -121,11 +121,6 @@ class SessionScorer:
     anomaly score per template-id sequence."""
 
     def __init__(self, folder: Path, manifest: Manifest, kind: str | None = None):
-        if manifest.format_version != FORMAT_VERSION:
-            raise ModelFileError(
-                f"{folder}: {FAMILY} format {manifest.format_version}, this logfit reads format "
-                f"{FORMAT_VERSION}: retrain it (logfit materialize)"
-            )
         training = read_training(folder)
         chosen = (
             training.best

@@ -1,6 +1,6 @@
 """Fitted scikit-learn estimators saved as JSON and arrays, and loaded without pickle.
 
-Only the classes in :data:`CLASSES` are written or read: the session-count models' pipelines. An
+Only the classes :func:`_classes` lists are written or read: the session-count models' pipelines. An
 estimator's state (its ``__getstate__``, what pickle would take) is written as JSON, every numpy
 array of it into one ``.npz`` file beside it (read with ``allow_pickle=False``), a fitted tree's
 node arrays among them. Loading builds each object from its listed class and hands it its state
@@ -12,6 +12,7 @@ estimator: nothing is written that could not be read back.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from logfit_dagster.core.errors import ModelFileError
 FORMAT = "logfit-sklearn-state-1"
 
 
+@functools.cache
 def _classes() -> dict[str, type]:
+    """What may be saved and loaded, by class name (imported on first use)."""
     from sklearn.ensemble import IsolationForest
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
     from sklearn.linear_model import LogisticRegression
@@ -42,16 +45,6 @@ def _classes() -> dict[str, type]:
             ExtraTreeRegressor,
         )
     }
-
-
-#: what may be saved and loaded, by class name (filled on first use: scikit-learn loads lazily)
-CLASSES: dict[str, type] = {}
-
-
-def _known() -> dict[str, type]:
-    if not CLASSES:
-        CLASSES.update(_classes())
-    return CLASSES
 
 
 def save(estimator, path: Path) -> list[Path]:
@@ -78,7 +71,7 @@ def load(path: Path):
 
     Raises:
         ModelFileError: a file that is missing, unreadable, of another format, or that names a
-            class outside :data:`CLASSES`.
+            class outside the list.
     """
     path = Path(path)
     arrays_path = path.with_suffix(".npz")
@@ -130,7 +123,7 @@ def _encode(value, arrays: dict, where: str):
         _, args, state = value.__reduce__()
         return {"$tree": _encode([args, state], arrays, f"{where}.tree")}
     name = type(value).__name__
-    if _known().get(name) is type(value):
+    if _classes().get(name) is type(value):
         return {"$estimator": name, "state": _encode(value.__getstate__(), arrays, where)}
     raise TypeError(f"{where}: a {type(value).__module__}.{name}, which this format does not hold")
 
@@ -160,7 +153,7 @@ def _decode(value, arrays: dict):
         tree.__setstate__(state)
         return tree
     if tag == "$estimator":
-        cls = _known().get(value["$estimator"])
+        cls = _classes().get(value["$estimator"])
         if cls is None:
             raise ModelFileError(f"a {value['$estimator']!r}, which logfit does not load")
         estimator = cls.__new__(cls)
