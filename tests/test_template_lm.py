@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers")
+pytest.importorskip("torch")
 
 from logfit_dagster.core.errors import TrainingDataError  # noqa: E402
 from logfit_dagster.core.models import base  # noqa: E402
@@ -160,9 +160,9 @@ def test_fine_tuning_keeps_the_rows_pretraining_learned_and_starts_new_ones_at_t
     grown = extend_vocabulary(VOCAB, ["openstack spawn <*>", "openstack delete <*>"])
     model, seen = load_pretrained(tmp_path / "pre", len(grown))
     weight = model.get_input_embeddings().weight.detach()
-    from transformers import GPT2LMHeadModel
+    from logfit_dagster.core.models.gpt2 import GPT2LM
 
-    old = GPT2LMHeadModel.from_pretrained(tmp_path / "pre" / "model").get_input_embeddings()
+    old = GPT2LM.load(tmp_path / "pre" / "model").get_input_embeddings()
     old = old.weight.detach()
     trained = pretrained["trained_tokens"]
     assert torch.equal(weight[trained], old[trained])

@@ -42,3 +42,22 @@ def named_errors(path: Path, what: str, remedy: str) -> Iterator[None]:
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             raise
         raise StateFileError(f"{path}: {what} cannot be read ({exc}); {remedy}") from None
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of the database ``source`` at ``target``, whole or not at all (SQLite's
+    backup, into a temporary file then renamed)."""
+    import os
+    from contextlib import closing
+
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with (
+            closing(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)) as src,
+            closing(sqlite3.connect(tmp)) as dst,
+        ):
+            src.backup(dst)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

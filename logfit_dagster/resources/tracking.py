@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from pydantic import Field
 
 from logfit_dagster.core.errors import StateFileError
 from logfit_dagster.core.models.base import copy_model_files
-from logfit_dagster.core.sqlite_files import is_damaged
+from logfit_dagster.core.sqlite_files import copy_database, is_damaged
 from logfit_dagster.paths import data_dir
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,12 @@ class ExperimentTracker(dg.ConfigurableResource):
         opened under a file lock.
         """
         with _store_lock(local):
+            store = data_dir() / "mlflow" / "mlflow.db"
+            fresh = local and not store.exists()
+            seeded = fresh and _seed_store(mlflow, store)
             if mlflow.get_experiment_by_name(self.experiment) is None:
+                if fresh and not seeded:  # MLflow created it just now, empty: keep a copy
+                    _keep_empty_store(mlflow, store)
                 location = (
                     (data_dir() / "mlflow" / "artifacts").resolve().as_uri() if local else None
                 )
@@ -241,6 +247,42 @@ class ExperimentTracker(dg.ConfigurableResource):
             mlflow.MlflowClient(self.uri(), self.uri()).set_registered_model_alias(
                 model_name, CHAMPION, version
             )
+
+
+def _empty_store(mlflow) -> Path:
+    """Where the empty store of this MLflow version is kept (``LOGFIT_CACHE``, by default
+    ~/.cache/logfit)."""
+    cache = Path(os.environ.get("LOGFIT_CACHE") or Path.home() / ".cache" / "logfit")
+    return cache / "mlflow" / f"empty-{mlflow.__version__}.db"
+
+
+def _seed_store(mlflow, store: Path) -> bool:
+    """A new data folder's store copied from the empty one kept for this MLflow version, if
+    there is one; whether it was.
+
+    MLflow creates a store by running its schema migrations, some 4 s of CPU in each new data
+    folder; the empty store they leave is the same every time, so it is kept (by
+    :func:`_keep_empty_store`) and copied."""
+    empty = _empty_store(mlflow)
+    if not empty.is_file() or is_damaged(empty):
+        return False
+    try:
+        copy_database(empty, store)
+    except (OSError, sqlite3.Error) as error:
+        logger.info("%s: not copied (%s); MLflow creates the store", empty, error)
+        return False
+    return True
+
+
+def _keep_empty_store(mlflow, store: Path) -> None:
+    """Keep a copy of ``store``, just created by MLflow, for the next new data folder; where the
+    cache cannot be written, nothing is kept (every new store is then created by MLflow)."""
+    empty = _empty_store(mlflow)
+    try:
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        copy_database(store, empty)
+    except (OSError, sqlite3.Error) as error:
+        logger.info("%s: not kept (%s)", empty, error)
 
 
 @contextmanager

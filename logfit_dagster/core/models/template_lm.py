@@ -18,9 +18,10 @@ sessions look like and flags the sessions whose templates it finds improbable.
   vocabulary, the rows of templates pretraining saw keep their weights, and every other row starts
   from their mean.
 
-The model is GPT-2's architecture from ``transformers`` at a small size (``layers``, ``width``,
-``heads``), trained with the shared loop (:mod:`torch_loop`): AdamW (betas 0.9, 0.98), warmup then
-cosine decay, early stopping on the dev loss. Needs only torch, transformers and numpy.
+The model is GPT-2's architecture at a small size (``layers``, ``width``, ``heads``), in plain
+torch (:mod:`gpt2`, stored as ``transformers`` stores a GPT-2), trained with the shared loop
+(:mod:`torch_loop`): AdamW (betas 0.9, 0.98), warmup then cosine decay, early stopping on the dev
+loss. Needs only torch, safetensors and numpy.
 """
 
 from __future__ import annotations
@@ -283,39 +284,39 @@ def _pad(batch: list[list[int]]):
 
 
 def build_model(vocab_size: int, p: TemplateLMParams):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from logfit_dagster.core.models.gpt2 import GPT2LM, GPT2Shape
 
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=p.context + 1,
-        n_embd=p.width,
-        n_layer=p.layers,
-        n_head=p.heads,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
+    return GPT2LM(
+        GPT2Shape(
+            vocab_size=vocab_size,
+            n_positions=p.context + 1,
+            n_embd=p.width,
+            n_layer=p.layers,
+            n_head=p.heads,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+        )
     )
-    return GPT2LMHeadModel(config)
 
 
 def load_pretrained(folder: Path, vocab_size: int):
     """A pretrained model grown to ``vocab_size`` tokens: the rows of the templates it was
     trained on keep their weights; every other row is set to their mean."""
     import torch
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # no weight-loading bars in a step's log
+    from logfit_dagster.core.models.gpt2 import GPT2LM
+
     folder = Path(folder)
     seen = json.loads((folder / "vocabulary.json").read_text())["trained_tokens"]
-    model = GPT2LMHeadModel.from_pretrained(folder / "model").float()
+    model = GPT2LM.load(folder / "model")
     old = model.get_input_embeddings().weight.shape[0]
     if vocab_size < old:
         raise TrainingDataError(
             f"{folder}: pretrained on {old} tokens, more than this vocabulary's {vocab_size}: "
             "the vocabulary only grows, rebuild template_vocabulary"
         )
-    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    model.resize_token_embeddings(vocab_size)
     with torch.no_grad():
         weight = model.get_input_embeddings().weight
         known = torch.zeros(vocab_size, dtype=torch.bool)
@@ -339,9 +340,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         params: :class:`TemplateLMParams` fields.
     """
     import torch
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # no weight-writing bars in a step's log
     progress = progress or no_progress
     p = TemplateLMParams.from_dict(params)
     folder = Path(folder)
@@ -370,7 +369,6 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
         model, pretrained_tokens = load_pretrained(Path(data["init"]), len(vocabulary))
     else:
         model, pretrained_tokens = build_model(len(vocabulary), p), set()
-    model.loss_type = "ForCausalLM"  # GPT-2's config names none; this is its loss
     device = pick_device(p.device)
     model = model.to(device)
     mixed, precision = autocast(device, "auto")
@@ -433,7 +431,7 @@ def train(data: dict, params: dict, folder: Path, progress: Progress | None = No
     scorer.thresholds = thresholds
     for part in ("model",):
         shutil.rmtree(folder / part, ignore_errors=True)
-    model.save_pretrained(folder / "model", safe_serialization=True)
+    model.save(folder / "model")
     (folder / "vocabulary.json").write_text(
         json.dumps({"tokens": vocabulary, "trained_tokens": trained})
     )
@@ -672,15 +670,13 @@ class TemplateScorer:
     def from_folder(
         cls, folder: Path, manifest: Manifest | None = None, device: str = "auto"
     ) -> TemplateScorer:
-        from transformers import GPT2LMHeadModel
-        from transformers.utils import logging as hf_logging
+        from logfit_dagster.core.models.gpt2 import GPT2LM
 
-        hf_logging.disable_progress_bar()  # no weight-loading bars in a step's log
         folder = Path(folder)
         stored = json.loads((folder / "vocabulary.json").read_text())
         p = TemplateLMParams.from_dict(json.loads((folder / "params.json").read_text()))
         device = pick_device(device)
-        model = GPT2LMHeadModel.from_pretrained(folder / "model").float().to(device)
+        model = GPT2LM.load(folder / "model").to(device)
         scorer = cls(model, stored["tokens"], set(stored["trained_tokens"]), p, device)
         thresholds = json.loads((folder / "thresholds.json").read_text())
         scorer.thresholds = {m: thresholds[m] for m in METHODS}
