@@ -324,8 +324,12 @@ def test_the_ui_a_schedule_and_logfit_materialize_leave_the_same_champions_and_s
     _assert_same(by_cli, _outcome(root / "schedule" / "data"), ("logfit materialize", "a schedule"))
 
 
-def test_a_second_materialize_runs_nothing_and_a_grown_source_reruns_its_lineage(lineages):
-    root, env, _ = lineages
+def test_a_second_materialize_runs_nothing_and_the_registry_decides_what_runs_next(lineages):
+    """Nothing changed: nothing runs. Then one source grows and one is added: the grown one's
+    lineage, the new one's and the line model run (its training set now three sources); the
+    unchanged source's ingest and session models stay as they were. A source removed from the
+    registry leaves the line model's training set on the next materialize, without --force."""
+    root, env, first = lineages
     root = root / "cli"
     data = root / "data"
 
@@ -333,6 +337,11 @@ def test_a_second_materialize_runs_nothing_and_a_grown_source_reruns_its_lineage
         with dg.DagsterInstance.from_config(str(data / "dagster_home")) as instance:
             return len(instance.get_runs())
 
+    def sources_in(result) -> str:
+        line = next(x for x in result.stdout.splitlines() if x.startswith("look_skip_model:"))
+        return line.split(" over ")[1].split(" sources")[0]
+
+    assert sources_in(first) == "2"
     # Nothing changed: nothing runs, nothing is rewritten.
     outputs = {p: p.stat().st_mtime_ns for p in (data / "assets").rglob("*.parquet")}
     runs = run_count()
@@ -347,34 +356,23 @@ def test_a_second_materialize_runs_nothing_and_a_grown_source_reruns_its_lineage
     assert run_count() == runs
     assert {p: p.stat().st_mtime_ns for p in outputs} == outputs
 
-    # One source grows: its lineage, the line classifier and the scoring run; the other's
-    # ingest and session models stay as they were.
+    # One source grows, one is added: their lineages, the line classifier and the scoring run;
+    # the unchanged source's ingest and session models stay as they were.
     registry = root / "sources.yaml"
-    registry.write_text(registry.read_text().replace("lines: 800", "lines: 900"))
+    before = registry.read_text()
+    registry.write_text(
+        before.replace("lines: 800", "lines: 900")
+        + "  - {name: tiny_java, origin: synthetic, kind: javaapp, lines: 600, seed: 13}\n"
+    )
     hdfs_splits = data / "assets" / "dataset_splits" / "tiny_hdfs.parquet"
     grown = _materialize(root, env)
     assert _row(grown, "tiny_hdfs")[-1] == "unchanged"
     assert _row(grown, "tiny_bgl")[1] == "900" and _row(grown, "tiny_bgl")[-1] != "unchanged"
+    assert _row(grown, "tiny_java")[1] == "600"
     assert hdfs_splits.stat().st_mtime_ns == outputs[hdfs_splits]
     assert len(pd.read_parquet(data / "assets" / "scored_lines" / "tiny_bgl.parquet")) == 900
+    assert sources_in(grown) == "3"
 
-
-def test_the_line_model_follows_the_registry(lineages):
-    """A source added to the registry joins the line model's training set on its first
-    materialize; a source removed from it leaves the set on the next, without --force."""
-    root, env, first = lineages
-    root = root / "cli"
-
-    def sources_in(result) -> str:
-        line = next(x for x in result.stdout.splitlines() if x.startswith("look_skip_model:"))
-        return line.split(" over ")[1].split(" sources")[0]
-
-    assert sources_in(first) == "2"
-    registry = root / "sources.yaml"
-    before = registry.read_text()
-    registry.write_text(
-        before + "  - {name: tiny_java, origin: synthetic, kind: javaapp, lines: 600, seed: 13}\n"
-    )
-    assert sources_in(_materialize(root, env, "tiny_java")) == "3"
-    registry.write_text(before)
+    # tiny_java leaves the registry: the line model's next training leaves it out
+    registry.write_text(before.replace("lines: 800", "lines: 900"))
     assert sources_in(_materialize(root, env, "tiny_hdfs")) == "2"

@@ -156,9 +156,10 @@ def lineage(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_logfit(workdir, "materialize", "--job", "line_model_job", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    for source in ("tiny_hdfs", "tiny_bgl"):
-        result = run_logfit(workdir, "materialize", source, "--job", "scoring_job", env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_logfit(
+        workdir, "materialize", "tiny_hdfs", "tiny_bgl", "--job", "scoring_job", env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     logs = workdir / "logs"
     logs.mkdir()
     (logs / "app.log").write_text("INFO started\nERROR disk 3 failed: timeout\nINFO done\n")
