@@ -182,3 +182,51 @@ def test_sequence_keys_are_equal_exactly_for_equal_event_sequences_in_any_batch(
     keyed = pd.DataFrame({"session_id": sessions["session_id"], "key": whole})
     assert repeated_content(keyed, splits) == repeated_content(sessions, splits)
     assert repeated_content(keyed, splits)["test_seen_in_train"] == 1
+
+
+def _truth_table(tmp_path, lines, labels):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logfit_dagster.core.tables import StoredTable
+
+    path = tmp_path / "lines.parquet"
+    table = pa.table(
+        {"line_number": pa.array(lines, pa.int64()), "label": pa.array(labels, pa.int8())}
+    )
+    pq.write_table(table, path, row_group_size=7)
+    return StoredTable(path)
+
+
+def test_line_truth_read_in_order_holds_a_window_and_answers_as_a_whole_lookup(tmp_path):
+    import numpy as np
+
+    from logfit_dagster.core.ground_truth import LineTruth
+
+    rng = np.random.default_rng(0)
+    lines = np.sort(rng.choice(np.arange(1, 400), size=150, replace=False))  # gaps: unlabelled
+    labels = [None if i % 11 == 0 else int(rng.integers(0, 2)) for i in range(len(lines))]
+    expected = dict(zip(lines.tolist(), [-1 if v is None else v for v in labels], strict=True))
+    truth = LineTruth(_truth_table(tmp_path, lines, labels), rows=10)
+    held = []
+    for start in range(1, 420, 25):  # the labels' batches, in line order, past the last line
+        asked = np.arange(start, start + 25)
+        got = truth.codes(asked)
+        assert got.tolist() == [expected.get(n, -1) for n in asked.tolist()]
+        held.append(len(truth._lines))
+    # never the whole table: at most the batches that reach the numbers asked
+    assert max(held) <= 25 + 10
+
+
+def test_line_truth_asked_out_of_order_reads_the_table_once_and_answers_the_same(tmp_path):
+    import numpy as np
+
+    from logfit_dagster.core.ground_truth import LineTruth
+
+    lines, labels = [2, 4, 6, 8, 10, 12], [0, 1, None, 1, 0, 1]
+    truth = LineTruth(_truth_table(tmp_path, lines, labels), rows=2)
+    assert truth.codes(np.array([10, 11, 12])).tolist() == [0, -1, 1]
+    # behind what was asked: the whole table, then any order
+    assert truth.codes(np.array([8, 2, 4, 6])).tolist() == [1, 0, 1, -1]
+    assert truth.codes(np.array([12, 1])).tolist() == [1, -1]
+    assert truth.codes(np.array([], dtype=np.int64)).tolist() == []

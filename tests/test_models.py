@@ -382,6 +382,10 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
     scored_dir = workdir / "data" / "assets" / "scored_lines"
     lines = pd.read_parquet(scored_dir / "tiny_bgl.parquet")
     assert len(lines) == 800 and set(lines["label"]) <= {"LOOK", "SKIP"}
+    # the counts, made while the lines were written batch by batch, are the table's
+    meta = scored.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["lines"].value == 800
+    assert meta["look_lines"].value == int((lines["label"] == "LOOK").sum())
 
     # The single-run backfill policy: both sources in one run, one step, the same scores.
     with dg.instance_for_test() as instance:
@@ -401,8 +405,15 @@ def test_models_reports_mlflow_and_the_champion_gate(workdir):
         assert len(steps) == 1
         partitions = {e.partition for e in bulk.get_asset_materialization_events()}
         assert partitions == {"mid_hdfs", "tiny_bgl"}
+        bulk_meta = bulk.get_asset_materialization_events()[0].materialization.metadata
     assert pd.read_parquet(scored_dir / "tiny_bgl.parquet").equals(lines)
-    assert len(pd.read_parquet(scored_dir / "mid_hdfs.parquet")) > 0
+    mid = pd.read_parquet(scored_dir / "mid_hdfs.parquet")
+    assert len(mid) > 0
+    # the counts cover both sources, each as written
+    assert bulk_meta["lines"].value == 800 + len(mid)
+    assert bulk_meta["look_lines"].value == int((lines["label"] == "LOOK").sum()) + int(
+        (mid["label"] == "LOOK").sum()
+    )
 
     out = workdir / "scored.jsonl"
     log = workdir / "data" / "sources" / "tiny_bgl"

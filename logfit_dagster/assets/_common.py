@@ -133,10 +133,15 @@ def output_stream(
     return TableStream(produce(), schema, lambda: counts(head[0] if head else None))
 
 
-def parts_of(*parts: str, columns: list[str] | None = None, **asset_in) -> dg.AssetIn:
+def parts_of(
+    *parts: str, columns: list[str] | None = None, streamed: bool = False, **asset_in
+) -> dg.AssetIn:
     """An input of a folder output (a dict of tables) that loads only these of its tables (and
-    of each, only ``columns`` where given)."""
+    of each, only ``columns`` where given); ``streamed``: each as a ``StoredTable``, read batch
+    by batch."""
     metadata: dict = {"parts": list(parts)}
+    if streamed:
+        metadata["format"] = "stream"
     if columns is not None:
         metadata["columns"] = list(columns)
     return dg.AssetIn(metadata=metadata, **asset_in)

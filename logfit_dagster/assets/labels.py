@@ -19,6 +19,7 @@ from logfit_dagster.assets._common import (
     streamed,
 )
 from logfit_dagster.core.errors import LogfitError
+from logfit_dagster.core.ground_truth import LineTruth
 from logfit_dagster.core.labeling.base import (
     LABEL_SCHEMA,
     ColumnLabeler,
@@ -338,8 +339,8 @@ class QualityConfig(dg.Config):
     automation_condition=on_new_data(),
     ins={
         "llm_labels": streamed(),
-        # a line's truth, not its detail text: a few bytes a line
-        "ground_truth_labels": parts_of("lines", columns=["line_number", "label"]),
+        # a line's truth, not its detail text, read in line order beside the labels
+        "ground_truth_labels": parts_of("lines", streamed=True),
     },
     check_specs=[
         dg.AssetCheckSpec(
@@ -353,16 +354,13 @@ def label_quality(
     context: dg.AssetExecutionContext,
     config: QualityConfig,
     llm_labels: StoredTable,
-    ground_truth_labels: dict[str, pd.DataFrame],
+    ground_truth_labels: dict[str, StoredTable],
 ):
     """Agreement of LOOK labels with ground-truth anomalous lines, where the source has them.
 
-    The labels are read batch by batch into a few bytes a line (label, truth, how the label was
-    given): memory stays flat in the source's length."""
-    truth = ground_truth_labels["lines"][["line_number", "label"]].sort_values("line_number")
-    truth_lines = truth["line_number"].to_numpy()
-    # a byte a line: 1, 0, or -1 where there is no label or no truth
-    truth_values = truth["label"].astype("float64").fillna(-1).to_numpy().astype(np.int8)
+    The labels and the truth are read side by side, batch by batch, into a few bytes a line
+    (label, truth, how the label was given)."""
+    truth = LineTruth(ground_truth_labels["lines"])
     columns = ["line_number", "label", "labeler", "model"]
     # label sets written before the distinct plan: every label answered for its own line
     has_source = "label_source" in llm_labels.column_names
@@ -376,12 +374,8 @@ def label_quality(
         predicted.append(
             np.where(label == "LOOK", 1, np.where(label == "SKIP", 0, -1)).astype(np.int8)
         )
-        numbers = batch.column("line_number").to_numpy()
-        at = np.clip(np.searchsorted(truth_lines, numbers), 0, max(len(truth_lines) - 1, 0))
-        found = truth_lines[at] == numbers if len(truth_lines) else np.zeros(len(numbers), bool)
-        reference.append(
-            np.where(found, truth_values[at] if len(truth_lines) else -1, -1).astype(np.int8)
-        )
+        # a byte a line: 1, 0, or -1 where there is no truth
+        reference.append(truth.codes(batch.column("line_number").to_numpy()))
         given = batch.column("label_source").to_pandas() if has_source else None
         kinds.append(
             np.where(given == "propagated", 2, np.where(given == "direct", 1, 0)).astype(np.int8)

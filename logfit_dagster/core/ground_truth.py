@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from logfit_dagster.core.errors import LogInputError
 from logfit_dagster.core.parsing import column_name
 from logfit_dagster.core.registry import GroundTruthSpec
-from logfit_dagster.core.tables import StoredTable, TableStream
+from logfit_dagster.core.tables import BATCH_ROWS, StoredTable, TableStream
 
 LINE_COLUMNS = ["line_number", "label", "detail"]
 SESSION_COLUMNS = ["session_id", "label", "detail"]
@@ -437,3 +437,69 @@ def _line_rows(numbers: np.ndarray, lines: np.ndarray, detail_of) -> pa.Table:
         },
         schema=LINE_SCHEMA,
     )
+
+
+class LineTruth:
+    """A source's line labels (``ground_truth_labels``' ``lines``), looked up by line number.
+
+    The labels are stored in line order, and their readers (``label_quality``) ask in line
+    order: while they do, only the batches of the table that reach the numbers asked are held,
+    and those below the last number asked are let go, so memory stays flat in the source's
+    length. Asked out of order, it reads the table's two columns whole, once, and answers from
+    them.
+    """
+
+    def __init__(self, table: StoredTable, rows: int = BATCH_ROWS):
+        self._table, self._rows = table, rows
+        self._batches = iter(table.batches(["line_number", "label"], rows))
+        self._lines = np.zeros(0, dtype=np.int64)
+        self._codes = np.zeros(0, dtype=np.int8)
+        self._floor: int | None = None  # the highest number asked so far
+        self._whole = False
+
+    def codes(self, numbers: np.ndarray) -> np.ndarray:
+        """Per line number: 1 (anomalous), 0 (normal) or -1 (no label, or no such line)."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        if not len(numbers):
+            return np.zeros(0, dtype=np.int8)
+        ordered = not (np.diff(numbers) < 0).any()
+        if not self._whole and (
+            not ordered or (self._floor is not None and numbers[0] < self._floor)
+        ):
+            self._read_whole()
+        top = int(numbers.max())
+        while not self._whole and (not len(self._lines) or self._lines[-1] < top):
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            lines, codes = _line_codes(batch)
+            if (np.diff(lines) < 0).any() or (
+                len(self._lines) and len(lines) and lines[0] < self._lines[-1]
+            ):
+                self._read_whole()
+                break
+            self._lines = np.concatenate([self._lines, lines])
+            self._codes = np.concatenate([self._codes, codes])
+        out = np.full(len(numbers), -1, dtype=np.int8)
+        if len(self._lines):
+            at = np.clip(np.searchsorted(self._lines, numbers), 0, len(self._lines) - 1)
+            found = self._lines[at] == numbers
+            out[found] = self._codes[at[found]]
+        if not self._whole:  # no later (ordered) question reaches below ``top``
+            keep = int(np.searchsorted(self._lines, top))
+            self._lines, self._codes = self._lines[keep:], self._codes[keep:]
+            self._floor = top
+        return out
+
+    def _read_whole(self) -> None:
+        pieces = [_line_codes(b) for b in self._table.batches(["line_number", "label"], self._rows)]
+        lines = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64)
+        codes = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.int8)
+        order = np.argsort(lines, kind="stable")
+        self._lines, self._codes, self._whole = lines[order], codes[order], True
+
+
+def _line_codes(batch) -> tuple[np.ndarray, np.ndarray]:
+    lines = batch.column("line_number").to_numpy(zero_copy_only=False).astype(np.int64)
+    label = batch.column("label").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return lines, np.where(np.isnan(label), _UNKNOWN, label).astype(np.int8)

@@ -90,10 +90,18 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 f"{name}: a step over {len(keys)} partitions must return a dict with one entry per "
                 f"partition ({', '.join(sorted(keys))}); got {got}"
             )
+        late = {}
         for key in keys:
             self._write(self._path(context, key), obj[key])
+            # a stream's counts, asked once it is written (the last answer wins a key: a
+            # producer that counts across partitions answers for all written so far)
+            if isinstance(obj[key], TableStream):
+                late.update(obj[key].metadata())
         context.add_output_metadata(
-            {"path": dg.MetadataValue.path(str(self._root().joinpath(*context.asset_key.path)))}
+            {
+                **late,
+                "path": dg.MetadataValue.path(str(self._root().joinpath(*context.asset_key.path))),
+            }
         )
 
     def _write(self, target: Path, obj) -> None:
