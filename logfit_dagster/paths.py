@@ -11,6 +11,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("LOGFIT_DATA_DIR") or "data").resolve()
 
 
+def cache_dir() -> Path:
+    """What logfit keeps across data folders: ``LOGFIT_CACHE``, else ``~/.cache/logfit``."""
+    return Path(os.environ.get("LOGFIT_CACHE") or Path.home() / ".cache" / "logfit")
+
+
 def registry_path() -> Path:
     """``LOGFIT_SOURCES``, else ``./sources.yaml``."""
     return Path(os.environ.get("LOGFIT_SOURCES") or "sources.yaml").resolve()

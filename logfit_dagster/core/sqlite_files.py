@@ -3,9 +3,10 @@ the MLflow store): a damaged one is named with what to do, not a bare ``Database
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from logfit_dagster.core.errors import StateFileError
@@ -47,9 +48,6 @@ def named_errors(path: Path, what: str, remedy: str) -> Iterator[None]:
 def copy_database(source: Path, target: Path) -> None:
     """A consistent copy of the database ``source`` at ``target``, whole or not at all (SQLite's
     backup, into a temporary file then renamed)."""
-    import os
-    from contextlib import closing
-
     source, target = Path(source), Path(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:

@@ -26,7 +26,7 @@ from pydantic import Field
 from logfit_dagster.core.errors import StateFileError
 from logfit_dagster.core.models.base import copy_model_files
 from logfit_dagster.core.sqlite_files import copy_database, is_damaged
-from logfit_dagster.paths import data_dir
+from logfit_dagster.paths import cache_dir, data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class ExperimentTracker(dg.ConfigurableResource):
         chatter = io.StringIO()
         try:
             with contextlib.redirect_stderr(chatter):
-                yield from self._within(mlflow, local)
+                yield from self._within(mlflow, local, store)
         finally:
             for line in chatter.getvalue().splitlines():
                 if line.strip():
@@ -106,7 +106,7 @@ class ExperimentTracker(dg.ConfigurableResource):
                 if prior is None:
                     os.environ.pop(name, None)
 
-    def _within(self, mlflow, local: bool) -> Iterator:
+    def _within(self, mlflow, local: bool, store: Path) -> Iterator:
         """The experiment, created on first use (under data/ for the local store).
 
         The first use of a SQLite store creates its schema; two processes doing that at once
@@ -114,7 +114,6 @@ class ExperimentTracker(dg.ConfigurableResource):
         opened under a file lock.
         """
         with _store_lock(local):
-            store = data_dir() / "mlflow" / "mlflow.db"
             fresh = local and not store.exists()
             seeded = fresh and _seed_store(mlflow, store)
             if mlflow.get_experiment_by_name(self.experiment) is None:
@@ -252,8 +251,7 @@ class ExperimentTracker(dg.ConfigurableResource):
 def _empty_store(mlflow) -> Path:
     """Where the empty store of this MLflow version is kept (``LOGFIT_CACHE``, by default
     ~/.cache/logfit)."""
-    cache = Path(os.environ.get("LOGFIT_CACHE") or Path.home() / ".cache" / "logfit")
-    return cache / "mlflow" / f"empty-{mlflow.__version__}.db"
+    return cache_dir() / "mlflow" / f"empty-{mlflow.__version__}.db"
 
 
 def _seed_store(mlflow, store: Path) -> bool:
