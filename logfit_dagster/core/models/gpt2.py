@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -239,7 +239,7 @@ class GPT2LM(nn.Module):
         self.transformer.wte = grown
         self.lm_head = nn.Linear(old.shape[1], vocab_size, bias=False).to(old.device, old.dtype)
         self.lm_head.weight = grown.weight
-        self.shape = GPT2Shape(**{**self.shape.__dict__, "vocab_size": vocab_size})
+        self.shape = replace(self.shape, vocab_size=vocab_size)
 
     def save(self, folder: Path) -> None:
         """``config.json`` and ``model.safetensors`` as ``save_pretrained`` writes them."""
